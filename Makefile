@@ -1,0 +1,56 @@
+# Two commands for a fresh clone: `make demo` and `make test`. Everything else they need is set up here.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+BUF := node_modules/.bin/buf
+
+.PHONY: demo test unit check gen gen-check lint-protos breaking bench up clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+$(BUF): package.json
+	npm install --no-audit --no-fund --silent
+	touch $(BUF)
+
+demo: $(STAMP)
+	$(VENV)/bin/ostinato demo
+
+up: $(STAMP)
+	$(VENV)/bin/ostinato up
+
+test: $(STAMP) $(BUF)
+	$(VENV)/bin/pytest -q
+
+unit: $(STAMP)
+	$(VENV)/bin/pytest -q tests/unit
+
+gen: $(STAMP)
+	$(PY) scripts/gen_protos.py
+
+# Regenerates gen/ and fails when it differs from what is committed.
+gen-check: gen
+	@git diff --exit-code --stat -- gen || (echo "gen/ is stale: run 'make gen' and commit" && exit 1)
+	@test -z "$$(git status --porcelain -- gen)" || (git status --porcelain -- gen; echo "gen/ has untracked files: run 'make gen' and commit"; exit 1)
+
+lint-protos: $(BUF)
+	$(BUF) lint
+	$(BUF) format --diff --exit-code
+
+# Compares the protos with the previous commit's (the main this change builds on).
+breaking: $(BUF)
+	@if git cat-file -e HEAD~1:buf.yaml 2>/dev/null; then \
+		$(BUF) breaking --against '.git#ref=HEAD~1'; \
+	else echo "buf breaking: no earlier commit with protos, nothing to compare"; fi
+
+check: lint-protos gen-check breaking
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) node_modules
