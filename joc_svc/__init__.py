@@ -1,0 +1,3 @@
+"""The joc service. Importing ostinato first sets grpc's process-wide environment."""
+
+import ostinato  # noqa: F401

@@ -1,0 +1,41 @@
+"""Named errors. Cores and stores raise these; only the gRPC edge turns them into status codes."""
+
+from __future__ import annotations
+
+
+class OstinatoError(Exception):
+    """Root of every expected error. `field` names the offending input, when there is one."""
+
+    code_name = "INTERNAL"
+
+    def __init__(self, message: str, *, field: str = "") -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}" if field else message)
+
+
+class InvalidArgument(OstinatoError):
+    code_name = "INVALID_ARGUMENT"
+
+
+class NotFound(OstinatoError):
+    code_name = "NOT_FOUND"
+
+
+class AlreadyExists(OstinatoError):
+    code_name = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(OstinatoError):
+    """The request is well-formed but the state does not allow it, e.g. events already released."""
+
+    code_name = "FAILED_PRECONDITION"
+
+
+class Unavailable(OstinatoError):
+    """A neighbour cannot be reached now; trying again later may work."""
+
+    code_name = "UNAVAILABLE"
+
+
+class PermissionDenied(OstinatoError):
+    code_name = "PERMISSION_DENIED"

@@ -1,0 +1,58 @@
+"""Process life of a service: logging, signals, announcing the bound address."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from ostinato import tracing
+
+log = logging.getLogger(__name__)
+
+
+def setup_logging(name: str) -> None:
+    level = os.environ.get("OSTINATO_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format=f"%(asctime)s %(levelname)s {name} %(name)s: %(message)s",
+    )
+
+
+def announce(name: str, address: str, data_dir: Path) -> None:
+    """Tells launchers where the service listens: a line on stdout and DATA_DIR/NAME.address.
+
+    The file is written atomically, so a launcher that sees it can use it.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    tmp = data_dir / f".{name}.address.tmp"
+    tmp.write_text(address + "\n")
+    tmp.replace(data_dir / f"{name}.address")
+    print(f"{name} listening on {address}", flush=True)
+
+
+def run(name: str, serve: Callable[[asyncio.Event], Awaitable[None]]) -> int:
+    """Runs `serve(stop)` until SIGTERM or SIGINT sets `stop`; `serve` shuts down gracefully."""
+    setup_logging(name)
+    tracing.configure(name)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(stop)
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+    except OSError as e:
+        print(f"{name}: {e}", file=sys.stderr)
+        return 1
+    return 0
