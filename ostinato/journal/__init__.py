@@ -1,0 +1,1 @@
+"""The journal: events committed in order, kept until their receiver releases them."""
