@@ -15,6 +15,16 @@ from ostinato import tracing
 log = logging.getLogger(__name__)
 
 
+def named_address(text: str, what: str) -> tuple[str, str]:
+    """Parses NAME=HOST:PORT command-line values (agents, subagents, controllers)."""
+    import argparse
+
+    name, sep, address = text.partition("=")
+    if not sep or not name or ":" not in address:
+        raise argparse.ArgumentTypeError(f"{what} must be NAME=HOST:PORT, not {text!r}")
+    return name, address
+
+
 def setup_logging(name: str) -> None:
     level = os.environ.get("OSTINATO_LOG_LEVEL", "INFO").upper()
     logging.basicConfig(

@@ -8,6 +8,13 @@ from gen.ostinato.common.v1 import events_pb2
 from ostinato.errors import FailedPrecondition
 
 
+# Bookkeeping of the journal itself; watchers are not served them (a receiver's release would
+# otherwise produce an event for it to release, without end).
+INTERNAL_KINDS = frozenset(
+    {"events_released", "agent_events_observed", "subagent_messages_observed"}
+)
+
+
 class EventLog:
     def __init__(self) -> None:
         self.events: deque[events_pb2.Event] = deque()
@@ -38,7 +45,8 @@ class EventLog:
             e = self.events[i]
             if e.id > until_id or len(result) >= limit:
                 break
-            result.append(e)
+            if e.WhichOneof("kind") not in INTERNAL_KINDS:
+                result.append(e)
         return result
 
     def release(self, until_id: int) -> None:

@@ -98,7 +98,8 @@ class Journal:
             onStateChanged=lambda _old, _new: self._loop.call_soon_threadsafe(self._leader_changed.set),
         )
         self._raft = _Raft(self_address, partners, conf, new_state())
-        self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._in_flight = 0
+        self._room = asyncio.Event()
 
     @property
     def term(self) -> int:
@@ -128,26 +129,35 @@ class Journal:
             with self._raft.lock:
                 return copy.deepcopy(self._raft.committed)
 
-    async def submit(self, events: list[events_pb2.Event]) -> int:
-        """Replicates the events (ids assigned); returns once they are committed and applied."""
+    async def room(self) -> None:
+        """Waits while too many commands are in flight (an uncapped burst can wedge a follower)."""
+        while self._in_flight >= MAX_IN_FLIGHT:
+            self._room.clear()
+            await self._room.wait()
+
+    def submit(self, events: list[events_pb2.Event]) -> asyncio.Future[int]:
+        """Hands the events (ids assigned) to Raft at once, so batches commit in submission order;
+        the future resolves with the last applied id once they are committed."""
         data = journal_pb2.EventBatch(events=events).SerializeToString()
-        async with self._in_flight:
-            future: asyncio.Future[int] = self._loop.create_future()
+        future: asyncio.Future[int] = self._loop.create_future()
+        self._in_flight += 1
 
-            def done(result: Any, error: int) -> None:
-                self._loop.call_soon_threadsafe(_settle, future, result, error)
+        def done(result: Any, error: int) -> None:
+            self._loop.call_soon_threadsafe(self._settle, future, result, error)
 
-            self._raft.apply_batch(data, callback=done)
-            return await future
+        self._raft.apply_batch(data, callback=done)
+        return future
+
+    def _settle(self, future: asyncio.Future[int], result: Any, error: int) -> None:
+        self._in_flight -= 1
+        self._room.set()
+        if future.done():
+            return
+        if error == FAIL_REASON.SUCCESS:
+            future.set_result(int(result))
+        else:
+            future.set_exception(Unavailable(f"journal command not committed (pysyncobj reason {error})"))
 
     def close(self) -> None:
         self._raft.destroy()
 
-
-def _settle(future: asyncio.Future[int], result: Any, error: int) -> None:
-    if future.done():
-        return
-    if error == FAIL_REASON.SUCCESS:
-        future.set_result(int(result))
-    else:
-        future.set_exception(Unavailable(f"journal command not committed (pysyncobj reason {error})"))

@@ -1,0 +1,130 @@
+"""The controller's link to one director agent: it dials, hands over items and orders whose
+attachment is committed, takes back detachable orders, and mirrors the agent's events.
+
+Everything it sends is idempotent on the director, so after any reconnect it simply sends what
+the state says is pending again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+import grpc
+
+from gen.ostinato.director.v1 import director_pb2, director_pb2_grpc
+from ostinato import rpc
+
+if TYPE_CHECKING:
+    from controller_svc.server import Controller
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 1.0
+BATCH = 500
+
+
+class AgentDriver:
+    def __init__(self, controller: Controller, name: str, address: str) -> None:
+        self.controller = controller
+        self.name = name
+        self.address = address
+        self.connected = False
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _sender(self) -> director_pb2.Sender:
+        return director_pb2.Sender(controller_id=self.controller.controller_id, term=self.controller.term)
+
+    async def run(self) -> None:
+        while True:
+            channel = rpc.channel(self.address)
+            try:
+                await self._session(director_pb2_grpc.DirectorServiceStub(channel))
+            except (grpc.aio.AioRpcError, TimeoutError) as e:
+                if self.connected:
+                    log.warning("agent %s at %s lost: %s", self.name, self.address, _short(e))
+            finally:
+                self.connected = False
+                await channel.close()
+            await asyncio.sleep(0.2)  # reconnect pace; grpc's own backoff is capped at 1 s too
+
+    async def _session(self, stub: director_pb2_grpc.DirectorServiceStub) -> None:
+        state = self.controller.core.state
+        after = state.agent_observed.get(self.name, 0)
+        call = stub.WatchEvents(
+            director_pb2.WatchEventsRequest(sender=self._sender(), after=after, heartbeat_seconds=HEARTBEAT_S)
+        )
+        await asyncio.wait_for(call.wait_for_connection(), 5)
+        log.info("agent %s at %s connected, events after %d", self.name, self.address, after)
+        self.connected = True
+        watching = asyncio.create_task(self._watch(stub, call))
+        sent: set[tuple[str, int]] = set()
+        sent_items: set[tuple[str, str]] = set()
+        try:
+            while True:
+                self._wake.clear()
+                await self._push(stub, sent, sent_items)
+                waking = asyncio.create_task(self._wake.wait())
+                await asyncio.wait({waking, watching}, return_when=asyncio.FIRST_COMPLETED)
+                waking.cancel()
+                if watching.done():
+                    watching.result()
+                    return
+        finally:
+            watching.cancel()
+            call.cancel()
+
+    async def _watch(self, stub: director_pb2_grpc.DirectorServiceStub, call: grpc.aio.UnaryStreamCall) -> None:
+        while True:
+            # Heartbeats arrive every HEARTBEAT_S; silence means the director is frozen or gone.
+            response = await asyncio.wait_for(call.read(), HEARTBEAT_S * 4)
+            if response is grpc.aio.EOF:
+                return
+            if not response.events:
+                continue
+            events = list(response.events)
+            core = self.controller.core
+            await self.controller.shell.command(lambda now: core.on_agent_events(self.name, events, now))
+            await stub.ReleaseEvents(
+                director_pb2.ReleaseEventsRequest(sender=self._sender(), until_id=events[-1].id), timeout=10
+            )
+
+    async def _push(
+        self,
+        stub: director_pb2_grpc.DirectorServiceStub,
+        sent: set[tuple[str, int]],
+        sent_items: set[tuple[str, str]],
+    ) -> None:
+        core = self.controller.core
+        committed = self.controller.shell.committed_id
+        state = core.state
+        # Forget what was sent for orders that moved on, so the set stays as small as the work.
+        sent.intersection_update((i, state.order_event_id[i]) for i in state.order_event_id)
+        orders = [
+            o for o in core.orders_to_attach(self.name, committed) if (o.id, state.order_event_id[o.id]) not in sent
+        ]
+        for start in range(0, len(orders), BATCH):
+            batch = orders[start : start + BATCH]
+            needed = {(o.workflow_path, o.workflow_version_id) for o in batch} - sent_items
+            if needed:
+                items = [state.signed_items[key] for key in sorted(needed)]
+                await stub.AttachItems(director_pb2.AttachItemsRequest(sender=self._sender(), items=items), timeout=30)
+                sent_items |= needed
+            keys = [(o.id, state.order_event_id[o.id]) for o in batch]
+            await stub.AttachOrders(director_pb2.AttachOrdersRequest(sender=self._sender(), orders=batch), timeout=30)
+            sent.update(keys)
+        detach = [i for i in core.orders_to_detach(self.name, committed) if (i, state.order_event_id[i]) not in sent]
+        if detach:
+            keys = [(i, state.order_event_id[i]) for i in detach]
+            await stub.DetachOrders(director_pb2.DetachOrdersRequest(sender=self._sender(), order_ids=detach), timeout=30)
+            sent.update(keys)
+
+
+def _short(e: BaseException) -> str:
+    if isinstance(e, grpc.aio.AioRpcError):
+        return f"{e.code().name}: {e.details()}"
+    return type(e).__name__

@@ -1,0 +1,334 @@
+"""The director's deterministic core: orders attached to this agent, and the job executions it
+hands to subagents.
+
+No I/O: the shell passes time and the set of subagents with a live session in; it starts
+processes only for OrderProcessingStarted events that are committed, and feeds what subagents
+report back in as stimuli. Every method returns the events it emitted (already applied here).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gen.ostinato.common.v1 import events_pb2, items_pb2, order_pb2, workflow_pb2
+from gen.ostinato.subagent.v1 import subagent_pb2
+from ostinato.errors import InvalidArgument
+from ostinato.journal.state import JournaledState
+from ostinato.workflow import model, positions
+from ostinato.workflow.orders import apply_order_event
+from ostinato.workflow.step import AgentScope, ExecuteJob, job_environment, step
+
+A = order_pb2.AttachedState
+S = order_pb2.OrderState
+Event = events_pb2.Event
+SUCCEEDED = workflow_pb2.OUTCOME_KIND_SUCCEEDED
+
+
+@dataclass
+class SubagentRun:
+    run_id: str
+    observed_seq: int
+
+
+class DirectorState(JournaledState):
+    def __init__(self) -> None:
+        super().__init__()
+        self.workflows: dict[tuple[str, str], workflow_pb2.Workflow] = {}
+        self.orders: dict[str, order_pb2.Order] = {}
+        self.order_event_id: dict[str, int] = {}
+        self.subagent_runs: dict[str, SubagentRun] = {}
+        # Counts job starts; round-robin picks by it, so replay picks the same.
+        self.starts = 0
+
+    def apply_to_state(self, event: Event) -> None:
+        kind = event.WhichOneof("kind")
+        if kind == "item_deployed":
+            wf = event.item_deployed.workflow
+            self.workflows[(wf.path, wf.version_id)] = wf
+        elif kind == "subagent_messages_observed":
+            o = event.subagent_messages_observed
+            self.subagent_runs[o.subagent_id] = SubagentRun(o.run_id, o.until_seq)
+        elif kind in ("order_detached", "order_deleted"):
+            # The order leaves this agent; its events stay in the log until released.
+            self.orders.pop(event.order_id, None)
+            self.order_event_id.pop(event.order_id, None)
+        elif kind is not None and kind.startswith("order_"):
+            order = apply_order_event(self.orders.get(event.order_id), event)
+            assert order is not None
+            self.orders[event.order_id] = order
+            self.order_event_id[event.order_id] = event.id
+            if kind == "order_processing_started":
+                self.starts += 1
+
+    def workflow_of(self, order: order_pb2.Order) -> workflow_pb2.Workflow:
+        return self.workflows[(order.workflow_path, order.workflow_version_id)]
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """What a subagent needs to start a job execution."""
+
+    process_key: str
+    order_id: str
+    job_name: str
+    subagent_id: str
+    executable: workflow_pb2.Executable
+    env: dict[str, str]
+    timeout_s: float
+    sigkill_delay_s: float
+    trace_parent: str
+
+
+@dataclass
+class DirectorCore:
+    state: DirectorState
+    agent: str
+    subagent_ids: list[str] = field(default_factory=list)  # in configured order
+
+    def attach_items(self, items: list[items_pb2.SignedItem], now_ms: int) -> list[Event]:
+        events = []
+        for i, item in enumerate(items):
+            if item.type != items_pb2.ITEM_TYPE_WORKFLOW:
+                raise InvalidArgument("only workflows can be attached yet", field=f"items[{i}].type")
+            try:
+                workflow = model.parse_workflow(item.json)
+            except InvalidArgument as e:
+                raise InvalidArgument(str(e), field=f"items[{i}].json ({item.path})") from None
+            if (workflow.path, workflow.version_id) in self.state.workflows:
+                continue
+            deployed = events_pb2.ItemDeployed(workflow=workflow, signed_json=item.json, signature=item.signature)
+            events.append(self.state.emit(now_ms, item_deployed=deployed))
+        return events
+
+    def attach_orders(
+        self, orders: list[order_pb2.Order], now_ms: int, available: set[str]
+    ) -> list[Event]:
+        for i, order in enumerate(orders):
+            if (order.workflow_path, order.workflow_version_id) not in self.state.workflows:
+                raise InvalidArgument(
+                    f"workflow {order.workflow_path} version {order.workflow_version_id} is not attached",
+                    field=f"orders[{i}].workflow_version_id",
+                )
+        events = []
+        for order in orders:
+            if order.id in self.state.orders:
+                continue  # attached already: the controller repeats itself after reconnecting
+            attached = events_pb2.OrderAttached(agent=self.agent, order=order)
+            events.append(self.state.emit(now_ms, order.id, order_attached=attached))
+            events += self.step_order(order.id, now_ms, available)
+        return events
+
+    def detach_orders(self, order_ids: list[str], now_ms: int) -> list[Event]:
+        events = []
+        for order_id in order_ids:
+            order = self.state.orders.get(order_id)
+            if order is not None and order.attached_state == A.ATTACHED_STATE_DETACHABLE:
+                events.append(self.state.emit(now_ms, order_id, order_detached=events_pb2.OrderDetached()))
+        return events
+
+    def step_order(self, order_id: str, now_ms: int, available: set[str]) -> list[Event]:
+        """Runs agent-scope instructions until the order waits, processes or leaves."""
+        events: list[Event] = []
+        for _ in range(1000):
+            order = self.state.orders.get(order_id)
+            if order is None:
+                return events
+            decided = step(order, self.state.workflow_of(order), AgentScope(self.agent), now_ms)
+            if isinstance(decided, ExecuteJob):
+                subagent = self._pick_subagent(available)
+                if subagent is None:
+                    return events  # stays ready; woken when a subagent comes
+                processing = order_pb2.Processing(
+                    subagent_id=subagent, process_key=process_key(order)
+                )
+                processing.started_at.FromMilliseconds(now_ms)
+                started = events_pb2.OrderProcessingStarted(processing=processing)
+                events.append(self.state.emit(now_ms, order_id, order_processing_started=started))
+                return events
+            if not decided:
+                return events
+            for proto in decided:
+                kind = proto.WhichOneof("kind")
+                assert kind is not None
+                events.append(self.state.emit(now_ms, order_id, **{kind: getattr(proto, kind)}))
+        raise RuntimeError(f"order {order_id}: no progress after 1000 steps")
+
+    def _pick_subagent(self, available: set[str]) -> str | None:
+        candidates = [s for s in self.subagent_ids if s in available]
+        if not candidates:
+            return None
+        return candidates[self.state.starts % len(candidates)]
+
+    def wake(self, now_ms: int, available: set[str]) -> list[Event]:
+        """Orders that may move now: fresh ones whose time came, ready ones waiting for a subagent."""
+        events: list[Event] = []
+        for order_id, order in list(self.state.orders.items()):
+            if order.state in (S.ORDER_STATE_FRESH, S.ORDER_STATE_READY, S.ORDER_STATE_PROCESSED):
+                events += self.step_order(order_id, now_ms, available)
+        return events
+
+    def next_wake_ms(self) -> int | None:
+        due = [
+            o.scheduled_for.ToMilliseconds()
+            for o in self.state.orders.values()
+            if o.state == S.ORDER_STATE_FRESH and o.HasField("scheduled_for")
+        ]
+        return min(due) if due else None
+
+    # --- subagents ---
+
+    def subagent_welcome(
+        self, subagent_id: str, welcome: subagent_pb2.Welcome, now_ms: int, available: set[str]
+    ) -> tuple[list[Event], set[str]]:
+        """A session began. Returns the events and the process keys to (re)send.
+
+        A different run id means the subagent restarted: processes it no longer knows are lost,
+        and their orders get a disrupted outcome rather than a second run. With the same run (or
+        the first ever session) a key it does not know was never received, so it is sent.
+        """
+        previous = self.state.subagent_runs.get(subagent_id)
+        known = set(welcome.known_process_keys)
+        events: list[Event] = []
+        to_send: set[str] = set()
+        restarted = previous is not None and previous.run_id != welcome.run_id
+        for order in list(self.state.orders.values()):
+            if order.state != S.ORDER_STATE_PROCESSING or order.processing.subagent_id != subagent_id:
+                continue
+            key = order.processing.process_key
+            if key in known:
+                continue
+            if restarted:
+                outcome = workflow_pb2.Outcome(
+                    kind=workflow_pb2.OUTCOME_KIND_DISRUPTED,
+                    message=f"subagent {subagent_id} restarted; the process was lost",
+                )
+                processed = events_pb2.OrderProcessed(outcome=outcome)
+                events.append(self.state.emit(now_ms, order.id, order_processed=processed))
+                events += self.step_order(order.id, now_ms, available)
+            else:
+                to_send.add(key)
+        if previous is None or restarted:
+            observed = events_pb2.SubagentMessagesObserved(
+                subagent_id=subagent_id, run_id=welcome.run_id, until_seq=0
+            )
+            events.append(self.state.emit(now_ms, subagent_messages_observed=observed))
+        return events, to_send
+
+    def subagent_messages(
+        self,
+        subagent_id: str,
+        run_id: str,
+        messages: list[subagent_pb2.SessionResponse],
+        now_ms: int,
+        available: set[str],
+    ) -> list[Event]:
+        """Applies each numbered message once (seq above what the journal has observed)."""
+        run = self.state.subagent_runs.get(subagent_id)
+        observed = run.observed_seq if run is not None and run.run_id == run_id else 0
+        events: list[Event] = []
+        by_key = {
+            o.processing.process_key: o.id
+            for o in self.state.orders.values()
+            if o.state == S.ORDER_STATE_PROCESSING and o.processing.subagent_id == subagent_id
+        }
+        for message in messages:
+            if message.seq <= observed:
+                continue
+            observed = message.seq
+            kind = message.WhichOneof("kind")
+            if kind == "process_output":
+                out = message.process_output
+                order_id = by_key.get(out.process_key)
+                if order_id is not None and out.chunk:
+                    stream = (
+                        events_pb2.STD_STREAM_STDERR
+                        if out.stream == subagent_pb2.OUTPUT_STREAM_STDERR
+                        else events_pb2.STD_STREAM_STDOUT
+                    )
+                    written = events_pb2.OrderStdWritten(stream=stream, chunk=out.chunk)
+                    events.append(self.state.emit(now_ms, order_id, order_std_written=written))
+            elif kind == "process_exited":
+                exited = message.process_exited
+                order_id = by_key.pop(exited.process_key, None)
+                if order_id is None:
+                    continue
+                order = self.state.orders[order_id]
+                job = _job_at(self.state.workflow_of(order), order)
+                processed = events_pb2.OrderProcessed(outcome=outcome_of(exited, job))
+                events.append(self.state.emit(now_ms, order_id, order_processed=processed))
+                events += self.step_order(order_id, now_ms, available)
+        if run is None or run.run_id != run_id or observed > run.observed_seq:
+            mark = events_pb2.SubagentMessagesObserved(subagent_id=subagent_id, run_id=run_id, until_seq=observed)
+            events.append(self.state.emit(now_ms, subagent_messages_observed=mark))
+        return events
+
+    def processes_to_start(self, subagent_id: str, committed_id: int) -> list[ProcessSpec]:
+        """Job executions on this subagent whose start is committed (the shell sends each once
+        per session)."""
+        specs = []
+        for order in self.state.orders.values():
+            if (
+                order.state == S.ORDER_STATE_PROCESSING
+                and order.processing.subagent_id == subagent_id
+                and self.state.order_event_id[order.id] <= committed_id
+            ):
+                specs.append(self.process_spec(order))
+        return specs
+
+    def processing_keys(self, subagent_id: str) -> set[str]:
+        """Keys of every execution on this subagent, committed or not."""
+        return {
+            o.processing.process_key
+            for o in self.state.orders.values()
+            if o.state == S.ORDER_STATE_PROCESSING and o.processing.subagent_id == subagent_id
+        }
+
+    def process_spec(self, order: order_pb2.Order) -> ProcessSpec:
+        workflow = self.state.workflow_of(order)
+        instruction = positions.instruction_at(workflow, order.position)
+        assert instruction is not None and instruction.WhichOneof("kind") == "execute"
+        name, job = model.job_of(workflow, instruction.execute)
+        run = ExecuteJob(name, job, instruction.execute)
+        return ProcessSpec(
+            process_key=order.processing.process_key,
+            order_id=order.id,
+            job_name=name or f"@{positions.text(order.position)}",
+            subagent_id=order.processing.subagent_id,
+            executable=job.executable,
+            env=job_environment(order, run),
+            timeout_s=job.timeout.ToNanoseconds() / 1e9,
+            sigkill_delay_s=job.sigkill_delay.ToNanoseconds() / 1e9,
+            trace_parent=order.trace_parent,
+        )
+
+    def orders_detachable(self, committed_id: int) -> list[str]:
+        return [
+            o.id
+            for o in self.state.orders.values()
+            if o.attached_state == A.ATTACHED_STATE_DETACHABLE and self.state.order_event_id[o.id] <= committed_id
+        ]
+
+
+def process_key(order: order_pb2.Order) -> str:
+    """Unique per job execution: the order, its position and how many outcomes it has so far."""
+    return f"{order.id}@{positions.text(order.position)}#{len(order.historic_outcomes)}"
+
+
+def _job_at(workflow: workflow_pb2.Workflow, order: order_pb2.Order) -> workflow_pb2.Job:
+    instruction = positions.instruction_at(workflow, order.position)
+    assert instruction is not None
+    return model.job_of(workflow, instruction.execute)[1]
+
+
+def outcome_of(exited: subagent_pb2.ProcessExited, job: workflow_pb2.Job) -> workflow_pb2.Outcome:
+    success_codes = set(job.success_return_codes) or {0}
+    if exited.signal:
+        reason = "timed out" if exited.timed_out else f"killed by signal {exited.signal}"
+        message = f"{reason}; {exited.message}" if exited.message else reason
+        return workflow_pb2.Outcome(kind=workflow_pb2.OUTCOME_KIND_KILLED, signal=exited.signal, message=message)
+    if exited.return_code in success_codes and not exited.timed_out:
+        return workflow_pb2.Outcome(kind=SUCCEEDED, return_code=exited.return_code)
+    message = exited.message or f"return code {exited.return_code}"
+    return workflow_pb2.Outcome(
+        kind=workflow_pb2.OUTCOME_KIND_FAILED, return_code=exited.return_code, message=message
+    )

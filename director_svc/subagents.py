@@ -1,0 +1,177 @@
+"""The director's link to one subagent: one Session stream with heartbeats both ways.
+
+It starts processes only for job executions whose start is committed, applies what the subagent
+reports through the core (each numbered message once) and acknowledges only after that commit, so
+the subagent keeps and re-sends whatever the journal does not have yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import grpc
+
+from director_svc.core import ProcessSpec
+from gen.ostinato.subagent.v1 import subagent_pb2, subagent_pb2_grpc
+from ostinato import rpc
+
+if TYPE_CHECKING:
+    from director_svc.server import Director
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 1.0
+SILENCE_LIMIT_S = HEARTBEAT_S * 4
+
+
+class SubagentDriver:
+    def __init__(self, director: Director, subagent_id: str, address: str) -> None:
+        self.director = director
+        self.subagent_id = subagent_id
+        self.address = address
+        self.ready = False
+        self.running = 0
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            channel = rpc.channel(self.address)
+            try:
+                await self._session(subagent_pb2_grpc.SubagentServiceStub(channel))
+            except (grpc.aio.AioRpcError, TimeoutError, ConnectionError) as e:
+                if self.ready:
+                    log.warning("subagent %s at %s lost: %s", self.subagent_id, self.address, _short(e))
+            finally:
+                if self.ready:
+                    self.ready = False
+                    self.director.availability_changed()
+                await channel.close()
+            await asyncio.sleep(0.2)
+
+    async def _session(self, stub: subagent_pb2_grpc.SubagentServiceStub) -> None:
+        outbox: asyncio.Queue[subagent_pb2.SessionRequest | None] = asyncio.Queue()
+        hello = subagent_pb2.Hello(
+            agent_name=self.director.agent,
+            director_id=self.director.director_id,
+            term=self.director.term,
+            heartbeat_seconds=HEARTBEAT_S,
+        )
+        outbox.put_nowait(subagent_pb2.SessionRequest(hello=hello))
+        call = stub.Session(_drain(outbox))
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            first = await asyncio.wait_for(call.read(), 5)
+            if first is grpc.aio.EOF or first.WhichOneof("kind") != "welcome":
+                raise ConnectionError(f"subagent {self.subagent_id} did not welcome the session")
+            welcome = first.welcome
+            core = self.director.core
+            await self.director.shell.command(
+                lambda now: core.subagent_welcome(self.subagent_id, welcome, now, self.director.available())[0]
+            )
+            log.info("subagent %s at %s connected (run %s)", self.subagent_id, self.address, welcome.run_id)
+            # Keys the subagent knows are never sent again; the rest that are due, once.
+            sent = set(welcome.known_process_keys)
+            self.ready = True
+            self.director.availability_changed()
+            inbox: asyncio.Queue[subagent_pb2.SessionResponse] = asyncio.Queue()
+            tasks = [
+                asyncio.create_task(self._read(call, inbox)),
+                asyncio.create_task(self._apply(welcome.run_id, inbox, outbox)),
+                asyncio.create_task(self._heartbeat(outbox)),
+                asyncio.create_task(self._start_processes(outbox, sent)),
+            ]
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()
+        finally:
+            for task in tasks:
+                task.cancel()
+            outbox.put_nowait(None)
+            call.cancel()
+
+    async def _read(
+        self, call: grpc.aio.StreamStreamCall, inbox: asyncio.Queue[subagent_pb2.SessionResponse]
+    ) -> None:
+        while True:
+            message = await asyncio.wait_for(call.read(), SILENCE_LIMIT_S)
+            if message is grpc.aio.EOF:
+                raise ConnectionError("subagent ended the session")
+            if message.seq > 0:
+                inbox.put_nowait(message)
+
+    async def _apply(
+        self,
+        run_id: str,
+        inbox: asyncio.Queue[subagent_pb2.SessionResponse],
+        outbox: asyncio.Queue[subagent_pb2.SessionRequest | None],
+    ) -> None:
+        core = self.director.core
+        while True:
+            batch = [await inbox.get()]
+            while not inbox.empty() and len(batch) < 1000:
+                batch.append(inbox.get_nowait())
+            await self.director.shell.command(
+                lambda now: core.subagent_messages(self.subagent_id, run_id, batch, now, self.director.available())
+            )
+            outbox.put_nowait(subagent_pb2.SessionRequest(ack=subagent_pb2.Ack(until_seq=batch[-1].seq)))
+
+    async def _heartbeat(self, outbox: asyncio.Queue[subagent_pb2.SessionRequest | None]) -> None:
+        while True:
+            outbox.put_nowait(subagent_pb2.SessionRequest(heartbeat=subagent_pb2.Heartbeat()))
+            await asyncio.sleep(HEARTBEAT_S)
+
+    async def _start_processes(
+        self, outbox: asyncio.Queue[subagent_pb2.SessionRequest | None], sent: set[str]
+    ) -> None:
+        while True:
+            self._wake.clear()
+            core = self.director.core
+            # Prune by every execution still on this subagent, committed or not: pruning by the
+            # committed ones only would forget a key while a newer event of its order is in flight.
+            sent.intersection_update(core.processing_keys(self.subagent_id))
+            self.running = len(sent)
+            specs = core.processes_to_start(self.subagent_id, self.director.shell.committed_id)
+            for spec in specs:
+                if spec.process_key not in sent:
+                    sent.add(spec.process_key)
+                    outbox.put_nowait(subagent_pb2.SessionRequest(start_process=start_request(spec)))
+            await self._wake.wait()
+
+
+async def _drain(
+    outbox: asyncio.Queue[subagent_pb2.SessionRequest | None],
+) -> AsyncIterator[subagent_pb2.SessionRequest]:
+    while True:
+        item = await outbox.get()
+        if item is None:
+            return
+        yield item
+
+
+def start_request(spec: ProcessSpec) -> subagent_pb2.StartProcess:
+    request = subagent_pb2.StartProcess(
+        process_key=spec.process_key,
+        order_id=spec.order_id,
+        job_name=spec.job_name,
+        env=spec.env,
+        timeout_seconds=spec.timeout_s,
+        sigkill_delay_seconds=spec.sigkill_delay_s,
+        trace_parent=spec.trace_parent,
+    )
+    if spec.executable.WhichOneof("kind") == "shell_script":
+        request.shell_script = spec.executable.shell_script.script
+    else:
+        request.argv.argv.extend(spec.executable.command_line.argv)
+    return request
+
+
+def _short(e: BaseException) -> str:
+    if isinstance(e, grpc.aio.AioRpcError):
+        return f"{e.code().name}: {e.details()}"
+    return str(e) or type(e).__name__

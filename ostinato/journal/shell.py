@@ -1,0 +1,90 @@
+"""The part of a journaled service's shell that controller and director share: persisting what
+the core decided, running hooks once it is committed, and serving Watch/Release."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from gen.ostinato.common.v1 import events_pb2
+from ostinato.journal.replicated import Journal
+from ostinato.journal.state import JournaledState
+
+log = logging.getLogger(__name__)
+
+CommitHook = Callable[[list[events_pb2.Event]], None]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class JournalShell:
+    def __init__(self, journal: Journal, state: JournaledState) -> None:
+        self.journal = journal
+        self.state = state  # the working state: only this node's loop writes it
+        self.committed_id = state.last_event_id
+        self._commit_hooks: list[CommitHook] = []
+        self._changed = asyncio.Event()
+
+    def on_commit(self, hook: CommitHook) -> None:
+        self._commit_hooks.append(hook)
+
+    async def command(self, decide: Callable[[int], list[events_pb2.Event]]) -> list[events_pb2.Event]:
+        """Runs a core decision against the working state and waits until its events commit.
+
+        Nothing awaits between deciding and submitting, so batches reach the journal in the
+        order they were decided."""
+        await self.journal.room()
+        events = decide(now_ms())
+        await self.persist(events)
+        return events
+
+    def persist(self, events: list[events_pb2.Event]) -> asyncio.Future[Any]:
+        """Submits events the core just emitted (already applied to the working state)."""
+        if not events:
+            done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            done.set_result(self.committed_id)
+            return done
+        future = self.journal.submit(events)
+        future.add_done_callback(lambda f: self._committed(f, events))
+        return future
+
+    def _committed(self, future: asyncio.Future[Any], events: list[events_pb2.Event]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            error = "cancelled" if future.cancelled() else future.exception()
+            # The working state now holds events the journal may not: only a restart from the
+            # journal is consistent again. Crash-only: the supervisor or operator restarts us.
+            log.critical("journal commit failed (%s); exiting so the journal is replayed", error)
+            logging.shutdown()
+            os._exit(70)
+        self.committed_id = max(self.committed_id, events[-1].id)
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+        for hook in self._commit_hooks:
+            try:
+                hook(events)
+            except Exception:
+                log.exception("commit hook failed")
+
+    async def watch(self, after: int, heartbeat_s: float) -> AsyncIterator[list[events_pb2.Event]]:
+        """Committed events after `after`, in batches; an empty batch as heartbeat when idle.
+        Raises FailedPrecondition when they were released already."""
+        heartbeat_s = heartbeat_s if heartbeat_s > 0 else 5.0
+        while True:
+            changed = self._changed
+            events = self.state.log.after(after, self.committed_id)
+            if events:
+                after = events[-1].id
+                yield events
+                continue
+            # Only bookkeeping events may lie between; skip past them.
+            after = max(after, min(self.committed_id, self.state.log.last_id))
+            try:
+                await asyncio.wait_for(changed.wait(), heartbeat_s)
+            except TimeoutError:
+                yield []
