@@ -1,0 +1,51 @@
+"""Helpers for integration tests: a JOC client that deploys and follows orders."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+
+import grpc
+
+from gen.ostinato.common.v1 import items_pb2, order_pb2
+from gen.ostinato.joc.v1 import joc_pb2, joc_pb2_grpc
+from ostinato.workflow.orders import END_STATES
+
+
+@dataclass
+class Joc:
+    channel: grpc.aio.Channel
+    inventory: joc_pb2_grpc.InventoryServiceStub
+    deployment: joc_pb2_grpc.DeploymentServiceStub
+    orders: joc_pb2_grpc.OrderServiceStub
+
+    async def deploy_workflow(self, path: str, workflow: dict) -> joc_pb2.Deployment:
+        await self.inventory.PutObject(
+            joc_pb2.PutObjectRequest(path=path, type=items_pb2.ITEM_TYPE_WORKFLOW, json=json.dumps(workflow))
+        )
+        response = await self.deployment.Deploy(joc_pb2.DeployRequest(paths=[path]))
+        assert [d.status for d in response.deployments] == [joc_pb2.DEPLOYMENT_STATUS_DEPLOYED], response
+        return response.deployments[0]
+
+    async def wait_for(self, order_id: str, kind: str, timeout: float = 30) -> order_pb2.Order:
+        """Follows the order's events until one of `kind` (or the order's end) arrives."""
+
+        async def follow() -> order_pb2.Order:
+            order = order_pb2.Order()
+            async for r in self.orders.WatchOrder(joc_pb2.WatchOrderRequest(order_id=order_id)):
+                order = r.order
+                if r.event.WhichOneof("kind") == kind:
+                    return order
+            return order
+
+        return await asyncio.wait_for(follow(), timeout)
+
+    async def wait_until_ended(self, order_id: str, timeout: float = 30) -> order_pb2.Order:
+        order = await self.wait_for(order_id, "order_finished", timeout)
+        assert order.state in END_STATES, order
+        return order
+
+
+def shell_job(script: str, agent: str = "agent-1", **env: str) -> dict:
+    return {"agent": agent, "executable": {"shellScript": {"script": script, "env": env}}}
