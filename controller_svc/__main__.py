@@ -17,11 +17,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", type=Path, required=True)
     p.add_argument("--id", default="controller", help="controller id (JOC names controllers by it)")
     p.add_argument(
-        "--agent", action="append", default=[], type=lambda t: service.named_address(t, "--agent"),
-        metavar="NAME=HOST:PORT", help="a director agent this controller dials (repeatable)",
+        "--agent",
+        action="append",
+        default=[],
+        type=lambda t: service.named_address(t, "--agent"),
+        metavar="NAME=HOST:PORT",
+        help="a director agent this controller dials (repeatable)",
     )
-    p.add_argument("--raft-address", help="HOST:PORT of this node's journal replication (default: a free port)")
-    p.add_argument("--cluster-password", help="journal replication password (default: made and kept in data dir)")
+    p.add_argument(
+        "--raft-address", help="HOST:PORT of this node's journal replication (default: a free port)"
+    )
+    p.add_argument(
+        "--cluster-password", help="journal replication password (default: made and kept in data dir)"
+    )
     args = p.parse_args(argv)
     config = ControllerConfig(
         controller_id=args.id,

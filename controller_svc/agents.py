@@ -78,7 +78,9 @@ class AgentDriver:
             watching.cancel()
             call.cancel()
 
-    async def _watch(self, stub: director_pb2_grpc.DirectorServiceStub, call: grpc.aio.UnaryStreamCall) -> None:
+    async def _watch(
+        self, stub: director_pb2_grpc.DirectorServiceStub, call: grpc.aio.UnaryStreamCall
+    ) -> None:
         while True:
             # Heartbeats arrive every HEARTBEAT_S; silence means the director is frozen or gone.
             response = await asyncio.wait_for(call.read(), HEARTBEAT_S * 4)
@@ -87,8 +89,9 @@ class AgentDriver:
             if not response.events:
                 continue
             events = list(response.events)
-            core = self.controller.core
-            await self.controller.shell.command(lambda now: core.on_agent_events(self.name, events, now))
+            await self.controller.shell.command(
+                lambda now, events=events: self.controller.core.on_agent_events(self.name, events, now)
+            )
             await stub.ReleaseEvents(
                 director_pb2.ReleaseEventsRequest(sender=self._sender(), until_id=events[-1].id), timeout=10
             )
@@ -105,22 +108,32 @@ class AgentDriver:
         # Forget what was sent for orders that moved on, so the set stays as small as the work.
         sent.intersection_update((i, state.order_event_id[i]) for i in state.order_event_id)
         orders = [
-            o for o in core.orders_to_attach(self.name, committed) if (o.id, state.order_event_id[o.id]) not in sent
+            o
+            for o in core.orders_to_attach(self.name, committed)
+            if (o.id, state.order_event_id[o.id]) not in sent
         ]
         for start in range(0, len(orders), BATCH):
             batch = orders[start : start + BATCH]
             needed = {(o.workflow_path, o.workflow_version_id) for o in batch} - sent_items
             if needed:
                 items = [state.signed_items[key] for key in sorted(needed)]
-                await stub.AttachItems(director_pb2.AttachItemsRequest(sender=self._sender(), items=items), timeout=30)
+                await stub.AttachItems(
+                    director_pb2.AttachItemsRequest(sender=self._sender(), items=items), timeout=30
+                )
                 sent_items |= needed
             keys = [(o.id, state.order_event_id[o.id]) for o in batch]
-            await stub.AttachOrders(director_pb2.AttachOrdersRequest(sender=self._sender(), orders=batch), timeout=30)
+            await stub.AttachOrders(
+                director_pb2.AttachOrdersRequest(sender=self._sender(), orders=batch), timeout=30
+            )
             sent.update(keys)
-        detach = [i for i in core.orders_to_detach(self.name, committed) if (i, state.order_event_id[i]) not in sent]
+        detach = [
+            i for i in core.orders_to_detach(self.name, committed) if (i, state.order_event_id[i]) not in sent
+        ]
         if detach:
             keys = [(i, state.order_event_id[i]) for i in detach]
-            await stub.DetachOrders(director_pb2.DetachOrdersRequest(sender=self._sender(), order_ids=detach), timeout=30)
+            await stub.DetachOrders(
+                director_pb2.DetachOrdersRequest(sender=self._sender(), order_ids=detach), timeout=30
+            )
             sent.update(keys)
 
 

@@ -116,7 +116,9 @@ class ControllerCore:
         for workflow, item in checked:
             if (workflow.path, workflow.version_id) in self.state.workflows:
                 continue  # the same version again: idempotent
-            deployed = events_pb2.ItemDeployed(workflow=workflow, signed_json=item.json, signature=item.signature)
+            deployed = events_pb2.ItemDeployed(
+                workflow=workflow, signed_json=item.json, signature=item.signature
+            )
             events.append(self.state.emit(now_ms, item_deployed=deployed))
         return events
 
@@ -141,7 +143,9 @@ class ControllerCore:
             version = new.workflow_version_id or self.state.current_version.get(new.workflow_path, "")
             if (new.workflow_path, version) not in self.state.workflows:
                 what = f"version {version} of " if new.workflow_version_id else ""
-                raise NotFound(f"unknown workflow {what}{new.workflow_path!r}", field=f"{field}.workflow_path")
+                raise NotFound(
+                    f"unknown workflow {what}{new.workflow_path!r}", field=f"{field}.workflow_path"
+                )
             workflow = self.state.workflows[(new.workflow_path, version)]
             order = order_pb2.Order(
                 id=new.id,

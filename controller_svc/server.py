@@ -54,7 +54,12 @@ class Controller:
         self.shell = JournalShell(self.journal, state)
         self.core = ControllerCore(state, frozenset(cfg.agents))
         self.shell.on_commit(self._on_commit)
-        log.info("controller %s active at event %d, %d orders", self.controller_id, state.last_event_id, len(state.orders))
+        log.info(
+            "controller %s active at event %d, %d orders",
+            self.controller_id,
+            state.last_event_id,
+            len(state.orders),
+        )
         for name, address in cfg.agents.items():
             driver = AgentDriver(self, name, address)
             self.drivers[name] = driver

@@ -17,11 +17,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", type=Path, required=True)
     p.add_argument("--agent-name", default="agent-1", help="the agent's name, as workflows' jobs name it")
     p.add_argument(
-        "--subagent", action="append", default=[], type=lambda t: service.named_address(t, "--subagent"),
-        metavar="ID=HOST:PORT", help="a subagent this director dials (repeatable, in priority order)",
+        "--subagent",
+        action="append",
+        default=[],
+        type=lambda t: service.named_address(t, "--subagent"),
+        metavar="ID=HOST:PORT",
+        help="a subagent this director dials (repeatable, in priority order)",
     )
-    p.add_argument("--raft-address", help="HOST:PORT of this node's journal replication (default: a free port)")
-    p.add_argument("--cluster-password", help="journal replication password (default: made and kept in data dir)")
+    p.add_argument(
+        "--raft-address", help="HOST:PORT of this node's journal replication (default: a free port)"
+    )
+    p.add_argument(
+        "--cluster-password", help="journal replication password (default: made and kept in data dir)"
+    )
     args = p.parse_args(argv)
     config = DirectorConfig(
         agent=args.agent_name,

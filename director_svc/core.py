@@ -96,13 +96,13 @@ class DirectorCore:
                 raise InvalidArgument(str(e), field=f"items[{i}].json ({item.path})") from None
             if (workflow.path, workflow.version_id) in self.state.workflows:
                 continue
-            deployed = events_pb2.ItemDeployed(workflow=workflow, signed_json=item.json, signature=item.signature)
+            deployed = events_pb2.ItemDeployed(
+                workflow=workflow, signed_json=item.json, signature=item.signature
+            )
             events.append(self.state.emit(now_ms, item_deployed=deployed))
         return events
 
-    def attach_orders(
-        self, orders: list[order_pb2.Order], now_ms: int, available: set[str]
-    ) -> list[Event]:
+    def attach_orders(self, orders: list[order_pb2.Order], now_ms: int, available: set[str]) -> list[Event]:
         for i, order in enumerate(orders):
             if (order.workflow_path, order.workflow_version_id) not in self.state.workflows:
                 raise InvalidArgument(
@@ -138,9 +138,7 @@ class DirectorCore:
                 subagent = self._pick_subagent(available)
                 if subagent is None:
                     return events  # stays ready; woken when a subagent comes
-                processing = order_pb2.Processing(
-                    subagent_id=subagent, process_key=process_key(order)
-                )
+                processing = order_pb2.Processing(subagent_id=subagent, process_key=process_key(order))
                 processing.started_at.FromMilliseconds(now_ms)
                 started = events_pb2.OrderProcessingStarted(processing=processing)
                 events.append(self.state.emit(now_ms, order_id, order_processing_started=started))
@@ -258,7 +256,9 @@ class DirectorCore:
                 events.append(self.state.emit(now_ms, order_id, order_processed=processed))
                 events += self.step_order(order_id, now_ms, available)
         if run is None or run.run_id != run_id or observed > run.observed_seq:
-            mark = events_pb2.SubagentMessagesObserved(subagent_id=subagent_id, run_id=run_id, until_seq=observed)
+            mark = events_pb2.SubagentMessagesObserved(
+                subagent_id=subagent_id, run_id=run_id, until_seq=observed
+            )
             events.append(self.state.emit(now_ms, subagent_messages_observed=mark))
         return events
 
@@ -305,7 +305,8 @@ class DirectorCore:
         return [
             o.id
             for o in self.state.orders.values()
-            if o.attached_state == A.ATTACHED_STATE_DETACHABLE and self.state.order_event_id[o.id] <= committed_id
+            if o.attached_state == A.ATTACHED_STATE_DETACHABLE
+            and self.state.order_event_id[o.id] <= committed_id
         ]
 
 
@@ -325,7 +326,9 @@ def outcome_of(exited: subagent_pb2.ProcessExited, job: workflow_pb2.Job) -> wor
     if exited.signal:
         reason = "timed out" if exited.timed_out else f"killed by signal {exited.signal}"
         message = f"{reason}; {exited.message}" if exited.message else reason
-        return workflow_pb2.Outcome(kind=workflow_pb2.OUTCOME_KIND_KILLED, signal=exited.signal, message=message)
+        return workflow_pb2.Outcome(
+            kind=workflow_pb2.OUTCOME_KIND_KILLED, signal=exited.signal, message=message
+        )
     if exited.return_code in success_codes and not exited.timed_out:
         return workflow_pb2.Outcome(kind=SUCCEEDED, return_code=exited.return_code)
     message = exited.message or f"return code {exited.return_code}"

@@ -56,7 +56,9 @@ class Director:
         self.shell = JournalShell(self.journal, state)
         self.core = DirectorCore(state, cfg.agent, list(cfg.subagents))
         self.shell.on_commit(self._on_commit)
-        log.info("director of %s active at event %d, %d orders", self.agent, state.last_event_id, len(state.orders))
+        log.info(
+            "director of %s active at event %d, %d orders", self.agent, state.last_event_id, len(state.orders)
+        )
         for subagent_id, address in cfg.subagents.items():
             driver = SubagentDriver(self, subagent_id, address)
             self.drivers[subagent_id] = driver
@@ -100,7 +102,7 @@ class Director:
                 pass
             available = self.available()
             if (due is not None and due <= now_ms()) or (available - available_before):
-                await self.shell.command(lambda now: self.core.wake(now, available))
+                await self.shell.command(lambda now, available=available: self.core.wake(now, available))
             available_before = available
 
     async def stop(self) -> None:

@@ -72,7 +72,9 @@ class SubagentDriver:
             welcome = first.welcome
             core = self.director.core
             await self.director.shell.command(
-                lambda now: core.subagent_welcome(self.subagent_id, welcome, now, self.director.available())[0]
+                lambda now: core.subagent_welcome(self.subagent_id, welcome, now, self.director.available())[
+                    0
+                ]
             )
             log.info("subagent %s at %s connected (run %s)", self.subagent_id, self.address, welcome.run_id)
             # Keys the subagent knows are never sent again; the rest that are due, once.
@@ -117,7 +119,9 @@ class SubagentDriver:
             while not inbox.empty() and len(batch) < 1000:
                 batch.append(inbox.get_nowait())
             await self.director.shell.command(
-                lambda now: core.subagent_messages(self.subagent_id, run_id, batch, now, self.director.available())
+                lambda now, batch=batch: core.subagent_messages(
+                    self.subagent_id, run_id, batch, now, self.director.available()
+                )
             )
             outbox.put_nowait(subagent_pb2.SessionRequest(ack=subagent_pb2.Ack(until_seq=batch[-1].seq)))
 

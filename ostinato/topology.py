@@ -59,7 +59,9 @@ class TopologyConfig:
 
 
 class Topology:
-    def __init__(self, data_dir: Path, config: TopologyConfig | None = None, env: dict[str, str] | None = None):
+    def __init__(
+        self, data_dir: Path, config: TopologyConfig | None = None, env: dict[str, str] | None = None
+    ):
         self.data_dir = data_dir
         self.config = config or TopologyConfig()
         self.env = env or {}
@@ -81,24 +83,62 @@ class Topology:
         d = str(self.data_dir / name)
         listen = self.addresses[name]
         if name in cfg.subagents:
-            return "subagent", "subagent_svc", [
-                "--listen", listen, "--data-dir", d, "--id", name,
-                "--director-timeout", str(cfg.director_timeout_s),
-            ]
+            return (
+                "subagent",
+                "subagent_svc",
+                [
+                    "--listen",
+                    listen,
+                    "--data-dir",
+                    d,
+                    "--id",
+                    name,
+                    "--director-timeout",
+                    str(cfg.director_timeout_s),
+                ],
+            )
         if name == "director":
             subs = [a for s in cfg.subagents for a in ("--subagent", f"{s}={self.addresses[s]}")]
-            return "director", "director_svc", [
-                "--listen", listen, "--data-dir", d, "--agent-name", cfg.agent_name, *subs,
-            ]
+            return (
+                "director",
+                "director_svc",
+                [
+                    "--listen",
+                    listen,
+                    "--data-dir",
+                    d,
+                    "--agent-name",
+                    cfg.agent_name,
+                    *subs,
+                ],
+            )
         if name == "controller":
-            return "controller", "controller_svc", [
-                "--listen", listen, "--data-dir", d, "--id", cfg.controller_id,
-                "--agent", f"{cfg.agent_name}={self.addresses['director']}",
-            ]
-        return "joc", "joc_svc", [
-            "--listen", listen, "--data-dir", d,
-            "--controller", f"{cfg.controller_id}={self.addresses['controller']}",
-        ]
+            return (
+                "controller",
+                "controller_svc",
+                [
+                    "--listen",
+                    listen,
+                    "--data-dir",
+                    d,
+                    "--id",
+                    cfg.controller_id,
+                    "--agent",
+                    f"{cfg.agent_name}={self.addresses['director']}",
+                ],
+            )
+        return (
+            "joc",
+            "joc_svc",
+            [
+                "--listen",
+                listen,
+                "--data-dir",
+                d,
+                "--controller",
+                f"{cfg.controller_id}={self.addresses['controller']}",
+            ],
+        )
 
     def start_service(self, name: str) -> Launched:
         kind, module, args = self._args(name)
@@ -161,8 +201,11 @@ def run_up(config_path: Path | None, data_dir: Path | None) -> int:
         while not stop.is_set():
             for name, launched in topology.services.items():
                 if not launched.alive():
-                    print(f"ostinato: error: {name} exited with {launched.process.returncode}; see {launched.log_path}",
-                          file=sys.stderr)
+                    print(
+                        f"ostinato: error: {name} exited with {launched.process.returncode};"
+                        f" see {launched.log_path}",
+                        file=sys.stderr,
+                    )
                     stop.set()
             stop.wait(0.5)
     finally:

@@ -21,7 +21,9 @@ def enabled() -> bool:
     exporter = os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
     if exporter and exporter != "none":
         return True
-    return any(os.environ.get(k) for k in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+    return any(
+        os.environ.get(k) for k in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    )
 
 
 def use_provider_for_tests(provider: Any) -> None:

@@ -30,10 +30,15 @@ def main() -> int:
     bindir = str(Path(sys.executable).parent)
     env = dict(os.environ, PATH=bindir + os.pathsep + os.environ.get("PATH", ""))
     cmd = [
-        sys.executable, "-m", "grpc_tools.protoc",
-        f"-I{PROTOS}", f"-I{well_known}",
-        f"--python_out={GEN}", f"--grpc_python_out={GEN}",
-        f"--mypy_out={GEN}", f"--mypy_grpc_out={GEN}",
+        sys.executable,
+        "-m",
+        "grpc_tools.protoc",
+        f"-I{PROTOS}",
+        f"-I{well_known}",
+        f"--python_out={GEN}",
+        f"--grpc_python_out={GEN}",
+        f"--mypy_out={GEN}",
+        f"--mypy_grpc_out={GEN}",
         *files,
     ]
     subprocess.run(cmd, check=True, cwd=PROTOS, env=env)

@@ -7,12 +7,9 @@ from collections import deque
 from gen.ostinato.common.v1 import events_pb2
 from ostinato.errors import FailedPrecondition
 
-
 # Bookkeeping of the journal itself; watchers are not served them (a receiver's release would
 # otherwise produce an event for it to release, without end).
-INTERNAL_KINDS = frozenset(
-    {"events_released", "agent_events_observed", "subagent_messages_observed"}
-)
+INTERNAL_KINDS = frozenset({"events_released", "agent_events_observed", "subagent_messages_observed"})
 
 
 class EventLog:

@@ -160,4 +160,3 @@ class Journal:
 
     def close(self) -> None:
         self._raft.destroy()
-

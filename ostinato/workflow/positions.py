@@ -19,9 +19,7 @@ def text(p: order_pb2.Position) -> str:
     return f"{prefix}{p.nr}"
 
 
-def instruction_at(
-    workflow: workflow_pb2.Workflow, p: order_pb2.Position
-) -> workflow_pb2.Instruction | None:
+def instruction_at(workflow: workflow_pb2.Workflow, p: order_pb2.Position) -> workflow_pb2.Instruction | None:
     """The instruction at p, or None at the end of the block (the implicit end instruction)."""
     block = block_at(workflow, p)
     return block[p.nr] if 0 <= p.nr < len(block) else None

@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from gen.ostinato.common.v1 import events_pb2, order_pb2
+from gen.ostinato.common.v1 import order_pb2
 from gen.ostinato.joc.v1 import joc_pb2
 from ostinato.topology import ROOT, Topology
 from tests.integration.support import Joc, shell_job
@@ -25,7 +25,10 @@ def cli(joc_address: str, *args: str, timeout: float = 60) -> subprocess.Complet
         [sys.executable, "-m", "ostinato.cli", *args[:2], "--joc", joc_address, *args[2:]]
         if args[0] == "order"
         else [sys.executable, "-m", "ostinato.cli", args[0], "--joc", joc_address, *args[1:]],
-        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
     )
 
 
@@ -54,11 +57,16 @@ def test_deploy_order_and_logs_through_all_four_processes(topology: Topology) ->
 
 
 async def test_events_reach_joc_once_each(topology: Topology, joc: Joc) -> None:
-    await joc.deploy_workflow("/three", {
-        "instructions": [{"execute": {"jobName": "j"}}] * 3,
-        "jobs": {"j": shell_job("echo $N", N="$n")},
-    })
-    added = await joc.orders.AddOrder(joc_pb2.AddOrderRequest(workflow_path="/three", arguments={"n": _num(7)}))
+    await joc.deploy_workflow(
+        "/three",
+        {
+            "instructions": [{"execute": {"jobName": "j"}}] * 3,
+            "jobs": {"j": shell_job("echo $N", N="$n")},
+        },
+    )
+    added = await joc.orders.AddOrder(
+        joc_pb2.AddOrderRequest(workflow_path="/three", arguments={"n": _num(7)})
+    )
     order = await joc.wait_until_ended(added.order_id)
     assert order.state == S.ORDER_STATE_FINISHED
     detail = await joc.orders.GetOrder(joc_pb2.GetOrderRequest(order_id=added.order_id))
@@ -81,7 +89,9 @@ def _num(n: int):  # type: ignore[no-untyped-def]
 def _marked_workflow(marker: Path, gate: Path) -> dict:
     """A job that records each run in `marker`, then waits until `gate` exists: so a test can act
     while it runs and count afterwards how often it ran."""
-    script = f'echo "run $$" >> {marker}\necho started\nwhile [ ! -e {gate} ]; do sleep 0.05; done\necho ended'
+    script = (
+        f'echo "run $$" >> {marker}\necho started\nwhile [ ! -e {gate} ]; do sleep 0.05; done\necho ended'
+    )
     return {"instructions": [{"execute": {"jobName": "marked"}}], "jobs": {"marked": shell_job(script)}}
 
 
@@ -125,8 +135,13 @@ async def test_bad_workflow_rejected_naming_the_field(topology: Topology, joc: J
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "instructions[0].execute.jobName" in (e.value.details() or "")
 
-    unknown_agent = {"instructions": [{"execute": {"jobName": "a"}}], "jobs": {"a": shell_job("true", agent="agent-9")}}
-    await joc.inventory.PutObject(joc_pb2.PutObjectRequest(path="/elsewhere", type=1, json=json.dumps(unknown_agent)))
+    unknown_agent = {
+        "instructions": [{"execute": {"jobName": "a"}}],
+        "jobs": {"a": shell_job("true", agent="agent-9")},
+    }
+    await joc.inventory.PutObject(
+        joc_pb2.PutObjectRequest(path="/elsewhere", type=1, json=json.dumps(unknown_agent))
+    )
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await joc.deployment.Deploy(joc_pb2.DeployRequest(paths=["/elsewhere"]))
     assert "agent-9" in (e.value.details() or "")
@@ -145,7 +160,11 @@ def test_reflection_lists_every_service(topology: Topology) -> None:
     buf = shutil.which("buf", path=str(ROOT / "node_modules" / ".bin")) or shutil.which("buf")
     assert buf, "buf is missing: `make test` installs it with npm (package.json)"
     expected = {
-        "joc": {"ostinato.joc.v1.InventoryService", "ostinato.joc.v1.OrderService", "ostinato.joc.v1.DeploymentService"},
+        "joc": {
+            "ostinato.joc.v1.InventoryService",
+            "ostinato.joc.v1.OrderService",
+            "ostinato.joc.v1.DeploymentService",
+        },
         "controller": {"ostinato.controller.v1.ControllerService"},
         "director": {"ostinato.director.v1.DirectorService"},
         "subagent-1": {"ostinato.subagent.v1.SubagentService"},
@@ -153,16 +172,34 @@ def test_reflection_lists_every_service(topology: Topology) -> None:
     for name, services in expected.items():
         address = topology.services[name].address
         listed = subprocess.run(
-            [buf, "curl", "--protocol", "grpc", "--http2-prior-knowledge", "--list-services", f"http://{address}"],
-            capture_output=True, text=True, timeout=30,
+            [
+                buf,
+                "curl",
+                "--protocol",
+                "grpc",
+                "--http2-prior-knowledge",
+                "--list-services",
+                f"http://{address}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         assert listed.returncode == 0, listed.stderr
         names = set(listed.stdout.split())
         assert services | {"grpc.health.v1.Health"} <= names, (name, names)
     overview = subprocess.run(
-        [buf, "curl", "--protocol", "grpc", "--http2-prior-knowledge",
-         f"http://{topology.services['controller'].address}/ostinato.controller.v1.ControllerService/GetOverview"],
-        capture_output=True, text=True, timeout=30,
+        [
+            buf,
+            "curl",
+            "--protocol",
+            "grpc",
+            "--http2-prior-knowledge",
+            f"http://{topology.services['controller'].address}/ostinato.controller.v1.ControllerService/GetOverview",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert overview.returncode == 0, overview.stderr
     assert json.loads(overview.stdout)["controllerId"] == "controller"

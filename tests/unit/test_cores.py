@@ -88,9 +88,14 @@ def test_order_runs_through_both_cores(cores: tuple[ControllerCore, DirectorCore
     assert spec.env == {"GREETING": "hello"}
     assert spec.process_key == "o1@0#0"
 
-    first = director.subagent_messages("s1", "r1", [output(1, spec.process_key, "hello\n"), exited(2, spec.process_key)], T0, {"s1"})
+    first = director.subagent_messages(
+        "s1", "r1", [output(1, spec.process_key, "hello\n"), exited(2, spec.process_key)], T0, {"s1"}
+    )
     assert kinds(first) == [
-        "order_std_written", "order_processed", "order_moved", "order_processing_started",
+        "order_std_written",
+        "order_processed",
+        "order_moved",
+        "order_processing_started",
         "subagent_messages_observed",
     ]
     # The same messages again (a resend after reconnect) change nothing.
@@ -98,15 +103,28 @@ def test_order_runs_through_both_cores(cores: tuple[ControllerCore, DirectorCore
 
     key2 = director.state.orders["o1"].processing.process_key
     second = director.subagent_messages("s1", "r1", [exited(3, key2)], T0, {"s1"})
-    assert kinds(second) == ["order_processed", "order_moved", "order_detachable", "subagent_messages_observed"]
+    assert kinds(second) == [
+        "order_processed",
+        "order_moved",
+        "order_detachable",
+        "subagent_messages_observed",
+    ]
     assert director.orders_detachable(director.state.last_event_id) == ["o1"]
 
     agent_log = list(director.state.log.after(0, director.state.last_event_id))
     mirrored = controller.on_agent_events("agent-1", agent_log, T0)
     assert kinds(mirrored) == [
-        "order_attached", "order_started", "order_processing_started", "order_std_written",
-        "order_processed", "order_moved", "order_processing_started", "order_processed",
-        "order_moved", "order_detachable", "agent_events_observed",
+        "order_attached",
+        "order_started",
+        "order_processing_started",
+        "order_std_written",
+        "order_processed",
+        "order_moved",
+        "order_processing_started",
+        "order_processed",
+        "order_moved",
+        "order_detachable",
+        "agent_events_observed",
     ]
     assert controller.orders_to_detach("agent-1", controller.state.last_event_id) == ["o1"]
 
@@ -138,7 +156,9 @@ def test_failed_job_fails_order_at_controller(cores: tuple[ControllerCore, Direc
     assert controller.state.orders["o1"].state == 8  # FAILED
 
 
-def test_restarted_subagent_disrupts_lost_process_but_resends_unsent(cores: tuple[ControllerCore, DirectorCore]) -> None:
+def test_restarted_subagent_disrupts_lost_process_but_resends_unsent(
+    cores: tuple[ControllerCore, DirectorCore],
+) -> None:
     controller, director = cores
     controller.deploy([signed(WORKFLOW)], T0)
     add(controller, "o1")
@@ -148,12 +168,20 @@ def test_restarted_subagent_disrupts_lost_process_but_resends_unsent(cores: tupl
     director.attach_orders([controller.state.orders["o1"], controller.state.orders["o2"]], T0, {"s1"})
     k1 = director.state.orders["o1"].processing.process_key
     # Same run, o1's start known to the subagent, o2's never arrived: o2's is sent again.
-    _, to_send = director.subagent_welcome("s1", subagent_pb2.Welcome(run_id="r1", known_process_keys=[k1]), T0, set())
+    _, to_send = director.subagent_welcome(
+        "s1", subagent_pb2.Welcome(run_id="r1", known_process_keys=[k1]), T0, set()
+    )
     assert to_send == {director.state.orders["o2"].processing.process_key}
     # Another run: both processes are lost, and neither runs a second time.
     events, to_send = director.subagent_welcome("s1", subagent_pb2.Welcome(run_id="r2"), T0, set())
     assert to_send == set()
-    assert kinds(events) == ["order_processed", "order_detachable", "order_processed", "order_detachable", "subagent_messages_observed"]
+    assert kinds(events) == [
+        "order_processed",
+        "order_detachable",
+        "order_processed",
+        "order_detachable",
+        "subagent_messages_observed",
+    ]
     assert events[0].order_processed.outcome.kind == 4  # DISRUPTED
 
 
@@ -173,7 +201,10 @@ def test_no_subagent_keeps_order_ready_until_one_comes(cores: tuple[ControllerCo
     controller.deploy([signed(WORKFLOW)], T0)
     director.attach_items([controller.state.signed_items[("/wf", "v1")]], T0)
     add(controller)
-    assert kinds(director.attach_orders([controller.state.orders["o1"]], T0, set())) == ["order_attached", "order_started"]
+    assert kinds(director.attach_orders([controller.state.orders["o1"]], T0, set())) == [
+        "order_attached",
+        "order_started",
+    ]
     assert kinds(director.wake(T0, {"s2"})) == ["order_processing_started"]
     assert director.state.orders["o1"].processing.subagent_id == "s2"
 
