@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BUF := node_modules/.bin/buf
 
-.PHONY: demo test unit check gen gen-check lint-protos breaking bench up clean
+.PHONY: demo test unit check lint gen gen-check lint-protos breaking bench up clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ breaking: $(BUF)
 	else echo "buf breaking: no earlier commit with protos, nothing to compare"; fi
 
 check: lint-protos gen-check breaking
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 bench: $(STAMP)
 	$(PY) -m bench

@@ -41,7 +41,10 @@ def main() -> int:
         f"--mypy_grpc_out={GEN}",
         *files,
     ]
-    subprocess.run(cmd, check=True, cwd=PROTOS, env=env)
+    done = subprocess.run(cmd, cwd=PROTOS, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.stderr.write(done.stdout + done.stderr)
+        return done.returncode
     for path in sorted(GEN.rglob("*.py*")):
         if path.suffix in (".py", ".pyi"):
             text = path.read_text()
