@@ -16,7 +16,7 @@ import grpc
 
 from director_svc.core import ProcessSpec
 from gen.ostinato.subagent.v1 import subagent_pb2, subagent_pb2_grpc
-from ostinato import rpc
+from ostinato import rpc, tracing
 
 if TYPE_CHECKING:
     from director_svc.server import Director
@@ -144,7 +144,18 @@ class SubagentDriver:
             for spec in specs:
                 if spec.process_key not in sent:
                     sent.add(spec.process_key)
-                    outbox.put_nowait(subagent_pb2.SessionRequest(start_process=start_request(spec)))
+                    # The order carries its trace through the journals; this span puts the
+                    # hand-over to the subagent into it.
+                    with tracing.span_from_traceparent(
+                        "job start",
+                        spec.trace_parent,
+                        order_id=spec.order_id,
+                        job=spec.job_name,
+                        subagent=self.subagent_id,
+                    ):
+                        request = start_request(spec)
+                        request.trace_parent = tracing.current_traceparent() or spec.trace_parent
+                    outbox.put_nowait(subagent_pb2.SessionRequest(start_process=request))
             await self._wake.wait()
 
 

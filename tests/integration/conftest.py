@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from gen.ostinato.joc.v1 import joc_pb2_grpc
 from ostinato import rpc
 from ostinato.topology import Topology, TopologyConfig
 from tests.integration.support import Joc
@@ -29,10 +28,5 @@ def topology(tmp_path: Path) -> Iterator[Topology]:
 @pytest.fixture
 async def joc(topology: Topology) -> AsyncIterator[Joc]:
     channel = rpc.channel(topology.joc_address)
-    yield Joc(
-        channel,
-        joc_pb2_grpc.InventoryServiceStub(channel),
-        joc_pb2_grpc.DeploymentServiceStub(channel),
-        joc_pb2_grpc.OrderServiceStub(channel),
-    )
+    yield Joc.connect(channel)
     await channel.close()

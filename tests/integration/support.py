@@ -20,6 +20,15 @@ class Joc:
     deployment: joc_pb2_grpc.DeploymentServiceStub
     orders: joc_pb2_grpc.OrderServiceStub
 
+    @classmethod
+    def connect(cls, channel: grpc.aio.Channel) -> Joc:
+        return cls(
+            channel,
+            joc_pb2_grpc.InventoryServiceStub(channel),
+            joc_pb2_grpc.DeploymentServiceStub(channel),
+            joc_pb2_grpc.OrderServiceStub(channel),
+        )
+
     async def deploy_workflow(self, path: str, workflow: dict) -> joc_pb2.Deployment:
         await self.inventory.PutObject(
             joc_pb2.PutObjectRequest(path=path, type=items_pb2.ITEM_TYPE_WORKFLOW, json=json.dumps(workflow))
