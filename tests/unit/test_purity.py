@@ -1,0 +1,52 @@
+"""Cores stay pure (DESIGN.md section 2): no I/O, clock, randomness or concurrency imports."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PURE = [
+    "ostinato/workflow",
+    "ostinato/journal/eventlog.py",
+    "ostinato/journal/state.py",
+    "controller_svc/core.py",
+    "director_svc/core.py",
+    "subagent_svc/core.py",
+]
+FORBIDDEN = {
+    "grpc",
+    "asyncio",
+    "time",
+    "random",
+    "subprocess",
+    "pysyncobj",
+    "threading",
+    "socket",
+    "os",
+    "sqlalchemy",
+}
+
+
+def modules() -> list[Path]:
+    found: list[Path] = []
+    for entry in PURE:
+        path = ROOT / entry
+        found += sorted(path.rglob("*.py")) if path.is_dir() else [path]
+    return found
+
+
+@pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_core_imports_nothing_impure(path: Path) -> None:
+    tree = ast.parse(path.read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            imported.add(node.module.split(".")[0])
+            if node.module.startswith("gen.") and any(a.name.endswith("_grpc") for a in node.names):
+                imported.add("grpc")
+    assert not imported & FORBIDDEN, f"{path.name} imports {sorted(imported & FORBIDDEN)}"
