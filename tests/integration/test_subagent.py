@@ -55,8 +55,11 @@ class Director:
         _open_directors.append(self)
         self.channel = rpc.channel(self.address)
         self.call = subagent_pb2_grpc.SubagentServiceStub(self.channel).Session()
-        await self.send(hello=pb.Hello(agent_name="agent", director_id="test", term=self.term,
-                                       heartbeat_seconds=self.heartbeat))
+        await self.send(
+            hello=pb.Hello(
+                agent_name="agent", director_id="test", term=self.term, heartbeat_seconds=self.heartbeat
+            )
+        )
         first = await asyncio.wait_for(self.call.read(), WAIT)
         assert first.WhichOneof("kind") == "welcome", first
         self.welcome = first.welcome
@@ -134,8 +137,11 @@ def of_key(responses: list[pb.SessionResponse], key: str) -> list[pb.SessionResp
 
 
 def output(responses: list[pb.SessionResponse], stream: int) -> str:
-    return "".join(r.process_output.chunk for r in responses
-                   if r.WhichOneof("kind") == "process_output" and r.process_output.stream == stream)
+    return "".join(
+        r.process_output.chunk
+        for r in responses
+        if r.WhichOneof("kind") == "process_output" and r.process_output.stream == stream
+    )
 
 
 def kinds(responses: list[pb.SessionResponse]) -> list[str]:
@@ -178,9 +184,20 @@ def subagent_factory(tmp_path: Path) -> Iterator[Callable[..., Launched]]:
 
     def start(director_timeout: float = 10.0, env: dict[str, str] | None = None) -> Launched:
         data_dir = tmp_path / "subagent"
-        launched = launch("subagent", "subagent_svc", [
-            "--data-dir", str(data_dir), "--id", "sub-1", "--director-timeout", str(director_timeout),
-        ], data_dir, env={"OSTINATO_SECRET": "not for jobs", **(env or {})})
+        launched = launch(
+            "subagent",
+            "subagent_svc",
+            [
+                "--data-dir",
+                str(data_dir),
+                "--id",
+                "sub-1",
+                "--director-timeout",
+                str(director_timeout),
+            ],
+            data_dir,
+            env={"OSTINATO_SECRET": "not for jobs", **(env or {})},
+        )
         started.append(launched)
         return launched
 
@@ -199,8 +216,11 @@ async def test_echo_job_streams_output_then_exit(subagent: Launched, tmp_path: P
     assert d.welcome.subagent_id == "sub-1"
     assert d.welcome.run_id and list(d.welcome.known_process_keys) == []
     assert d.welcome.director_timeout_seconds == 10.0
-    await d.start("k1", r"echo hello; echo oops >&2; printf 'caf\303'; sleep 0.2; printf '\251 \377\n'",
-                  env={"FOO": "bar"})
+    await d.start(
+        "k1",
+        r"echo hello; echo oops >&2; printf 'caf\303'; sleep 0.2; printf '\251 \377\n'",
+        env={"FOO": "bar"},
+    )
     seen = await d.until_exited("k1")
     assert seen[0].seq == 1 and seen[0].process_started.pid > 0
     assert kinds(seen)[-1] == "process_exited" and set(kinds(seen)[1:-1]) == {"process_output"}
@@ -339,9 +359,11 @@ async def test_kill_process(subagent: Launched) -> None:
     stubborn = "trap '' TERM; echo ready; while :; do sleep 0.05; done"
     await d.start("delayed", stubborn, sigkill_delay_seconds=0.5)
     await d.start("now", stubborn)
-    for key in ("delayed", "now"):
-        while (r := await d.next()).process_output.process_key != key:
-            pass
+    ready: set[str] = set()
+    while ready != {"delayed", "now"}:
+        response = await d.next()
+        if response.WhichOneof("kind") == "process_output":
+            ready.add(response.process_output.process_key)
     await d.send(kill_process=pb.KillProcess(process_key="delayed"))
     await d.send(kill_process=pb.KillProcess(process_key="now", immediately=True))
     await d.send(kill_process=pb.KillProcess(process_key="unknown", immediately=True))
@@ -409,6 +431,8 @@ async def test_large_output_is_bounded_by_acks(subagent: Launched) -> None:
 
     # Without acks the subagent stops reading at its buffer bound (4 MiB of chunks).
     received = 0
+    while received < 3.5 * 1024 * 1024:
+        received += len((await d.next()).process_output.chunk)
     with pytest.raises(TimeoutError):
         while True:
             received += len((await d.next(timeout=1.0)).process_output.chunk)

@@ -1,0 +1,64 @@
+"""`python -m subagent_svc`: the subagent process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import socket
+import sys
+from pathlib import Path
+
+from gen.ostinato.subagent.v1 import subagent_pb2, subagent_pb2_grpc
+from ostinato import rpc, service
+from subagent_svc.processes import kill_orphans
+from subagent_svc.server import Subagent
+
+log = logging.getLogger("subagent_svc")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="subagent", description="Runs job processes for a director.")
+    parser.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT (port 0: any free port)")
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--id", default=socket.gethostname(), help="subagent id (default: host name)")
+    parser.add_argument(
+        "--director-timeout",
+        type=float,
+        default=10.0,
+        help="kill the processes after this many seconds without a director session",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    async def serve(stop: asyncio.Event) -> None:
+        data_dir: Path = args.data_dir.resolve()
+        subagent = Subagent(args.id, data_dir, args.director_timeout)
+        for orphan in kill_orphans(subagent.records_dir):
+            log.warning("killed orphan left by a previous run: %s", orphan)
+        server = await rpc.start_server(
+            args.listen,
+            [
+                (
+                    subagent_pb2_grpc.add_SubagentServiceServicer_to_server,
+                    subagent,
+                    rpc.service_name(subagent_pb2, "SubagentService"),
+                )
+            ],
+        )
+        log.info("subagent %s run %s listening on %s", args.id, subagent.run_id, server.address)
+        service.announce("subagent", server.address, data_dir)
+        watcher = asyncio.create_task(subagent.watch_director())
+        await stop.wait()
+        watcher.cancel()
+        await subagent.shutdown()
+        await server.stop(1.0)
+
+    return service.run("subagent", serve)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

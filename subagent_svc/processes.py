@@ -1,0 +1,235 @@
+"""Running one job process: start it in its own process group, stream its pipes, kill it, report.
+
+Everything a process does comes out as core messages through `emit`, in the order the director
+relies on: ProcessStarted, then output, then ProcessExited (or only ProcessExited if it never ran).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import hashlib
+import logging
+import os
+import re
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from subagent_svc.core import Exited, Message, Output, Started, Stream
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 32 * 1024
+INHERITED_ENV = ("PATH", "HOME", "LANG", "TMPDIR")
+DEFAULT_SIGKILL_DELAY = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSpec:
+    process_key: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    timeout: float = 0.0
+    sigkill_delay: float = 0.0
+    trace_parent: str = ""
+    order_id: str = ""
+    job_name: str = ""
+
+
+def record_path(records_dir: Path, process_key: str) -> Path:
+    """A file name for any key: readable prefix, digest for uniqueness."""
+    readable = re.sub(r"[^A-Za-z0-9._-]", "_", process_key)[:60]
+    digest = hashlib.sha256(process_key.encode()).hexdigest()[:16]
+    return records_dir / f"{readable}-{digest}.pid"
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _start_time(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def record_text(pgid: int) -> str:
+    """The group id with what tells a later run whether that id still means our group."""
+    return f"{pgid} {_boot_id()} {_start_time(pgid)}\n"
+
+
+def kill_orphans(records_dir: Path) -> list[str]:
+    """SIGKILLs the process groups a previous run left recorded (it died without cleaning up).
+
+    A record from before a reboot, or whose leader's pid now belongs to a younger process, names
+    someone else's group. While any member of a group lives, Linux does not reuse its id, so a
+    group whose leader is gone may still be ours.
+    """
+    killed = []
+    for path in sorted(records_dir.glob("*.pid")):
+        try:
+            pgid_text, *identity = path.read_text().split()
+            pgid = int(pgid_text)
+            boot, start = (identity + ["", ""])[:2]
+            current_start = _start_time(pgid)
+            if (boot and boot != _boot_id()) or (start and current_start and current_start != start):
+                continue
+            os.killpg(pgid, signal.SIGKILL)
+            killed.append(f"{path.stem} (process group {pgid})")
+        except (ValueError, ProcessLookupError, PermissionError):
+            pass
+        finally:
+            path.unlink(missing_ok=True)
+    return killed
+
+
+def job_env(spec: ProcessSpec) -> dict[str, str]:
+    env = {name: os.environ[name] for name in INHERITED_ENV if name in os.environ}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    if spec.trace_parent:
+        env["TRACEPARENT"] = spec.trace_parent  # the environment-variable carrier convention of OTel
+    env.update(spec.env)
+    return env
+
+
+class Process:
+    def __init__(
+        self,
+        spec: ProcessSpec,
+        work_dir: Path,
+        records_dir: Path,
+        emit: Callable[[Message], None],
+        wait_for_room: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.spec = spec
+        self._work_dir = work_dir
+        self._record = record_path(records_dir, spec.process_key)
+        self._emit = emit
+        self._wait_for_room = wait_for_room
+        self._process: asyncio.subprocess.Process | None = None
+        self._kill_reason = ""
+        self._timed_out = False
+        self._kill_now = False  # asked to SIGKILL before the process existed
+        self._sigkill_timer: asyncio.TimerHandle | None = None
+        self._done = False
+
+    def kill(self, immediately: bool, reason: str, timed_out: bool = False) -> None:
+        """SIGKILL, or SIGTERM then SIGKILL after the sigkill delay, to the whole process group."""
+        if self._done:
+            return
+        if not self._kill_reason:  # the first reason is the one reported
+            self._kill_reason, self._timed_out = reason, timed_out
+        if self._process is None:
+            self._kill_now = self._kill_now or immediately
+            return
+        if immediately:
+            self._signal(signal.SIGKILL)
+            return
+        self._signal(signal.SIGTERM)
+        if self._sigkill_timer is None:
+            delay = self.spec.sigkill_delay or DEFAULT_SIGKILL_DELAY
+            self._sigkill_timer = asyncio.get_running_loop().call_later(delay, self._signal, signal.SIGKILL)
+
+    def _signal(self, sig: int) -> None:
+        if self._process is None or self._done:
+            return
+        try:
+            # start_new_session made the process a group leader: its pid is the group id.
+            os.killpg(self._process.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    async def run(self) -> None:
+        spec = self.spec
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *spec.argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                cwd=self._work_dir,
+                env=job_env(spec),
+                start_new_session=True,
+            )
+        except OSError as e:
+            self._done = True
+            log.warning(
+                "process %s could not start: %s (order %r, job %r)",
+                spec.process_key,
+                e,
+                spec.order_id,
+                spec.job_name,
+            )
+            # The shell's convention: 126 found but not executable, 127 not found.
+            code = 126 if isinstance(e, PermissionError) else 127
+            self._emit(Exited(spec.process_key, return_code=code, message=f"could not start: {e}"))
+            return
+        self._process = process
+        try:
+            self._record.write_text(record_text(process.pid))
+        except OSError as e:  # the record only guards against our own crash; the job runs on
+            log.warning("process %s: cannot record its process group: %s", spec.process_key, e)
+        log.info(
+            "process %s started, pid %d (order %r, job %r)",
+            spec.process_key,
+            process.pid,
+            spec.order_id,
+            spec.job_name,
+        )
+        self._emit(Started(spec.process_key, process.pid))
+        if self._kill_reason:
+            self.kill(self._kill_now, self._kill_reason, self._timed_out)
+        timeout_timer = None
+        if spec.timeout > 0:
+            timeout_timer = asyncio.get_running_loop().call_later(
+                spec.timeout, self.kill, False, f"timed out after {spec.timeout:g} s", True
+            )
+        try:
+            assert process.stdout is not None and process.stderr is not None
+            # The process counts as running until its pipes close too: output of children that
+            # outlive it still belongs before ProcessExited.
+            await asyncio.gather(
+                self._pump(process.stdout, Stream.STDOUT), self._pump(process.stderr, Stream.STDERR)
+            )
+            returncode = await process.wait()
+        finally:
+            self._done = True
+            for timer in (timeout_timer, self._sigkill_timer):
+                if timer is not None:
+                    timer.cancel()
+            self._record.unlink(missing_ok=True)
+        signum = -returncode if returncode < 0 else 0
+        log.info(
+            "process %s exited with %s%s",
+            spec.process_key,
+            f"signal {signum}" if signum else f"return code {returncode}",
+            f" ({self._kill_reason})" if self._kill_reason else "",
+        )
+        self._emit(
+            Exited(
+                spec.process_key,
+                # 128 + signal, as a shell reports it, so that a killed process never looks successful.
+                return_code=128 + signum if signum else returncode,
+                signal=signum,
+                message=self._kill_reason,
+                timed_out=self._timed_out,
+            )
+        )
+
+    async def _pump(self, reader: asyncio.StreamReader, stream: Stream) -> None:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        while True:
+            # Not reading is the backpressure: the pipe fills and the job blocks in write().
+            await self._wait_for_room()
+            data = await reader.read(READ_SIZE)
+            text = decoder.decode(data, final=not data)
+            if text:
+                self._emit(Output(self.spec.process_key, stream, text))
+            if not data:
+                return
