@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ostinato import tracing
 from subagent_svc.core import Exited, Message, Output, Started, Stream
 
 log = logging.getLogger(__name__)
@@ -89,11 +90,12 @@ def kill_orphans(records_dir: Path) -> list[str]:
     return killed
 
 
-def job_env(spec: ProcessSpec) -> dict[str, str]:
+def job_env(spec: ProcessSpec, trace_parent: str = "") -> dict[str, str]:
     env = {name: os.environ[name] for name in INHERITED_ENV if name in os.environ}
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-    if spec.trace_parent:
-        env["TRACEPARENT"] = spec.trace_parent  # the environment-variable carrier convention of OTel
+    trace_parent = trace_parent or spec.trace_parent
+    if trace_parent:
+        env["TRACEPARENT"] = trace_parent  # the environment-variable carrier convention of OTel
     env.update(spec.env)
     return env
 
@@ -146,6 +148,18 @@ class Process:
             pass
 
     async def run(self) -> None:
+        # The process's span joins the order's trace; the job sees it as its TRACEPARENT.
+        spec = self.spec
+        with tracing.span_from_traceparent(
+            "job process",
+            spec.trace_parent,
+            order_id=spec.order_id,
+            job=spec.job_name,
+            process_key=spec.process_key,
+        ):
+            await self._run(tracing.current_traceparent())
+
+    async def _run(self, trace_parent: str) -> None:
         spec = self.spec
         try:
             process = await asyncio.create_subprocess_exec(
@@ -154,7 +168,7 @@ class Process:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 cwd=self._work_dir,
-                env=job_env(spec),
+                env=job_env(spec, trace_parent),
                 start_new_session=True,
             )
         except OSError as e:

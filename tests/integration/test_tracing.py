@@ -46,8 +46,10 @@ async def test_one_order_is_one_trace_across_services(tmp_path: Path) -> None:
     joc_traces = trace_ids(logs["joc"], "/ostinato.joc.v1.OrderService/AddOrder")
     controller_traces = trace_ids(logs["controller"], "/ostinato.controller.v1.ControllerService/AddOrders")
     director_traces = trace_ids(logs["director"], "job start")
+    subagent_traces = trace_ids(logs["subagent-1"], "job process")
     assert len(joc_traces) == 1, logs["joc"][-2000:]
     assert joc_traces == controller_traces, "the controller's span is not in JOC's trace"
     assert joc_traces == director_traces, "the job start is not in the order's trace"
+    assert joc_traces == subagent_traces, "the job's process is not in the order's trace"
     # Health and reflection calls are not traced.
     assert "grpc.health" not in logs["joc"] + logs["controller"]
