@@ -41,7 +41,9 @@ class JournalShell:
         order they were decided."""
         await self.journal.room()
         events = decide(now_ms())
-        await self.persist(events)
+        # Shielded: a caller that goes away (a cancelled RPC) must not cancel the commit, which
+        # the working state already counts on.
+        await asyncio.shield(self.persist(events))
         return events
 
     def persist(self, events: list[events_pb2.Event]) -> asyncio.Future[Any]:
@@ -56,7 +58,7 @@ class JournalShell:
 
     def _committed(self, future: asyncio.Future[Any], events: list[events_pb2.Event]) -> None:
         if future.cancelled() or future.exception() is not None:
-            error = "cancelled" if future.cancelled() else future.exception()
+            error = "cancelled" if future.cancelled() else repr(future.exception())
             # The working state now holds events the journal may not: only a restart from the
             # journal is consistent again. Crash-only: the supervisor or operator restarts us.
             log.critical("journal commit failed (%s); exiting so the journal is replayed", error)

@@ -178,6 +178,13 @@ def test_cli_deploy_folder(lonely_joc: Launched, tmp_path: Path) -> None:
     assert line.startswith("ostinato: error: ") and "bad.workflow.json" in line and "agnt" in line
 
 
+def test_cli_tells_unreachable_controller_from_unreachable_joc(lonely_joc: Launched) -> None:
+    result = cli("order", "add", "/dep/hello", "--joc", lonely_joc.address)
+    assert result.returncode == 1 and result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith("ostinato: error: controller main at 127.0.0.1:1 is unreachable")
+
+
 # ---- JOC with a test-side controller
 
 

@@ -1,0 +1,65 @@
+"""JOC's rows as the messages of its API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from google.protobuf import timestamp_pb2
+
+from gen.ostinato.common.v1 import events_pb2
+from gen.ostinato.joc.v1 import joc_pb2
+from joc_svc.projection import Projected
+from joc_svc.store import DeploymentRow, LogRow, ObjectRow, OrderRow
+
+
+def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def object_pb(row: ObjectRow) -> joc_pb2.InventoryObject:
+    return joc_pb2.InventoryObject(
+        path=row.path,
+        type=row.type,  # type: ignore[arg-type]
+        json=row.json,
+        modified_at=timestamp(row.modified_at),
+        deployed_version_id=row.deployed_version_id,
+    )
+
+
+def deployment_pb(row: DeploymentRow) -> joc_pb2.Deployment:
+    result = joc_pb2.Deployment(
+        id=row.id,
+        path=row.path,
+        type=row.type,  # type: ignore[arg-type]
+        version_id=row.version_id,
+        controller_id=row.controller_id,
+        status=row.status,  # type: ignore[arg-type]
+        message=row.message,
+        account=row.account,
+        requested_at=timestamp(row.requested_at),
+    )
+    if row.confirmed_at:
+        result.confirmed_at.CopyFrom(timestamp(row.confirmed_at))
+    return result
+
+
+def summary_pb(row: OrderRow) -> joc_pb2.OrderSummary:
+    return joc_pb2.OrderSummary(
+        order=row.order,
+        controller_id=row.controller_id,
+        added_at=timestamp(row.added_at),
+        updated_at=timestamp(row.updated_at),
+    )
+
+
+def watch_pb(event: events_pb2.Event, projected: Projected) -> joc_pb2.WatchOrderResponse:
+    response = joc_pb2.WatchOrderResponse(event=event)
+    if projected.order is not None:
+        response.order.CopyFrom(projected.order)
+    return response
+
+
+def log_pb(row: LogRow) -> joc_pb2.GetOrderLogResponse:
+    return joc_pb2.GetOrderLogResponse(stream=row.stream, chunk=row.chunk, timestamp=timestamp(row.timestamp))  # type: ignore[arg-type]
