@@ -43,7 +43,9 @@ async def order_latencies(joc_address: str, n: int) -> list[float]:
     deployment = joc_pb2_grpc.DeploymentServiceStub(channel)
     orders = joc_pb2_grpc.OrderServiceStub(channel)
     await inventory.PutObject(
-        joc_pb2.PutObjectRequest(path="/bench/true", type=items_pb2.ITEM_TYPE_WORKFLOW, json=json.dumps(TRIVIAL))
+        joc_pb2.PutObjectRequest(
+            path="/bench/true", type=items_pb2.ITEM_TYPE_WORKFLOW, json=json.dumps(TRIVIAL)
+        )
     )
     await deployment.Deploy(joc_pb2.DeployRequest(paths=["/bench/true"]))
     times = []
