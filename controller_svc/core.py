@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from gen.ostinato.common.v1 import events_pb2, items_pb2, order_pb2, workflow_pb2
 from gen.ostinato.controller.v1 import controller_pb2
 from ostinato.errors import InvalidArgument, NotFound
-from ostinato.journal.state import JournaledState
 from ostinato.workflow import model
-from ostinato.workflow.orders import TERMINAL_STATES, apply_order_event
+from ostinato.workflow.holder import OrderHolder
+from ostinato.workflow.orders import TERMINAL_STATES
 from ostinato.workflow.step import ControllerScope, step
 
 A = order_pb2.AttachedState
@@ -36,25 +36,19 @@ MIRRORED_KINDS = frozenset(
 )
 
 
-class ControllerState(JournaledState):
+class ControllerState(OrderHolder):
     def __init__(self) -> None:
         super().__init__()
-        self.workflows: dict[tuple[str, str], workflow_pb2.Workflow] = {}
         self.signed_items: dict[tuple[str, str], items_pb2.SignedItem] = {}
         self.current_version: dict[str, str] = {}
-        self.orders: dict[str, order_pb2.Order] = {}
-        # Id of the last event that touched each order: the shell acts on an order only once
-        # that event is committed.
-        self.order_event_id: dict[str, int] = {}
         self.agent_observed: dict[str, int] = {}
 
     def apply_to_state(self, event: Event) -> None:
+        super().apply_to_state(event)
         kind = event.WhichOneof("kind")
         if kind == "item_deployed":
             wf = event.item_deployed.workflow
-            key = (wf.path, wf.version_id)
-            self.workflows[key] = wf
-            self.signed_items[key] = items_pb2.SignedItem(
+            self.signed_items[(wf.path, wf.version_id)] = items_pb2.SignedItem(
                 type=items_pb2.ITEM_TYPE_WORKFLOW,
                 path=wf.path,
                 version_id=wf.version_id,
@@ -64,17 +58,6 @@ class ControllerState(JournaledState):
             self.current_version[wf.path] = wf.version_id
         elif kind == "agent_events_observed":
             self.agent_observed[event.agent_events_observed.agent] = event.agent_events_observed.until_id
-        elif kind == "order_deleted":
-            self.orders.pop(event.order_id, None)
-            self.order_event_id.pop(event.order_id, None)
-        elif kind is not None and kind.startswith("order_"):
-            order = apply_order_event(self.orders.get(event.order_id), event)
-            assert order is not None
-            self.orders[event.order_id] = order
-            self.order_event_id[event.order_id] = event.id
-
-    def workflow_of(self, order: order_pb2.Order) -> workflow_pb2.Workflow:
-        return self.workflows[(order.workflow_path, order.workflow_version_id)]
 
 
 @dataclass

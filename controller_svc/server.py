@@ -6,8 +6,6 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import grpc
 
@@ -16,83 +14,49 @@ from controller_svc.core import ControllerCore, ControllerState
 from gen.ostinato.common.v1 import events_pb2
 from gen.ostinato.controller.v1 import controller_pb2, controller_pb2_grpc
 from ostinato import rpc
-from ostinato.journal.replicated import Journal, cluster_password
-from ostinato.journal.shell import JournalShell, now_ms
+from ostinato.journal.node import JournaledNode, NodeConfig, serve_node
+from ostinato.journal.shell import now_ms
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class ControllerConfig:
-    controller_id: str
-    data_dir: Path
-    listen: str
-    raft_address: str
+    node: NodeConfig
+    controller_id: str = "controller"
     agents: dict[str, str] = field(default_factory=dict)  # name -> director address
-    raft_partners: list[str] = field(default_factory=list)
-    cluster_password: str | None = None
 
 
-class Controller:
+class Controller(JournaledNode):
     def __init__(self, config: ControllerConfig) -> None:
+        super().__init__(config.node)
         self.config = config
         self.controller_id = config.controller_id
         self.drivers: dict[str, AgentDriver] = {}
-        self._tasks: list[asyncio.Task[Any]] = []
-        self._timer_wake = asyncio.Event()
 
     async def start(self) -> None:
-        cfg = self.config
-        self.journal = Journal(
-            data_dir=cfg.data_dir / "journal",
-            self_address=cfg.raft_address,
-            partners=cfg.raft_partners,
-            password=cluster_password(cfg.data_dir, cfg.cluster_password),
-            new_state=ControllerState,
-        )
-        state: ControllerState = await self.journal.wait_active()
-        self.shell = JournalShell(self.journal, state)
-        self.core = ControllerCore(state, frozenset(cfg.agents))
-        self.shell.on_commit(self._on_commit)
+        state: ControllerState = await self.open_journal(ControllerState)
+        self.core = ControllerCore(state, frozenset(self.config.agents))
         log.info(
             "controller %s active at event %d, %d orders",
             self.controller_id,
             state.last_event_id,
             len(state.orders),
         )
-        for name, address in cfg.agents.items():
+        for name, address in self.config.agents.items():
             driver = AgentDriver(self, name, address)
             self.drivers[name] = driver
-            self._tasks.append(asyncio.create_task(driver.run(), name=f"agent-{name}"))
-        self._tasks.append(asyncio.create_task(self._timer(), name="timer"))
+            self.spawn(driver.run(), f"agent-{name}")
+        self.spawn(self.wake_loop(self.core.next_wake_ms, self._on_wake), "timer")
 
-    @property
-    def term(self) -> int:
-        return self.journal.term
-
-    def _on_commit(self, events: list[events_pb2.Event]) -> None:
+    def on_commit(self, events: list[events_pb2.Event]) -> None:
         for driver in self.drivers.values():
             driver.wake()
-        self._timer_wake.set()
 
-    async def _timer(self) -> None:
+    async def _on_wake(self, due: int | None) -> None:
         """Starts fresh orders whose first instruction is the controller's when their time comes."""
-        while True:
-            due = self.core.next_wake_ms()
-            delay = 60.0 if due is None else max(0.0, (due - now_ms()) / 1000)
-            self._timer_wake.clear()
-            try:
-                await asyncio.wait_for(self._timer_wake.wait(), min(delay, 60.0))
-            except TimeoutError:
-                pass
-            if due is not None and due <= now_ms():
-                await self.shell.command(self.core.wake)
-
-    async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self.journal.close()
+        if due is not None and due <= now_ms():
+            await self.shell.command(self.core.wake)
 
 
 class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
@@ -154,21 +118,10 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
 
 
 async def serve(config: ControllerConfig, stop: asyncio.Event) -> None:
-    from ostinato.service import announce
-
     controller = Controller(config)
-    await controller.start()
-    server = await rpc.start_server(
-        config.listen,
-        [
-            (
-                controller_pb2_grpc.add_ControllerServiceServicer_to_server,
-                ControllerServicer(controller),
-                rpc.service_name(controller_pb2, "ControllerService"),
-            )
-        ],
+    registration = (
+        controller_pb2_grpc.add_ControllerServiceServicer_to_server,
+        ControllerServicer(controller),
+        rpc.service_name(controller_pb2, "ControllerService"),
     )
-    announce("controller", server.address, config.data_dir)
-    await stop.wait()
-    await server.stop(1.0)
-    await controller.stop()
+    await serve_node("controller", controller, registration, stop)

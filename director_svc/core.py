@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from gen.ostinato.common.v1 import events_pb2, items_pb2, order_pb2, workflow_pb2
 from gen.ostinato.subagent.v1 import subagent_pb2
 from ostinato.errors import InvalidArgument
-from ostinato.journal.state import JournaledState
 from ostinato.workflow import model, positions
-from ostinato.workflow.orders import apply_order_event
+from ostinato.workflow.holder import OrderHolder
 from ostinato.workflow.step import AgentScope, ExecuteJob, job_environment, step
 
 A = order_pb2.AttachedState
@@ -30,38 +29,24 @@ class SubagentRun:
     observed_seq: int
 
 
-class DirectorState(JournaledState):
+class DirectorState(OrderHolder):
+    # An order leaves the agent when the controller detaches it.
+    leaving_kinds = frozenset({"order_detached", "order_deleted"})
+
     def __init__(self) -> None:
         super().__init__()
-        self.workflows: dict[tuple[str, str], workflow_pb2.Workflow] = {}
-        self.orders: dict[str, order_pb2.Order] = {}
-        self.order_event_id: dict[str, int] = {}
         self.subagent_runs: dict[str, SubagentRun] = {}
         # Counts job starts; round-robin picks by it, so replay picks the same.
         self.starts = 0
 
     def apply_to_state(self, event: Event) -> None:
+        super().apply_to_state(event)
         kind = event.WhichOneof("kind")
-        if kind == "item_deployed":
-            wf = event.item_deployed.workflow
-            self.workflows[(wf.path, wf.version_id)] = wf
-        elif kind == "subagent_messages_observed":
+        if kind == "subagent_messages_observed":
             o = event.subagent_messages_observed
             self.subagent_runs[o.subagent_id] = SubagentRun(o.run_id, o.until_seq)
-        elif kind in ("order_detached", "order_deleted"):
-            # The order leaves this agent; its events stay in the log until released.
-            self.orders.pop(event.order_id, None)
-            self.order_event_id.pop(event.order_id, None)
-        elif kind is not None and kind.startswith("order_"):
-            order = apply_order_event(self.orders.get(event.order_id), event)
-            assert order is not None
-            self.orders[event.order_id] = order
-            self.order_event_id[event.order_id] = event.id
-            if kind == "order_processing_started":
-                self.starts += 1
-
-    def workflow_of(self, order: order_pb2.Order) -> workflow_pb2.Workflow:
-        return self.workflows[(order.workflow_path, order.workflow_version_id)]
+        elif kind == "order_processing_started":
+            self.starts += 1
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -16,64 +15,46 @@ from director_svc.subagents import SubagentDriver
 from gen.ostinato.director.v1 import director_pb2, director_pb2_grpc
 from ostinato import rpc
 from ostinato.errors import FailedPrecondition
-from ostinato.journal.replicated import Journal, cluster_password
-from ostinato.journal.shell import JournalShell, now_ms
+from ostinato.journal.node import JournaledNode, NodeConfig, serve_node
+from ostinato.journal.shell import now_ms
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class DirectorConfig:
-    agent: str
-    data_dir: Path
-    listen: str
-    raft_address: str
+    node: NodeConfig
+    agent: str = "agent-1"
     subagents: dict[str, str] = field(default_factory=dict)  # id -> address, in priority order
-    raft_partners: list[str] = field(default_factory=list)
-    cluster_password: str | None = None
 
 
-class Director:
+class Director(JournaledNode):
     def __init__(self, config: DirectorConfig) -> None:
+        super().__init__(config.node)
         self.config = config
         self.agent = config.agent
-        self.director_id = f"{config.agent}@{config.raft_address}"
+        self.director_id = f"{config.agent}@{config.node.raft_address}"
         self.drivers: dict[str, SubagentDriver] = {}
         self.highest_controller_term = 0
-        self._tasks: list[asyncio.Task[Any]] = []
-        self._timer_wake = asyncio.Event()
+        self._available_before: set[str] = set()
 
     async def start(self) -> None:
-        cfg = self.config
-        self.journal = Journal(
-            data_dir=cfg.data_dir / "journal",
-            self_address=cfg.raft_address,
-            partners=cfg.raft_partners,
-            password=cluster_password(cfg.data_dir, cfg.cluster_password),
-            new_state=DirectorState,
-        )
-        state: DirectorState = await self.journal.wait_active()
-        self.shell = JournalShell(self.journal, state)
-        self.core = DirectorCore(state, cfg.agent, list(cfg.subagents))
-        self.shell.on_commit(self._on_commit)
+        state: DirectorState = await self.open_journal(DirectorState)
+        self.core = DirectorCore(state, self.agent, list(self.config.subagents))
         log.info(
             "director of %s active at event %d, %d orders", self.agent, state.last_event_id, len(state.orders)
         )
-        for subagent_id, address in cfg.subagents.items():
+        for subagent_id, address in self.config.subagents.items():
             driver = SubagentDriver(self, subagent_id, address)
             self.drivers[subagent_id] = driver
-            self._tasks.append(asyncio.create_task(driver.run(), name=f"subagent-{subagent_id}"))
-        self._tasks.append(asyncio.create_task(self._timer(), name="timer"))
-
-    @property
-    def term(self) -> int:
-        return self.journal.term
+            self.spawn(driver.run(), f"subagent-{subagent_id}")
+        self.spawn(self.wake_loop(self.core.next_wake_ms, self._on_wake), "timer")
 
     def available(self) -> set[str]:
         return {d.subagent_id for d in self.drivers.values() if d.ready}
 
     def availability_changed(self) -> None:
-        self._timer_wake.set()
+        self.wake()
 
     def check_sender(self, sender: director_pb2.Sender) -> None:
         """Fencing: a controller node with an older term than one already heard is deposed."""
@@ -84,32 +65,16 @@ class Director:
             )
         self.highest_controller_term = sender.term
 
-    def _on_commit(self, events: list[Any]) -> None:
+    def on_commit(self, events: list[Any]) -> None:
         for driver in self.drivers.values():
             driver.wake()
-        self._timer_wake.set()
 
-    async def _timer(self) -> None:
+    async def _on_wake(self, due: int | None) -> None:
         """Starts fresh orders at their time and hands ready orders to subagents that came."""
-        available_before: set[str] = set()
-        while True:
-            due = self.core.next_wake_ms()
-            delay = 60.0 if due is None else max(0.0, (due - now_ms()) / 1000)
-            self._timer_wake.clear()
-            try:
-                await asyncio.wait_for(self._timer_wake.wait(), min(delay, 60.0))
-            except TimeoutError:
-                pass
-            available = self.available()
-            if (due is not None and due <= now_ms()) or (available - available_before):
-                await self.shell.command(lambda now, available=available: self.core.wake(now, available))
-            available_before = available
-
-    async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self.journal.close()
+        available = self.available()
+        if (due is not None and due <= now_ms()) or (available - self._available_before):
+            await self.shell.command(lambda now: self.core.wake(now, available))
+        self._available_before = available
 
 
 class DirectorServicer(director_pb2_grpc.DirectorServiceServicer):
@@ -174,21 +139,10 @@ class DirectorServicer(director_pb2_grpc.DirectorServiceServicer):
 
 
 async def serve(config: DirectorConfig, stop: asyncio.Event) -> None:
-    from ostinato.service import announce
-
     director = Director(config)
-    await director.start()
-    server = await rpc.start_server(
-        config.listen,
-        [
-            (
-                director_pb2_grpc.add_DirectorServiceServicer_to_server,
-                DirectorServicer(director),
-                rpc.service_name(director_pb2, "DirectorService"),
-            )
-        ],
+    registration = (
+        director_pb2_grpc.add_DirectorServiceServicer_to_server,
+        DirectorServicer(director),
+        rpc.service_name(director_pb2, "DirectorService"),
     )
-    announce("director", server.address, config.data_dir)
-    await stop.wait()
-    await server.stop(1.0)
-    await director.stop()
+    await serve_node("director", director, registration, stop)
