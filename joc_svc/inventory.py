@@ -28,6 +28,19 @@ def canonical_draft(type: int, json_text: str, path: str) -> str:
     return json.dumps(value, sort_keys=True, ensure_ascii=False)
 
 
+# Types controllers accept so far; other objects stay in the inventory and are reported
+# not deployed, without failing the workflows deployed beside them.
+DEPLOYABLE_TYPES = frozenset({items_pb2.ITEM_TYPE_WORKFLOW})
+
+
+def not_deployable_reason(type: int) -> str:
+    if type in DEPLOYABLE_TYPES:
+        return ""
+    return (
+        f"{items_pb2.ItemType.Name(type).removeprefix('ITEM_TYPE_').lower()} objects cannot be deployed yet"
+    )
+
+
 def deployable(type: int, path: str, stored_json: str, version_id: str) -> items_pb2.SignedItem:
     """The item handed to controllers. A workflow carries its path and version id inside the JSON
     too (both must agree with the SignedItem's); signing comes later."""

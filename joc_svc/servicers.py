@@ -104,7 +104,9 @@ class DeploymentServicer(joc_pb2_grpc.DeploymentServiceServicer):
             links = [self.joc.controller(c, "controller_ids") for c in dict.fromkeys(request.controller_ids)]
         else:
             links = list(self.joc.controllers.values()) or [self.joc.controller("")]  # the latter raises
-        objects = await asyncio.to_thread(self.joc.store.objects_to_deploy, list(request.paths))
+        found = await asyncio.to_thread(self.joc.store.objects_to_deploy, list(request.paths))
+        skipped = {(o.path, o.type): inventory.not_deployable_reason(o.type) for o in found}
+        objects = [o for o in found if not skipped[(o.path, o.type)]]
         now = self.joc.clock()
         version_id = naming.new_version_id(now)
         items = [inventory.deployable(o.type, o.path, o.json, version_id) for o in objects]
@@ -119,7 +121,7 @@ class DeploymentServicer(joc_pb2_grpc.DeploymentServiceServicer):
             except grpc.aio.AioRpcError as e:
                 return link, link.error(e)
 
-        outcomes = await asyncio.gather(*(deploy_to(link) for link in links))
+        outcomes = await asyncio.gather(*(deploy_to(link) for link in links)) if items else []
         confirmed_at = self.joc.clock()
         history = [
             DeploymentRow(
@@ -137,6 +139,21 @@ class DeploymentServicer(joc_pb2_grpc.DeploymentServiceServicer):
             )
             for link, error in outcomes
             for o in objects
+        ] + [
+            DeploymentRow(
+                path=o.path,
+                type=o.type,
+                version_id="",
+                controller_id=link.id,
+                status=joc_pb2.DEPLOYMENT_STATUS_NOT_DEPLOYED,
+                message=skipped[(o.path, o.type)],
+                account=account,
+                requested_at=now,
+                confirmed_at=None,
+            )
+            for link in links
+            for o in found
+            if skipped[(o.path, o.type)]
         ]
         rows = await asyncio.to_thread(self.joc.store.record_deployments, history)
         targets = ", ".join(link.id for link in links)

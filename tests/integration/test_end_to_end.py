@@ -204,3 +204,22 @@ def test_reflection_lists_every_service(topology: Topology) -> None:
     assert overview.returncode == 0, overview.stderr
     assert json.loads(overview.stdout)["controllerId"] == "controller"
     assert os.path.exists(topology.data_dir / "controller" / "journal")
+
+
+async def test_folder_with_an_undeployable_type_still_deploys_its_workflows(
+    topology: Topology, joc: Joc
+) -> None:
+    workflow = {"instructions": [{"execute": {"jobName": "j"}}], "jobs": {"j": shell_job("true")}}
+    await joc.inventory.PutObject(
+        joc_pb2.PutObjectRequest(path="/mixed/wf", type=1, json=json.dumps(workflow))
+    )
+    await joc.inventory.PutObject(
+        joc_pb2.PutObjectRequest(path="/mixed/env", type=2, json=json.dumps({"variables": {"A": "1"}}))
+    )
+    response = await joc.deployment.Deploy(joc_pb2.DeployRequest(paths=["/mixed"]))
+    status = {d.path: (d.status, d.message) for d in response.deployments}
+    assert status["/mixed/wf"] == (joc_pb2.DEPLOYMENT_STATUS_DEPLOYED, "")
+    assert status["/mixed/env"][0] == joc_pb2.DEPLOYMENT_STATUS_NOT_DEPLOYED
+    assert "job_resource objects cannot be deployed yet" in status["/mixed/env"][1]
+    added = await joc.orders.AddOrder(joc_pb2.AddOrderRequest(workflow_path="/mixed/wf"))
+    assert (await joc.wait_until_ended(added.order_id)).state == S.ORDER_STATE_FINISHED
