@@ -167,7 +167,8 @@ def test_cli_deploy_folder(lonely_joc: Launched, tmp_path: Path) -> None:
     assert result.returncode == 1, result.stderr  # the controller is unreachable
     lines = result.stdout.splitlines()
     assert [line.split(" version ")[0] for line in lines] == ["NOT deployed /a/hello", "NOT deployed /env"]
-    assert all(" to main: controller main at 127.0.0.1:1 is unreachable" in line for line in lines)
+    assert " to main: controller main at 127.0.0.1:1 is unreachable" in lines[0]
+    assert "job_resource objects cannot be deployed yet" in lines[1]
 
     (tmp_path / "bad.workflow.json").write_text(
         '{"instructions":[{"execute":{"jobName":"a"}}],"jobs":{"a":{"agnt":"x"}}}'
