@@ -164,10 +164,13 @@ class Topology:
     def kill(self, name: str) -> None:
         self.services[name].kill()
 
-    def stop(self) -> None:
-        for name in ["joc", "controller", "director", *self.config.subagents]:
-            if name in self.services:
-                self.services[name].stop()
+    def stop(self) -> dict[str, int | None]:
+        """Stops in dialing order (JOC first) and returns each service's exit code."""
+        return {
+            name: self.services[name].stop()
+            for name in ["joc", "controller", "director", *self.config.subagents]
+            if name in self.services
+        }
 
     def __enter__(self) -> Topology:
         self.start()
@@ -210,8 +213,10 @@ def run_up(config_path: Path | None, data_dir: Path | None) -> int:
             stop.wait(0.5)
     finally:
         print("stopping ...")
-        topology.stop()
-    return 0
+        codes = topology.stop()
+        for name, code in codes.items():
+            print(f"  {name} stopped (exit {code})")
+    return 0 if all(code == 0 for code in codes.values()) else 1
 
 
 def run_demo() -> int:
