@@ -52,6 +52,7 @@ check: lint-protos gen-check breaking
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy ostinato controller_svc director_svc subagent_svc joc_svc bench scripts
 
 bench: $(STAMP)
 	$(PY) -m bench

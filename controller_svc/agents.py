@@ -8,6 +8,7 @@ the state says is pending again.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import TYPE_CHECKING
 
@@ -90,7 +91,7 @@ class AgentDriver:
                 continue
             events = list(response.events)
             await self.controller.shell.command(
-                lambda now, events=events: self.controller.core.on_agent_events(self.name, events, now)
+                functools.partial(self.controller.core.on_agent_events, self.name, events)
             )
             await stub.ReleaseEvents(
                 director_pb2.ReleaseEventsRequest(sender=self._sender(), until_id=events[-1].id), timeout=10

@@ -139,9 +139,9 @@ class ControllerCore:
                 trace_parent=new.trace_parent,
                 position=order_pb2.Position(nr=0),
             )
-            for k, v in workflow.order_preparation.parameters.items():
-                if v.HasField("default"):
-                    order.arguments[k].CopyFrom(v.default)
+            for k, parameter in workflow.order_preparation.parameters.items():
+                if parameter.HasField("default"):
+                    order.arguments[k].CopyFrom(parameter.default)
             for k, v in new.arguments.items():
                 order.arguments[k].CopyFrom(v)
             if new.HasField("scheduled_for"):

@@ -8,6 +8,7 @@ the subagent keeps and re-sends whatever the journal does not have yet.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
@@ -118,11 +119,10 @@ class SubagentDriver:
             batch = [await inbox.get()]
             while not inbox.empty() and len(batch) < 1000:
                 batch.append(inbox.get_nowait())
-            await self.director.shell.command(
-                lambda now, batch=batch: core.subagent_messages(
-                    self.subagent_id, run_id, batch, now, self.director.available()
-                )
+            decide = functools.partial(
+                core.subagent_messages, self.subagent_id, run_id, batch, available=self.director.available()
             )
+            await self.director.shell.command(decide)
             outbox.put_nowait(subagent_pb2.SessionRequest(ack=subagent_pb2.Ack(until_seq=batch[-1].seq)))
 
     async def _heartbeat(self, outbox: asyncio.Queue[subagent_pb2.SessionRequest | None]) -> None:

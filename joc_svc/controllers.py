@@ -41,7 +41,7 @@ class ControllerLink:
         # Made on first use: an aio channel belongs to the running event loop.
         if self._channel is None:
             self._channel = rpc.channel(self.address)
-        return controller_pb2_grpc.ControllerServiceStub(self._channel)  # type: ignore[return-value]
+        return controller_pb2_grpc.ControllerServiceStub(self._channel)
 
     async def close(self) -> None:
         if self._channel is not None:

@@ -36,9 +36,8 @@ DEPLOYABLE_TYPES = frozenset({items_pb2.ITEM_TYPE_WORKFLOW})
 def not_deployable_reason(type: int) -> str:
     if type in DEPLOYABLE_TYPES:
         return ""
-    return (
-        f"{items_pb2.ItemType.Name(type).removeprefix('ITEM_TYPE_').lower()} objects cannot be deployed yet"
-    )
+    name = items_pb2.ItemType.Name(items_pb2.ItemType.ValueType(type))
+    return f"{name.removeprefix('ITEM_TYPE_').lower()} objects cannot be deployed yet"
 
 
 def deployable(type: int, path: str, stored_json: str, version_id: str) -> items_pb2.SignedItem:

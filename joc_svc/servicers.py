@@ -59,7 +59,7 @@ class InventoryServicer(joc_pb2_grpc.InventoryServiceServicer):
 
     async def PutObject(
         self, request: joc_pb2.PutObjectRequest, context: grpc.aio.ServicerContext
-    ) -> joc_pb2.PutObjectResponse:  # type: ignore[override]
+    ) -> joc_pb2.PutObjectResponse:
         path = naming.check_path(request.path)
         text = inventory.canonical_draft(request.type, request.json, path)
         row = await asyncio.to_thread(self.joc.store.put_object, path, request.type, text, self.joc.clock())
@@ -68,7 +68,7 @@ class InventoryServicer(joc_pb2_grpc.InventoryServiceServicer):
 
     async def GetObject(
         self, request: joc_pb2.GetObjectRequest, context: grpc.aio.ServicerContext
-    ) -> joc_pb2.GetObjectResponse:  # type: ignore[override]
+    ) -> joc_pb2.GetObjectResponse:
         row = await asyncio.to_thread(
             self.joc.store.get_object, naming.check_path(request.path), request.type
         )
@@ -76,14 +76,14 @@ class InventoryServicer(joc_pb2_grpc.InventoryServiceServicer):
 
     async def ListObjects(
         self, request: joc_pb2.ListObjectsRequest, context: grpc.aio.ServicerContext
-    ) -> joc_pb2.ListObjectsResponse:  # type: ignore[override]
+    ) -> joc_pb2.ListObjectsResponse:
         folder = naming.check_folder(request.folder)
         rows = await asyncio.to_thread(self.joc.store.list_objects, folder, request.recursive, request.type)
         return joc_pb2.ListObjectsResponse(objects=[convert.object_pb(r) for r in rows])
 
     async def RemoveObject(
         self, request: joc_pb2.RemoveObjectRequest, context: grpc.aio.ServicerContext
-    ) -> joc_pb2.RemoveObjectResponse:  # type: ignore[override]
+    ) -> joc_pb2.RemoveObjectResponse:
         row = await asyncio.to_thread(
             self.joc.store.remove_object, naming.check_path(request.path), request.type
         )
@@ -97,7 +97,7 @@ class DeploymentServicer(joc_pb2_grpc.DeploymentServiceServicer):
 
     async def Deploy(
         self, request: joc_pb2.DeployRequest, context: grpc.aio.ServicerContext
-    ) -> joc_pb2.DeployResponse:  # type: ignore[override]
+    ) -> joc_pb2.DeployResponse:
         if not request.paths:
             raise InvalidArgument("give the paths of objects or folders to deploy", field="paths")
         if request.controller_ids:
@@ -169,7 +169,7 @@ class DeploymentServicer(joc_pb2_grpc.DeploymentServiceServicer):
 
     async def ListDeployments(
         self, request: joc_pb2.ListDeploymentsRequest, context: grpc.aio.ServicerContext
-    ) -> joc_pb2.ListDeploymentsResponse:  # type: ignore[override]
+    ) -> joc_pb2.ListDeploymentsResponse:
         rows = await asyncio.to_thread(self.joc.store.list_deployments, request.path, request.limit)
         return joc_pb2.ListDeploymentsResponse(deployments=[convert.deployment_pb(r) for r in rows])
 
@@ -180,7 +180,7 @@ class OrderServicer(joc_pb2_grpc.OrderServiceServicer):
 
     async def AddOrder(
         self, request: joc_pb2.AddOrderRequest, context: grpc.aio.ServicerContext
-    ) -> joc_pb2.AddOrderResponse:  # type: ignore[override]
+    ) -> joc_pb2.AddOrderResponse:
         workflow_path = naming.check_path(request.workflow_path, "workflow_path")
         link = self.joc.controller(request.controller_id)
         now = self.joc.clock()
@@ -222,7 +222,7 @@ class OrderServicer(joc_pb2_grpc.OrderServiceServicer):
 
     async def ListOrders(
         self, request: joc_pb2.ListOrdersRequest, context: grpc.aio.ServicerContext
-    ) -> joc_pb2.ListOrdersResponse:  # type: ignore[override]
+    ) -> joc_pb2.ListOrdersResponse:
         rows = await asyncio.to_thread(
             self.joc.store.list_orders, request.state, request.workflow_path, request.limit
         )
@@ -230,14 +230,14 @@ class OrderServicer(joc_pb2_grpc.OrderServiceServicer):
 
     async def GetOrder(
         self, request: joc_pb2.GetOrderRequest, context: grpc.aio.ServicerContext
-    ) -> joc_pb2.GetOrderResponse:  # type: ignore[override]
+    ) -> joc_pb2.GetOrderResponse:
         row = await asyncio.to_thread(self.joc.store.get_order, _order_id(request.order_id))
         events = await asyncio.to_thread(self.joc.store.order_events, request.order_id)
         return joc_pb2.GetOrderResponse(summary=convert.summary_pb(row), events=events)
 
     async def WatchOrder(
         self, request: joc_pb2.WatchOrderRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[joc_pb2.WatchOrderResponse]:  # type: ignore[override]
+    ) -> AsyncIterator[joc_pb2.WatchOrderResponse]:
         order_id = _order_id(request.order_id)
         # Subscribe before reading, so nothing committed in between is missed.
         async with self.joc.hub.subscribe(order_id) as queue:
@@ -260,7 +260,7 @@ class OrderServicer(joc_pb2_grpc.OrderServiceServicer):
 
     async def GetOrderLog(
         self, request: joc_pb2.GetOrderLogRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[joc_pb2.GetOrderLogResponse]:  # type: ignore[override]
+    ) -> AsyncIterator[joc_pb2.GetOrderLogResponse]:
         order_id = _order_id(request.order_id)
         async with self.joc.hub.subscribe(order_id) as queue:
             # The row first: if it is final, every chunk before its end is committed for the read after.

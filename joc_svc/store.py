@@ -445,7 +445,7 @@ class _Locked:
         self._lock.acquire()
         try:
             self._tx = self._engine.begin()
-            return self._tx.__enter__()  # type: ignore[no-any-return]
+            return self._tx.__enter__()
         except BaseException:
             self._lock.release()
             raise

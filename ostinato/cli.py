@@ -118,7 +118,8 @@ _STATE_PREFIX = "ORDER_STATE_"
 
 
 def state_word(state: int) -> str:
-    return order_pb2.OrderState.Name(state).removeprefix(_STATE_PREFIX).lower()
+    name = order_pb2.OrderState.Name(order_pb2.OrderState.ValueType(state))
+    return name.removeprefix(_STATE_PREFIX).lower()
 
 
 def position_text(position: order_pb2.Position) -> str:
@@ -414,13 +415,13 @@ def cmd_order_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from ostinato import topology  # type: ignore[attr-defined]
+    from ostinato import topology
 
     return int(topology.run_up(args.config, args.data_dir))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ostinato import topology  # type: ignore[attr-defined]
+    from ostinato import topology
 
     return int(topology.run_demo())
 

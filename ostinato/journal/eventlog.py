@@ -37,7 +37,7 @@ class EventLog:
         if not self.events:
             return []
         start = after_id - self.events[0].id + 1  # ids are gapless, so the index is arithmetic
-        result = []
+        result: list[events_pb2.Event] = []
         for i in range(max(start, 0), len(self.events)):
             e = self.events[i]
             if e.id > until_id or len(result) >= limit:

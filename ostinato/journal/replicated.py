@@ -36,14 +36,14 @@ class JournaledState(Protocol):
     def apply(self, event: events_pb2.Event) -> None: ...
 
 
-class _Raft(SyncObj):  # type: ignore[misc]
+class _Raft(SyncObj):
     def __init__(self, self_address: str, partners: list[str], conf: SyncObjConf, state: Any) -> None:
         self.committed = state
         self.lock = threading.Lock()
         self.on_applied: Callable[[int], None] = lambda _last: None
         super().__init__(self_address, partners, conf=conf)
 
-    @replicated  # type: ignore[misc]
+    @replicated
     def apply_batch(self, data: bytes) -> int:
         batch = journal_pb2.EventBatch.FromString(data)
         with self.lock:

@@ -5,6 +5,8 @@ Errors name the field as the user wrote it (JSON names: `jobs.a.executable.shell
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
@@ -57,8 +59,10 @@ def validate(workflow: workflow_pb2.Workflow) -> None:
     _validate_block(workflow, workflow.instructions, "instructions")
 
 
-def _validate_block(workflow: workflow_pb2.Workflow, instructions: object, field: str) -> None:
-    for i, instruction in enumerate(instructions):  # type: ignore[arg-type]
+def _validate_block(
+    workflow: workflow_pb2.Workflow, instructions: Iterable[workflow_pb2.Instruction], field: str
+) -> None:
+    for i, instruction in enumerate(instructions):
         where = f"{field}[{i}]"
         kind = instruction.WhichOneof("kind")
         if kind is None:

@@ -20,7 +20,9 @@ class InvalidTransition(OstinatoError):
     code_name = "INTERNAL"
 
     def __init__(self, order_id: str, state: int, event_kind: str) -> None:
-        super().__init__(f"order {order_id}: event {event_kind} does not apply in state {S.Name(state)}")
+        super().__init__(
+            f"order {order_id}: event {event_kind} does not apply in state {S.Name(S.ValueType(state))}"
+        )
         self.order_id = order_id
         self.state = state
         self.event_kind = event_kind

@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from gen.ostinato.common.v1 import order_pb2
+from gen.ostinato.common.v1 import items_pb2, order_pb2
 from gen.ostinato.joc.v1 import joc_pb2
 from ostinato.topology import ROOT, Topology
 from tests.integration.support import Joc, shell_job
@@ -80,7 +80,7 @@ async def test_events_reach_joc_once_each(topology: Topology, joc: Joc) -> None:
     assert "".join(c.chunk for c in chunks) == "7\n7\n7\n"
 
 
-def _num(n: int):  # type: ignore[no-untyped-def]
+def _num(n: int):
     from ostinato.workflow.values import to_value
 
     return to_value(n)
@@ -140,7 +140,9 @@ async def test_bad_workflow_rejected_naming_the_field(topology: Topology, joc: J
         "jobs": {"a": shell_job("true", agent="agent-9")},
     }
     await joc.inventory.PutObject(
-        joc_pb2.PutObjectRequest(path="/elsewhere", type=1, json=json.dumps(unknown_agent))
+        joc_pb2.PutObjectRequest(
+            path="/elsewhere", type=items_pb2.ITEM_TYPE_WORKFLOW, json=json.dumps(unknown_agent)
+        )
     )
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await joc.deployment.Deploy(joc_pb2.DeployRequest(paths=["/elsewhere"]))
@@ -211,10 +213,16 @@ async def test_folder_with_an_undeployable_type_still_deploys_its_workflows(
 ) -> None:
     workflow = {"instructions": [{"execute": {"jobName": "j"}}], "jobs": {"j": shell_job("true")}}
     await joc.inventory.PutObject(
-        joc_pb2.PutObjectRequest(path="/mixed/wf", type=1, json=json.dumps(workflow))
+        joc_pb2.PutObjectRequest(
+            path="/mixed/wf", type=items_pb2.ITEM_TYPE_WORKFLOW, json=json.dumps(workflow)
+        )
     )
     await joc.inventory.PutObject(
-        joc_pb2.PutObjectRequest(path="/mixed/env", type=2, json=json.dumps({"variables": {"A": "1"}}))
+        joc_pb2.PutObjectRequest(
+            path="/mixed/env",
+            type=items_pb2.ITEM_TYPE_JOB_RESOURCE,
+            json=json.dumps({"variables": {"A": "1"}}),
+        )
     )
     response = await joc.deployment.Deploy(joc_pb2.DeployRequest(paths=["/mixed"]))
     status = {d.path: (d.status, d.message) for d in response.deployments}

@@ -211,7 +211,7 @@ class TestController(controller_pb2_grpc.ControllerServiceServicer):
             self.events.append(event)
             self.changed.notify_all()
 
-    async def DeployItems(self, request, context):  # type: ignore[no-untyped-def]
+    async def DeployItems(self, request, context):
         for item in request.items:
             if "nope-agent" in item.json:
                 await context.abort(
@@ -221,7 +221,7 @@ class TestController(controller_pb2_grpc.ControllerServiceServicer):
             self.deployed[item.path] = item
         return controller_pb2.DeployItemsResponse(event_id=self.last_id)
 
-    async def AddOrders(self, request, context):  # type: ignore[no-untyped-def]
+    async def AddOrders(self, request, context):
         added = []
         for new in request.orders:
             item = self.deployed.get(new.workflow_path)
@@ -289,7 +289,7 @@ class TestController(controller_pb2_grpc.ControllerServiceServicer):
             await asyncio.sleep(0.05)  # so watchers see most events live, some in batches
             await self.emit(o, **kind)
 
-    async def WatchEvents(self, request, context):  # type: ignore[no-untyped-def]
+    async def WatchEvents(self, request, context):
         if request.after < self.released_until:
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION, f"events until {self.released_until} released"
@@ -308,12 +308,12 @@ class TestController(controller_pb2_grpc.ControllerServiceServicer):
                 after = batch[-1].id
             yield controller_pb2.WatchEventsResponse(events=batch)  # empty: a heartbeat
 
-    async def ReleaseEvents(self, request, context):  # type: ignore[no-untyped-def]
+    async def ReleaseEvents(self, request, context):
         self.released_until = max(self.released_until, request.until_id)
         self.events = [e for e in self.events if e.id > self.released_until]
         return controller_pb2.ReleaseEventsResponse()
 
-    async def GetOverview(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetOverview(self, request, context):
         return controller_pb2.GetOverviewResponse(
             controller_id="main", last_event_id=self.last_id, released_until_id=self.released_until
         )
@@ -340,7 +340,7 @@ async def run_cli(*args: str, timeout: float = 30) -> tuple[int, str, str]:
     return process.returncode or 0, out.decode(), err.decode()
 
 
-async def eventually(check, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+async def eventually(check, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         assert time.monotonic() < deadline, "condition not met in time"
