@@ -27,53 +27,55 @@ from gen.ostinato.common.v1 import order_pb2 as ostinato_dot_common_dot_v1_dot_o
 from gen.ostinato.common.v1 import workflow_pb2 as ostinato_dot_common_dot_v1_dot_workflow__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fostinato/common/v1/events.proto\x12\x12ostinato.common.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eostinato/common/v1/order.proto\x1a!ostinato/common/v1/workflow.proto\"\xd4\t\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\x03\x12-\n\ttimestamp\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08order_id\x18\x03 \x01(\t\x12\x39\n\ritem_deployed\x18\n \x01(\x0b\x32 .ostinato.common.v1.ItemDeployedH\x00\x12\x37\n\x0citem_deleted\x18\x0b \x01(\x0b\x32\x1f.ostinato.common.v1.ItemDeletedH\x00\x12=\n\x0f\x65vents_released\x18\x0c \x01(\x0b\x32\".ostinato.common.v1.EventsReleasedH\x00\x12H\n\x15\x61gent_events_observed\x18\r \x01(\x0b\x32\'.ostinato.common.v1.AgentEventsObservedH\x00\x12R\n\x1asubagent_messages_observed\x18\x0e \x01(\x0b\x32,.ostinato.common.v1.SubagentMessagesObservedH\x00\x12\x35\n\x0border_added\x18\x14 \x01(\x0b\x32\x1e.ostinato.common.v1.OrderAddedH\x00\x12?\n\x10order_attachable\x18\x15 \x01(\x0b\x32#.ostinato.common.v1.OrderAttachableH\x00\x12;\n\x0eorder_attached\x18\x16 \x01(\x0b\x32!.ostinato.common.v1.OrderAttachedH\x00\x12\x39\n\rorder_started\x18\x17 \x01(\x0b\x32 .ostinato.common.v1.OrderStartedH\x00\x12N\n\x18order_processing_started\x18\x18 \x01(\x0b\x32*.ostinato.common.v1.OrderProcessingStartedH\x00\x12@\n\x11order_std_written\x18\x19 \x01(\x0b\x32#.ostinato.common.v1.OrderStdWrittenH\x00\x12=\n\x0forder_processed\x18\x1a \x01(\x0b\x32\".ostinato.common.v1.OrderProcessedH\x00\x12\x35\n\x0border_moved\x18\x1b \x01(\x0b\x32\x1e.ostinato.common.v1.OrderMovedH\x00\x12?\n\x10order_detachable\x18\x1c \x01(\x0b\x32#.ostinato.common.v1.OrderDetachableH\x00\x12;\n\x0eorder_detached\x18\x1d \x01(\x0b\x32!.ostinato.common.v1.OrderDetachedH\x00\x12\x37\n\x0corder_failed\x18\x1e \x01(\x0b\x32\x1f.ostinato.common.v1.OrderFailedH\x00\x12;\n\x0eorder_finished\x18\x1f \x01(\x0b\x32!.ostinato.common.v1.OrderFinishedH\x00\x12\x39\n\rorder_deleted\x18  \x01(\x0b\x32 .ostinato.common.v1.OrderDeletedH\x00\x42\x06\n\x04kind\"\x8f\x01\n\x0cItemDeployed\x12\x30\n\x08workflow\x18\x01 \x01(\x0b\x32\x1c.ostinato.common.v1.WorkflowH\x00\x12\x13\n\x0bsigned_json\x18\x02 \x01(\t\x12\x30\n\tsignature\x18\x03 \x01(\x0b\x32\x1d.ostinato.common.v1.SignatureB\x06\n\x04item\"/\n\x0bItemDeleted\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x12\n\nversion_id\x18\x02 \x01(\t\"M\n\tSignature\x12\x11\n\tsignature\x18\x01 \x01(\x0c\x12\x11\n\talgorithm\x18\x02 \x01(\t\x12\x1a\n\x12signer_certificate\x18\x03 \x01(\t\"\"\n\x0e\x45ventsReleased\x12\x10\n\x08until_id\x18\x01 \x01(\x03\"6\n\x13\x41gentEventsObserved\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x10\n\x08until_id\x18\x02 \x01(\x03\"R\n\x18SubagentMessagesObserved\x12\x13\n\x0bsubagent_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x11\n\tuntil_seq\x18\x03 \x01(\x03\"6\n\nOrderAdded\x12(\n\x05order\x18\x01 \x01(\x0b\x32\x19.ostinato.common.v1.Order\" \n\x0fOrderAttachable\x12\r\n\x05\x61gent\x18\x01 \x01(\t\"H\n\rOrderAttached\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12(\n\x05order\x18\x02 \x01(\x0b\x32\x19.ostinato.common.v1.Order\"\x0e\n\x0cOrderStarted\"L\n\x16OrderProcessingStarted\x12\x32\n\nprocessing\x18\x01 \x01(\x0b\x32\x1e.ostinato.common.v1.Processing\"O\n\x0fOrderStdWritten\x12-\n\x06stream\x18\x01 \x01(\x0e\x32\x1d.ostinato.common.v1.StdStream\x12\r\n\x05\x63hunk\x18\x02 \x01(\t\">\n\x0eOrderProcessed\x12,\n\x07outcome\x18\x01 \x01(\x0b\x32\x1b.ostinato.common.v1.Outcome\"6\n\nOrderMoved\x12(\n\x02to\x18\x01 \x01(\x0b\x32\x1c.ostinato.common.v1.Position\"\x11\n\x0fOrderDetachable\"\x0f\n\rOrderDetached\";\n\x0bOrderFailed\x12,\n\x07outcome\x18\x01 \x01(\x0b\x32\x1b.ostinato.common.v1.Outcome\"=\n\rOrderFinished\x12,\n\x07outcome\x18\x01 \x01(\x0b\x32\x1b.ostinato.common.v1.Outcome\"\x0e\n\x0cOrderDeleted*U\n\tStdStream\x12\x1a\n\x16STD_STREAM_UNSPECIFIED\x10\x00\x12\x15\n\x11STD_STREAM_STDOUT\x10\x01\x12\x15\n\x11STD_STREAM_STDERR\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fostinato/common/v1/events.proto\x12\x12ostinato.common.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eostinato/common/v1/order.proto\x1a!ostinato/common/v1/workflow.proto\"\x8f\n\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\x03\x12-\n\ttimestamp\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08order_id\x18\x03 \x01(\t\x12\x39\n\ritem_deployed\x18\n \x01(\x0b\x32 .ostinato.common.v1.ItemDeployedH\x00\x12\x37\n\x0citem_deleted\x18\x0b \x01(\x0b\x32\x1f.ostinato.common.v1.ItemDeletedH\x00\x12=\n\x0f\x65vents_released\x18\x0c \x01(\x0b\x32\".ostinato.common.v1.EventsReleasedH\x00\x12H\n\x15\x61gent_events_observed\x18\r \x01(\x0b\x32\'.ostinato.common.v1.AgentEventsObservedH\x00\x12R\n\x1asubagent_messages_observed\x18\x0e \x01(\x0b\x32,.ostinato.common.v1.SubagentMessagesObservedH\x00\x12\x39\n\ritem_attached\x18\x0f \x01(\x0b\x32 .ostinato.common.v1.ItemAttachedH\x00\x12\x35\n\x0border_added\x18\x14 \x01(\x0b\x32\x1e.ostinato.common.v1.OrderAddedH\x00\x12?\n\x10order_attachable\x18\x15 \x01(\x0b\x32#.ostinato.common.v1.OrderAttachableH\x00\x12;\n\x0eorder_attached\x18\x16 \x01(\x0b\x32!.ostinato.common.v1.OrderAttachedH\x00\x12\x39\n\rorder_started\x18\x17 \x01(\x0b\x32 .ostinato.common.v1.OrderStartedH\x00\x12N\n\x18order_processing_started\x18\x18 \x01(\x0b\x32*.ostinato.common.v1.OrderProcessingStartedH\x00\x12@\n\x11order_std_written\x18\x19 \x01(\x0b\x32#.ostinato.common.v1.OrderStdWrittenH\x00\x12=\n\x0forder_processed\x18\x1a \x01(\x0b\x32\".ostinato.common.v1.OrderProcessedH\x00\x12\x35\n\x0border_moved\x18\x1b \x01(\x0b\x32\x1e.ostinato.common.v1.OrderMovedH\x00\x12?\n\x10order_detachable\x18\x1c \x01(\x0b\x32#.ostinato.common.v1.OrderDetachableH\x00\x12;\n\x0eorder_detached\x18\x1d \x01(\x0b\x32!.ostinato.common.v1.OrderDetachedH\x00\x12\x37\n\x0corder_failed\x18\x1e \x01(\x0b\x32\x1f.ostinato.common.v1.OrderFailedH\x00\x12;\n\x0eorder_finished\x18\x1f \x01(\x0b\x32!.ostinato.common.v1.OrderFinishedH\x00\x12\x39\n\rorder_deleted\x18  \x01(\x0b\x32 .ostinato.common.v1.OrderDeletedH\x00\x42\x06\n\x04kind\"\x8f\x01\n\x0cItemDeployed\x12\x30\n\x08workflow\x18\x01 \x01(\x0b\x32\x1c.ostinato.common.v1.WorkflowH\x00\x12\x13\n\x0bsigned_json\x18\x02 \x01(\t\x12\x30\n\tsignature\x18\x03 \x01(\x0b\x32\x1d.ostinato.common.v1.SignatureB\x06\n\x04item\"?\n\x0cItemAttached\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x12\n\nversion_id\x18\x03 \x01(\t\"/\n\x0bItemDeleted\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x12\n\nversion_id\x18\x02 \x01(\t\"M\n\tSignature\x12\x11\n\tsignature\x18\x01 \x01(\x0c\x12\x11\n\talgorithm\x18\x02 \x01(\t\x12\x1a\n\x12signer_certificate\x18\x03 \x01(\t\"\"\n\x0e\x45ventsReleased\x12\x10\n\x08until_id\x18\x01 \x01(\x03\"6\n\x13\x41gentEventsObserved\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x10\n\x08until_id\x18\x02 \x01(\x03\"R\n\x18SubagentMessagesObserved\x12\x13\n\x0bsubagent_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x11\n\tuntil_seq\x18\x03 \x01(\x03\"6\n\nOrderAdded\x12(\n\x05order\x18\x01 \x01(\x0b\x32\x19.ostinato.common.v1.Order\" \n\x0fOrderAttachable\x12\r\n\x05\x61gent\x18\x01 \x01(\t\"H\n\rOrderAttached\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12(\n\x05order\x18\x02 \x01(\x0b\x32\x19.ostinato.common.v1.Order\"\x0e\n\x0cOrderStarted\"L\n\x16OrderProcessingStarted\x12\x32\n\nprocessing\x18\x01 \x01(\x0b\x32\x1e.ostinato.common.v1.Processing\"O\n\x0fOrderStdWritten\x12-\n\x06stream\x18\x01 \x01(\x0e\x32\x1d.ostinato.common.v1.StdStream\x12\r\n\x05\x63hunk\x18\x02 \x01(\t\">\n\x0eOrderProcessed\x12,\n\x07outcome\x18\x01 \x01(\x0b\x32\x1b.ostinato.common.v1.Outcome\"6\n\nOrderMoved\x12(\n\x02to\x18\x01 \x01(\x0b\x32\x1c.ostinato.common.v1.Position\"\x11\n\x0fOrderDetachable\"\x0f\n\rOrderDetached\";\n\x0bOrderFailed\x12,\n\x07outcome\x18\x01 \x01(\x0b\x32\x1b.ostinato.common.v1.Outcome\"=\n\rOrderFinished\x12,\n\x07outcome\x18\x01 \x01(\x0b\x32\x1b.ostinato.common.v1.Outcome\"\x0e\n\x0cOrderDeleted*U\n\tStdStream\x12\x1a\n\x16STD_STREAM_UNSPECIFIED\x10\x00\x12\x15\n\x11STD_STREAM_STDOUT\x10\x01\x12\x15\n\x11STD_STREAM_STDERR\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ostinato.common.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STDSTREAM']._serialized_start=2479
-  _globals['_STDSTREAM']._serialized_end=2564
+  _globals['_STDSTREAM']._serialized_start=2603
+  _globals['_STDSTREAM']._serialized_end=2688
   _globals['_EVENT']._serialized_start=156
-  _globals['_EVENT']._serialized_end=1392
-  _globals['_ITEMDEPLOYED']._serialized_start=1395
-  _globals['_ITEMDEPLOYED']._serialized_end=1538
-  _globals['_ITEMDELETED']._serialized_start=1540
-  _globals['_ITEMDELETED']._serialized_end=1587
-  _globals['_SIGNATURE']._serialized_start=1589
-  _globals['_SIGNATURE']._serialized_end=1666
-  _globals['_EVENTSRELEASED']._serialized_start=1668
-  _globals['_EVENTSRELEASED']._serialized_end=1702
-  _globals['_AGENTEVENTSOBSERVED']._serialized_start=1704
-  _globals['_AGENTEVENTSOBSERVED']._serialized_end=1758
-  _globals['_SUBAGENTMESSAGESOBSERVED']._serialized_start=1760
-  _globals['_SUBAGENTMESSAGESOBSERVED']._serialized_end=1842
-  _globals['_ORDERADDED']._serialized_start=1844
-  _globals['_ORDERADDED']._serialized_end=1898
-  _globals['_ORDERATTACHABLE']._serialized_start=1900
-  _globals['_ORDERATTACHABLE']._serialized_end=1932
-  _globals['_ORDERATTACHED']._serialized_start=1934
-  _globals['_ORDERATTACHED']._serialized_end=2006
-  _globals['_ORDERSTARTED']._serialized_start=2008
-  _globals['_ORDERSTARTED']._serialized_end=2022
-  _globals['_ORDERPROCESSINGSTARTED']._serialized_start=2024
-  _globals['_ORDERPROCESSINGSTARTED']._serialized_end=2100
-  _globals['_ORDERSTDWRITTEN']._serialized_start=2102
-  _globals['_ORDERSTDWRITTEN']._serialized_end=2181
-  _globals['_ORDERPROCESSED']._serialized_start=2183
-  _globals['_ORDERPROCESSED']._serialized_end=2245
-  _globals['_ORDERMOVED']._serialized_start=2247
-  _globals['_ORDERMOVED']._serialized_end=2301
-  _globals['_ORDERDETACHABLE']._serialized_start=2303
-  _globals['_ORDERDETACHABLE']._serialized_end=2320
-  _globals['_ORDERDETACHED']._serialized_start=2322
-  _globals['_ORDERDETACHED']._serialized_end=2337
-  _globals['_ORDERFAILED']._serialized_start=2339
-  _globals['_ORDERFAILED']._serialized_end=2398
-  _globals['_ORDERFINISHED']._serialized_start=2400
-  _globals['_ORDERFINISHED']._serialized_end=2461
-  _globals['_ORDERDELETED']._serialized_start=2463
-  _globals['_ORDERDELETED']._serialized_end=2477
+  _globals['_EVENT']._serialized_end=1451
+  _globals['_ITEMDEPLOYED']._serialized_start=1454
+  _globals['_ITEMDEPLOYED']._serialized_end=1597
+  _globals['_ITEMATTACHED']._serialized_start=1599
+  _globals['_ITEMATTACHED']._serialized_end=1662
+  _globals['_ITEMDELETED']._serialized_start=1664
+  _globals['_ITEMDELETED']._serialized_end=1711
+  _globals['_SIGNATURE']._serialized_start=1713
+  _globals['_SIGNATURE']._serialized_end=1790
+  _globals['_EVENTSRELEASED']._serialized_start=1792
+  _globals['_EVENTSRELEASED']._serialized_end=1826
+  _globals['_AGENTEVENTSOBSERVED']._serialized_start=1828
+  _globals['_AGENTEVENTSOBSERVED']._serialized_end=1882
+  _globals['_SUBAGENTMESSAGESOBSERVED']._serialized_start=1884
+  _globals['_SUBAGENTMESSAGESOBSERVED']._serialized_end=1966
+  _globals['_ORDERADDED']._serialized_start=1968
+  _globals['_ORDERADDED']._serialized_end=2022
+  _globals['_ORDERATTACHABLE']._serialized_start=2024
+  _globals['_ORDERATTACHABLE']._serialized_end=2056
+  _globals['_ORDERATTACHED']._serialized_start=2058
+  _globals['_ORDERATTACHED']._serialized_end=2130
+  _globals['_ORDERSTARTED']._serialized_start=2132
+  _globals['_ORDERSTARTED']._serialized_end=2146
+  _globals['_ORDERPROCESSINGSTARTED']._serialized_start=2148
+  _globals['_ORDERPROCESSINGSTARTED']._serialized_end=2224
+  _globals['_ORDERSTDWRITTEN']._serialized_start=2226
+  _globals['_ORDERSTDWRITTEN']._serialized_end=2305
+  _globals['_ORDERPROCESSED']._serialized_start=2307
+  _globals['_ORDERPROCESSED']._serialized_end=2369
+  _globals['_ORDERMOVED']._serialized_start=2371
+  _globals['_ORDERMOVED']._serialized_end=2425
+  _globals['_ORDERDETACHABLE']._serialized_start=2427
+  _globals['_ORDERDETACHABLE']._serialized_end=2444
+  _globals['_ORDERDETACHED']._serialized_start=2446
+  _globals['_ORDERDETACHED']._serialized_end=2461
+  _globals['_ORDERFAILED']._serialized_start=2463
+  _globals['_ORDERFAILED']._serialized_end=2522
+  _globals['_ORDERFINISHED']._serialized_start=2524
+  _globals['_ORDERFINISHED']._serialized_end=2585
+  _globals['_ORDERDELETED']._serialized_start=2587
+  _globals['_ORDERDELETED']._serialized_end=2601
 # @@protoc_insertion_point(module_scope)

@@ -53,6 +53,7 @@ class Event(_message.Message):
     EVENTS_RELEASED_FIELD_NUMBER: _builtins.int
     AGENT_EVENTS_OBSERVED_FIELD_NUMBER: _builtins.int
     SUBAGENT_MESSAGES_OBSERVED_FIELD_NUMBER: _builtins.int
+    ITEM_ATTACHED_FIELD_NUMBER: _builtins.int
     ORDER_ADDED_FIELD_NUMBER: _builtins.int
     ORDER_ATTACHABLE_FIELD_NUMBER: _builtins.int
     ORDER_ATTACHED_FIELD_NUMBER: _builtins.int
@@ -81,6 +82,8 @@ class Event(_message.Message):
     def agent_events_observed(self) -> Global___AgentEventsObserved: ...
     @_builtins.property
     def subagent_messages_observed(self) -> Global___SubagentMessagesObserved: ...
+    @_builtins.property
+    def item_attached(self) -> Global___ItemAttached: ...
     @_builtins.property
     def order_added(self) -> Global___OrderAdded: ...
     @_builtins.property
@@ -118,6 +121,7 @@ class Event(_message.Message):
         events_released: Global___EventsReleased | None = ...,
         agent_events_observed: Global___AgentEventsObserved | None = ...,
         subagent_messages_observed: Global___SubagentMessagesObserved | None = ...,
+        item_attached: Global___ItemAttached | None = ...,
         order_added: Global___OrderAdded | None = ...,
         order_attachable: Global___OrderAttachable | None = ...,
         order_attached: Global___OrderAttached | None = ...,
@@ -132,11 +136,11 @@ class Event(_message.Message):
         order_finished: Global___OrderFinished | None = ...,
         order_deleted: Global___OrderDeleted | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_events_observed", b"agent_events_observed", "events_released", b"events_released", "item_deleted", b"item_deleted", "item_deployed", b"item_deployed", "kind", b"kind", "order_added", b"order_added", "order_attachable", b"order_attachable", "order_attached", b"order_attached", "order_deleted", b"order_deleted", "order_detachable", b"order_detachable", "order_detached", b"order_detached", "order_failed", b"order_failed", "order_finished", b"order_finished", "order_moved", b"order_moved", "order_processed", b"order_processed", "order_processing_started", b"order_processing_started", "order_started", b"order_started", "order_std_written", b"order_std_written", "subagent_messages_observed", b"subagent_messages_observed", "timestamp", b"timestamp"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_events_observed", b"agent_events_observed", "events_released", b"events_released", "item_attached", b"item_attached", "item_deleted", b"item_deleted", "item_deployed", b"item_deployed", "kind", b"kind", "order_added", b"order_added", "order_attachable", b"order_attachable", "order_attached", b"order_attached", "order_deleted", b"order_deleted", "order_detachable", b"order_detachable", "order_detached", b"order_detached", "order_failed", b"order_failed", "order_finished", b"order_finished", "order_moved", b"order_moved", "order_processed", b"order_processed", "order_processing_started", b"order_processing_started", "order_started", b"order_started", "order_std_written", b"order_std_written", "subagent_messages_observed", b"subagent_messages_observed", "timestamp", b"timestamp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_events_observed", b"agent_events_observed", "events_released", b"events_released", "id", b"id", "item_deleted", b"item_deleted", "item_deployed", b"item_deployed", "kind", b"kind", "order_added", b"order_added", "order_attachable", b"order_attachable", "order_attached", b"order_attached", "order_deleted", b"order_deleted", "order_detachable", b"order_detachable", "order_detached", b"order_detached", "order_failed", b"order_failed", "order_finished", b"order_finished", "order_id", b"order_id", "order_moved", b"order_moved", "order_processed", b"order_processed", "order_processing_started", b"order_processing_started", "order_started", b"order_started", "order_std_written", b"order_std_written", "subagent_messages_observed", b"subagent_messages_observed", "timestamp", b"timestamp"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_events_observed", b"agent_events_observed", "events_released", b"events_released", "id", b"id", "item_attached", b"item_attached", "item_deleted", b"item_deleted", "item_deployed", b"item_deployed", "kind", b"kind", "order_added", b"order_added", "order_attachable", b"order_attachable", "order_attached", b"order_attached", "order_deleted", b"order_deleted", "order_detachable", b"order_detachable", "order_detached", b"order_detached", "order_failed", b"order_failed", "order_finished", b"order_finished", "order_id", b"order_id", "order_moved", b"order_moved", "order_processed", b"order_processed", "order_processing_started", b"order_processing_started", "order_started", b"order_started", "order_std_written", b"order_std_written", "subagent_messages_observed", b"subagent_messages_observed", "timestamp", b"timestamp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["item_deployed", "item_deleted", "events_released", "agent_events_observed", "subagent_messages_observed", "order_added", "order_attachable", "order_attached", "order_started", "order_processing_started", "order_std_written", "order_processed", "order_moved", "order_detachable", "order_detached", "order_failed", "order_finished", "order_deleted"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["item_deployed", "item_deleted", "events_released", "agent_events_observed", "subagent_messages_observed", "item_attached", "order_added", "order_attachable", "order_attached", "order_started", "order_processing_started", "order_std_written", "order_processed", "order_moved", "order_detachable", "order_detached", "order_failed", "order_finished", "order_deleted"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -173,6 +177,33 @@ class ItemDeployed(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
 
 Global___ItemDeployed: _TypeAlias = ItemDeployed  # noqa: Y015
+
+@_typing.final
+class ItemAttached(_message.Message):
+    """A deployed item reached an agent, which journaled it: the deployment is complete there."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    VERSION_ID_FIELD_NUMBER: _builtins.int
+    agent: _builtins.str
+    path: _builtins.str
+    version_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        agent: _builtins.str = ...,
+        path: _builtins.str = ...,
+        version_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "path", b"path", "version_id", b"version_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ItemAttached: _TypeAlias = ItemAttached  # noqa: Y015
 
 @_typing.final
 class ItemDeleted(_message.Message):

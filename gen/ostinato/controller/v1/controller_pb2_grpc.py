@@ -46,6 +46,11 @@ class ControllerServiceStub:
                 request_serializer=ostinato_dot_controller_dot_v1_dot_controller__pb2.AddOrdersRequest.SerializeToString,
                 response_deserializer=ostinato_dot_controller_dot_v1_dot_controller__pb2.AddOrdersResponse.FromString,
                 _registered_method=True)
+        self.CommandOrders = channel.unary_unary(
+                '/ostinato.controller.v1.ControllerService/CommandOrders',
+                request_serializer=ostinato_dot_controller_dot_v1_dot_controller__pb2.CommandOrdersRequest.SerializeToString,
+                response_deserializer=ostinato_dot_controller_dot_v1_dot_controller__pb2.CommandOrdersResponse.FromString,
+                _registered_method=True)
         self.WatchEvents = channel.unary_stream(
                 '/ostinato.controller.v1.ControllerService/WatchEvents',
                 request_serializer=ostinato_dot_controller_dot_v1_dot_controller__pb2.WatchEventsRequest.SerializeToString,
@@ -77,6 +82,13 @@ class ControllerServiceServicer:
 
     def AddOrders(self, request, context):
         """Adds orders. Idempotent by order id: an id already known is reported, not added twice.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CommandOrders(self, request, context):
+        """Cancels, suspends, resumes orders or answers their prompts. Each command gets a result.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -115,6 +127,11 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.AddOrders,
                     request_deserializer=ostinato_dot_controller_dot_v1_dot_controller__pb2.AddOrdersRequest.FromString,
                     response_serializer=ostinato_dot_controller_dot_v1_dot_controller__pb2.AddOrdersResponse.SerializeToString,
+            ),
+            'CommandOrders': grpc.unary_unary_rpc_method_handler(
+                    servicer.CommandOrders,
+                    request_deserializer=ostinato_dot_controller_dot_v1_dot_controller__pb2.CommandOrdersRequest.FromString,
+                    response_serializer=ostinato_dot_controller_dot_v1_dot_controller__pb2.CommandOrdersResponse.SerializeToString,
             ),
             'WatchEvents': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchEvents,
@@ -188,6 +205,33 @@ class ControllerService:
             '/ostinato.controller.v1.ControllerService/AddOrders',
             ostinato_dot_controller_dot_v1_dot_controller__pb2.AddOrdersRequest.SerializeToString,
             ostinato_dot_controller_dot_v1_dot_controller__pb2.AddOrdersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CommandOrders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ostinato.controller.v1.ControllerService/CommandOrders',
+            ostinato_dot_controller_dot_v1_dot_controller__pb2.CommandOrdersRequest.SerializeToString,
+            ostinato_dot_controller_dot_v1_dot_controller__pb2.CommandOrdersResponse.FromString,
             options,
             channel_credentials,
             insecure,

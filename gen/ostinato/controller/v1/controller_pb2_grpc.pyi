@@ -39,6 +39,8 @@ class ControllerServiceStub:
     """Deploys signed items. Idempotent: the same path and version again is accepted and ignored."""
     AddOrders: _grpc.UnaryUnaryMultiCallable[_controller_pb2.AddOrdersRequest, _controller_pb2.AddOrdersResponse]
     """Adds orders. Idempotent by order id: an id already known is reported, not added twice."""
+    CommandOrders: _grpc.UnaryUnaryMultiCallable[_controller_pb2.CommandOrdersRequest, _controller_pb2.CommandOrdersResponse]
+    """Cancels, suspends, resumes orders or answers their prompts. Each command gets a result."""
     WatchEvents: _grpc.UnaryStreamMultiCallable[_controller_pb2.WatchEventsRequest, _controller_pb2.WatchEventsResponse]
     """Streams the journal's events after the given id, then new ones as they are committed.
     FAILED_PRECONDITION when events after `after` were already released.
@@ -58,6 +60,8 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     """Deploys signed items. Idempotent: the same path and version again is accepted and ignored."""
     AddOrders: _aio.UnaryUnaryMultiCallable[_controller_pb2.AddOrdersRequest, _controller_pb2.AddOrdersResponse]  # type: ignore[assignment]
     """Adds orders. Idempotent by order id: an id already known is reported, not added twice."""
+    CommandOrders: _aio.UnaryUnaryMultiCallable[_controller_pb2.CommandOrdersRequest, _controller_pb2.CommandOrdersResponse]  # type: ignore[assignment]
+    """Cancels, suspends, resumes orders or answers their prompts. Each command gets a result."""
     WatchEvents: _aio.UnaryStreamMultiCallable[_controller_pb2.WatchEventsRequest, _controller_pb2.WatchEventsResponse]  # type: ignore[assignment]
     """Streams the journal's events after the given id, then new ones as they are committed.
     FAILED_PRECONDITION when events after `after` were already released.
@@ -86,6 +90,14 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.AddOrdersResponse, _abc.Awaitable[_controller_pb2.AddOrdersResponse]]:
         """Adds orders. Idempotent by order id: an id already known is reported, not added twice."""
+
+    @_abc_1.abstractmethod
+    def CommandOrders(
+        self,
+        request: _controller_pb2.CommandOrdersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.CommandOrdersResponse, _abc.Awaitable[_controller_pb2.CommandOrdersResponse]]:
+        """Cancels, suspends, resumes orders or answers their prompts. Each command gets a result."""
 
     @_abc_1.abstractmethod
     def WatchEvents(

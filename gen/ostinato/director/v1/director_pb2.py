@@ -22,46 +22,51 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from gen.ostinato.common.v1 import commands_pb2 as ostinato_dot_common_dot_v1_dot_commands__pb2
 from gen.ostinato.common.v1 import events_pb2 as ostinato_dot_common_dot_v1_dot_events__pb2
 from gen.ostinato.common.v1 import items_pb2 as ostinato_dot_common_dot_v1_dot_items__pb2
 from gen.ostinato.common.v1 import order_pb2 as ostinato_dot_common_dot_v1_dot_order__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#ostinato/director/v1/director.proto\x12\x14ostinato.director.v1\x1a\x1fostinato/common/v1/events.proto\x1a\x1eostinato/common/v1/items.proto\x1a\x1eostinato/common/v1/order.proto\"-\n\x06Sender\x12\x15\n\rcontroller_id\x18\x01 \x01(\t\x12\x0c\n\x04term\x18\x02 \x01(\x03\"q\n\x12\x41ttachItemsRequest\x12,\n\x06sender\x18\x01 \x01(\x0b\x32\x1c.ostinato.director.v1.Sender\x12-\n\x05items\x18\x02 \x03(\x0b\x32\x1e.ostinato.common.v1.SignedItem\"\x15\n\x13\x41ttachItemsResponse\"n\n\x13\x41ttachOrdersRequest\x12,\n\x06sender\x18\x01 \x01(\x0b\x32\x1c.ostinato.director.v1.Sender\x12)\n\x06orders\x18\x02 \x03(\x0b\x32\x19.ostinato.common.v1.Order\"\x16\n\x14\x41ttachOrdersResponse\"V\n\x13\x44\x65tachOrdersRequest\x12,\n\x06sender\x18\x01 \x01(\x0b\x32\x1c.ostinato.director.v1.Sender\x12\x11\n\torder_ids\x18\x02 \x03(\t\"\x16\n\x14\x44\x65tachOrdersResponse\"l\n\x12WatchEventsRequest\x12,\n\x06sender\x18\x01 \x01(\x0b\x32\x1c.ostinato.director.v1.Sender\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\x03\x12\x19\n\x11heartbeat_seconds\x18\x03 \x01(\x01\"@\n\x13WatchEventsResponse\x12)\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x19.ostinato.common.v1.Event\"V\n\x14ReleaseEventsRequest\x12,\n\x06sender\x18\x01 \x01(\x0b\x32\x1c.ostinato.director.v1.Sender\x12\x10\n\x08until_id\x18\x02 \x01(\x03\"\x17\n\x15ReleaseEventsResponse\"\x14\n\x12GetOverviewRequest\"\xb9\x01\n\x13GetOverviewResponse\x12\x12\n\nagent_name\x18\x01 \x01(\t\x12\x15\n\rlast_event_id\x18\x02 \x01(\x03\x12\x19\n\x11released_until_id\x18\x03 \x01(\x03\x12\x39\n\tsubagents\x18\x04 \x03(\x0b\x32&.ostinato.director.v1.SubagentOverview\x12\x13\n\x0border_count\x18\x05 \x01(\x05\x12\x0c\n\x04term\x18\x06 \x01(\x03\"]\n\x10SubagentOverview\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x19\n\x11running_processes\x18\x04 \x01(\x05\x32\xf7\x04\n\x0f\x44irectorService\x12\x62\n\x0b\x41ttachItems\x12(.ostinato.director.v1.AttachItemsRequest\x1a).ostinato.director.v1.AttachItemsResponse\x12\x65\n\x0c\x41ttachOrders\x12).ostinato.director.v1.AttachOrdersRequest\x1a*.ostinato.director.v1.AttachOrdersResponse\x12\x65\n\x0c\x44\x65tachOrders\x12).ostinato.director.v1.DetachOrdersRequest\x1a*.ostinato.director.v1.DetachOrdersResponse\x12\x64\n\x0bWatchEvents\x12(.ostinato.director.v1.WatchEventsRequest\x1a).ostinato.director.v1.WatchEventsResponse0\x01\x12h\n\rReleaseEvents\x12*.ostinato.director.v1.ReleaseEventsRequest\x1a+.ostinato.director.v1.ReleaseEventsResponse\x12\x62\n\x0bGetOverview\x12(.ostinato.director.v1.GetOverviewRequest\x1a).ostinato.director.v1.GetOverviewResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#ostinato/director/v1/director.proto\x12\x14ostinato.director.v1\x1a!ostinato/common/v1/commands.proto\x1a\x1fostinato/common/v1/events.proto\x1a\x1eostinato/common/v1/items.proto\x1a\x1eostinato/common/v1/order.proto\"-\n\x06Sender\x12\x15\n\rcontroller_id\x18\x01 \x01(\t\x12\x0c\n\x04term\x18\x02 \x01(\x03\"q\n\x12\x41ttachItemsRequest\x12,\n\x06sender\x18\x01 \x01(\x0b\x32\x1c.ostinato.director.v1.Sender\x12-\n\x05items\x18\x02 \x03(\x0b\x32\x1e.ostinato.common.v1.SignedItem\"\x15\n\x13\x41ttachItemsResponse\"n\n\x13\x41ttachOrdersRequest\x12,\n\x06sender\x18\x01 \x01(\x0b\x32\x1c.ostinato.director.v1.Sender\x12)\n\x06orders\x18\x02 \x03(\x0b\x32\x19.ostinato.common.v1.Order\"\x16\n\x14\x41ttachOrdersResponse\"V\n\x13\x44\x65tachOrdersRequest\x12,\n\x06sender\x18\x01 \x01(\x0b\x32\x1c.ostinato.director.v1.Sender\x12\x11\n\torder_ids\x18\x02 \x03(\t\"\x16\n\x14\x44\x65tachOrdersResponse\"x\n\x14\x43ommandOrdersRequest\x12,\n\x06sender\x18\x01 \x01(\x0b\x32\x1c.ostinato.director.v1.Sender\x12\x32\n\x08\x63ommands\x18\x02 \x03(\x0b\x32 .ostinato.common.v1.OrderCommand\"P\n\x15\x43ommandOrdersResponse\x12\x37\n\x07results\x18\x01 \x03(\x0b\x32&.ostinato.common.v1.OrderCommandResult\"l\n\x12WatchEventsRequest\x12,\n\x06sender\x18\x01 \x01(\x0b\x32\x1c.ostinato.director.v1.Sender\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\x03\x12\x19\n\x11heartbeat_seconds\x18\x03 \x01(\x01\"@\n\x13WatchEventsResponse\x12)\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x19.ostinato.common.v1.Event\"V\n\x14ReleaseEventsRequest\x12,\n\x06sender\x18\x01 \x01(\x0b\x32\x1c.ostinato.director.v1.Sender\x12\x10\n\x08until_id\x18\x02 \x01(\x03\"\x17\n\x15ReleaseEventsResponse\"\x14\n\x12GetOverviewRequest\"\xb9\x01\n\x13GetOverviewResponse\x12\x12\n\nagent_name\x18\x01 \x01(\t\x12\x15\n\rlast_event_id\x18\x02 \x01(\x03\x12\x19\n\x11released_until_id\x18\x03 \x01(\x03\x12\x39\n\tsubagents\x18\x04 \x03(\x0b\x32&.ostinato.director.v1.SubagentOverview\x12\x13\n\x0border_count\x18\x05 \x01(\x05\x12\x0c\n\x04term\x18\x06 \x01(\x03\"]\n\x10SubagentOverview\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x19\n\x11running_processes\x18\x04 \x01(\x05\x32\xe1\x05\n\x0f\x44irectorService\x12\x62\n\x0b\x41ttachItems\x12(.ostinato.director.v1.AttachItemsRequest\x1a).ostinato.director.v1.AttachItemsResponse\x12\x65\n\x0c\x41ttachOrders\x12).ostinato.director.v1.AttachOrdersRequest\x1a*.ostinato.director.v1.AttachOrdersResponse\x12\x65\n\x0c\x44\x65tachOrders\x12).ostinato.director.v1.DetachOrdersRequest\x1a*.ostinato.director.v1.DetachOrdersResponse\x12h\n\rCommandOrders\x12*.ostinato.director.v1.CommandOrdersRequest\x1a+.ostinato.director.v1.CommandOrdersResponse\x12\x64\n\x0bWatchEvents\x12(.ostinato.director.v1.WatchEventsRequest\x1a).ostinato.director.v1.WatchEventsResponse0\x01\x12h\n\rReleaseEvents\x12*.ostinato.director.v1.ReleaseEventsRequest\x1a+.ostinato.director.v1.ReleaseEventsResponse\x12\x62\n\x0bGetOverview\x12(.ostinato.director.v1.GetOverviewRequest\x1a).ostinato.director.v1.GetOverviewResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ostinato.director.v1.director_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SENDER']._serialized_start=158
-  _globals['_SENDER']._serialized_end=203
-  _globals['_ATTACHITEMSREQUEST']._serialized_start=205
-  _globals['_ATTACHITEMSREQUEST']._serialized_end=318
-  _globals['_ATTACHITEMSRESPONSE']._serialized_start=320
-  _globals['_ATTACHITEMSRESPONSE']._serialized_end=341
-  _globals['_ATTACHORDERSREQUEST']._serialized_start=343
-  _globals['_ATTACHORDERSREQUEST']._serialized_end=453
-  _globals['_ATTACHORDERSRESPONSE']._serialized_start=455
-  _globals['_ATTACHORDERSRESPONSE']._serialized_end=477
-  _globals['_DETACHORDERSREQUEST']._serialized_start=479
-  _globals['_DETACHORDERSREQUEST']._serialized_end=565
-  _globals['_DETACHORDERSRESPONSE']._serialized_start=567
-  _globals['_DETACHORDERSRESPONSE']._serialized_end=589
-  _globals['_WATCHEVENTSREQUEST']._serialized_start=591
-  _globals['_WATCHEVENTSREQUEST']._serialized_end=699
-  _globals['_WATCHEVENTSRESPONSE']._serialized_start=701
-  _globals['_WATCHEVENTSRESPONSE']._serialized_end=765
-  _globals['_RELEASEEVENTSREQUEST']._serialized_start=767
-  _globals['_RELEASEEVENTSREQUEST']._serialized_end=853
-  _globals['_RELEASEEVENTSRESPONSE']._serialized_start=855
-  _globals['_RELEASEEVENTSRESPONSE']._serialized_end=878
-  _globals['_GETOVERVIEWREQUEST']._serialized_start=880
-  _globals['_GETOVERVIEWREQUEST']._serialized_end=900
-  _globals['_GETOVERVIEWRESPONSE']._serialized_start=903
-  _globals['_GETOVERVIEWRESPONSE']._serialized_end=1088
-  _globals['_SUBAGENTOVERVIEW']._serialized_start=1090
-  _globals['_SUBAGENTOVERVIEW']._serialized_end=1183
-  _globals['_DIRECTORSERVICE']._serialized_start=1186
-  _globals['_DIRECTORSERVICE']._serialized_end=1817
+  _globals['_SENDER']._serialized_start=193
+  _globals['_SENDER']._serialized_end=238
+  _globals['_ATTACHITEMSREQUEST']._serialized_start=240
+  _globals['_ATTACHITEMSREQUEST']._serialized_end=353
+  _globals['_ATTACHITEMSRESPONSE']._serialized_start=355
+  _globals['_ATTACHITEMSRESPONSE']._serialized_end=376
+  _globals['_ATTACHORDERSREQUEST']._serialized_start=378
+  _globals['_ATTACHORDERSREQUEST']._serialized_end=488
+  _globals['_ATTACHORDERSRESPONSE']._serialized_start=490
+  _globals['_ATTACHORDERSRESPONSE']._serialized_end=512
+  _globals['_DETACHORDERSREQUEST']._serialized_start=514
+  _globals['_DETACHORDERSREQUEST']._serialized_end=600
+  _globals['_DETACHORDERSRESPONSE']._serialized_start=602
+  _globals['_DETACHORDERSRESPONSE']._serialized_end=624
+  _globals['_COMMANDORDERSREQUEST']._serialized_start=626
+  _globals['_COMMANDORDERSREQUEST']._serialized_end=746
+  _globals['_COMMANDORDERSRESPONSE']._serialized_start=748
+  _globals['_COMMANDORDERSRESPONSE']._serialized_end=828
+  _globals['_WATCHEVENTSREQUEST']._serialized_start=830
+  _globals['_WATCHEVENTSREQUEST']._serialized_end=938
+  _globals['_WATCHEVENTSRESPONSE']._serialized_start=940
+  _globals['_WATCHEVENTSRESPONSE']._serialized_end=1004
+  _globals['_RELEASEEVENTSREQUEST']._serialized_start=1006
+  _globals['_RELEASEEVENTSREQUEST']._serialized_end=1092
+  _globals['_RELEASEEVENTSRESPONSE']._serialized_start=1094
+  _globals['_RELEASEEVENTSRESPONSE']._serialized_end=1117
+  _globals['_GETOVERVIEWREQUEST']._serialized_start=1119
+  _globals['_GETOVERVIEWREQUEST']._serialized_end=1139
+  _globals['_GETOVERVIEWRESPONSE']._serialized_start=1142
+  _globals['_GETOVERVIEWRESPONSE']._serialized_end=1327
+  _globals['_SUBAGENTOVERVIEW']._serialized_start=1329
+  _globals['_SUBAGENTOVERVIEW']._serialized_end=1422
+  _globals['_DIRECTORSERVICE']._serialized_start=1425
+  _globals['_DIRECTORSERVICE']._serialized_end=2162
 # @@protoc_insertion_point(module_scope)

@@ -51,6 +51,11 @@ class DirectorServiceStub:
                 request_serializer=ostinato_dot_director_dot_v1_dot_director__pb2.DetachOrdersRequest.SerializeToString,
                 response_deserializer=ostinato_dot_director_dot_v1_dot_director__pb2.DetachOrdersResponse.FromString,
                 _registered_method=True)
+        self.CommandOrders = channel.unary_unary(
+                '/ostinato.director.v1.DirectorService/CommandOrders',
+                request_serializer=ostinato_dot_director_dot_v1_dot_director__pb2.CommandOrdersRequest.SerializeToString,
+                response_deserializer=ostinato_dot_director_dot_v1_dot_director__pb2.CommandOrdersResponse.FromString,
+                _registered_method=True)
         self.WatchEvents = channel.unary_stream(
                 '/ostinato.director.v1.DirectorService/WatchEvents',
                 request_serializer=ostinato_dot_director_dot_v1_dot_director__pb2.WatchEventsRequest.SerializeToString,
@@ -94,6 +99,13 @@ class DirectorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CommandOrders(self, request, context):
+        """Commands on orders attached to this agent (cancel, suspend, resume, answer prompt).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchEvents(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -129,6 +141,11 @@ def add_DirectorServiceServicer_to_server(servicer, server):
                     servicer.DetachOrders,
                     request_deserializer=ostinato_dot_director_dot_v1_dot_director__pb2.DetachOrdersRequest.FromString,
                     response_serializer=ostinato_dot_director_dot_v1_dot_director__pb2.DetachOrdersResponse.SerializeToString,
+            ),
+            'CommandOrders': grpc.unary_unary_rpc_method_handler(
+                    servicer.CommandOrders,
+                    request_deserializer=ostinato_dot_director_dot_v1_dot_director__pb2.CommandOrdersRequest.FromString,
+                    response_serializer=ostinato_dot_director_dot_v1_dot_director__pb2.CommandOrdersResponse.SerializeToString,
             ),
             'WatchEvents': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchEvents,
@@ -229,6 +246,33 @@ class DirectorService:
             '/ostinato.director.v1.DirectorService/DetachOrders',
             ostinato_dot_director_dot_v1_dot_director__pb2.DetachOrdersRequest.SerializeToString,
             ostinato_dot_director_dot_v1_dot_director__pb2.DetachOrdersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CommandOrders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ostinato.director.v1.DirectorService/CommandOrders',
+            ostinato_dot_director_dot_v1_dot_director__pb2.CommandOrdersRequest.SerializeToString,
+            ostinato_dot_director_dot_v1_dot_director__pb2.CommandOrdersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,8 @@ class DirectorServiceStub:
     """Hands orders to the agent. Idempotent by order id."""
     DetachOrders: _grpc.UnaryUnaryMultiCallable[_director_pb2.DetachOrdersRequest, _director_pb2.DetachOrdersResponse]
     """Takes back orders the agent marked detachable. Idempotent by order id."""
+    CommandOrders: _grpc.UnaryUnaryMultiCallable[_director_pb2.CommandOrdersRequest, _director_pb2.CommandOrdersResponse]
+    """Commands on orders attached to this agent (cancel, suspend, resume, answer prompt)."""
     WatchEvents: _grpc.UnaryStreamMultiCallable[_director_pb2.WatchEventsRequest, _director_pb2.WatchEventsResponse]
     ReleaseEvents: _grpc.UnaryUnaryMultiCallable[_director_pb2.ReleaseEventsRequest, _director_pb2.ReleaseEventsResponse]
     GetOverview: _grpc.UnaryUnaryMultiCallable[_director_pb2.GetOverviewRequest, _director_pb2.GetOverviewResponse]
@@ -58,6 +60,8 @@ class DirectorServiceAsyncStub(DirectorServiceStub):
     """Hands orders to the agent. Idempotent by order id."""
     DetachOrders: _aio.UnaryUnaryMultiCallable[_director_pb2.DetachOrdersRequest, _director_pb2.DetachOrdersResponse]  # type: ignore[assignment]
     """Takes back orders the agent marked detachable. Idempotent by order id."""
+    CommandOrders: _aio.UnaryUnaryMultiCallable[_director_pb2.CommandOrdersRequest, _director_pb2.CommandOrdersResponse]  # type: ignore[assignment]
+    """Commands on orders attached to this agent (cancel, suspend, resume, answer prompt)."""
     WatchEvents: _aio.UnaryStreamMultiCallable[_director_pb2.WatchEventsRequest, _director_pb2.WatchEventsResponse]  # type: ignore[assignment]
     ReleaseEvents: _aio.UnaryUnaryMultiCallable[_director_pb2.ReleaseEventsRequest, _director_pb2.ReleaseEventsResponse]  # type: ignore[assignment]
     GetOverview: _aio.UnaryUnaryMultiCallable[_director_pb2.GetOverviewRequest, _director_pb2.GetOverviewResponse]  # type: ignore[assignment]
@@ -90,6 +94,14 @@ class DirectorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_director_pb2.DetachOrdersResponse, _abc.Awaitable[_director_pb2.DetachOrdersResponse]]:
         """Takes back orders the agent marked detachable. Idempotent by order id."""
+
+    @_abc_1.abstractmethod
+    def CommandOrders(
+        self,
+        request: _director_pb2.CommandOrdersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_director_pb2.CommandOrdersResponse, _abc.Awaitable[_director_pb2.CommandOrdersResponse]]:
+        """Commands on orders attached to this agent (cancel, suspend, resume, answer prompt)."""
 
     @_abc_1.abstractmethod
     def WatchEvents(

@@ -23,13 +23,14 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from gen.ostinato.common.v1 import commands_pb2 as ostinato_dot_common_dot_v1_dot_commands__pb2
 from gen.ostinato.common.v1 import events_pb2 as ostinato_dot_common_dot_v1_dot_events__pb2
 from gen.ostinato.common.v1 import items_pb2 as ostinato_dot_common_dot_v1_dot_items__pb2
 from gen.ostinato.common.v1 import order_pb2 as ostinato_dot_common_dot_v1_dot_order__pb2
 from gen.ostinato.common.v1 import values_pb2 as ostinato_dot_common_dot_v1_dot_values__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19ostinato/joc/v1/joc.proto\x12\x0fostinato.joc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fostinato/common/v1/events.proto\x1a\x1eostinato/common/v1/items.proto\x1a\x1eostinato/common/v1/order.proto\x1a\x1fostinato/common/v1/values.proto\"\xa7\x01\n\x0fInventoryObject\x12\x0c\n\x04path\x18\x01 \x01(\t\x12*\n\x04type\x18\x02 \x01(\x0e\x32\x1c.ostinato.common.v1.ItemType\x12\x0c\n\x04json\x18\x03 \x01(\t\x12/\n\x0bmodified_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13\x64\x65ployed_version_id\x18\x05 \x01(\t\"Z\n\x10PutObjectRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12*\n\x04type\x18\x02 \x01(\x0e\x32\x1c.ostinato.common.v1.ItemType\x12\x0c\n\x04json\x18\x03 \x01(\t\"E\n\x11PutObjectResponse\x12\x30\n\x06object\x18\x01 \x01(\x0b\x32 .ostinato.joc.v1.InventoryObject\"L\n\x10GetObjectRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12*\n\x04type\x18\x02 \x01(\x0e\x32\x1c.ostinato.common.v1.ItemType\"E\n\x11GetObjectResponse\x12\x30\n\x06object\x18\x01 \x01(\x0b\x32 .ostinato.joc.v1.InventoryObject\"c\n\x12ListObjectsRequest\x12\x0e\n\x06\x66older\x18\x01 \x01(\t\x12\x11\n\trecursive\x18\x02 \x01(\x08\x12*\n\x04type\x18\x03 \x01(\x0e\x32\x1c.ostinato.common.v1.ItemType\"H\n\x13ListObjectsResponse\x12\x31\n\x07objects\x18\x01 \x03(\x0b\x32 .ostinato.joc.v1.InventoryObject\"O\n\x13RemoveObjectRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12*\n\x04type\x18\x02 \x01(\x0e\x32\x1c.ostinato.common.v1.ItemType\"\x16\n\x14RemoveObjectResponse\"6\n\rDeployRequest\x12\r\n\x05paths\x18\x01 \x03(\t\x12\x16\n\x0e\x63ontroller_ids\x18\x02 \x03(\t\"B\n\x0e\x44\x65ployResponse\x12\x30\n\x0b\x64\x65ployments\x18\x01 \x03(\x0b\x32\x1b.ostinato.joc.v1.Deployment\"\xb6\x02\n\nDeployment\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0c\n\x04path\x18\x02 \x01(\t\x12*\n\x04type\x18\x03 \x01(\x0e\x32\x1c.ostinato.common.v1.ItemType\x12\x12\n\nversion_id\x18\x04 \x01(\t\x12\x15\n\rcontroller_id\x18\x05 \x01(\t\x12\x31\n\x06status\x18\x06 \x01(\x0e\x32!.ostinato.joc.v1.DeploymentStatus\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x08 \x01(\t\x12\x30\n\x0crequested_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x63onfirmed_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"5\n\x16ListDeploymentsRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"K\n\x17ListDeploymentsResponse\x12\x30\n\x0b\x64\x65ployments\x18\x01 \x03(\x0b\x32\x1b.ostinato.joc.v1.Deployment\"\x95\x02\n\x0f\x41\x64\x64OrderRequest\x12\x15\n\rworkflow_path\x18\x01 \x01(\t\x12\x42\n\targuments\x18\x02 \x03(\x0b\x32/.ostinato.joc.v1.AddOrderRequest.ArgumentsEntry\x12\x31\n\rscheduled_for\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08order_id\x18\x04 \x01(\t\x12\x15\n\rcontroller_id\x18\x05 \x01(\t\x1aK\n\x0e\x41rgumentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x05value\x18\x02 \x01(\x0b\x32\x19.ostinato.common.v1.Value:\x02\x38\x01\"X\n\x10\x41\x64\x64OrderResponse\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x1b\n\x13workflow_version_id\x18\x02 \x01(\t\x12\x15\n\rcontroller_id\x18\x03 \x01(\t\"h\n\x11ListOrdersRequest\x12-\n\x05state\x18\x01 \x01(\x0e\x32\x1e.ostinato.common.v1.OrderState\x12\x15\n\rworkflow_path\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\"C\n\x12ListOrdersResponse\x12-\n\x06orders\x18\x01 \x03(\x0b\x32\x1d.ostinato.joc.v1.OrderSummary\"\xad\x01\n\x0cOrderSummary\x12(\n\x05order\x18\x01 \x01(\x0b\x32\x19.ostinato.common.v1.Order\x12\x15\n\rcontroller_id\x18\x02 \x01(\t\x12,\n\x08\x61\x64\x64\x65\x64_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"#\n\x0fGetOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"m\n\x10GetOrderResponse\x12.\n\x07summary\x18\x01 \x01(\x0b\x32\x1d.ostinato.joc.v1.OrderSummary\x12)\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x19.ostinato.common.v1.Event\"%\n\x11WatchOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"h\n\x12WatchOrderResponse\x12(\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x19.ostinato.common.v1.Event\x12(\n\x05order\x18\x02 \x01(\x0b\x32\x19.ostinato.common.v1.Order\"6\n\x12GetOrderLogRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\"\x82\x01\n\x13GetOrderLogResponse\x12-\n\x06stream\x18\x01 \x01(\x0e\x32\x1d.ostinato.common.v1.StdStream\x12\r\n\x05\x63hunk\x18\x02 \x01(\t\x12-\n\ttimestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*y\n\x10\x44\x65ploymentStatus\x12!\n\x1d\x44\x45PLOYMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x44\x45PLOYMENT_STATUS_DEPLOYED\x10\x01\x12\"\n\x1e\x44\x45PLOYMENT_STATUS_NOT_DEPLOYED\x10\x02\x32\xf1\x02\n\x10InventoryService\x12R\n\tPutObject\x12!.ostinato.joc.v1.PutObjectRequest\x1a\".ostinato.joc.v1.PutObjectResponse\x12R\n\tGetObject\x12!.ostinato.joc.v1.GetObjectRequest\x1a\".ostinato.joc.v1.GetObjectResponse\x12X\n\x0bListObjects\x12#.ostinato.joc.v1.ListObjectsRequest\x1a$.ostinato.joc.v1.ListObjectsResponse\x12[\n\x0cRemoveObject\x12$.ostinato.joc.v1.RemoveObjectRequest\x1a%.ostinato.joc.v1.RemoveObjectResponse2\xc4\x01\n\x11\x44\x65ploymentService\x12I\n\x06\x44\x65ploy\x12\x1e.ostinato.joc.v1.DeployRequest\x1a\x1f.ostinato.joc.v1.DeployResponse\x12\x64\n\x0fListDeployments\x12\'.ostinato.joc.v1.ListDeploymentsRequest\x1a(.ostinato.joc.v1.ListDeploymentsResponse2\xbc\x03\n\x0cOrderService\x12O\n\x08\x41\x64\x64Order\x12 .ostinato.joc.v1.AddOrderRequest\x1a!.ostinato.joc.v1.AddOrderResponse\x12U\n\nListOrders\x12\".ostinato.joc.v1.ListOrdersRequest\x1a#.ostinato.joc.v1.ListOrdersResponse\x12O\n\x08GetOrder\x12 .ostinato.joc.v1.GetOrderRequest\x1a!.ostinato.joc.v1.GetOrderResponse\x12W\n\nWatchOrder\x12\".ostinato.joc.v1.WatchOrderRequest\x1a#.ostinato.joc.v1.WatchOrderResponse0\x01\x12Z\n\x0bGetOrderLog\x12#.ostinato.joc.v1.GetOrderLogRequest\x1a$.ostinato.joc.v1.GetOrderLogResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19ostinato/joc/v1/joc.proto\x12\x0fostinato.joc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!ostinato/common/v1/commands.proto\x1a\x1fostinato/common/v1/events.proto\x1a\x1eostinato/common/v1/items.proto\x1a\x1eostinato/common/v1/order.proto\x1a\x1fostinato/common/v1/values.proto\"\xa7\x01\n\x0fInventoryObject\x12\x0c\n\x04path\x18\x01 \x01(\t\x12*\n\x04type\x18\x02 \x01(\x0e\x32\x1c.ostinato.common.v1.ItemType\x12\x0c\n\x04json\x18\x03 \x01(\t\x12/\n\x0bmodified_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13\x64\x65ployed_version_id\x18\x05 \x01(\t\"Z\n\x10PutObjectRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12*\n\x04type\x18\x02 \x01(\x0e\x32\x1c.ostinato.common.v1.ItemType\x12\x0c\n\x04json\x18\x03 \x01(\t\"E\n\x11PutObjectResponse\x12\x30\n\x06object\x18\x01 \x01(\x0b\x32 .ostinato.joc.v1.InventoryObject\"L\n\x10GetObjectRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12*\n\x04type\x18\x02 \x01(\x0e\x32\x1c.ostinato.common.v1.ItemType\"E\n\x11GetObjectResponse\x12\x30\n\x06object\x18\x01 \x01(\x0b\x32 .ostinato.joc.v1.InventoryObject\"c\n\x12ListObjectsRequest\x12\x0e\n\x06\x66older\x18\x01 \x01(\t\x12\x11\n\trecursive\x18\x02 \x01(\x08\x12*\n\x04type\x18\x03 \x01(\x0e\x32\x1c.ostinato.common.v1.ItemType\"H\n\x13ListObjectsResponse\x12\x31\n\x07objects\x18\x01 \x03(\x0b\x32 .ostinato.joc.v1.InventoryObject\"O\n\x13RemoveObjectRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12*\n\x04type\x18\x02 \x01(\x0e\x32\x1c.ostinato.common.v1.ItemType\"\x16\n\x14RemoveObjectResponse\"6\n\rDeployRequest\x12\r\n\x05paths\x18\x01 \x03(\t\x12\x16\n\x0e\x63ontroller_ids\x18\x02 \x03(\t\"B\n\x0e\x44\x65ployResponse\x12\x30\n\x0b\x64\x65ployments\x18\x01 \x03(\x0b\x32\x1b.ostinato.joc.v1.Deployment\"\xb6\x02\n\nDeployment\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0c\n\x04path\x18\x02 \x01(\t\x12*\n\x04type\x18\x03 \x01(\x0e\x32\x1c.ostinato.common.v1.ItemType\x12\x12\n\nversion_id\x18\x04 \x01(\t\x12\x15\n\rcontroller_id\x18\x05 \x01(\t\x12\x31\n\x06status\x18\x06 \x01(\x0e\x32!.ostinato.joc.v1.DeploymentStatus\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x08 \x01(\t\x12\x30\n\x0crequested_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x63onfirmed_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"5\n\x16ListDeploymentsRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"K\n\x17ListDeploymentsResponse\x12\x30\n\x0b\x64\x65ployments\x18\x01 \x03(\x0b\x32\x1b.ostinato.joc.v1.Deployment\"\x95\x02\n\x0f\x41\x64\x64OrderRequest\x12\x15\n\rworkflow_path\x18\x01 \x01(\t\x12\x42\n\targuments\x18\x02 \x03(\x0b\x32/.ostinato.joc.v1.AddOrderRequest.ArgumentsEntry\x12\x31\n\rscheduled_for\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08order_id\x18\x04 \x01(\t\x12\x15\n\rcontroller_id\x18\x05 \x01(\t\x1aK\n\x0e\x41rgumentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x05value\x18\x02 \x01(\x0b\x32\x19.ostinato.common.v1.Value:\x02\x38\x01\"X\n\x10\x41\x64\x64OrderResponse\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x1b\n\x13workflow_version_id\x18\x02 \x01(\t\x12\x15\n\rcontroller_id\x18\x03 \x01(\t\"J\n\x14\x43ommandOrdersRequest\x12\x32\n\x08\x63ommands\x18\x01 \x03(\x0b\x32 .ostinato.common.v1.OrderCommand\"P\n\x15\x43ommandOrdersResponse\x12\x37\n\x07results\x18\x01 \x03(\x0b\x32&.ostinato.common.v1.OrderCommandResult\"h\n\x11ListOrdersRequest\x12-\n\x05state\x18\x01 \x01(\x0e\x32\x1e.ostinato.common.v1.OrderState\x12\x15\n\rworkflow_path\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\"C\n\x12ListOrdersResponse\x12-\n\x06orders\x18\x01 \x03(\x0b\x32\x1d.ostinato.joc.v1.OrderSummary\"\xad\x01\n\x0cOrderSummary\x12(\n\x05order\x18\x01 \x01(\x0b\x32\x19.ostinato.common.v1.Order\x12\x15\n\rcontroller_id\x18\x02 \x01(\t\x12,\n\x08\x61\x64\x64\x65\x64_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"#\n\x0fGetOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"m\n\x10GetOrderResponse\x12.\n\x07summary\x18\x01 \x01(\x0b\x32\x1d.ostinato.joc.v1.OrderSummary\x12)\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x19.ostinato.common.v1.Event\"%\n\x11WatchOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"h\n\x12WatchOrderResponse\x12(\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x19.ostinato.common.v1.Event\x12(\n\x05order\x18\x02 \x01(\x0b\x32\x19.ostinato.common.v1.Order\"6\n\x12GetOrderLogRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\"\x82\x01\n\x13GetOrderLogResponse\x12-\n\x06stream\x18\x01 \x01(\x0e\x32\x1d.ostinato.common.v1.StdStream\x12\r\n\x05\x63hunk\x18\x02 \x01(\t\x12-\n\ttimestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*y\n\x10\x44\x65ploymentStatus\x12!\n\x1d\x44\x45PLOYMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x44\x45PLOYMENT_STATUS_DEPLOYED\x10\x01\x12\"\n\x1e\x44\x45PLOYMENT_STATUS_NOT_DEPLOYED\x10\x02\x32\xf1\x02\n\x10InventoryService\x12R\n\tPutObject\x12!.ostinato.joc.v1.PutObjectRequest\x1a\".ostinato.joc.v1.PutObjectResponse\x12R\n\tGetObject\x12!.ostinato.joc.v1.GetObjectRequest\x1a\".ostinato.joc.v1.GetObjectResponse\x12X\n\x0bListObjects\x12#.ostinato.joc.v1.ListObjectsRequest\x1a$.ostinato.joc.v1.ListObjectsResponse\x12[\n\x0cRemoveObject\x12$.ostinato.joc.v1.RemoveObjectRequest\x1a%.ostinato.joc.v1.RemoveObjectResponse2\xc4\x01\n\x11\x44\x65ploymentService\x12I\n\x06\x44\x65ploy\x12\x1e.ostinato.joc.v1.DeployRequest\x1a\x1f.ostinato.joc.v1.DeployResponse\x12\x64\n\x0fListDeployments\x12\'.ostinato.joc.v1.ListDeploymentsRequest\x1a(.ostinato.joc.v1.ListDeploymentsResponse2\x9c\x04\n\x0cOrderService\x12O\n\x08\x41\x64\x64Order\x12 .ostinato.joc.v1.AddOrderRequest\x1a!.ostinato.joc.v1.AddOrderResponse\x12^\n\rCommandOrders\x12%.ostinato.joc.v1.CommandOrdersRequest\x1a&.ostinato.joc.v1.CommandOrdersResponse\x12U\n\nListOrders\x12\".ostinato.joc.v1.ListOrdersRequest\x1a#.ostinato.joc.v1.ListOrdersResponse\x12O\n\x08GetOrder\x12 .ostinato.joc.v1.GetOrderRequest\x1a!.ostinato.joc.v1.GetOrderResponse\x12W\n\nWatchOrder\x12\".ostinato.joc.v1.WatchOrderRequest\x1a#.ostinato.joc.v1.WatchOrderResponse0\x01\x12Z\n\x0bGetOrderLog\x12#.ostinato.joc.v1.GetOrderLogRequest\x1a$.ostinato.joc.v1.GetOrderLogResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,64 +39,68 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ADDORDERREQUEST_ARGUMENTSENTRY']._loaded_options = None
   _globals['_ADDORDERREQUEST_ARGUMENTSENTRY']._serialized_options = b'8\001'
-  _globals['_DEPLOYMENTSTATUS']._serialized_start=2743
-  _globals['_DEPLOYMENTSTATUS']._serialized_end=2864
-  _globals['_INVENTORYOBJECT']._serialized_start=210
-  _globals['_INVENTORYOBJECT']._serialized_end=377
-  _globals['_PUTOBJECTREQUEST']._serialized_start=379
-  _globals['_PUTOBJECTREQUEST']._serialized_end=469
-  _globals['_PUTOBJECTRESPONSE']._serialized_start=471
-  _globals['_PUTOBJECTRESPONSE']._serialized_end=540
-  _globals['_GETOBJECTREQUEST']._serialized_start=542
-  _globals['_GETOBJECTREQUEST']._serialized_end=618
-  _globals['_GETOBJECTRESPONSE']._serialized_start=620
-  _globals['_GETOBJECTRESPONSE']._serialized_end=689
-  _globals['_LISTOBJECTSREQUEST']._serialized_start=691
-  _globals['_LISTOBJECTSREQUEST']._serialized_end=790
-  _globals['_LISTOBJECTSRESPONSE']._serialized_start=792
-  _globals['_LISTOBJECTSRESPONSE']._serialized_end=864
-  _globals['_REMOVEOBJECTREQUEST']._serialized_start=866
-  _globals['_REMOVEOBJECTREQUEST']._serialized_end=945
-  _globals['_REMOVEOBJECTRESPONSE']._serialized_start=947
-  _globals['_REMOVEOBJECTRESPONSE']._serialized_end=969
-  _globals['_DEPLOYREQUEST']._serialized_start=971
-  _globals['_DEPLOYREQUEST']._serialized_end=1025
-  _globals['_DEPLOYRESPONSE']._serialized_start=1027
-  _globals['_DEPLOYRESPONSE']._serialized_end=1093
-  _globals['_DEPLOYMENT']._serialized_start=1096
-  _globals['_DEPLOYMENT']._serialized_end=1406
-  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_start=1408
-  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_end=1461
-  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_start=1463
-  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_end=1538
-  _globals['_ADDORDERREQUEST']._serialized_start=1541
-  _globals['_ADDORDERREQUEST']._serialized_end=1818
-  _globals['_ADDORDERREQUEST_ARGUMENTSENTRY']._serialized_start=1743
-  _globals['_ADDORDERREQUEST_ARGUMENTSENTRY']._serialized_end=1818
-  _globals['_ADDORDERRESPONSE']._serialized_start=1820
-  _globals['_ADDORDERRESPONSE']._serialized_end=1908
-  _globals['_LISTORDERSREQUEST']._serialized_start=1910
-  _globals['_LISTORDERSREQUEST']._serialized_end=2014
-  _globals['_LISTORDERSRESPONSE']._serialized_start=2016
-  _globals['_LISTORDERSRESPONSE']._serialized_end=2083
-  _globals['_ORDERSUMMARY']._serialized_start=2086
-  _globals['_ORDERSUMMARY']._serialized_end=2259
-  _globals['_GETORDERREQUEST']._serialized_start=2261
-  _globals['_GETORDERREQUEST']._serialized_end=2296
-  _globals['_GETORDERRESPONSE']._serialized_start=2298
-  _globals['_GETORDERRESPONSE']._serialized_end=2407
-  _globals['_WATCHORDERREQUEST']._serialized_start=2409
-  _globals['_WATCHORDERREQUEST']._serialized_end=2446
-  _globals['_WATCHORDERRESPONSE']._serialized_start=2448
-  _globals['_WATCHORDERRESPONSE']._serialized_end=2552
-  _globals['_GETORDERLOGREQUEST']._serialized_start=2554
-  _globals['_GETORDERLOGREQUEST']._serialized_end=2608
-  _globals['_GETORDERLOGRESPONSE']._serialized_start=2611
-  _globals['_GETORDERLOGRESPONSE']._serialized_end=2741
-  _globals['_INVENTORYSERVICE']._serialized_start=2867
-  _globals['_INVENTORYSERVICE']._serialized_end=3236
-  _globals['_DEPLOYMENTSERVICE']._serialized_start=3239
-  _globals['_DEPLOYMENTSERVICE']._serialized_end=3435
-  _globals['_ORDERSERVICE']._serialized_start=3438
-  _globals['_ORDERSERVICE']._serialized_end=3882
+  _globals['_DEPLOYMENTSTATUS']._serialized_start=2936
+  _globals['_DEPLOYMENTSTATUS']._serialized_end=3057
+  _globals['_INVENTORYOBJECT']._serialized_start=245
+  _globals['_INVENTORYOBJECT']._serialized_end=412
+  _globals['_PUTOBJECTREQUEST']._serialized_start=414
+  _globals['_PUTOBJECTREQUEST']._serialized_end=504
+  _globals['_PUTOBJECTRESPONSE']._serialized_start=506
+  _globals['_PUTOBJECTRESPONSE']._serialized_end=575
+  _globals['_GETOBJECTREQUEST']._serialized_start=577
+  _globals['_GETOBJECTREQUEST']._serialized_end=653
+  _globals['_GETOBJECTRESPONSE']._serialized_start=655
+  _globals['_GETOBJECTRESPONSE']._serialized_end=724
+  _globals['_LISTOBJECTSREQUEST']._serialized_start=726
+  _globals['_LISTOBJECTSREQUEST']._serialized_end=825
+  _globals['_LISTOBJECTSRESPONSE']._serialized_start=827
+  _globals['_LISTOBJECTSRESPONSE']._serialized_end=899
+  _globals['_REMOVEOBJECTREQUEST']._serialized_start=901
+  _globals['_REMOVEOBJECTREQUEST']._serialized_end=980
+  _globals['_REMOVEOBJECTRESPONSE']._serialized_start=982
+  _globals['_REMOVEOBJECTRESPONSE']._serialized_end=1004
+  _globals['_DEPLOYREQUEST']._serialized_start=1006
+  _globals['_DEPLOYREQUEST']._serialized_end=1060
+  _globals['_DEPLOYRESPONSE']._serialized_start=1062
+  _globals['_DEPLOYRESPONSE']._serialized_end=1128
+  _globals['_DEPLOYMENT']._serialized_start=1131
+  _globals['_DEPLOYMENT']._serialized_end=1441
+  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_start=1443
+  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_end=1496
+  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_start=1498
+  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_end=1573
+  _globals['_ADDORDERREQUEST']._serialized_start=1576
+  _globals['_ADDORDERREQUEST']._serialized_end=1853
+  _globals['_ADDORDERREQUEST_ARGUMENTSENTRY']._serialized_start=1778
+  _globals['_ADDORDERREQUEST_ARGUMENTSENTRY']._serialized_end=1853
+  _globals['_ADDORDERRESPONSE']._serialized_start=1855
+  _globals['_ADDORDERRESPONSE']._serialized_end=1943
+  _globals['_COMMANDORDERSREQUEST']._serialized_start=1945
+  _globals['_COMMANDORDERSREQUEST']._serialized_end=2019
+  _globals['_COMMANDORDERSRESPONSE']._serialized_start=2021
+  _globals['_COMMANDORDERSRESPONSE']._serialized_end=2101
+  _globals['_LISTORDERSREQUEST']._serialized_start=2103
+  _globals['_LISTORDERSREQUEST']._serialized_end=2207
+  _globals['_LISTORDERSRESPONSE']._serialized_start=2209
+  _globals['_LISTORDERSRESPONSE']._serialized_end=2276
+  _globals['_ORDERSUMMARY']._serialized_start=2279
+  _globals['_ORDERSUMMARY']._serialized_end=2452
+  _globals['_GETORDERREQUEST']._serialized_start=2454
+  _globals['_GETORDERREQUEST']._serialized_end=2489
+  _globals['_GETORDERRESPONSE']._serialized_start=2491
+  _globals['_GETORDERRESPONSE']._serialized_end=2600
+  _globals['_WATCHORDERREQUEST']._serialized_start=2602
+  _globals['_WATCHORDERREQUEST']._serialized_end=2639
+  _globals['_WATCHORDERRESPONSE']._serialized_start=2641
+  _globals['_WATCHORDERRESPONSE']._serialized_end=2745
+  _globals['_GETORDERLOGREQUEST']._serialized_start=2747
+  _globals['_GETORDERLOGREQUEST']._serialized_end=2801
+  _globals['_GETORDERLOGRESPONSE']._serialized_start=2804
+  _globals['_GETORDERLOGRESPONSE']._serialized_end=2934
+  _globals['_INVENTORYSERVICE']._serialized_start=3060
+  _globals['_INVENTORYSERVICE']._serialized_end=3429
+  _globals['_DEPLOYMENTSERVICE']._serialized_start=3432
+  _globals['_DEPLOYMENTSERVICE']._serialized_end=3628
+  _globals['_ORDERSERVICE']._serialized_start=3631
+  _globals['_ORDERSERVICE']._serialized_end=4171
 # @@protoc_insertion_point(module_scope)

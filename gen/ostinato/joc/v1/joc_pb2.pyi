@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from gen.ostinato.common.v1 import commands_pb2 as _commands_pb2
 from gen.ostinato.common.v1 import events_pb2 as _events_pb2
 from gen.ostinato.common.v1 import items_pb2 as _items_pb2
 from gen.ostinato.common.v1 import order_pb2 as _order_pb2
@@ -469,6 +470,46 @@ class AddOrderResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AddOrderResponse: _TypeAlias = AddOrderResponse  # noqa: Y015
+
+@_typing.final
+class CommandOrdersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMANDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def commands(self) -> _containers.RepeatedCompositeFieldContainer[_commands_pb2.OrderCommand]: ...
+    def __init__(
+        self,
+        *,
+        commands: _abc.Iterable[_commands_pb2.OrderCommand] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commands", b"commands"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CommandOrdersRequest: _TypeAlias = CommandOrdersRequest  # noqa: Y015
+
+@_typing.final
+class CommandOrdersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[_commands_pb2.OrderCommandResult]: ...
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[_commands_pb2.OrderCommandResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CommandOrdersResponse: _TypeAlias = CommandOrdersResponse  # noqa: Y015
 
 @_typing.final
 class ListOrdersRequest(_message.Message):

@@ -364,6 +364,11 @@ class OrderServiceStub:
                 request_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.AddOrderRequest.SerializeToString,
                 response_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.AddOrderResponse.FromString,
                 _registered_method=True)
+        self.CommandOrders = channel.unary_unary(
+                '/ostinato.joc.v1.OrderService/CommandOrders',
+                request_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.CommandOrdersRequest.SerializeToString,
+                response_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.CommandOrdersResponse.FromString,
+                _registered_method=True)
         self.ListOrders = channel.unary_unary(
                 '/ostinato.joc.v1.OrderService/ListOrders',
                 request_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.ListOrdersRequest.SerializeToString,
@@ -392,6 +397,13 @@ class OrderServiceServicer:
 
     def AddOrder(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CommandOrders(self, request, context):
+        """Cancels, suspends, resumes orders or answers their prompts, on the controller holding them.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -430,6 +442,11 @@ def add_OrderServiceServicer_to_server(servicer, server):
                     servicer.AddOrder,
                     request_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.AddOrderRequest.FromString,
                     response_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.AddOrderResponse.SerializeToString,
+            ),
+            'CommandOrders': grpc.unary_unary_rpc_method_handler(
+                    servicer.CommandOrders,
+                    request_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.CommandOrdersRequest.FromString,
+                    response_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.CommandOrdersResponse.SerializeToString,
             ),
             'ListOrders': grpc.unary_unary_rpc_method_handler(
                     servicer.ListOrders,
@@ -480,6 +497,33 @@ class OrderService:
             '/ostinato.joc.v1.OrderService/AddOrder',
             ostinato_dot_joc_dot_v1_dot_joc__pb2.AddOrderRequest.SerializeToString,
             ostinato_dot_joc_dot_v1_dot_joc__pb2.AddOrderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CommandOrders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ostinato.joc.v1.OrderService/CommandOrders',
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.CommandOrdersRequest.SerializeToString,
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.CommandOrdersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -132,6 +132,8 @@ class OrderServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> OrderServiceAsyncStub: ...
     AddOrder: _grpc.UnaryUnaryMultiCallable[_joc_pb2.AddOrderRequest, _joc_pb2.AddOrderResponse]
+    CommandOrders: _grpc.UnaryUnaryMultiCallable[_joc_pb2.CommandOrdersRequest, _joc_pb2.CommandOrdersResponse]
+    """Cancels, suspends, resumes orders or answers their prompts, on the controller holding them."""
     ListOrders: _grpc.UnaryUnaryMultiCallable[_joc_pb2.ListOrdersRequest, _joc_pb2.ListOrdersResponse]
     GetOrder: _grpc.UnaryUnaryMultiCallable[_joc_pb2.GetOrderRequest, _joc_pb2.GetOrderResponse]
     WatchOrder: _grpc.UnaryStreamMultiCallable[_joc_pb2.WatchOrderRequest, _joc_pb2.WatchOrderResponse]
@@ -147,6 +149,8 @@ class OrderServiceAsyncStub(OrderServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     AddOrder: _aio.UnaryUnaryMultiCallable[_joc_pb2.AddOrderRequest, _joc_pb2.AddOrderResponse]  # type: ignore[assignment]
+    CommandOrders: _aio.UnaryUnaryMultiCallable[_joc_pb2.CommandOrdersRequest, _joc_pb2.CommandOrdersResponse]  # type: ignore[assignment]
+    """Cancels, suspends, resumes orders or answers their prompts, on the controller holding them."""
     ListOrders: _aio.UnaryUnaryMultiCallable[_joc_pb2.ListOrdersRequest, _joc_pb2.ListOrdersResponse]  # type: ignore[assignment]
     GetOrder: _aio.UnaryUnaryMultiCallable[_joc_pb2.GetOrderRequest, _joc_pb2.GetOrderResponse]  # type: ignore[assignment]
     WatchOrder: _aio.UnaryStreamMultiCallable[_joc_pb2.WatchOrderRequest, _joc_pb2.WatchOrderResponse]  # type: ignore[assignment]
@@ -165,6 +169,14 @@ class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _joc_pb2.AddOrderRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_joc_pb2.AddOrderResponse, _abc.Awaitable[_joc_pb2.AddOrderResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CommandOrders(
+        self,
+        request: _joc_pb2.CommandOrdersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_joc_pb2.CommandOrdersResponse, _abc.Awaitable[_joc_pb2.CommandOrdersResponse]]:
+        """Cancels, suspends, resumes orders or answers their prompts, on the controller holding them."""
 
     @_abc_1.abstractmethod
     def ListOrders(
