@@ -127,6 +127,16 @@ class AgentDriver:
                 director_pb2.AttachOrdersRequest(sender=self._sender(), orders=batch), timeout=30
             )
             sent.update(keys)
+        commands = [
+            c
+            for c in core.commands_to_forward(self.name, committed)
+            if (c.order_id, state.order_event_id[c.order_id]) not in sent
+        ]
+        if commands:
+            keys = [(c.order_id, state.order_event_id[c.order_id]) for c in commands]
+            request = director_pb2.CommandOrdersRequest(sender=self._sender(), commands=commands)
+            await stub.CommandOrders(request, timeout=30)
+            sent.update(keys)
         detach = [
             i for i in core.orders_to_detach(self.name, committed) if (i, state.order_event_id[i]) not in sent
         ]

@@ -1,21 +1,25 @@
 """The controller's deterministic core: its state and the decisions that change it.
 
 No I/O here: the shell passes time in and carries out what committed events call for (attaching
-orders to agents, detaching them). Every method returns the events it emitted; they are already
-applied to this (working) state and must be committed by the journal before anything acts on them.
+orders to agents, detaching them, forwarding commands). Every method returns the events it
+emitted; they are already applied to this (working) state and must be committed by the journal
+before anything acts on them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gen.ostinato.common.v1 import events_pb2, items_pb2, order_pb2, workflow_pb2
+from google.protobuf import json_format
+
+from gen.ostinato.common.v1 import commands_pb2, events_pb2, items_pb2, order_pb2, values_pb2, workflow_pb2
 from gen.ostinato.controller.v1 import controller_pb2
 from ostinato.errors import InvalidArgument, NotFound
-from ostinato.workflow import model
+from ostinato.workflow import expressions, model
 from ostinato.workflow.holder import OrderHolder
 from ostinato.workflow.orders import TERMINAL_STATES
-from ostinato.workflow.step import ControllerScope, step
+from ostinato.workflow.positions import enter, instruction_at, next_position, text
+from ostinato.workflow.step import ControllerScope, ControllerWork, OrderScope, fail, failed, step
 
 A = order_pb2.AttachedState
 S = order_pb2.OrderState
@@ -32,6 +36,16 @@ MIRRORED_KINDS = frozenset(
         "order_moved",
         "order_detachable",
         "order_detached",
+        "order_caught",
+        "order_retrying",
+        "order_awoke",
+        "order_sleeping",
+        "order_cycle_started",
+        "order_cycle_finished",
+        "order_marked",
+        "order_suspended",
+        "order_resumed",
+        "order_kill_requested",
     }
 )
 
@@ -42,22 +56,47 @@ class ControllerState(OrderHolder):
         self.signed_items: dict[tuple[str, str], items_pb2.SignedItem] = {}
         self.current_version: dict[str, str] = {}
         self.agent_observed: dict[str, int] = {}
+        self.locks: dict[str, workflow_pb2.LockItem] = {}
+        self.lock_holders: dict[str, dict[str, int]] = {}
+        self.lock_queues: dict[str, list[tuple[str, int]]] = {}
 
     def apply_to_state(self, event: Event) -> None:
         super().apply_to_state(event)
         kind = event.WhichOneof("kind")
         if kind == "item_deployed":
-            wf = event.item_deployed.workflow
+            deployed = event.item_deployed
+            if deployed.WhichOneof("item") == "lock":
+                self.locks[deployed.lock.path] = deployed.lock
+                return
+            wf = deployed.workflow
             self.signed_items[(wf.path, wf.version_id)] = items_pb2.SignedItem(
                 type=items_pb2.ITEM_TYPE_WORKFLOW,
                 path=wf.path,
                 version_id=wf.version_id,
-                json=event.item_deployed.signed_json,
-                signature=event.item_deployed.signature,
+                json=deployed.signed_json,
+                signature=deployed.signature,
             )
             self.current_version[wf.path] = wf.version_id
         elif kind == "agent_events_observed":
             self.agent_observed[event.agent_events_observed.agent] = event.agent_events_observed.until_id
+        elif kind == "order_lock_acquired":
+            e = event.order_lock_acquired
+            self.lock_holders.setdefault(e.lock_path, {})[event.order_id] = e.count
+            self._unqueue(event.order_id)
+        elif kind == "order_lock_queued":
+            e2 = event.order_lock_queued
+            self.lock_queues.setdefault(e2.lock_path, []).append((event.order_id, e2.count))
+        elif kind == "order_lock_released":
+            self.lock_holders.get(event.order_lock_released.lock_path, {}).pop(event.order_id, None)
+        elif kind in ("order_cancelled", "order_deleted"):
+            self._unqueue(event.order_id)
+
+    def _unqueue(self, order_id: str) -> None:
+        for queue in self.lock_queues.values():
+            queue[:] = [q for q in queue if q[0] != order_id]
+
+    def lock_free(self, path: str) -> int:
+        return self.locks[path].limit - sum(self.lock_holders.get(path, {}).values())
 
 
 @dataclass
@@ -65,38 +104,35 @@ class ControllerCore:
     state: ControllerState
     agents: frozenset[str]
 
+    # --- deployment ---
+
     def deploy(self, items: list[items_pb2.SignedItem], now_ms: int) -> list[Event]:
-        checked: list[tuple[workflow_pb2.Workflow, items_pb2.SignedItem]] = []
+        locks: dict[str, workflow_pb2.LockItem] = {}
+        workflows: list[tuple[workflow_pb2.Workflow, items_pb2.SignedItem, str]] = []
         for i, item in enumerate(items):
             field = f"items[{i}]"
-            if item.type != items_pb2.ITEM_TYPE_WORKFLOW:
-                raise InvalidArgument(
-                    f"{items_pb2.ItemType.Name(item.type)} cannot be deployed yet", field=f"{field}.type"
-                )
             if not item.path.startswith("/"):
                 raise InvalidArgument(f"not an absolute path: {item.path!r}", field=f"{field}.path")
-            try:
-                workflow = model.parse_workflow(item.json)
-            except InvalidArgument as e:
-                raise InvalidArgument(str(e), field=f"{field}.json ({item.path})") from None
-            if workflow.path != item.path or workflow.version_id != item.version_id:
-                raise InvalidArgument(
-                    f"path and versionId inside the JSON ({workflow.path} {workflow.version_id}) differ"
-                    f" from the item's ({item.path} {item.version_id})",
-                    field=f"{field}.json",
-                )
-            if not workflow.version_id:
-                raise InvalidArgument("a workflow needs a version id", field=f"{field}.version_id")
-            unknown = sorted(model.agents_of(workflow) - self.agents)
-            if unknown:
-                raise InvalidArgument(
-                    f"workflow {item.path} names unknown agent(s) {', '.join(unknown)};"
-                    f" this controller has {', '.join(sorted(self.agents)) or 'none'}",
-                    field=f"{field}.json.jobs.agent",
-                )
-            checked.append((workflow, item))
+            if item.type == items_pb2.ITEM_TYPE_LOCK:
+                locks[item.path] = _parse_lock(item, field)
+            elif item.type == items_pb2.ITEM_TYPE_WORKFLOW:
+                workflows.append((self._check_workflow(item, field), item, field))
+            else:
+                name = items_pb2.ItemType.Name(item.type)
+                raise InvalidArgument(f"{name} cannot be deployed yet", field=f"{field}.type")
+        for workflow, item, field in workflows:
+            for lock_path, lock_field in model.locks_of(workflow).items():
+                if lock_path not in locks and lock_path not in self.state.locks:
+                    raise InvalidArgument(
+                        f"workflow {item.path} uses lock {lock_path}, which is not deployed",
+                        field=f"{field}.json.{lock_field}",
+                    )
         events = []
-        for workflow, item in checked:
+        for path, lock in locks.items():
+            known = self.state.locks.get(path)
+            if known is None or known.limit != lock.limit:
+                events.append(self.state.emit(now_ms, item_deployed=events_pb2.ItemDeployed(lock=lock)))
+        for workflow, item, _ in workflows:
             if (workflow.path, workflow.version_id) in self.state.workflows:
                 continue  # the same version again: idempotent
             deployed = events_pb2.ItemDeployed(
@@ -104,6 +140,30 @@ class ControllerCore:
             )
             events.append(self.state.emit(now_ms, item_deployed=deployed))
         return events
+
+    def _check_workflow(self, item: items_pb2.SignedItem, field: str) -> workflow_pb2.Workflow:
+        try:
+            workflow = model.parse_workflow(item.json)
+        except InvalidArgument as e:
+            raise InvalidArgument(str(e), field=f"{field}.json ({item.path})") from None
+        if workflow.path != item.path or workflow.version_id != item.version_id:
+            raise InvalidArgument(
+                f"path and versionId inside the JSON ({workflow.path} {workflow.version_id}) differ"
+                f" from the item's ({item.path} {item.version_id})",
+                field=f"{field}.json",
+            )
+        if not workflow.version_id:
+            raise InvalidArgument("a workflow needs a version id", field=f"{field}.version_id")
+        unknown = sorted(model.agents_of(workflow) - self.agents)
+        if unknown:
+            raise InvalidArgument(
+                f"workflow {item.path} names unknown agent(s) {', '.join(unknown)};"
+                f" this controller has {', '.join(sorted(self.agents)) or 'none'}",
+                field=f"{field}.json.jobs.agent",
+            )
+        return workflow
+
+    # --- orders ---
 
     def add_orders(
         self, new_orders: list[controller_pb2.NewOrder], now_ms: int
@@ -113,8 +173,10 @@ class ControllerCore:
         orders: list[order_pb2.Order] = []
         for i, new in enumerate(new_orders):
             field = f"orders[{i}]"
-            if not new.id:
-                raise InvalidArgument("an order needs an id", field=f"{field}.id")
+            if not new.id or "|" in new.id:
+                raise InvalidArgument(
+                    f"not an order id: {new.id!r} (empty, or with '|')", field=f"{field}.id"
+                )
             if new.id in self.state.orders:
                 existing = self.state.orders[new.id]
                 added.append(
@@ -139,10 +201,7 @@ class ControllerCore:
                 trace_parent=new.trace_parent,
                 position=order_pb2.Position(nr=0),
             )
-            for k, parameter in workflow.order_preparation.parameters.items():
-                if parameter.HasField("default"):
-                    order.arguments[k].CopyFrom(parameter.default)
-            for k, v in new.arguments.items():
+            for k, v in prepared_arguments(workflow, dict(new.arguments), f"{field}.arguments").items():
                 order.arguments[k].CopyFrom(v)
             if new.HasField("scheduled_for"):
                 order.scheduled_for.CopyFrom(new.scheduled_for)
@@ -161,33 +220,347 @@ class ControllerCore:
             if order is None:
                 return events
             decided = step(order, self.state.workflow_of(order), ControllerScope(), now_ms)
+            if isinstance(decided, ControllerWork):
+                done, progressed = self._work(order, decided, now_ms)
+                events += done
+                if not progressed:
+                    return events
+                continue
             if not isinstance(decided, list) or not decided:
                 return events
             for proto in decided:
-                proto.order_id = order_id
-                events.append(self._emit_like(proto, now_ms))
-            if self.state.orders[order_id].state in TERMINAL_STATES:
-                events.append(self.state.emit(now_ms, order_id, order_deleted=events_pb2.OrderDeleted()))
-                return events
+                events.append(self._emit_like(order_id, proto, now_ms))
+            events += self._grant_released_locks(decided, now_ms)
         raise RuntimeError(f"order {order_id}: no progress after 1000 steps")
 
+    def _work(self, order: order_pb2.Order, work: ControllerWork, now_ms: int) -> tuple[list[Event], bool]:
+        """Does what involves other orders or locks. Returns events and whether `order` moved on."""
+        emit = self.state.emit
+        if work.kind == "lock":
+            return self._lock(order, work, now_ms)
+        if work.kind in ("fork", "fork_list"):
+            return self._fork(order, work, now_ms)
+        if work.kind == "add_order":
+            return self._add_order(order, work, now_ms)
+        if work.kind == "join":
+            return self._join(order.parent_id, now_ms), False
+        # finish, fail, cancel: the order ends here (or waits failed); its locks go first.
+        events = [
+            emit(now_ms, order.id, order_lock_released=events_pb2.OrderLockReleased(lock_path=h.lock_path))
+            for h in reversed(order.held_locks)
+        ]
+        released = [h.lock_path for h in order.held_locks]
+        if work.kind == "cancel":
+            for child_id in list(order.children):
+                events += self.cancel_order(child_id, now_ms)
+            events.append(emit(now_ms, order.id, order_cancelled=events_pb2.OrderCancelled()))
+        elif work.kind == "fail":
+            events.append(emit(now_ms, order.id, order_failed=events_pb2.OrderFailed(outcome=work.outcome)))
+        else:
+            events.append(
+                emit(now_ms, order.id, order_finished=events_pb2.OrderFinished(outcome=work.outcome))
+            )
+        for path in released:
+            events += self._grant(path, now_ms)
+        if order.parent_id:
+            events += self._join(order.parent_id, now_ms)  # the join deletes the child
+        elif self.state.orders[order.id].state in TERMINAL_STATES:
+            events.append(emit(now_ms, order.id, order_deleted=events_pb2.OrderDeleted()))
+        return events, False
+
+    def _lock(self, order: order_pb2.Order, work: ControllerWork, now_ms: int) -> tuple[list[Event], bool]:
+        assert work.instruction is not None
+        lock = work.instruction.lock
+        known = self.state.locks.get(lock.lock_path)
+        if known is None:
+            return self._fail_here(order, f"lock {lock.lock_path} is not deployed", now_ms)
+        count = lock.count or known.limit
+        if count > known.limit:
+            return self._fail_here(
+                order, f"lock {lock.lock_path} has a limit of {known.limit}, not {count}", now_ms
+            )
+        queue = self.state.lock_queues.get(lock.lock_path, [])
+        if any(q[0] == order.id for q in queue):
+            return [], False
+        if queue or self.state.lock_free(lock.lock_path) < count:  # first come, first served
+            queued = events_pb2.OrderLockQueued(lock_path=lock.lock_path, count=count)
+            return [self.state.emit(now_ms, order.id, order_lock_queued=queued)], False
+        return self._acquire(order.id, lock.lock_path, count, now_ms), True
+
+    def _acquire(self, order_id: str, lock_path: str, count: int, now_ms: int) -> list[Event]:
+        acquired = events_pb2.OrderLockAcquired(lock_path=lock_path, count=count)
+        into = enter(self.state.orders[order_id].position, "lock")
+        return [
+            self.state.emit(now_ms, order_id, order_lock_acquired=acquired),
+            self.state.emit(now_ms, order_id, order_moved=events_pb2.OrderMoved(to=into)),
+        ]
+
+    def _grant(self, lock_path: str, now_ms: int) -> list[Event]:
+        """Hands a released lock to the orders queued for it, in their order."""
+        events: list[Event] = []
+        queue = self.state.lock_queues.get(lock_path, [])
+        while queue and self.state.lock_free(lock_path) >= queue[0][1]:
+            order_id, count = queue[0]
+            events += self._acquire(order_id, lock_path, count, now_ms)  # removes it from the queue
+            events += self.step_order(order_id, now_ms)
+        return events
+
+    def _grant_released_locks(self, decided: list[Event], now_ms: int) -> list[Event]:
+        events: list[Event] = []
+        for proto in decided:
+            if proto.WhichOneof("kind") == "order_lock_released":
+                events += self._grant(proto.order_lock_released.lock_path, now_ms)
+        return events
+
+    def _fork(self, order: order_pb2.Order, work: ControllerWork, now_ms: int) -> tuple[list[Event], bool]:
+        assert work.instruction is not None
+        children: list[events_pb2.ForkedChild] = []
+        if work.kind == "fork":
+            children = [
+                events_pb2.ForkedChild(order_id=f"{order.id}|{b.id}", branch_id=f"fork+{b.id}")
+                for b in work.instruction.fork.branches
+            ]
+        else:
+            fork_list = work.instruction.fork_list
+            scope = OrderScope(order, self.state.workflow_of(order))
+            elements = scope.variable(fork_list.children)
+            if elements is None or elements.WhichOneof("kind") != "list":
+                return self._fail_here(
+                    order, f"forkList: variable {fork_list.children!r} is not a list", now_ms
+                )
+            name = fork_list.element_variable or "element"
+            for index, element in enumerate(elements.list.values):
+                child = events_pb2.ForkedChild(order_id=f"{order.id}|{index}", branch_id="fork")
+                child.arguments[name].CopyFrom(element)
+                if element.WhichOneof("kind") == "object":
+                    for k, v in element.object.fields.items():
+                        child.arguments[k].CopyFrom(v)
+                children.append(child)
+        events = [self.state.emit(now_ms, order.id, order_forked=events_pb2.OrderForked(children=children))]
+        for child in children:
+            new = order_pb2.Order(
+                id=child.order_id,
+                workflow_path=order.workflow_path,
+                workflow_version_id=order.workflow_version_id,
+                position=enter(order.position, child.branch_id),
+                state=S.ORDER_STATE_READY,
+                attached_state=A.ATTACHED_STATE_DETACHED,
+                trace_parent=order.trace_parent,
+                parent_id=order.id,
+                branch_id=child.branch_id,
+            )
+            for source in (order.arguments, order.variables, child.arguments):
+                for k, v in source.items():
+                    new.arguments[k].CopyFrom(v)
+            events.append(self.state.emit(now_ms, new.id, order_added=events_pb2.OrderAdded(order=new)))
+            events += self.step_order(new.id, now_ms)
+        if not children:
+            events += self._join(order.id, now_ms)
+        return events, False
+
+    def _join(self, parent_id: str, now_ms: int) -> list[Event]:
+        """Joins the parent when every child ended its branch (finished, or failed when the fork
+        joins failed children); deletes the children and carries on with the parent."""
+        parent = self.state.orders.get(parent_id)
+        if parent is None or parent.state != S.ORDER_STATE_FORKED:
+            return []
+        fork = instruction_at(self.state.workflow_of(parent), parent.position)
+        assert fork is not None
+        join_if_failed = (
+            fork.fork.join_if_failed if fork.WhichOneof("kind") == "fork" else fork.fork_list.join_if_failed
+        )
+        children = [self.state.orders.get(c) for c in parent.children]
+        failed_children: list[str] = []
+        for child in children:
+            if child is None or child.state in TERMINAL_STATES:
+                continue
+            if child.state == S.ORDER_STATE_FAILED and join_if_failed:
+                failed_children.append(child.id)
+                continue
+            at_end = child.state == S.ORDER_STATE_READY and child.attached_state == A.ATTACHED_STATE_DETACHED
+            if not (at_end and instruction_at(self.state.workflow_of(child), child.position) is None):
+                return []
+        cancelled = [c.id for c in children if c is not None and c.state == S.ORDER_STATE_CANCELLED]
+        if failed_children or cancelled:
+            outcome = failed(
+                f"child order(s) {', '.join(failed_children + cancelled)} failed or were cancelled"
+            )
+        else:
+            outcome = workflow_pb2.Outcome(kind=workflow_pb2.OUTCOME_KIND_SUCCEEDED)
+        for child in children:
+            if child is not None:
+                for k, v in child.variables.items():
+                    outcome.named_values[k].CopyFrom(v)
+        events = [
+            self.state.emit(now_ms, c.id, order_deleted=events_pb2.OrderDeleted())
+            for c in children
+            if c is not None
+        ]
+        events.append(
+            self.state.emit(now_ms, parent_id, order_joined=events_pb2.OrderJoined(outcome=outcome))
+        )
+        return events + self.step_order(parent_id, now_ms)
+
+    def _add_order(
+        self, order: order_pb2.Order, work: ControllerWork, now_ms: int
+    ) -> tuple[list[Event], bool]:
+        assert work.instruction is not None
+        add = work.instruction.add_order
+        version = self.state.current_version.get(add.workflow_path)
+        if version is None:
+            return self._fail_here(order, f"addOrder: unknown workflow {add.workflow_path!r}", now_ms)
+        workflow = self.state.workflows[(add.workflow_path, version)]
+        scope = OrderScope(order, self.state.workflow_of(order))
+        try:
+            given = {k: expressions.evaluate(e, scope) for k, e in add.arguments.items()}
+            arguments = prepared_arguments(workflow, given, "addOrder.arguments")
+        except InvalidArgument as e:
+            return self._fail_here(order, f"addOrder: {e}", now_ms)
+        new_id = f"{order.id}|{add.id_suffix or text(order.position)}"
+        events = [
+            self.state.emit(
+                now_ms, order.id, order_order_added=events_pb2.OrderOrderAdded(added_order_id=new_id)
+            )
+        ]
+        if new_id not in self.state.orders:
+            new = order_pb2.Order(
+                id=new_id,
+                workflow_path=add.workflow_path,
+                workflow_version_id=version,
+                state=S.ORDER_STATE_FRESH,
+                attached_state=A.ATTACHED_STATE_DETACHED,
+                position=order_pb2.Position(nr=0),
+                trace_parent=order.trace_parent,
+            )
+            for k, v in arguments.items():
+                new.arguments[k].CopyFrom(v)
+            events.append(self.state.emit(now_ms, new_id, order_added=events_pb2.OrderAdded(order=new)))
+            events += self.step_order(new_id, now_ms)
+        moved = events_pb2.OrderMoved(to=next_position(order.position))
+        events.append(self.state.emit(now_ms, order.id, order_moved=moved))
+        return events, True
+
+    def _fail_here(self, order: order_pb2.Order, message: str, now_ms: int) -> tuple[list[Event], bool]:
+        """A failure of a controller instruction: caught like any other, else the order fails."""
+        decided = fail(order, self.state.workflow_of(order), failed(message), at_agent=False)
+        if isinstance(decided, ControllerWork):
+            return self._work(order, decided, now_ms)
+        assert isinstance(decided, list)
+        events = [self._emit_like(order.id, proto, now_ms) for proto in decided]
+        return events + self._grant_released_locks(decided, now_ms), True
+
     def wake(self, now_ms: int) -> list[Event]:
-        """Fresh orders whose time has come and that start at the controller."""
+        """Orders at the controller whose time has come (fresh ones, sleeping, retry delays)."""
         events: list[Event] = []
         for order_id, order in list(self.state.orders.items()):
-            if order.state == S.ORDER_STATE_FRESH and order.attached_state == A.ATTACHED_STATE_DETACHED:
+            if order.attached_state == A.ATTACHED_STATE_DETACHED and order.state in (
+                S.ORDER_STATE_FRESH,
+                S.ORDER_STATE_WAITING,
+            ):
                 events += self.step_order(order_id, now_ms)
         return events
 
     def next_wake_ms(self) -> int | None:
-        due = [
-            o.scheduled_for.ToMilliseconds()
-            for o in self.state.orders.values()
-            if o.state == S.ORDER_STATE_FRESH
-            and o.attached_state == A.ATTACHED_STATE_DETACHED
-            and o.HasField("scheduled_for")
-        ]
+        due = []
+        for o in self.state.orders.values():
+            if o.attached_state != A.ATTACHED_STATE_DETACHED:
+                continue
+            if o.state == S.ORDER_STATE_FRESH and o.HasField("scheduled_for"):
+                due.append(o.scheduled_for.ToMilliseconds())
+            elif o.state == S.ORDER_STATE_WAITING and o.HasField("waiting_until"):
+                due.append(o.waiting_until.ToMilliseconds())
         return min(due) if due else None
+
+    # --- commands ---
+
+    def command_orders(
+        self, commands: list[commands_pb2.OrderCommand], now_ms: int
+    ) -> tuple[list[Event], list[commands_pb2.OrderCommandResult]]:
+        events: list[Event] = []
+        results = []
+        for command in commands:
+            try:
+                events += self._command(command, now_ms)
+                results.append(commands_pb2.OrderCommandResult(order_id=command.order_id))
+            except InvalidArgument as e:
+                results.append(commands_pb2.OrderCommandResult(order_id=command.order_id, error=str(e)))
+        return events, results
+
+    def _command(self, command: commands_pb2.OrderCommand, now_ms: int) -> list[Event]:
+        order = self.state.orders.get(command.order_id)
+        if order is None:
+            raise InvalidArgument(f"unknown order {command.order_id!r}", field="order_id")
+        kind = command.WhichOneof("kind")
+        state_name = S.Name(order.state).removeprefix("ORDER_STATE_").lower()
+        at_agent = order.attached_state != A.ATTACHED_STATE_DETACHED
+        if kind == "cancel":
+            if order.state in TERMINAL_STATES:
+                raise InvalidArgument(f"order is {state_name} already", field="cancel")
+            if at_agent:
+                return self._mark(
+                    order, order_pb2.OrderMark(cancel=order_pb2.CancelMark(kill=command.cancel.kill)), now_ms
+                )
+            return self.cancel_order(order.id, now_ms)
+        if kind == "suspend":
+            if order.state not in (
+                S.ORDER_STATE_FRESH,
+                S.ORDER_STATE_READY,
+                S.ORDER_STATE_WAITING,
+                S.ORDER_STATE_PROCESSING,
+                S.ORDER_STATE_PROCESSED,
+            ):
+                raise InvalidArgument(f"a {state_name} order cannot be suspended", field="suspend")
+            mark = order_pb2.OrderMark(suspend=order_pb2.SuspendMark(kill=command.suspend.kill))
+            return self._mark(order, mark, now_ms) + ([] if at_agent else self.step_order(order.id, now_ms))
+        if kind == "resume":
+            if order.state not in (S.ORDER_STATE_SUSPENDED, S.ORDER_STATE_FAILED):
+                raise InvalidArgument(f"a {state_name} order cannot be resumed", field="resume")
+            resume = command.resume
+            if resume.HasField("position"):
+                try:
+                    instruction_at(self.state.workflow_of(order), resume.position)
+                except (ValueError, IndexError):
+                    raise InvalidArgument(
+                        "the workflow has no such position", field="resume.position"
+                    ) from None
+            if at_agent:
+                mark = order_pb2.OrderMark(
+                    resume=order_pb2.ResumeMark(position=resume.position, variables=resume.variables)
+                )
+                if not resume.HasField("position"):
+                    mark.resume.ClearField("position")
+                return self._mark(order, mark, now_ms)
+            resumed = events_pb2.OrderResumed(variables=resume.variables)
+            if resume.HasField("position"):
+                resumed.position.CopyFrom(resume.position)
+            return [
+                self.state.emit(now_ms, order.id, order_resumed=resumed),
+                *self.step_order(order.id, now_ms),
+            ]
+        if kind == "answer_prompt":
+            if order.state != S.ORDER_STATE_PROMPTING:
+                raise InvalidArgument(f"order is {state_name}, not prompting", field="answer_prompt")
+            answered = events_pb2.OrderPromptAnswered()
+            return [
+                self.state.emit(now_ms, order.id, order_prompt_answered=answered),
+                *self.step_order(order.id, now_ms),
+            ]
+        raise InvalidArgument("no command given", field="kind")
+
+    def _mark(self, order: order_pb2.Order, mark: order_pb2.OrderMark, now_ms: int) -> list[Event]:
+        kind = mark.WhichOneof("kind")
+        marks = [m for m in order.marks if m.WhichOneof("kind") != kind] + [mark]
+        return [self.state.emit(now_ms, order.id, order_marked=events_pb2.OrderMarked(marks=marks))]
+
+    def cancel_order(self, order_id: str, now_ms: int) -> list[Event]:
+        order = self.state.orders.get(order_id)
+        if order is None or order.state in TERMINAL_STATES:
+            return []
+        if order.attached_state != A.ATTACHED_STATE_DETACHED:
+            return self._mark(order, order_pb2.OrderMark(cancel=order_pb2.CancelMark(kill=True)), now_ms)
+        return self._work(order, ControllerWork("cancel"), now_ms)[0]
+
+    # --- agents ---
 
     def on_agent_events(self, agent: str, agent_events: list[Event], now_ms: int) -> list[Event]:
         """Mirrors an agent's order events (each agent event id once) and carries on with orders
@@ -199,13 +572,18 @@ class ControllerCore:
                 continue
             observed = e.id
             kind = e.WhichOneof("kind")
+            if kind == "item_deployed" and e.item_deployed.WhichOneof("item") == "workflow":
+                wf = e.item_deployed.workflow
+                attached = events_pb2.ItemAttached(agent=agent, path=wf.path, version_id=wf.version_id)
+                events.append(self.state.emit(now_ms, item_attached=attached))
+                continue
             if kind not in MIRRORED_KINDS or e.order_id not in self.state.orders:
                 continue
             mirrored = Event()
             mirrored.CopyFrom(e)
             if kind == "order_attached":
                 mirrored.order_attached.ClearField("order")  # the controller has the order already
-            events.append(self._emit_like(mirrored, e.timestamp.ToMilliseconds()))
+            events.append(self._emit_like(e.order_id, mirrored, e.timestamp.ToMilliseconds()))
             if kind == "order_detached":
                 events += self.step_order(e.order_id, now_ms)
         if observed > self.state.agent_observed.get(agent, 0):
@@ -213,10 +591,10 @@ class ControllerCore:
             events.append(self.state.emit(now_ms, agent_events_observed=observed_event))
         return events
 
-    def _emit_like(self, proto: Event, now_ms: int) -> Event:
+    def _emit_like(self, order_id: str, proto: Event, now_ms: int) -> Event:
         kind = proto.WhichOneof("kind")
         assert kind is not None
-        return self.state.emit(now_ms, proto.order_id, **{kind: getattr(proto, kind)})
+        return self.state.emit(now_ms, order_id, **{kind: getattr(proto, kind)})
 
     def orders_to_attach(self, agent: str, committed_id: int) -> list[order_pb2.Order]:
         return [
@@ -235,3 +613,93 @@ class ControllerCore:
             and o.attached_state == A.ATTACHED_STATE_DETACHABLE
             and self.state.order_event_id[o.id] <= committed_id
         ]
+
+    def commands_to_forward(self, agent: str, committed_id: int) -> list[commands_pb2.OrderCommand]:
+        """Marks of orders at the agent, as commands for it (it carries them out and reports)."""
+        commands = []
+        for o in self.state.orders.values():
+            if o.agent != agent or o.attached_state != A.ATTACHED_STATE_ATTACHED or not o.marks:
+                continue
+            if self.state.order_event_id[o.id] > committed_id:
+                continue
+            for mark in o.marks:
+                kind = mark.WhichOneof("kind")
+                if kind == "cancel":
+                    commands.append(
+                        commands_pb2.OrderCommand(
+                            order_id=o.id, cancel=commands_pb2.CancelOrder(kill=mark.cancel.kill)
+                        )
+                    )
+                elif kind == "suspend":
+                    commands.append(
+                        commands_pb2.OrderCommand(
+                            order_id=o.id, suspend=commands_pb2.SuspendOrder(kill=mark.suspend.kill)
+                        )
+                    )
+                elif kind == "resume":
+                    resume = commands_pb2.ResumeOrder(variables=mark.resume.variables)
+                    if mark.resume.HasField("position"):
+                        resume.position.CopyFrom(mark.resume.position)
+                    commands.append(commands_pb2.OrderCommand(order_id=o.id, resume=resume))
+        return commands
+
+
+def _parse_lock(item: items_pb2.SignedItem, field: str) -> workflow_pb2.LockItem:
+    lock = workflow_pb2.LockItem()
+    try:
+        json_format.Parse(item.json, lock)
+    except json_format.ParseError as e:
+        raise InvalidArgument(str(e).split("\n")[0], field=f"{field}.json ({item.path})") from None
+    lock.path = item.path
+    if lock.limit < 1:
+        raise InvalidArgument("a lock needs a limit of at least 1", field=f"{field}.json.limit ({item.path})")
+    return lock
+
+
+def prepared_arguments(
+    workflow: workflow_pb2.Workflow, given: dict[str, values_pb2.Value], field: str
+) -> dict[str, values_pb2.Value]:
+    """Arguments checked against the workflow's declared parameters, defaults applied. A workflow
+    that declares no parameters takes any arguments."""
+    preparation = workflow.order_preparation
+    if not workflow.HasField("order_preparation"):
+        return given
+    result: dict[str, values_pb2.Value] = {}
+    for name, parameter in preparation.parameters.items():
+        if parameter.final_expression:
+            if name in given:
+                raise InvalidArgument("is fixed by the workflow and cannot be given", field=f"{field}.{name}")
+            continue
+        value = given.get(name)
+        if value is None:
+            if not parameter.HasField("default"):
+                raise InvalidArgument(
+                    f"missing; the workflow {workflow.path} requires it", field=f"{field}.{name}"
+                )
+            value = parameter.default
+        expected = _VALUE_KIND.get(parameter.type)
+        if expected and value.WhichOneof("kind") != expected:
+            raise InvalidArgument(
+                f"must be a {expected}, not {value.WhichOneof('kind')}", field=f"{field}.{name}"
+            )
+        result[name] = value
+    undeclared = sorted(set(given) - set(preparation.parameters))
+    if undeclared and not preparation.allow_undeclared:
+        raise InvalidArgument(
+            f"not a parameter of {workflow.path}: {', '.join(undeclared)}", field=f"{field}.{undeclared[0]}"
+        )
+    for name in undeclared:
+        result[name] = given[name]
+    for name, parameter in preparation.parameters.items():
+        if parameter.final_expression:
+            result[name] = expressions.evaluate(parameter.final_expression, expressions.MappingScope(result))
+    return result
+
+
+_VALUE_KIND = {
+    workflow_pb2.PARAMETER_TYPE_STRING: "string",
+    workflow_pb2.PARAMETER_TYPE_NUMBER: "number",
+    workflow_pb2.PARAMETER_TYPE_BOOLEAN: "boolean",
+    workflow_pb2.PARAMETER_TYPE_LIST: "list",
+    workflow_pb2.PARAMETER_TYPE_OBJECT: "object",
+}

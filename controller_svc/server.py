@@ -11,7 +11,7 @@ import grpc
 
 from controller_svc.agents import AgentDriver
 from controller_svc.core import ControllerCore, ControllerState
-from gen.ostinato.common.v1 import events_pb2
+from gen.ostinato.common.v1 import commands_pb2, events_pb2
 from gen.ostinato.controller.v1 import controller_pb2, controller_pb2_grpc
 from ostinato import rpc
 from ostinato.journal.node import JournaledNode, NodeConfig, serve_node
@@ -82,6 +82,19 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
 
         await self.c.shell.command(decide)
         return controller_pb2.AddOrdersResponse(orders=result)
+
+    async def CommandOrders(
+        self, request: controller_pb2.CommandOrdersRequest, context: grpc.aio.ServicerContext
+    ) -> controller_pb2.CommandOrdersResponse:
+        results: list[commands_pb2.OrderCommandResult] = []
+
+        def decide(now: int) -> list[events_pb2.Event]:
+            events, outcome = self.c.core.command_orders(list(request.commands), now)
+            results.extend(outcome)
+            return events
+
+        await self.c.shell.command(decide)
+        return controller_pb2.CommandOrdersResponse(results=results)
 
     async def WatchEvents(
         self, request: controller_pb2.WatchEventsRequest, context: grpc.aio.ServicerContext

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gen.ostinato.common.v1 import events_pb2, items_pb2, order_pb2, workflow_pb2
+from gen.ostinato.common.v1 import commands_pb2, events_pb2, items_pb2, order_pb2, workflow_pb2
 from gen.ostinato.subagent.v1 import subagent_pb2
 from ostinato.errors import InvalidArgument
 from ostinato.workflow import model, positions
 from ostinato.workflow.holder import OrderHolder
-from ostinato.workflow.step import AgentScope, ExecuteJob, job_environment, step
+from ostinato.workflow.orders import mark_of
+from ostinato.workflow.step import AgentScope, ExecuteJob, fail, failed, job_environment, step
 
 A = order_pb2.AttachedState
 S = order_pb2.OrderState
 Event = events_pb2.Event
 SUCCEEDED = workflow_pb2.OUTCOME_KIND_SUCCEEDED
+FAILED = workflow_pb2.OUTCOME_KIND_FAILED
 
 
 @dataclass
@@ -38,15 +40,30 @@ class DirectorState(OrderHolder):
         self.subagent_runs: dict[str, SubagentRun] = {}
         # Counts job starts; round-robin picks by it, so replay picks the same.
         self.starts = 0
+        # Processes running per job (workflow path and job), for jobs' process limits.
+        self.running: dict[tuple[str, str], int] = {}
 
     def apply_to_state(self, event: Event) -> None:
-        super().apply_to_state(event)
         kind = event.WhichOneof("kind")
+        if kind == "order_processed":  # before the order leaves PROCESSING
+            self._count(self.orders[event.order_id], -1)
+        super().apply_to_state(event)
         if kind == "subagent_messages_observed":
             o = event.subagent_messages_observed
             self.subagent_runs[o.subagent_id] = SubagentRun(o.run_id, o.until_seq)
         elif kind == "order_processing_started":
             self.starts += 1
+            self._count(self.orders[event.order_id], +1)
+
+    def job_key(self, order: order_pb2.Order) -> tuple[str, str]:
+        instruction = positions.instruction_at(self.workflow_of(order), order.position)
+        assert instruction is not None
+        name = instruction.execute.job_name or f"@{positions.text(order.position)}"
+        return order.workflow_path, name
+
+    def _count(self, order: order_pb2.Order, delta: int) -> None:
+        key = self.job_key(order)
+        self.running[key] = self.running.get(key, 0) + delta
 
 
 @dataclass(frozen=True)
@@ -120,6 +137,21 @@ class DirectorCore:
                 return events
             decided = step(order, self.state.workflow_of(order), AgentScope(self.agent), now_ms)
             if isinstance(decided, ExecuteJob):
+                try:
+                    job_environment(order, self.state.workflow_of(order), decided)
+                except InvalidArgument as e:  # e.g. a variable the job's env names is missing
+                    decided = fail(
+                        order, self.state.workflow_of(order), failed(f"job environment: {e}"), True
+                    )
+                    assert isinstance(decided, list)
+                    for proto in decided:
+                        kind = proto.WhichOneof("kind")
+                        assert kind is not None
+                        events.append(self.state.emit(now_ms, order_id, **{kind: getattr(proto, kind)}))
+                    continue
+                limit = decided.job.process_limit or 1
+                if self.state.running.get(self.state.job_key(order), 0) >= limit:
+                    return events  # stays ready; woken when a process of the job ends
                 subagent = self._pick_subagent(available)
                 if subagent is None:
                     return events  # stays ready; woken when a subagent comes
@@ -130,6 +162,7 @@ class DirectorCore:
                 return events
             if not decided:
                 return events
+            assert isinstance(decided, list), decided  # controller work never reaches an agent
             for proto in decided:
                 kind = proto.WhichOneof("kind")
                 assert kind is not None
@@ -143,19 +176,22 @@ class DirectorCore:
         return candidates[self.state.starts % len(candidates)]
 
     def wake(self, now_ms: int, available: set[str]) -> list[Event]:
-        """Orders that may move now: fresh ones whose time came, ready ones waiting for a subagent."""
+        """Orders that may move now: fresh or waiting ones whose time came, ready ones waiting for
+        a subagent or for a job's process limit."""
+        movable = (S.ORDER_STATE_FRESH, S.ORDER_STATE_READY, S.ORDER_STATE_PROCESSED, S.ORDER_STATE_WAITING)
         events: list[Event] = []
         for order_id, order in list(self.state.orders.items()):
-            if order.state in (S.ORDER_STATE_FRESH, S.ORDER_STATE_READY, S.ORDER_STATE_PROCESSED):
+            if order.state in movable:
                 events += self.step_order(order_id, now_ms, available)
         return events
 
     def next_wake_ms(self) -> int | None:
-        due = [
-            o.scheduled_for.ToMilliseconds()
-            for o in self.state.orders.values()
-            if o.state == S.ORDER_STATE_FRESH and o.HasField("scheduled_for")
-        ]
+        due = []
+        for o in self.state.orders.values():
+            if o.state == S.ORDER_STATE_FRESH and o.HasField("scheduled_for"):
+                due.append(o.scheduled_for.ToMilliseconds())
+            elif o.state == S.ORDER_STATE_WAITING and o.HasField("waiting_until"):
+                due.append(o.waiting_until.ToMilliseconds())
         return min(due) if due else None
 
     # --- subagents ---
@@ -209,6 +245,7 @@ class DirectorCore:
         run = self.state.subagent_runs.get(subagent_id)
         observed = run.observed_seq if run is not None and run.run_id == run_id else 0
         events: list[Event] = []
+        ended = False
         by_key = {
             o.processing.process_key: o.id
             for o in self.state.orders.values()
@@ -237,14 +274,18 @@ class DirectorCore:
                     continue
                 order = self.state.orders[order_id]
                 job = _job_at(self.state.workflow_of(order), order)
-                processed = events_pb2.OrderProcessed(outcome=outcome_of(exited, job))
+                outcome = outcome_of(exited, job, order.processing.stderr_written)
+                processed = events_pb2.OrderProcessed(outcome=outcome)
                 events.append(self.state.emit(now_ms, order_id, order_processed=processed))
                 events += self.step_order(order_id, now_ms, available)
+                ended = True
         if run is None or run.run_id != run_id or observed > run.observed_seq:
             mark = events_pb2.SubagentMessagesObserved(
                 subagent_id=subagent_id, run_id=run_id, until_seq=observed
             )
             events.append(self.state.emit(now_ms, subagent_messages_observed=mark))
+        if ended:
+            events += self.wake(now_ms, available)  # orders held back by a job's process limit
         return events
 
     def processes_to_start(self, subagent_id: str, committed_id: int) -> list[ProcessSpec]:
@@ -274,17 +315,81 @@ class DirectorCore:
         assert instruction is not None and instruction.WhichOneof("kind") == "execute"
         name, job = model.job_of(workflow, instruction.execute)
         run = ExecuteJob(name, job, instruction.execute)
+        # Checked before the job started (step_order), and the order's variables have not changed.
+        env = job_environment(order, workflow, run)
         return ProcessSpec(
             process_key=order.processing.process_key,
             order_id=order.id,
             job_name=name or f"@{positions.text(order.position)}",
             subagent_id=order.processing.subagent_id,
             executable=job.executable,
-            env=job_environment(order, run),
+            env=env,
             timeout_s=job.timeout.ToNanoseconds() / 1e9,
             sigkill_delay_s=job.sigkill_delay.ToNanoseconds() / 1e9,
             trace_parent=order.trace_parent,
         )
+
+    def command_orders(
+        self, commands: list[commands_pb2.OrderCommand], now_ms: int, available: set[str]
+    ) -> tuple[list[Event], list[commands_pb2.OrderCommandResult]]:
+        """Commands the controller forwards for orders here. Repeating one changes nothing:
+        marks are replaced, a kill is asked for once."""
+        events: list[Event] = []
+        results = []
+        for command in commands:
+            order = self.state.orders.get(command.order_id)
+            if order is None:
+                results.append(
+                    commands_pb2.OrderCommandResult(order_id=command.order_id, error="not at this agent")
+                )
+                continue
+            events += self._command(order, command, now_ms, available)
+            results.append(commands_pb2.OrderCommandResult(order_id=command.order_id))
+        return events, results
+
+    def _command(
+        self, order: order_pb2.Order, command: commands_pb2.OrderCommand, now_ms: int, available: set[str]
+    ) -> list[Event]:
+        kind = command.WhichOneof("kind")
+        events: list[Event] = []
+        if kind in ("cancel", "suspend"):
+            kill = command.cancel.kill if kind == "cancel" else command.suspend.kill
+            mark = (
+                order_pb2.OrderMark(cancel=order_pb2.CancelMark(kill=kill))
+                if kind == "cancel"
+                else order_pb2.OrderMark(suspend=order_pb2.SuspendMark(kill=kill))
+            )
+            if mark_of(order, kind) != mark:
+                marks = [m for m in order.marks if m.WhichOneof("kind") != kind] + [mark]
+                events.append(
+                    self.state.emit(now_ms, order.id, order_marked=events_pb2.OrderMarked(marks=marks))
+                )
+            if kill and order.state == S.ORDER_STATE_PROCESSING and not order.processing.kill_requested:
+                events.append(
+                    self.state.emit(now_ms, order.id, order_kill_requested=events_pb2.OrderKillRequested())
+                )
+        elif kind == "resume":
+            if order.state in (S.ORDER_STATE_SUSPENDED, S.ORDER_STATE_FAILED):
+                resumed = events_pb2.OrderResumed(variables=command.resume.variables)
+                if command.resume.HasField("position"):
+                    resumed.position.CopyFrom(command.resume.position)
+                events.append(self.state.emit(now_ms, order.id, order_resumed=resumed))
+            elif mark_of(order, "suspend") is not None:  # not suspended yet: the suspension is called off
+                marks = [m for m in order.marks if m.WhichOneof("kind") not in ("suspend", "resume")]
+                events.append(
+                    self.state.emit(now_ms, order.id, order_marked=events_pb2.OrderMarked(marks=marks))
+                )
+        return events + self.step_order(order.id, now_ms, available)
+
+    def processes_to_kill(self, subagent_id: str, committed_id: int) -> list[str]:
+        return [
+            o.processing.process_key
+            for o in self.state.orders.values()
+            if o.state == S.ORDER_STATE_PROCESSING
+            and o.processing.subagent_id == subagent_id
+            and o.processing.kill_requested
+            and self.state.order_event_id[o.id] <= committed_id
+        ]
 
     def orders_detachable(self, committed_id: int) -> list[str]:
         return [
@@ -306,17 +411,28 @@ def _job_at(workflow: workflow_pb2.Workflow, order: order_pb2.Order) -> workflow
     return model.job_of(workflow, instruction.execute)[1]
 
 
-def outcome_of(exited: subagent_pb2.ProcessExited, job: workflow_pb2.Job) -> workflow_pb2.Outcome:
+def outcome_of(
+    exited: subagent_pb2.ProcessExited, job: workflow_pb2.Job, stderr_written: bool = False
+) -> workflow_pb2.Outcome:
     success_codes = set(job.success_return_codes) or {0}
     if exited.signal:
         reason = "timed out" if exited.timed_out else f"killed by signal {exited.signal}"
         message = f"{reason}; {exited.message}" if exited.message else reason
-        return workflow_pb2.Outcome(
-            kind=workflow_pb2.OUTCOME_KIND_KILLED, signal=exited.signal, message=message
+        outcome = workflow_pb2.Outcome(
+            kind=workflow_pb2.OUTCOME_KIND_KILLED,
+            signal=exited.signal,
+            return_code=exited.return_code,
+            message=message,
         )
-    if exited.return_code in success_codes and not exited.timed_out:
-        return workflow_pb2.Outcome(kind=SUCCEEDED, return_code=exited.return_code)
-    message = exited.message or f"return code {exited.return_code}"
-    return workflow_pb2.Outcome(
-        kind=workflow_pb2.OUTCOME_KIND_FAILED, return_code=exited.return_code, message=message
-    )
+    elif exited.return_code not in success_codes or exited.timed_out:
+        message = exited.message or f"return code {exited.return_code}"
+        outcome = workflow_pb2.Outcome(kind=FAILED, return_code=exited.return_code, message=message)
+    elif job.fail_on_stderr and stderr_written:
+        outcome = workflow_pb2.Outcome(
+            kind=FAILED, return_code=exited.return_code, message="the job wrote to stderr"
+        )
+    else:
+        outcome = workflow_pb2.Outcome(kind=SUCCEEDED, return_code=exited.return_code)
+    for k, v in exited.returned_values.items():
+        outcome.named_values[k].string = v
+    return outcome

@@ -12,6 +12,7 @@ import grpc
 
 from director_svc.core import DirectorCore, DirectorState
 from director_svc.subagents import SubagentDriver
+from gen.ostinato.common.v1 import commands_pb2
 from gen.ostinato.director.v1 import director_pb2, director_pb2_grpc
 from ostinato import rpc
 from ostinato.errors import FailedPrecondition
@@ -104,6 +105,20 @@ class DirectorServicer(director_pb2_grpc.DirectorServiceServicer):
         ids = list(request.order_ids)
         await self.d.shell.command(lambda now: self.d.core.detach_orders(ids, now))
         return director_pb2.DetachOrdersResponse()
+
+    async def CommandOrders(
+        self, request: director_pb2.CommandOrdersRequest, context: grpc.aio.ServicerContext
+    ) -> director_pb2.CommandOrdersResponse:
+        self.d.check_sender(request.sender)
+        results: list[commands_pb2.OrderCommandResult] = []
+
+        def decide(now: int) -> list[Any]:
+            events, outcome = self.d.core.command_orders(list(request.commands), now, self.d.available())
+            results.extend(outcome)
+            return events
+
+        await self.d.shell.command(decide)
+        return director_pb2.CommandOrdersResponse(results=results)
 
     async def WatchEvents(
         self, request: director_pb2.WatchEventsRequest, context: grpc.aio.ServicerContext

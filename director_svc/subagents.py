@@ -133,6 +133,7 @@ class SubagentDriver:
     async def _start_processes(
         self, outbox: asyncio.Queue[subagent_pb2.SessionRequest | None], sent: set[str]
     ) -> None:
+        killed: set[str] = set()
         while True:
             self._wake.clear()
             core = self.director.core
@@ -141,6 +142,12 @@ class SubagentDriver:
             sent.intersection_update(core.processing_keys(self.subagent_id))
             self.running = len(sent)
             specs = core.processes_to_start(self.subagent_id, self.director.shell.committed_id)
+            for key in core.processes_to_kill(self.subagent_id, self.director.shell.committed_id):
+                if key in sent and key not in killed:
+                    killed.add(key)
+                    kill = subagent_pb2.KillProcess(process_key=key)
+                    outbox.put_nowait(subagent_pb2.SessionRequest(kill_process=kill))
+            killed.intersection_update(sent)
             for spec in specs:
                 if spec.process_key not in sent:
                     sent.add(spec.process_key)

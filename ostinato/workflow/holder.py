@@ -24,6 +24,8 @@ class OrderHolder(JournaledState):
     def apply_to_state(self, event: events_pb2.Event) -> None:
         kind = event.WhichOneof("kind")
         if kind == "item_deployed":
+            if event.item_deployed.WhichOneof("item") != "workflow":
+                return
             wf = event.item_deployed.workflow
             self.workflows[(wf.path, wf.version_id)] = wf
         elif kind in self.leaving_kinds:

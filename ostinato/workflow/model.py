@@ -5,7 +5,7 @@ Errors name the field as the user wrote it (JSON names: `jobs.a.executable.shell
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
@@ -56,28 +56,153 @@ def validate(workflow: workflow_pb2.Workflow) -> None:
         if not name:
             raise InvalidArgument("a job needs a name", field="jobs")
         _validate_job(job, f"jobs.{name}")
-    _validate_block(workflow, workflow.instructions, "instructions")
+    _validate_block(workflow, workflow.instructions, "instructions", frozenset())
+    seen: set[str] = set()
+    for _, instruction, field in walk(workflow):
+        if instruction.label:
+            if instruction.label in seen:
+                raise InvalidArgument(f"label {instruction.label!r} is used twice", field=f"{field}.label")
+            seen.add(instruction.label)
+
+
+def walk(workflow: workflow_pb2.Workflow) -> Iterator[tuple[str, workflow_pb2.Instruction, str]]:
+    """Every instruction with its position text and its field path in the JSON."""
+
+    def visit(
+        block: Iterable[workflow_pb2.Instruction], prefix: str, field: str
+    ) -> Iterator[tuple[str, workflow_pb2.Instruction, str]]:
+        for i, instruction in enumerate(block):
+            where = f"{field}[{i}]"
+            yield f"{prefix}{i}", instruction, where
+            for branch, sub_field, sub_block in _blocks(instruction):
+                yield from visit(sub_block, f"{prefix}{i}/{branch}:", f"{where}.{sub_field}")
+
+    yield from visit(workflow.instructions, "", "instructions")
+
+
+def _blocks(
+    instruction: workflow_pb2.Instruction,
+) -> list[tuple[str, str, Iterable[workflow_pb2.Instruction]]]:
+    """(branch, JSON field, instructions) of each block the instruction holds."""
+    kind = instruction.WhichOneof("kind")
+    if kind == "fork":
+        return [
+            (f"fork+{b.id}", f"fork.branches[{n}].block.instructions", b.block.instructions)
+            for n, b in enumerate(instruction.fork.branches)
+        ]
+    if kind == "fork_list":
+        return [("fork", "forkList.block.instructions", instruction.fork_list.block.instructions)]
+    if kind == "try_catch":
+        tc = instruction.try_catch
+        return [
+            ("try+0", "tryCatch.try.instructions", getattr(tc, "try").instructions),
+            ("catch+0", "tryCatch.catch.instructions", tc.catch.instructions),
+        ]
+    if kind == "if_else":
+        ie = instruction.if_else
+        return [
+            ("then", "ifElse.then.instructions", ie.then.instructions),
+            ("else", "ifElse.else.instructions", getattr(ie, "else").instructions),
+        ]
+    if kind == "lock":
+        return [("lock", "lock.block.instructions", instruction.lock.block.instructions)]
+    if kind == "cycle":
+        return [("cycle+0", "cycle.block.instructions", instruction.cycle.block.instructions)]
+    return []
 
 
 def _validate_block(
-    workflow: workflow_pb2.Workflow, instructions: Iterable[workflow_pb2.Instruction], field: str
+    workflow: workflow_pb2.Workflow,
+    instructions: Iterable[workflow_pb2.Instruction],
+    field: str,
+    within: frozenset[str],
 ) -> None:
+    """`within`: kinds of the enclosing blocks that matter (catch, cycle, fork)."""
     for i, instruction in enumerate(instructions):
         where = f"{field}[{i}]"
         kind = instruction.WhichOneof("kind")
         if kind is None:
             raise InvalidArgument("no instruction given (e.g. execute)", field=where)
-        if kind == "execute":
-            ex = instruction.execute
-            ref = ex.WhichOneof("job_ref")
-            if ref is None:
-                raise InvalidArgument("give jobName or job", field=f"{where}.execute")
-            if ref == "job_name" and ex.job_name not in workflow.jobs:
-                raise InvalidArgument(f"unknown job {ex.job_name!r}", field=f"{where}.execute.jobName")
-            if ref == "job":
-                _validate_job(ex.job, f"{where}.execute.job")
-            for k, expr in ex.arguments.items():
-                expressions.check(expr, f"{where}.execute.arguments.{k}")
+        _validate_instruction(workflow, instruction, kind, where, within)
+        for branch, sub_field, block in _blocks(instruction):
+            inner = within
+            if branch.startswith("catch"):
+                inner = within | {"catch"}
+            elif branch.startswith("try"):
+                inner = within - {"catch"}
+            elif branch.startswith("cycle"):
+                inner = within | {"cycle"}
+            elif branch.startswith("fork"):
+                inner = frozenset({"fork"})  # a branch is a child order: nothing outside reaches in
+            _validate_block(workflow, block, f"{where}.{sub_field}", inner)
+
+
+def _validate_instruction(  # noqa: C901 - one rule per instruction kind
+    workflow: workflow_pb2.Workflow,
+    instruction: workflow_pb2.Instruction,
+    kind: str,
+    where: str,
+    within: frozenset[str],
+) -> None:
+    if kind == "execute":
+        ex = instruction.execute
+        ref = ex.WhichOneof("job_ref")
+        if ref is None:
+            raise InvalidArgument("give jobName or job", field=f"{where}.execute")
+        if ref == "job_name" and ex.job_name not in workflow.jobs:
+            raise InvalidArgument(f"unknown job {ex.job_name!r}", field=f"{where}.execute.jobName")
+        if ref == "job":
+            _validate_job(ex.job, f"{where}.execute.job")
+        for k, expr in ex.arguments.items():
+            expressions.check(expr, f"{where}.execute.arguments.{k}")
+    elif kind == "fork":
+        ids = [b.id for b in instruction.fork.branches]
+        if not ids:
+            raise InvalidArgument("a fork needs branches", field=f"{where}.fork.branches")
+        for n, branch_id in enumerate(ids):
+            if not branch_id or "|" in branch_id or "/" in branch_id or ":" in branch_id:
+                raise InvalidArgument(
+                    f"not a branch id: {branch_id!r}", field=f"{where}.fork.branches[{n}].id"
+                )
+        if len(set(ids)) != len(ids):
+            raise InvalidArgument("branch ids must differ", field=f"{where}.fork.branches")
+    elif kind == "fork_list":
+        if not instruction.fork_list.children:
+            raise InvalidArgument("name the list variable", field=f"{where}.forkList.children")
+    elif kind == "retry":
+        if "catch" not in within:
+            raise InvalidArgument("Retry belongs in a catch block", field=f"{where}.retry")
+    elif kind == "try_catch":
+        if instruction.try_catch.max_tries < 0:
+            raise InvalidArgument("must not be negative", field=f"{where}.tryCatch.maxTries")
+    elif kind == "if_else":
+        if not instruction.if_else.condition:
+            raise InvalidArgument("required", field=f"{where}.ifElse.condition")
+        expressions.check(instruction.if_else.condition, f"{where}.ifElse.condition")
+    elif kind == "lock":
+        if not instruction.lock.lock_path.startswith("/"):
+            raise InvalidArgument("an absolute lock path is required", field=f"{where}.lock.lockPath")
+        if instruction.lock.count < 0:
+            raise InvalidArgument("must not be negative", field=f"{where}.lock.count")
+    elif kind == "sleep":
+        if instruction.sleep.duration.ToMilliseconds() < 0:
+            raise InvalidArgument("must not be negative", field=f"{where}.sleep.duration")
+    elif kind == "cycle":
+        cycle = instruction.cycle
+        if "cycle" in within:
+            raise InvalidArgument("cycles do not nest", field=f"{where}.cycle")
+        if cycle.limit <= 0 and not cycle.HasField("window"):
+            raise InvalidArgument("give a limit or a window, or it never ends", field=f"{where}.cycle")
+    elif kind == "break_cycle":
+        if "cycle" not in within:
+            raise InvalidArgument("Break belongs in a Cycle", field=f"{where}.breakCycle")
+    elif kind == "add_order":
+        if not instruction.add_order.workflow_path.startswith("/"):
+            raise InvalidArgument(
+                "an absolute workflow path is required", field=f"{where}.addOrder.workflowPath"
+            )
+        for k, expr in instruction.add_order.arguments.items():
+            expressions.check(expr, f"{where}.addOrder.arguments.{k}")
 
 
 def _validate_job(job: workflow_pb2.Job, field: str) -> None:
@@ -116,7 +241,16 @@ def job_of(workflow: workflow_pb2.Workflow, execute: workflow_pb2.Execute) -> tu
 def agents_of(workflow: workflow_pb2.Workflow) -> set[str]:
     """Every agent a workflow's jobs name, for checking them against the agents a controller has."""
     agents = {job.agent for job in workflow.jobs.values()}
-    for instruction in workflow.instructions:
+    for _, instruction, _ in walk(workflow):
         if instruction.WhichOneof("kind") == "execute" and instruction.execute.WhichOneof("job_ref") == "job":
             agents.add(instruction.execute.job.agent)
     return agents
+
+
+def locks_of(workflow: workflow_pb2.Workflow) -> dict[str, str]:
+    """Lock paths the workflow uses, with the field that names each."""
+    return {
+        instruction.lock.lock_path: f"{field}.lock.lockPath"
+        for _, instruction, field in walk(workflow)
+        if instruction.WhichOneof("kind") == "lock"
+    }

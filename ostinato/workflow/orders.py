@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from gen.ostinato.common.v1 import events_pb2, order_pb2, workflow_pb2
 from ostinato.errors import OstinatoError
+from ostinato.workflow.positions import enclosing, next_position
 
 S = order_pb2.OrderState
 A = order_pb2.AttachedState
@@ -20,29 +21,46 @@ class InvalidTransition(OstinatoError):
     code_name = "INTERNAL"
 
     def __init__(self, order_id: str, state: int, event_kind: str) -> None:
-        super().__init__(
-            f"order {order_id}: event {event_kind} does not apply in state {S.Name(S.ValueType(state))}"
-        )
+        name = S.Name(S.ValueType(state))
+        super().__init__(f"order {order_id}: event {event_kind} does not apply in state {name}")
         self.order_id = order_id
         self.state = state
         self.event_kind = event_kind
 
 
+_MOVABLE = frozenset({S.ORDER_STATE_READY, S.ORDER_STATE_PROCESSED, S.ORDER_STATE_WAITING})
+_LIVE = frozenset(set(S.values()) - {S.ORDER_STATE_UNSPECIFIED, *TERMINAL_STATES})
+# Which states each event applies in; events not listed apply in any state.
 _ALLOWED: dict[str, frozenset[int]] = {
     "order_attachable": frozenset({S.ORDER_STATE_FRESH, S.ORDER_STATE_READY, S.ORDER_STATE_PROCESSED}),
-    "order_attached": frozenset({S.ORDER_STATE_FRESH, S.ORDER_STATE_READY, S.ORDER_STATE_PROCESSED}),
     "order_started": frozenset({S.ORDER_STATE_FRESH}),
     "order_processing_started": frozenset({S.ORDER_STATE_READY}),
     "order_processed": frozenset({S.ORDER_STATE_PROCESSING}),
-    "order_moved": frozenset({S.ORDER_STATE_READY, S.ORDER_STATE_PROCESSED}),
+    "order_moved": _MOVABLE,
     "order_failed": frozenset({S.ORDER_STATE_READY, S.ORDER_STATE_PROCESSED}),
     "order_finished": frozenset({S.ORDER_STATE_READY, S.ORDER_STATE_PROCESSED}),
+    "order_forked": frozenset({S.ORDER_STATE_READY}),
+    "order_joined": frozenset({S.ORDER_STATE_FORKED}),
+    "order_caught": frozenset({S.ORDER_STATE_READY, S.ORDER_STATE_PROCESSED}),
+    "order_retrying": frozenset({S.ORDER_STATE_READY}),
+    "order_awoke": frozenset({S.ORDER_STATE_WAITING}),
+    "order_lock_acquired": frozenset({S.ORDER_STATE_READY, S.ORDER_STATE_WAITING}),
+    "order_lock_queued": frozenset({S.ORDER_STATE_READY}),
+    "order_prompted": frozenset({S.ORDER_STATE_READY}),
+    "order_prompt_answered": frozenset({S.ORDER_STATE_PROMPTING}),
+    "order_sleeping": frozenset({S.ORDER_STATE_READY}),
+    "order_cycle_started": frozenset({S.ORDER_STATE_READY}),
+    "order_cycle_finished": frozenset({S.ORDER_STATE_READY}),
+    "order_cancelled": _LIVE,
+    "order_suspended": frozenset({S.ORDER_STATE_FRESH, S.ORDER_STATE_READY, S.ORDER_STATE_WAITING}),
+    "order_resumed": frozenset({S.ORDER_STATE_SUSPENDED, S.ORDER_STATE_FAILED}),
+    "order_kill_requested": frozenset({S.ORDER_STATE_PROCESSING}),
 }
 
 
 def apply_order_event(order: order_pb2.Order | None, event: events_pb2.Event) -> order_pb2.Order | None:
     """The order after `event`; mutates and returns `order` (a new one for OrderAdded/Attached)."""
-    kind = event.WhichOneof("kind")
+    kind = event.WhichOneof("kind") or ""
     if kind == "order_added":
         added = order_pb2.Order()
         added.CopyFrom(event.order_added.order)
@@ -55,47 +73,155 @@ def apply_order_event(order: order_pb2.Order | None, event: events_pb2.Event) ->
         attached.attached_state = A.ATTACHED_STATE_ATTACHED
         return attached
     if order is None:
-        raise InvalidTransition(event.order_id, S.ORDER_STATE_UNSPECIFIED, kind or "")
-    allowed = _ALLOWED.get(kind or "")
+        raise InvalidTransition(event.order_id, S.ORDER_STATE_UNSPECIFIED, kind)
+    allowed = _ALLOWED.get(kind)
     if allowed is not None and order.state not in allowed:
-        raise InvalidTransition(order.id, order.state, kind or "")
+        raise InvalidTransition(order.id, order.state, kind)
+    _apply(order, kind, getattr(event, kind) if kind else None)
+    return order
 
+
+def _apply(order: order_pb2.Order, kind: str, e: object) -> None:  # noqa: C901 - one table of transitions
     if kind == "order_attachable":
-        order.agent = event.order_attachable.agent
+        assert isinstance(e, events_pb2.OrderAttachable)
+        order.agent = e.agent
         order.attached_state = A.ATTACHED_STATE_ATTACHING
     elif kind == "order_attached":
-        order.agent = event.order_attached.agent
+        assert isinstance(e, events_pb2.OrderAttached)
+        order.agent = e.agent
         order.attached_state = A.ATTACHED_STATE_ATTACHED
-    elif kind == "order_started":
-        order.state = S.ORDER_STATE_READY
-    elif kind == "order_processing_started":
-        order.state = S.ORDER_STATE_PROCESSING
-        order.processing.CopyFrom(event.order_processing_started.processing)
-        order.attempt += 1
-    elif kind == "order_processed":
-        outcome = event.order_processed.outcome
-        order.state = S.ORDER_STATE_PROCESSED
-        order.historic_outcomes.add(position=order.position, outcome=outcome)
-        for k, v in outcome.named_values.items():
-            order.variables[k].CopyFrom(v)
-        order.ClearField("processing")
-    elif kind == "order_moved":
-        order.position.CopyFrom(event.order_moved.to)
-        order.state = S.ORDER_STATE_READY
-        order.attempt = 0
     elif kind == "order_detachable":
         order.attached_state = A.ATTACHED_STATE_DETACHABLE
     elif kind == "order_detached":
         order.agent = ""
         order.attached_state = A.ATTACHED_STATE_DETACHED
+    elif kind == "order_started":
+        order.state = S.ORDER_STATE_READY
+    elif kind == "order_processing_started":
+        assert isinstance(e, events_pb2.OrderProcessingStarted)
+        order.state = S.ORDER_STATE_PROCESSING
+        order.processing.CopyFrom(e.processing)
+        order.attempt += 1
+    elif kind == "order_std_written":
+        assert isinstance(e, events_pb2.OrderStdWritten)
+        if order.state == S.ORDER_STATE_PROCESSING and e.stream == events_pb2.STD_STREAM_STDERR:
+            order.processing.stderr_written = True
+    elif kind == "order_processed":
+        assert isinstance(e, events_pb2.OrderProcessed)
+        order.state = S.ORDER_STATE_PROCESSED
+        _record(order, e.outcome)
+        order.ClearField("processing")
+    elif kind == "order_moved":
+        assert isinstance(e, events_pb2.OrderMoved)
+        _move(order, e.to)
     elif kind == "order_failed":
+        assert isinstance(e, events_pb2.OrderFailed)
+        if order.state == S.ORDER_STATE_READY and e.outcome.kind:  # not already recorded by a process
+            _record(order, e.outcome)
         order.state = S.ORDER_STATE_FAILED
-        if event.order_failed.outcome.kind:
-            order.historic_outcomes.add(position=order.position, outcome=event.order_failed.outcome)
     elif kind == "order_finished":
         order.state = S.ORDER_STATE_FINISHED
-    # OrderStdWritten and OrderDeleted leave the order as it is; containers drop deleted orders.
-    return order
+    elif kind == "order_forked":
+        assert isinstance(e, events_pb2.OrderForked)
+        order.state = S.ORDER_STATE_FORKED
+        order.children[:] = [c.order_id for c in e.children]
+    elif kind == "order_joined":
+        assert isinstance(e, events_pb2.OrderJoined)
+        order.state = S.ORDER_STATE_PROCESSED
+        _record(order, e.outcome)
+        del order.children[:]
+    elif kind == "order_caught":
+        assert isinstance(e, events_pb2.OrderCaught)
+        if order.state == S.ORDER_STATE_READY:
+            _record(order, e.outcome)
+        _move(order, e.to)
+    elif kind == "order_retrying":
+        assert isinstance(e, events_pb2.OrderRetrying)
+        _move(order, e.to)
+        order.state = S.ORDER_STATE_WAITING
+        order.waiting_until.CopyFrom(e.until)
+    elif kind == "order_awoke":
+        order.state = S.ORDER_STATE_READY
+        order.ClearField("waiting_until")
+    elif kind == "order_lock_acquired":
+        assert isinstance(e, events_pb2.OrderLockAcquired)
+        order.held_locks.add(lock_path=e.lock_path, count=e.count)
+        order.state = S.ORDER_STATE_READY
+    elif kind == "order_lock_queued":
+        order.state = S.ORDER_STATE_WAITING
+    elif kind == "order_lock_released":
+        assert isinstance(e, events_pb2.OrderLockReleased)
+        kept = [h for h in order.held_locks if h.lock_path != e.lock_path]
+        del order.held_locks[:]
+        order.held_locks.extend(kept)
+    elif kind == "order_prompted":
+        assert isinstance(e, events_pb2.OrderPrompted)
+        order.state = S.ORDER_STATE_PROMPTING
+        order.prompt_question = e.question
+    elif kind == "order_prompt_answered":
+        order.prompt_question = ""
+        _move(order, next_position(order.position))
+    elif kind == "order_sleeping":
+        assert isinstance(e, events_pb2.OrderSleeping)
+        # Like a retry delay, the wait is at the position where the order goes on.
+        _move(order, next_position(order.position))
+        order.state = S.ORDER_STATE_WAITING
+        order.waiting_until.CopyFrom(e.until)
+    elif kind == "order_cycle_started":
+        assert isinstance(e, events_pb2.OrderCycleStarted)
+        _move(order, e.to)
+        order.cycle.CopyFrom(e.cycle)
+    elif kind == "order_cycle_finished":
+        assert isinstance(e, events_pb2.OrderCycleFinished)
+        order.position.CopyFrom(enclosing(order.position))
+        if e.cycle.HasField("next_at"):
+            order.cycle.CopyFrom(e.cycle)
+            order.state = S.ORDER_STATE_WAITING
+            order.waiting_until.CopyFrom(e.cycle.next_at)
+        else:
+            order.ClearField("cycle")
+    elif kind == "order_marked":
+        assert isinstance(e, events_pb2.OrderMarked)
+        del order.marks[:]
+        order.marks.extend(e.marks)
+    elif kind == "order_cancelled":
+        order.state = S.ORDER_STATE_CANCELLED
+        del order.marks[:]
+    elif kind == "order_suspended":
+        order.state = S.ORDER_STATE_SUSPENDED
+        _drop_marks(order, "suspend")
+    elif kind == "order_resumed":
+        assert isinstance(e, events_pb2.OrderResumed)
+        if e.HasField("position"):
+            order.position.CopyFrom(e.position)
+        for k, v in e.variables.items():
+            order.variables[k].CopyFrom(v)
+        order.state = S.ORDER_STATE_READY
+        order.ClearField("waiting_until")
+        _drop_marks(order, "resume")
+    elif kind == "order_kill_requested":
+        order.processing.kill_requested = True
+    # OrderDeleted and OrderOrderAdded leave the order as it is; containers drop deleted orders.
+
+
+def _record(order: order_pb2.Order, outcome: workflow_pb2.Outcome) -> None:
+    order.historic_outcomes.add(position=order.position, outcome=outcome)
+    for k, v in outcome.named_values.items():
+        order.variables[k].CopyFrom(v)
+
+
+def _move(order: order_pb2.Order, to: order_pb2.Position) -> None:
+    order.position.CopyFrom(to)
+    order.state = S.ORDER_STATE_READY
+    order.attempt = 0
+    if not any(step.branch.startswith("cycle+") for step in to.branch_path):
+        order.ClearField("cycle")
+
+
+def _drop_marks(order: order_pb2.Order, kind: str) -> None:
+    kept = [m for m in order.marks if m.WhichOneof("kind") != kind]
+    del order.marks[:]
+    order.marks.extend(kept)
 
 
 def last_outcome(order: order_pb2.Order) -> workflow_pb2.Outcome | None:
@@ -104,3 +230,10 @@ def last_outcome(order: order_pb2.Order) -> workflow_pb2.Outcome | None:
 
 def succeeded(outcome: workflow_pb2.Outcome | None) -> bool:
     return outcome is None or outcome.kind == workflow_pb2.OUTCOME_KIND_SUCCEEDED
+
+
+def mark_of(order: order_pb2.Order, kind: str) -> order_pb2.OrderMark | None:
+    for mark in order.marks:
+        if mark.WhichOneof("kind") == kind:
+            return mark
+    return None

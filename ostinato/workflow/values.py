@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -51,9 +52,26 @@ def value_text(v: values_pb2.Value) -> str:
         return "true" if v.boolean else "false"
     if kind is None:
         return ""
-    from google.protobuf import json_format
+    return json_text(v)
 
-    return json_format.MessageToJson(v, indent=None)
+
+def json_text(v: values_pb2.Value) -> str:
+    """Plain JSON of a value, numbers as they are: [1, "a"], {"k": true}."""
+    kind = v.WhichOneof("kind")
+    if kind == "string":
+        return json.dumps(v.string, ensure_ascii=False)
+    if kind == "number":
+        return v.number
+    if kind == "boolean":
+        return "true" if v.boolean else "false"
+    if kind == "list":
+        return "[" + ", ".join(json_text(x) for x in v.list.values) + "]"
+    if kind == "object":
+        fields = sorted(v.object.fields.items())
+        return (
+            "{" + ", ".join(f"{json.dumps(k, ensure_ascii=False)}: {json_text(x)}" for k, x in fields) + "}"
+        )
+    return "null"
 
 
 def parse_cli_value(text: str) -> values_pb2.Value:

@@ -20,7 +20,8 @@ T0 = 1_700_000_000_000
 WORKFLOW = """{
   "instructions": [{"execute": {"jobName": "first"}}, {"execute": {"jobName": "second"}}],
   "jobs": {
-    "first": {"agent": "agent-1", "executable": {"shellScript": {"script": "echo $GREETING",
+    "first": {"agent": "agent-1", "processLimit": 10, "defaultArguments": {"greeting": {"string": "hi"}},
+              "executable": {"shellScript": {"script": "echo $GREETING",
               "env": {"GREETING": "$greeting"}}}},
     "second": {"agent": "agent-1", "executable": {"shellScript": {"script": "exit 0"}}}
   }
@@ -114,6 +115,7 @@ def test_order_runs_through_both_cores(cores: tuple[ControllerCore, DirectorCore
     agent_log = list(director.state.log.after(0, director.state.last_event_id))
     mirrored = controller.on_agent_events("agent-1", agent_log, T0)
     assert kinds(mirrored) == [
+        "item_attached",  # the agent journaled the workflow: its deployment is complete there
         "order_attached",
         "order_started",
         "order_processing_started",

@@ -3,11 +3,14 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from gen.ostinato.common.v1 import order_pb2 as _order_pb2
+from gen.ostinato.common.v1 import values_pb2 as _values_pb2
 from gen.ostinato.common.v1 import workflow_pb2 as _workflow_pb2
 import builtins as _builtins
 import sys
@@ -67,6 +70,25 @@ class Event(_message.Message):
     ORDER_FAILED_FIELD_NUMBER: _builtins.int
     ORDER_FINISHED_FIELD_NUMBER: _builtins.int
     ORDER_DELETED_FIELD_NUMBER: _builtins.int
+    ORDER_FORKED_FIELD_NUMBER: _builtins.int
+    ORDER_JOINED_FIELD_NUMBER: _builtins.int
+    ORDER_CAUGHT_FIELD_NUMBER: _builtins.int
+    ORDER_RETRYING_FIELD_NUMBER: _builtins.int
+    ORDER_AWOKE_FIELD_NUMBER: _builtins.int
+    ORDER_LOCK_ACQUIRED_FIELD_NUMBER: _builtins.int
+    ORDER_LOCK_QUEUED_FIELD_NUMBER: _builtins.int
+    ORDER_LOCK_RELEASED_FIELD_NUMBER: _builtins.int
+    ORDER_PROMPTED_FIELD_NUMBER: _builtins.int
+    ORDER_PROMPT_ANSWERED_FIELD_NUMBER: _builtins.int
+    ORDER_SLEEPING_FIELD_NUMBER: _builtins.int
+    ORDER_CYCLE_STARTED_FIELD_NUMBER: _builtins.int
+    ORDER_CYCLE_FINISHED_FIELD_NUMBER: _builtins.int
+    ORDER_ORDER_ADDED_FIELD_NUMBER: _builtins.int
+    ORDER_MARKED_FIELD_NUMBER: _builtins.int
+    ORDER_CANCELLED_FIELD_NUMBER: _builtins.int
+    ORDER_SUSPENDED_FIELD_NUMBER: _builtins.int
+    ORDER_RESUMED_FIELD_NUMBER: _builtins.int
+    ORDER_KILL_REQUESTED_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     order_id: _builtins.str
     """Empty for events that are not about an order."""
@@ -110,6 +132,44 @@ class Event(_message.Message):
     def order_finished(self) -> Global___OrderFinished: ...
     @_builtins.property
     def order_deleted(self) -> Global___OrderDeleted: ...
+    @_builtins.property
+    def order_forked(self) -> Global___OrderForked: ...
+    @_builtins.property
+    def order_joined(self) -> Global___OrderJoined: ...
+    @_builtins.property
+    def order_caught(self) -> Global___OrderCaught: ...
+    @_builtins.property
+    def order_retrying(self) -> Global___OrderRetrying: ...
+    @_builtins.property
+    def order_awoke(self) -> Global___OrderAwoke: ...
+    @_builtins.property
+    def order_lock_acquired(self) -> Global___OrderLockAcquired: ...
+    @_builtins.property
+    def order_lock_queued(self) -> Global___OrderLockQueued: ...
+    @_builtins.property
+    def order_lock_released(self) -> Global___OrderLockReleased: ...
+    @_builtins.property
+    def order_prompted(self) -> Global___OrderPrompted: ...
+    @_builtins.property
+    def order_prompt_answered(self) -> Global___OrderPromptAnswered: ...
+    @_builtins.property
+    def order_sleeping(self) -> Global___OrderSleeping: ...
+    @_builtins.property
+    def order_cycle_started(self) -> Global___OrderCycleStarted: ...
+    @_builtins.property
+    def order_cycle_finished(self) -> Global___OrderCycleFinished: ...
+    @_builtins.property
+    def order_order_added(self) -> Global___OrderOrderAdded: ...
+    @_builtins.property
+    def order_marked(self) -> Global___OrderMarked: ...
+    @_builtins.property
+    def order_cancelled(self) -> Global___OrderCancelled: ...
+    @_builtins.property
+    def order_suspended(self) -> Global___OrderSuspended: ...
+    @_builtins.property
+    def order_resumed(self) -> Global___OrderResumed: ...
+    @_builtins.property
+    def order_kill_requested(self) -> Global___OrderKillRequested: ...
     def __init__(
         self,
         *,
@@ -135,12 +195,31 @@ class Event(_message.Message):
         order_failed: Global___OrderFailed | None = ...,
         order_finished: Global___OrderFinished | None = ...,
         order_deleted: Global___OrderDeleted | None = ...,
+        order_forked: Global___OrderForked | None = ...,
+        order_joined: Global___OrderJoined | None = ...,
+        order_caught: Global___OrderCaught | None = ...,
+        order_retrying: Global___OrderRetrying | None = ...,
+        order_awoke: Global___OrderAwoke | None = ...,
+        order_lock_acquired: Global___OrderLockAcquired | None = ...,
+        order_lock_queued: Global___OrderLockQueued | None = ...,
+        order_lock_released: Global___OrderLockReleased | None = ...,
+        order_prompted: Global___OrderPrompted | None = ...,
+        order_prompt_answered: Global___OrderPromptAnswered | None = ...,
+        order_sleeping: Global___OrderSleeping | None = ...,
+        order_cycle_started: Global___OrderCycleStarted | None = ...,
+        order_cycle_finished: Global___OrderCycleFinished | None = ...,
+        order_order_added: Global___OrderOrderAdded | None = ...,
+        order_marked: Global___OrderMarked | None = ...,
+        order_cancelled: Global___OrderCancelled | None = ...,
+        order_suspended: Global___OrderSuspended | None = ...,
+        order_resumed: Global___OrderResumed | None = ...,
+        order_kill_requested: Global___OrderKillRequested | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_events_observed", b"agent_events_observed", "events_released", b"events_released", "item_attached", b"item_attached", "item_deleted", b"item_deleted", "item_deployed", b"item_deployed", "kind", b"kind", "order_added", b"order_added", "order_attachable", b"order_attachable", "order_attached", b"order_attached", "order_deleted", b"order_deleted", "order_detachable", b"order_detachable", "order_detached", b"order_detached", "order_failed", b"order_failed", "order_finished", b"order_finished", "order_moved", b"order_moved", "order_processed", b"order_processed", "order_processing_started", b"order_processing_started", "order_started", b"order_started", "order_std_written", b"order_std_written", "subagent_messages_observed", b"subagent_messages_observed", "timestamp", b"timestamp"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_events_observed", b"agent_events_observed", "events_released", b"events_released", "item_attached", b"item_attached", "item_deleted", b"item_deleted", "item_deployed", b"item_deployed", "kind", b"kind", "order_added", b"order_added", "order_attachable", b"order_attachable", "order_attached", b"order_attached", "order_awoke", b"order_awoke", "order_cancelled", b"order_cancelled", "order_caught", b"order_caught", "order_cycle_finished", b"order_cycle_finished", "order_cycle_started", b"order_cycle_started", "order_deleted", b"order_deleted", "order_detachable", b"order_detachable", "order_detached", b"order_detached", "order_failed", b"order_failed", "order_finished", b"order_finished", "order_forked", b"order_forked", "order_joined", b"order_joined", "order_kill_requested", b"order_kill_requested", "order_lock_acquired", b"order_lock_acquired", "order_lock_queued", b"order_lock_queued", "order_lock_released", b"order_lock_released", "order_marked", b"order_marked", "order_moved", b"order_moved", "order_order_added", b"order_order_added", "order_processed", b"order_processed", "order_processing_started", b"order_processing_started", "order_prompt_answered", b"order_prompt_answered", "order_prompted", b"order_prompted", "order_resumed", b"order_resumed", "order_retrying", b"order_retrying", "order_sleeping", b"order_sleeping", "order_started", b"order_started", "order_std_written", b"order_std_written", "order_suspended", b"order_suspended", "subagent_messages_observed", b"subagent_messages_observed", "timestamp", b"timestamp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_events_observed", b"agent_events_observed", "events_released", b"events_released", "id", b"id", "item_attached", b"item_attached", "item_deleted", b"item_deleted", "item_deployed", b"item_deployed", "kind", b"kind", "order_added", b"order_added", "order_attachable", b"order_attachable", "order_attached", b"order_attached", "order_deleted", b"order_deleted", "order_detachable", b"order_detachable", "order_detached", b"order_detached", "order_failed", b"order_failed", "order_finished", b"order_finished", "order_id", b"order_id", "order_moved", b"order_moved", "order_processed", b"order_processed", "order_processing_started", b"order_processing_started", "order_started", b"order_started", "order_std_written", b"order_std_written", "subagent_messages_observed", b"subagent_messages_observed", "timestamp", b"timestamp"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_events_observed", b"agent_events_observed", "events_released", b"events_released", "id", b"id", "item_attached", b"item_attached", "item_deleted", b"item_deleted", "item_deployed", b"item_deployed", "kind", b"kind", "order_added", b"order_added", "order_attachable", b"order_attachable", "order_attached", b"order_attached", "order_awoke", b"order_awoke", "order_cancelled", b"order_cancelled", "order_caught", b"order_caught", "order_cycle_finished", b"order_cycle_finished", "order_cycle_started", b"order_cycle_started", "order_deleted", b"order_deleted", "order_detachable", b"order_detachable", "order_detached", b"order_detached", "order_failed", b"order_failed", "order_finished", b"order_finished", "order_forked", b"order_forked", "order_id", b"order_id", "order_joined", b"order_joined", "order_kill_requested", b"order_kill_requested", "order_lock_acquired", b"order_lock_acquired", "order_lock_queued", b"order_lock_queued", "order_lock_released", b"order_lock_released", "order_marked", b"order_marked", "order_moved", b"order_moved", "order_order_added", b"order_order_added", "order_processed", b"order_processed", "order_processing_started", b"order_processing_started", "order_prompt_answered", b"order_prompt_answered", "order_prompted", b"order_prompted", "order_resumed", b"order_resumed", "order_retrying", b"order_retrying", "order_sleeping", b"order_sleeping", "order_started", b"order_started", "order_std_written", b"order_std_written", "order_suspended", b"order_suspended", "subagent_messages_observed", b"subagent_messages_observed", "timestamp", b"timestamp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["item_deployed", "item_deleted", "events_released", "agent_events_observed", "subagent_messages_observed", "item_attached", "order_added", "order_attachable", "order_attached", "order_started", "order_processing_started", "order_std_written", "order_processed", "order_moved", "order_detachable", "order_detached", "order_failed", "order_finished", "order_deleted"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["item_deployed", "item_deleted", "events_released", "agent_events_observed", "subagent_messages_observed", "item_attached", "order_added", "order_attachable", "order_attached", "order_started", "order_processing_started", "order_std_written", "order_processed", "order_moved", "order_detachable", "order_detached", "order_failed", "order_finished", "order_deleted", "order_forked", "order_joined", "order_caught", "order_retrying", "order_awoke", "order_lock_acquired", "order_lock_queued", "order_lock_released", "order_prompted", "order_prompt_answered", "order_sleeping", "order_cycle_started", "order_cycle_finished", "order_order_added", "order_marked", "order_cancelled", "order_suspended", "order_resumed", "order_kill_requested"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -153,6 +232,7 @@ class ItemDeployed(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     WORKFLOW_FIELD_NUMBER: _builtins.int
+    LOCK_FIELD_NUMBER: _builtins.int
     SIGNED_JSON_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
     signed_json: _builtins.str
@@ -160,19 +240,22 @@ class ItemDeployed(_message.Message):
     @_builtins.property
     def workflow(self) -> _workflow_pb2.Workflow: ...
     @_builtins.property
+    def lock(self) -> _workflow_pb2.LockItem: ...
+    @_builtins.property
     def signature(self) -> Global___Signature: ...
     def __init__(
         self,
         *,
         workflow: _workflow_pb2.Workflow | None = ...,
+        lock: _workflow_pb2.LockItem | None = ...,
         signed_json: _builtins.str = ...,
         signature: Global___Signature | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["item", b"item", "signature", b"signature", "workflow", b"workflow"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["item", b"item", "lock", b"lock", "signature", b"signature", "workflow", b"workflow"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["item", b"item", "signature", b"signature", "signed_json", b"signed_json", "workflow", b"workflow"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item", b"item", "lock", b"lock", "signature", b"signature", "signed_json", b"signed_json", "workflow", b"workflow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["workflow"]  # noqa: Y015
+    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["workflow", "lock"]  # noqa: Y015
     _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
 
@@ -582,3 +665,473 @@ class OrderDeleted(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OrderDeleted: _TypeAlias = OrderDeleted  # noqa: Y015
+
+@_typing.final
+class OrderForked(_message.Message):
+    """The parent waits (FORKED) while its children, created by this event, run their branches."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHILDREN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def children(self) -> _containers.RepeatedCompositeFieldContainer[Global___ForkedChild]: ...
+    def __init__(
+        self,
+        *,
+        children: _abc.Iterable[Global___ForkedChild] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["children", b"children"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OrderForked: _TypeAlias = OrderForked  # noqa: Y015
+
+@_typing.final
+class ForkedChild(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ArgumentsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> _values_pb2.Value: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _values_pb2.Value | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ORDER_ID_FIELD_NUMBER: _builtins.int
+    BRANCH_ID_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_FIELD_NUMBER: _builtins.int
+    order_id: _builtins.str
+    branch_id: _builtins.str
+    @_builtins.property
+    def arguments(self) -> _containers.MessageMap[_builtins.str, _values_pb2.Value]:
+        """Variables the child starts with beside the parent's (ForkList elements)."""
+
+    def __init__(
+        self,
+        *,
+        order_id: _builtins.str = ...,
+        branch_id: _builtins.str = ...,
+        arguments: _abc.Mapping[_builtins.str, _values_pb2.Value] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "branch_id", b"branch_id", "order_id", b"order_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForkedChild: _TypeAlias = ForkedChild  # noqa: Y015
+
+@_typing.final
+class OrderJoined(_message.Message):
+    """All children ended; they are deleted, their returned values merged into the parent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def outcome(self) -> _workflow_pb2.Outcome: ...
+    def __init__(
+        self,
+        *,
+        outcome: _workflow_pb2.Outcome | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OrderJoined: _TypeAlias = OrderJoined  # noqa: Y015
+
+@_typing.final
+class OrderCaught(_message.Message):
+    """A failure was caught: the order continues in the catch block."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    TO_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def outcome(self) -> _workflow_pb2.Outcome: ...
+    @_builtins.property
+    def to(self) -> _order_pb2.Position: ...
+    def __init__(
+        self,
+        *,
+        outcome: _workflow_pb2.Outcome | None = ...,
+        to: _order_pb2.Position | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome", "to", b"to"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome", "to", b"to"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OrderCaught: _TypeAlias = OrderCaught  # noqa: Y015
+
+@_typing.final
+class OrderRetrying(_message.Message):
+    """The order will try the block again at `to` after waiting until `until`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TO_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def to(self) -> _order_pb2.Position: ...
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        to: _order_pb2.Position | None = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["to", b"to", "until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["to", b"to", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OrderRetrying: _TypeAlias = OrderRetrying  # noqa: Y015
+
+@_typing.final
+class OrderAwoke(_message.Message):
+    """A wait for a time ended; the order is ready at its position."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OrderAwoke: _TypeAlias = OrderAwoke  # noqa: Y015
+
+@_typing.final
+class OrderLockAcquired(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOCK_PATH_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    lock_path: _builtins.str
+    count: _builtins.int
+    def __init__(
+        self,
+        *,
+        lock_path: _builtins.str = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "lock_path", b"lock_path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OrderLockAcquired: _TypeAlias = OrderLockAcquired  # noqa: Y015
+
+@_typing.final
+class OrderLockQueued(_message.Message):
+    """The lock is busy; the order waits in the lock's queue."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOCK_PATH_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    lock_path: _builtins.str
+    count: _builtins.int
+    def __init__(
+        self,
+        *,
+        lock_path: _builtins.str = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "lock_path", b"lock_path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OrderLockQueued: _TypeAlias = OrderLockQueued  # noqa: Y015
+
+@_typing.final
+class OrderLockReleased(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOCK_PATH_FIELD_NUMBER: _builtins.int
+    lock_path: _builtins.str
+    def __init__(
+        self,
+        *,
+        lock_path: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lock_path", b"lock_path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OrderLockReleased: _TypeAlias = OrderLockReleased  # noqa: Y015
+
+@_typing.final
+class OrderPrompted(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUESTION_FIELD_NUMBER: _builtins.int
+    question: _builtins.str
+    def __init__(
+        self,
+        *,
+        question: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["question", b"question"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OrderPrompted: _TypeAlias = OrderPrompted  # noqa: Y015
+
+@_typing.final
+class OrderPromptAnswered(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OrderPromptAnswered: _TypeAlias = OrderPromptAnswered  # noqa: Y015
+
+@_typing.final
+class OrderSleeping(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UNTIL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        until: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OrderSleeping: _TypeAlias = OrderSleeping  # noqa: Y015
+
+@_typing.final
+class OrderCycleStarted(_message.Message):
+    """The order enters the cycle's block for cycle `index` (from 0)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TO_FIELD_NUMBER: _builtins.int
+    CYCLE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def to(self) -> _order_pb2.Position: ...
+    @_builtins.property
+    def cycle(self) -> _order_pb2.CycleState: ...
+    def __init__(
+        self,
+        *,
+        to: _order_pb2.Position | None = ...,
+        cycle: _order_pb2.CycleState | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cycle", b"cycle", "to", b"to"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cycle", b"cycle", "to", b"to"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OrderCycleStarted: _TypeAlias = OrderCycleStarted  # noqa: Y015
+
+@_typing.final
+class OrderCycleFinished(_message.Message):
+    """A cycle ended; the order waits for the next (next_at set) or leaves the Cycle."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CYCLE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def cycle(self) -> _order_pb2.CycleState: ...
+    def __init__(
+        self,
+        *,
+        cycle: _order_pb2.CycleState | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cycle", b"cycle"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cycle", b"cycle"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OrderCycleFinished: _TypeAlias = OrderCycleFinished  # noqa: Y015
+
+@_typing.final
+class OrderOrderAdded(_message.Message):
+    """The Add Order instruction added this order (the event is the parent's)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADDED_ORDER_ID_FIELD_NUMBER: _builtins.int
+    added_order_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        added_order_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["added_order_id", b"added_order_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OrderOrderAdded: _TypeAlias = OrderOrderAdded  # noqa: Y015
+
+@_typing.final
+class OrderMarked(_message.Message):
+    """A command waits to be carried out (e.g. suspend while the job runs). Replaces earlier marks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MARKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def marks(self) -> _containers.RepeatedCompositeFieldContainer[_order_pb2.OrderMark]: ...
+    def __init__(
+        self,
+        *,
+        marks: _abc.Iterable[_order_pb2.OrderMark] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["marks", b"marks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OrderMarked: _TypeAlias = OrderMarked  # noqa: Y015
+
+@_typing.final
+class OrderCancelled(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OrderCancelled: _TypeAlias = OrderCancelled  # noqa: Y015
+
+@_typing.final
+class OrderSuspended(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OrderSuspended: _TypeAlias = OrderSuspended  # noqa: Y015
+
+@_typing.final
+class OrderResumed(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class VariablesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> _values_pb2.Value: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _values_pb2.Value | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    POSITION_FIELD_NUMBER: _builtins.int
+    VARIABLES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def position(self) -> _order_pb2.Position:
+        """Absent: where it is."""
+
+    @_builtins.property
+    def variables(self) -> _containers.MessageMap[_builtins.str, _values_pb2.Value]: ...
+    def __init__(
+        self,
+        *,
+        position: _order_pb2.Position | None = ...,
+        variables: _abc.Mapping[_builtins.str, _values_pb2.Value] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["position", b"position"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["position", b"position", "variables", b"variables"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OrderResumed: _TypeAlias = OrderResumed  # noqa: Y015
+
+@_typing.final
+class OrderKillRequested(_message.Message):
+    """The running job is to be killed (cancel or suspend with kill)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMMEDIATELY_FIELD_NUMBER: _builtins.int
+    immediately: _builtins.bool
+    def __init__(
+        self,
+        *,
+        immediately: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["immediately", b"immediately"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OrderKillRequested: _TypeAlias = OrderKillRequested  # noqa: Y015

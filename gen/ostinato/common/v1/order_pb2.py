@@ -27,7 +27,7 @@ from gen.ostinato.common.v1 import values_pb2 as ostinato_dot_common_dot_v1_dot_
 from gen.ostinato.common.v1 import workflow_pb2 as ostinato_dot_common_dot_v1_dot_workflow__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eostinato/common/v1/order.proto\x12\x12ostinato.common.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fostinato/common/v1/values.proto\x1a!ostinato/common/v1/workflow.proto\"K\n\x08Position\x12\x33\n\x0b\x62ranch_path\x18\x01 \x03(\x0b\x32\x1e.ostinato.common.v1.BranchStep\x12\n\n\x02nr\x18\x02 \x01(\x05\"(\n\nBranchStep\x12\n\n\x02nr\x18\x01 \x01(\x05\x12\x0e\n\x06\x62ranch\x18\x02 \x01(\t\"\x93\x06\n\x05Order\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rworkflow_path\x18\x02 \x01(\t\x12\x1b\n\x13workflow_version_id\x18\x03 \x01(\t\x12;\n\targuments\x18\x04 \x03(\x0b\x32(.ostinato.common.v1.Order.ArgumentsEntry\x12.\n\x08position\x18\x05 \x01(\x0b\x32\x1c.ostinato.common.v1.Position\x12-\n\x05state\x18\x06 \x01(\x0e\x32\x1e.ostinato.common.v1.OrderState\x12\x31\n\rscheduled_for\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12>\n\x11historic_outcomes\x18\x08 \x03(\x0b\x32#.ostinato.common.v1.HistoricOutcome\x12\r\n\x05\x61gent\x18\t \x01(\t\x12\x39\n\x0e\x61ttached_state\x18\n \x01(\x0e\x32!.ostinato.common.v1.AttachedState\x12\x32\n\nprocessing\x18\x0b \x01(\x0b\x32\x1e.ostinato.common.v1.Processing\x12\x14\n\x0ctrace_parent\x18\x0c \x01(\t\x12\x11\n\tparent_id\x18\r \x01(\t\x12,\n\x05marks\x18\x0e \x03(\x0b\x32\x1d.ostinato.common.v1.OrderMark\x12;\n\tvariables\x18\x0f \x03(\x0b\x32(.ostinato.common.v1.Order.VariablesEntry\x12\x0f\n\x07\x61ttempt\x18\x10 \x01(\x05\x1aK\n\x0e\x41rgumentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x05value\x18\x02 \x01(\x0b\x32\x19.ostinato.common.v1.Value:\x02\x38\x01\x1aK\n\x0eVariablesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x05value\x18\x02 \x01(\x0b\x32\x19.ostinato.common.v1.Value:\x02\x38\x01\"f\n\nProcessing\x12\x13\n\x0bsubagent_id\x18\x01 \x01(\t\x12\x13\n\x0bprocess_key\x18\x02 \x01(\t\x12.\n\nstarted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"o\n\x0fHistoricOutcome\x12.\n\x08position\x18\x01 \x01(\x0b\x32\x1c.ostinato.common.v1.Position\x12,\n\x07outcome\x18\x02 \x01(\x0b\x32\x1b.ostinato.common.v1.Outcome\"\xab\x01\n\tOrderMark\x12\x30\n\x06\x63\x61ncel\x18\x01 \x01(\x0b\x32\x1e.ostinato.common.v1.CancelMarkH\x00\x12\x32\n\x07suspend\x18\x02 \x01(\x0b\x32\x1f.ostinato.common.v1.SuspendMarkH\x00\x12\x30\n\x06resume\x18\x03 \x01(\x0b\x32\x1e.ostinato.common.v1.ResumeMarkH\x00\x42\x06\n\x04kind\"\x1a\n\nCancelMark\x12\x0c\n\x04kill\x18\x01 \x01(\x08\"\x1b\n\x0bSuspendMark\x12\x0c\n\x04kill\x18\x01 \x01(\x08\"<\n\nResumeMark\x12.\n\x08position\x18\x01 \x01(\x0b\x32\x1c.ostinato.common.v1.Position*\xda\x02\n\nOrderState\x12\x1b\n\x17ORDER_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11ORDER_STATE_FRESH\x10\x01\x12\x15\n\x11ORDER_STATE_READY\x10\x02\x12\x1a\n\x16ORDER_STATE_PROCESSING\x10\x03\x12\x19\n\x15ORDER_STATE_PROCESSED\x10\x04\x12\x17\n\x13ORDER_STATE_WAITING\x10\x05\x12\x19\n\x15ORDER_STATE_PROMPTING\x10\x06\x12\x16\n\x12ORDER_STATE_FORKED\x10\x07\x12\x16\n\x12ORDER_STATE_FAILED\x10\x08\x12\x19\n\x15ORDER_STATE_SUSPENDED\x10\t\x12\x19\n\x15ORDER_STATE_CANCELLED\x10\n\x12\x18\n\x14ORDER_STATE_FINISHED\x10\x0b\x12\x16\n\x12ORDER_STATE_BROKEN\x10\x0c*\xa6\x01\n\rAttachedState\x12\x1e\n\x1a\x41TTACHED_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x41TTACHED_STATE_DETACHED\x10\x01\x12\x1c\n\x18\x41TTACHED_STATE_ATTACHING\x10\x02\x12\x1b\n\x17\x41TTACHED_STATE_ATTACHED\x10\x03\x12\x1d\n\x19\x41TTACHED_STATE_DETACHABLE\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eostinato/common/v1/order.proto\x12\x12ostinato.common.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fostinato/common/v1/values.proto\x1a!ostinato/common/v1/workflow.proto\"K\n\x08Position\x12\x33\n\x0b\x62ranch_path\x18\x01 \x03(\x0b\x32\x1e.ostinato.common.v1.BranchStep\x12\n\n\x02nr\x18\x02 \x01(\x05\"(\n\nBranchStep\x12\n\n\x02nr\x18\x01 \x01(\x05\x12\x0e\n\x06\x62ranch\x18\x02 \x01(\t\"\xe5\x07\n\x05Order\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rworkflow_path\x18\x02 \x01(\t\x12\x1b\n\x13workflow_version_id\x18\x03 \x01(\t\x12;\n\targuments\x18\x04 \x03(\x0b\x32(.ostinato.common.v1.Order.ArgumentsEntry\x12.\n\x08position\x18\x05 \x01(\x0b\x32\x1c.ostinato.common.v1.Position\x12-\n\x05state\x18\x06 \x01(\x0e\x32\x1e.ostinato.common.v1.OrderState\x12\x31\n\rscheduled_for\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12>\n\x11historic_outcomes\x18\x08 \x03(\x0b\x32#.ostinato.common.v1.HistoricOutcome\x12\r\n\x05\x61gent\x18\t \x01(\t\x12\x39\n\x0e\x61ttached_state\x18\n \x01(\x0e\x32!.ostinato.common.v1.AttachedState\x12\x32\n\nprocessing\x18\x0b \x01(\x0b\x32\x1e.ostinato.common.v1.Processing\x12\x14\n\x0ctrace_parent\x18\x0c \x01(\t\x12\x11\n\tparent_id\x18\r \x01(\t\x12,\n\x05marks\x18\x0e \x03(\x0b\x32\x1d.ostinato.common.v1.OrderMark\x12;\n\tvariables\x18\x0f \x03(\x0b\x32(.ostinato.common.v1.Order.VariablesEntry\x12\x0f\n\x07\x61ttempt\x18\x10 \x01(\x05\x12\x31\n\rwaiting_until\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\nheld_locks\x18\x12 \x03(\x0b\x32\x1c.ostinato.common.v1.HeldLock\x12\x17\n\x0fprompt_question\x18\x13 \x01(\t\x12-\n\x05\x63ycle\x18\x14 \x01(\x0b\x32\x1e.ostinato.common.v1.CycleState\x12\x10\n\x08\x63hildren\x18\x15 \x03(\t\x12\x11\n\tbranch_id\x18\x16 \x01(\t\x1aK\n\x0e\x41rgumentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x05value\x18\x02 \x01(\x0b\x32\x19.ostinato.common.v1.Value:\x02\x38\x01\x1aK\n\x0eVariablesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x05value\x18\x02 \x01(\x0b\x32\x19.ostinato.common.v1.Value:\x02\x38\x01\",\n\x08HeldLock\x12\x11\n\tlock_path\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\"x\n\nCycleState\x12.\n\nstarted_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07next_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05index\x18\x03 \x01(\x05\"\x96\x01\n\nProcessing\x12\x13\n\x0bsubagent_id\x18\x01 \x01(\t\x12\x13\n\x0bprocess_key\x18\x02 \x01(\t\x12.\n\nstarted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0estderr_written\x18\x04 \x01(\x08\x12\x16\n\x0ekill_requested\x18\x05 \x01(\x08\"o\n\x0fHistoricOutcome\x12.\n\x08position\x18\x01 \x01(\x0b\x32\x1c.ostinato.common.v1.Position\x12,\n\x07outcome\x18\x02 \x01(\x0b\x32\x1b.ostinato.common.v1.Outcome\"\xab\x01\n\tOrderMark\x12\x30\n\x06\x63\x61ncel\x18\x01 \x01(\x0b\x32\x1e.ostinato.common.v1.CancelMarkH\x00\x12\x32\n\x07suspend\x18\x02 \x01(\x0b\x32\x1f.ostinato.common.v1.SuspendMarkH\x00\x12\x30\n\x06resume\x18\x03 \x01(\x0b\x32\x1e.ostinato.common.v1.ResumeMarkH\x00\x42\x06\n\x04kind\"\x1a\n\nCancelMark\x12\x0c\n\x04kill\x18\x01 \x01(\x08\"\x1b\n\x0bSuspendMark\x12\x0c\n\x04kill\x18\x01 \x01(\x08\"\xcb\x01\n\nResumeMark\x12.\n\x08position\x18\x01 \x01(\x0b\x32\x1c.ostinato.common.v1.Position\x12@\n\tvariables\x18\x02 \x03(\x0b\x32-.ostinato.common.v1.ResumeMark.VariablesEntry\x1aK\n\x0eVariablesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x05value\x18\x02 \x01(\x0b\x32\x19.ostinato.common.v1.Value:\x02\x38\x01*\xda\x02\n\nOrderState\x12\x1b\n\x17ORDER_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11ORDER_STATE_FRESH\x10\x01\x12\x15\n\x11ORDER_STATE_READY\x10\x02\x12\x1a\n\x16ORDER_STATE_PROCESSING\x10\x03\x12\x19\n\x15ORDER_STATE_PROCESSED\x10\x04\x12\x17\n\x13ORDER_STATE_WAITING\x10\x05\x12\x19\n\x15ORDER_STATE_PROMPTING\x10\x06\x12\x16\n\x12ORDER_STATE_FORKED\x10\x07\x12\x16\n\x12ORDER_STATE_FAILED\x10\x08\x12\x19\n\x15ORDER_STATE_SUSPENDED\x10\t\x12\x19\n\x15ORDER_STATE_CANCELLED\x10\n\x12\x18\n\x14ORDER_STATE_FINISHED\x10\x0b\x12\x16\n\x12ORDER_STATE_BROKEN\x10\x0c*\xa6\x01\n\rAttachedState\x12\x1e\n\x1a\x41TTACHED_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x41TTACHED_STATE_DETACHED\x10\x01\x12\x1c\n\x18\x41TTACHED_STATE_ATTACHING\x10\x02\x12\x1b\n\x17\x41TTACHED_STATE_ATTACHED\x10\x03\x12\x1d\n\x19\x41TTACHED_STATE_DETACHABLE\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,30 +38,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ORDER_ARGUMENTSENTRY']._serialized_options = b'8\001'
   _globals['_ORDER_VARIABLESENTRY']._loaded_options = None
   _globals['_ORDER_VARIABLESENTRY']._serialized_options = b'8\001'
-  _globals['_ORDERSTATE']._serialized_start=1575
-  _globals['_ORDERSTATE']._serialized_end=1921
-  _globals['_ATTACHEDSTATE']._serialized_start=1924
-  _globals['_ATTACHEDSTATE']._serialized_end=2090
+  _globals['_RESUMEMARK_VARIABLESENTRY']._loaded_options = None
+  _globals['_RESUMEMARK_VARIABLESENTRY']._serialized_options = b'8\001'
+  _globals['_ORDERSTATE']._serialized_start=2146
+  _globals['_ORDERSTATE']._serialized_end=2492
+  _globals['_ATTACHEDSTATE']._serialized_start=2495
+  _globals['_ATTACHEDSTATE']._serialized_end=2661
   _globals['_POSITION']._serialized_start=155
   _globals['_POSITION']._serialized_end=230
   _globals['_BRANCHSTEP']._serialized_start=232
   _globals['_BRANCHSTEP']._serialized_end=272
   _globals['_ORDER']._serialized_start=275
-  _globals['_ORDER']._serialized_end=1062
-  _globals['_ORDER_ARGUMENTSENTRY']._serialized_start=910
-  _globals['_ORDER_ARGUMENTSENTRY']._serialized_end=985
-  _globals['_ORDER_VARIABLESENTRY']._serialized_start=987
-  _globals['_ORDER_VARIABLESENTRY']._serialized_end=1062
-  _globals['_PROCESSING']._serialized_start=1064
-  _globals['_PROCESSING']._serialized_end=1166
-  _globals['_HISTORICOUTCOME']._serialized_start=1168
-  _globals['_HISTORICOUTCOME']._serialized_end=1279
-  _globals['_ORDERMARK']._serialized_start=1282
-  _globals['_ORDERMARK']._serialized_end=1453
-  _globals['_CANCELMARK']._serialized_start=1455
-  _globals['_CANCELMARK']._serialized_end=1481
-  _globals['_SUSPENDMARK']._serialized_start=1483
-  _globals['_SUSPENDMARK']._serialized_end=1510
-  _globals['_RESUMEMARK']._serialized_start=1512
-  _globals['_RESUMEMARK']._serialized_end=1572
+  _globals['_ORDER']._serialized_end=1272
+  _globals['_ORDER_ARGUMENTSENTRY']._serialized_start=1120
+  _globals['_ORDER_ARGUMENTSENTRY']._serialized_end=1195
+  _globals['_ORDER_VARIABLESENTRY']._serialized_start=1197
+  _globals['_ORDER_VARIABLESENTRY']._serialized_end=1272
+  _globals['_HELDLOCK']._serialized_start=1274
+  _globals['_HELDLOCK']._serialized_end=1318
+  _globals['_CYCLESTATE']._serialized_start=1320
+  _globals['_CYCLESTATE']._serialized_end=1440
+  _globals['_PROCESSING']._serialized_start=1443
+  _globals['_PROCESSING']._serialized_end=1593
+  _globals['_HISTORICOUTCOME']._serialized_start=1595
+  _globals['_HISTORICOUTCOME']._serialized_end=1706
+  _globals['_ORDERMARK']._serialized_start=1709
+  _globals['_ORDERMARK']._serialized_end=1880
+  _globals['_CANCELMARK']._serialized_start=1882
+  _globals['_CANCELMARK']._serialized_end=1908
+  _globals['_SUSPENDMARK']._serialized_start=1910
+  _globals['_SUSPENDMARK']._serialized_end=1937
+  _globals['_RESUMEMARK']._serialized_start=1940
+  _globals['_RESUMEMARK']._serialized_end=2143
+  _globals['_RESUMEMARK_VARIABLESENTRY']._serialized_start=1197
+  _globals['_RESUMEMARK_VARIABLESENTRY']._serialized_end=1272
 # @@protoc_insertion_point(module_scope)

@@ -199,6 +199,12 @@ class Order(_message.Message):
     MARKS_FIELD_NUMBER: _builtins.int
     VARIABLES_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
+    WAITING_UNTIL_FIELD_NUMBER: _builtins.int
+    HELD_LOCKS_FIELD_NUMBER: _builtins.int
+    PROMPT_QUESTION_FIELD_NUMBER: _builtins.int
+    CYCLE_FIELD_NUMBER: _builtins.int
+    CHILDREN_FIELD_NUMBER: _builtins.int
+    BRANCH_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     workflow_path: _builtins.str
     workflow_version_id: _builtins.str
@@ -212,6 +218,10 @@ class Order(_message.Message):
     """Set for child orders of a fork."""
     attempt: _builtins.int
     """Number of the current try of the current job execution, from 1."""
+    prompt_question: _builtins.str
+    """While PROMPTING."""
+    branch_id: _builtins.str
+    """Position of the Fork instruction a child order belongs to."""
     @_builtins.property
     def arguments(self) -> _containers.MessageMap[_builtins.str, _values_pb2.Value]: ...
     @_builtins.property
@@ -234,6 +244,22 @@ class Order(_message.Message):
     def variables(self) -> _containers.MessageMap[_builtins.str, _values_pb2.Value]:
         """Named values of the outcomes so far, visible to later instructions."""
 
+    @_builtins.property
+    def waiting_until(self) -> _timestamp_pb2.Timestamp:
+        """While WAITING for a time (retry delay, sleep, next cycle)."""
+
+    @_builtins.property
+    def held_locks(self) -> _containers.RepeatedCompositeFieldContainer[Global___HeldLock]:
+        """Locks this order holds, innermost last."""
+
+    @_builtins.property
+    def cycle(self) -> Global___CycleState:
+        """The innermost cycle the order runs in."""
+
+    @_builtins.property
+    def children(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Fork children (while FORKED)."""
+
     def __init__(
         self,
         *,
@@ -253,14 +279,69 @@ class Order(_message.Message):
         marks: _abc.Iterable[Global___OrderMark] | None = ...,
         variables: _abc.Mapping[_builtins.str, _values_pb2.Value] | None = ...,
         attempt: _builtins.int = ...,
+        waiting_until: _timestamp_pb2.Timestamp | None = ...,
+        held_locks: _abc.Iterable[Global___HeldLock] | None = ...,
+        prompt_question: _builtins.str = ...,
+        cycle: Global___CycleState | None = ...,
+        children: _abc.Iterable[_builtins.str] | None = ...,
+        branch_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["position", b"position", "processing", b"processing", "scheduled_for", b"scheduled_for"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cycle", b"cycle", "position", b"position", "processing", b"processing", "scheduled_for", b"scheduled_for", "waiting_until", b"waiting_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "arguments", b"arguments", "attached_state", b"attached_state", "attempt", b"attempt", "historic_outcomes", b"historic_outcomes", "id", b"id", "marks", b"marks", "parent_id", b"parent_id", "position", b"position", "processing", b"processing", "scheduled_for", b"scheduled_for", "state", b"state", "trace_parent", b"trace_parent", "variables", b"variables", "workflow_path", b"workflow_path", "workflow_version_id", b"workflow_version_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "arguments", b"arguments", "attached_state", b"attached_state", "attempt", b"attempt", "branch_id", b"branch_id", "children", b"children", "cycle", b"cycle", "held_locks", b"held_locks", "historic_outcomes", b"historic_outcomes", "id", b"id", "marks", b"marks", "parent_id", b"parent_id", "position", b"position", "processing", b"processing", "prompt_question", b"prompt_question", "scheduled_for", b"scheduled_for", "state", b"state", "trace_parent", b"trace_parent", "variables", b"variables", "waiting_until", b"waiting_until", "workflow_path", b"workflow_path", "workflow_version_id", b"workflow_version_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Order: _TypeAlias = Order  # noqa: Y015
+
+@_typing.final
+class HeldLock(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOCK_PATH_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    lock_path: _builtins.str
+    count: _builtins.int
+    def __init__(
+        self,
+        *,
+        lock_path: _builtins.str = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "lock_path", b"lock_path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeldLock: _TypeAlias = HeldLock  # noqa: Y015
+
+@_typing.final
+class CycleState(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    NEXT_AT_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def next_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        next_at: _timestamp_pb2.Timestamp | None = ...,
+        index: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["next_at", b"next_at", "started_at", b"started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "next_at", b"next_at", "started_at", b"started_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CycleState: _TypeAlias = CycleState  # noqa: Y015
 
 @_typing.final
 class Processing(_message.Message):
@@ -269,9 +350,15 @@ class Processing(_message.Message):
     SUBAGENT_ID_FIELD_NUMBER: _builtins.int
     PROCESS_KEY_FIELD_NUMBER: _builtins.int
     STARTED_AT_FIELD_NUMBER: _builtins.int
+    STDERR_WRITTEN_FIELD_NUMBER: _builtins.int
+    KILL_REQUESTED_FIELD_NUMBER: _builtins.int
     subagent_id: _builtins.str
     process_key: _builtins.str
     """Unique per job execution; subagents use it to start a process at most once."""
+    stderr_written: _builtins.bool
+    """The job wrote to stderr (which fails it when the job says fail_on_stderr)."""
+    kill_requested: _builtins.bool
+    """A kill was asked for (cancel or suspend with kill); the shell sends it to the subagent."""
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -280,10 +367,12 @@ class Processing(_message.Message):
         subagent_id: _builtins.str = ...,
         process_key: _builtins.str = ...,
         started_at: _timestamp_pb2.Timestamp | None = ...,
+        stderr_written: _builtins.bool = ...,
+        kill_requested: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["process_key", b"process_key", "started_at", b"started_at", "subagent_id", b"subagent_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kill_requested", b"kill_requested", "process_key", b"process_key", "started_at", b"started_at", "stderr_written", b"stderr_written", "subagent_id", b"subagent_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -385,17 +474,42 @@ Global___SuspendMark: _TypeAlias = SuspendMark  # noqa: Y015
 class ResumeMark(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class VariablesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> _values_pb2.Value: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _values_pb2.Value | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     POSITION_FIELD_NUMBER: _builtins.int
+    VARIABLES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def position(self) -> Global___Position: ...
+    @_builtins.property
+    def variables(self) -> _containers.MessageMap[_builtins.str, _values_pb2.Value]: ...
     def __init__(
         self,
         *,
         position: Global___Position | None = ...,
+        variables: _abc.Mapping[_builtins.str, _values_pb2.Value] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["position", b"position"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["position", b"position"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["position", b"position", "variables", b"variables"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -143,6 +143,30 @@ class Workflow(_message.Message):
 Global___Workflow: _TypeAlias = Workflow  # noqa: Y015
 
 @_typing.final
+class LockItem(_message.Message):
+    """A Lock object (inventory type Lock): how much of it orders may hold at once."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    limit: _builtins.int
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LockItem: _TypeAlias = LockItem  # noqa: Y015
+
+@_typing.final
 class OrderPreparation(_message.Message):
     """The parameters an order of the workflow takes."""
 
@@ -228,6 +252,17 @@ class Instruction(_message.Message):
     EXECUTE_FIELD_NUMBER: _builtins.int
     FAIL_FIELD_NUMBER: _builtins.int
     FINISH_FIELD_NUMBER: _builtins.int
+    FORK_FIELD_NUMBER: _builtins.int
+    FORK_LIST_FIELD_NUMBER: _builtins.int
+    TRY_CATCH_FIELD_NUMBER: _builtins.int
+    RETRY_FIELD_NUMBER: _builtins.int
+    IF_ELSE_FIELD_NUMBER: _builtins.int
+    LOCK_FIELD_NUMBER: _builtins.int
+    PROMPT_FIELD_NUMBER: _builtins.int
+    SLEEP_FIELD_NUMBER: _builtins.int
+    CYCLE_FIELD_NUMBER: _builtins.int
+    BREAK_CYCLE_FIELD_NUMBER: _builtins.int
+    ADD_ORDER_FIELD_NUMBER: _builtins.int
     label: _builtins.str
     """Optional label, a target for resuming orders at a position."""
     @_builtins.property
@@ -236,6 +271,28 @@ class Instruction(_message.Message):
     def fail(self) -> Global___Fail: ...
     @_builtins.property
     def finish(self) -> Global___Finish: ...
+    @_builtins.property
+    def fork(self) -> Global___Fork: ...
+    @_builtins.property
+    def fork_list(self) -> Global___ForkList: ...
+    @_builtins.property
+    def try_catch(self) -> Global___TryCatch: ...
+    @_builtins.property
+    def retry(self) -> Global___Retry: ...
+    @_builtins.property
+    def if_else(self) -> Global___IfElse: ...
+    @_builtins.property
+    def lock(self) -> Global___Lock: ...
+    @_builtins.property
+    def prompt(self) -> Global___Prompt: ...
+    @_builtins.property
+    def sleep(self) -> Global___Sleep: ...
+    @_builtins.property
+    def cycle(self) -> Global___Cycle: ...
+    @_builtins.property
+    def break_cycle(self) -> Global___Break: ...
+    @_builtins.property
+    def add_order(self) -> Global___AddOrder: ...
     def __init__(
         self,
         *,
@@ -243,16 +300,378 @@ class Instruction(_message.Message):
         execute: Global___Execute | None = ...,
         fail: Global___Fail | None = ...,
         finish: Global___Finish | None = ...,
+        fork: Global___Fork | None = ...,
+        fork_list: Global___ForkList | None = ...,
+        try_catch: Global___TryCatch | None = ...,
+        retry: Global___Retry | None = ...,
+        if_else: Global___IfElse | None = ...,
+        lock: Global___Lock | None = ...,
+        prompt: Global___Prompt | None = ...,
+        sleep: Global___Sleep | None = ...,
+        cycle: Global___Cycle | None = ...,
+        break_cycle: Global___Break | None = ...,
+        add_order: Global___AddOrder | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["execute", b"execute", "fail", b"fail", "finish", b"finish", "kind", b"kind"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["add_order", b"add_order", "break_cycle", b"break_cycle", "cycle", b"cycle", "execute", b"execute", "fail", b"fail", "finish", b"finish", "fork", b"fork", "fork_list", b"fork_list", "if_else", b"if_else", "kind", b"kind", "lock", b"lock", "prompt", b"prompt", "retry", b"retry", "sleep", b"sleep", "try_catch", b"try_catch"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["execute", b"execute", "fail", b"fail", "finish", b"finish", "kind", b"kind", "label", b"label"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["add_order", b"add_order", "break_cycle", b"break_cycle", "cycle", b"cycle", "execute", b"execute", "fail", b"fail", "finish", b"finish", "fork", b"fork", "fork_list", b"fork_list", "if_else", b"if_else", "kind", b"kind", "label", b"label", "lock", b"lock", "prompt", b"prompt", "retry", b"retry", "sleep", b"sleep", "try_catch", b"try_catch"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["execute", "fail", "finish"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["execute", "fail", "finish", "fork", "fork_list", "try_catch", "retry", "if_else", "lock", "prompt", "sleep", "cycle", "break_cycle", "add_order"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___Instruction: _TypeAlias = Instruction  # noqa: Y015
+
+@_typing.final
+class Fork(_message.Message):
+    """Runs each branch as a child order (PARENT|branch) and waits until all end; then joins:
+    the children's returned values become the parent's variables.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BRANCHES_FIELD_NUMBER: _builtins.int
+    JOIN_IF_FAILED_FIELD_NUMBER: _builtins.int
+    join_if_failed: _builtins.bool
+    """A failed child joins too (the parent's outcome is failed); else the parent waits until the
+    failed child is resumed and ends, or cancelled.
+    """
+    @_builtins.property
+    def branches(self) -> _containers.RepeatedCompositeFieldContainer[Global___ForkBranch]: ...
+    def __init__(
+        self,
+        *,
+        branches: _abc.Iterable[Global___ForkBranch] | None = ...,
+        join_if_failed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["branches", b"branches", "join_if_failed", b"join_if_failed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Fork: _TypeAlias = Fork  # noqa: Y015
+
+@_typing.final
+class ForkBranch(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    BLOCK_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    @_builtins.property
+    def block(self) -> Global___Block: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        block: Global___Block | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["block", b"block"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block", b"block", "id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForkBranch: _TypeAlias = ForkBranch  # noqa: Y015
+
+@_typing.final
+class ForkList(_message.Message):
+    """Runs the block as one child order per element of a list variable (PARENT|0, PARENT|1, ...)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHILDREN_FIELD_NUMBER: _builtins.int
+    ELEMENT_VARIABLE_FIELD_NUMBER: _builtins.int
+    BLOCK_FIELD_NUMBER: _builtins.int
+    JOIN_IF_FAILED_FIELD_NUMBER: _builtins.int
+    children: _builtins.str
+    """Name of the order variable holding the list."""
+    element_variable: _builtins.str
+    """Each child sees its element under this variable name ("element" when empty); an element
+    that is an object gives its fields as variables too.
+    """
+    join_if_failed: _builtins.bool
+    @_builtins.property
+    def block(self) -> Global___Block: ...
+    def __init__(
+        self,
+        *,
+        children: _builtins.str = ...,
+        element_variable: _builtins.str = ...,
+        block: Global___Block | None = ...,
+        join_if_failed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["block", b"block"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block", b"block", "children", b"children", "element_variable", b"element_variable", "join_if_failed", b"join_if_failed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForkList: _TypeAlias = ForkList  # noqa: Y015
+
+@_typing.final
+class TryCatch(_message.Message):
+    """Runs `try`; when it fails, runs `catch`. A Retry instruction in `catch` starts `try` again,
+    until max_tries tries were made.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRY_FIELD_NUMBER: _builtins.int
+    CATCH_FIELD_NUMBER: _builtins.int
+    MAX_TRIES_FIELD_NUMBER: _builtins.int
+    RETRY_DELAYS_FIELD_NUMBER: _builtins.int
+    max_tries: _builtins.int
+    """Tries in all, the first included; 0 means no limit."""
+    @_builtins.property
+    def catch(self) -> Global___Block: ...
+    @_builtins.property
+    def retry_delays(self) -> _containers.RepeatedCompositeFieldContainer[_duration_pb2.Duration]:
+        """Delay before each retry; the last one repeats. Empty: no delay."""
+
+    def __init__(
+        self,
+        *,
+        catch: Global___Block | None = ...,
+        max_tries: _builtins.int = ...,
+        retry_delays: _abc.Iterable[_duration_pb2.Duration] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["catch", b"catch", "try", b"try"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catch", b"catch", "max_tries", b"max_tries", "retry_delays", b"retry_delays", "try", b"try"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TryCatch: _TypeAlias = TryCatch  # noqa: Y015
+
+@_typing.final
+class Retry(_message.Message):
+    """Inside a catch block: try the enclosing TryCatch's try block again."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Retry: _TypeAlias = Retry  # noqa: Y015
+
+@_typing.final
+class IfElse(_message.Message):
+    """Runs `then` when the expression is true, else `else` (which may be empty)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONDITION_FIELD_NUMBER: _builtins.int
+    THEN_FIELD_NUMBER: _builtins.int
+    ELSE_FIELD_NUMBER: _builtins.int
+    condition: _builtins.str
+    """e.g. "$returnCode == 0 && $mode == 'full'"."""
+    @_builtins.property
+    def then(self) -> Global___Block: ...
+    def __init__(
+        self,
+        *,
+        condition: _builtins.str = ...,
+        then: Global___Block | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["else", b"else", "then", b"then"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["condition", b"condition", "else", b"else", "then", b"then"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IfElse: _TypeAlias = IfElse  # noqa: Y015
+
+@_typing.final
+class Lock(_message.Message):
+    """Runs the block holding a Lock object: exclusively, or a count of its limit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOCK_PATH_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    BLOCK_FIELD_NUMBER: _builtins.int
+    lock_path: _builtins.str
+    count: _builtins.int
+    """0: exclusive (the whole limit)."""
+    @_builtins.property
+    def block(self) -> Global___Block: ...
+    def __init__(
+        self,
+        *,
+        lock_path: _builtins.str = ...,
+        count: _builtins.int = ...,
+        block: Global___Block | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["block", b"block"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block", b"block", "count", b"count", "lock_path", b"lock_path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Lock: _TypeAlias = Lock  # noqa: Y015
+
+@_typing.final
+class Prompt(_message.Message):
+    """The order waits in state PROMPTING until a user answers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUESTION_FIELD_NUMBER: _builtins.int
+    question: _builtins.str
+    def __init__(
+        self,
+        *,
+        question: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["question", b"question"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Prompt: _TypeAlias = Prompt  # noqa: Y015
+
+@_typing.final
+class Sleep(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DURATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def duration(self) -> _duration_pb2.Duration: ...
+    def __init__(
+        self,
+        *,
+        duration: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Sleep: _TypeAlias = Sleep  # noqa: Y015
+
+@_typing.final
+class Cycle(_message.Message):
+    """Repeats the block on a schedule inside a time window."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TICKING_FIELD_NUMBER: _builtins.int
+    CONTINUOUS_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    BLOCK_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    """At most this many cycles; 0: no limit (then a window is required)."""
+    @_builtins.property
+    def ticking(self) -> _duration_pb2.Duration:
+        """A new cycle every interval, counted from the cycle's start."""
+
+    @_builtins.property
+    def continuous(self) -> _duration_pb2.Duration:
+        """A new cycle a pause after the previous one ended."""
+
+    @_builtins.property
+    def window(self) -> _duration_pb2.Duration:
+        """How long after the first cycle's start new cycles may begin; absent: no limit."""
+
+    @_builtins.property
+    def block(self) -> Global___Block: ...
+    def __init__(
+        self,
+        *,
+        ticking: _duration_pb2.Duration | None = ...,
+        continuous: _duration_pb2.Duration | None = ...,
+        window: _duration_pb2.Duration | None = ...,
+        limit: _builtins.int = ...,
+        block: Global___Block | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["block", b"block", "continuous", b"continuous", "scheme", b"scheme", "ticking", b"ticking", "window", b"window"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block", b"block", "continuous", b"continuous", "limit", b"limit", "scheme", b"scheme", "ticking", b"ticking", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_scheme: _TypeAlias = _typing.Literal["ticking", "continuous"]  # noqa: Y015
+    _WhichOneofArgType_scheme: _TypeAlias = _typing.Literal["scheme", b"scheme"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_scheme) -> _WhichOneofReturnType_scheme | None: ...
+
+Global___Cycle: _TypeAlias = Cycle  # noqa: Y015
+
+@_typing.final
+class Break(_message.Message):
+    """Ends the innermost Cycle: the order continues after it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Break: _TypeAlias = Break  # noqa: Y015
+
+@_typing.final
+class AddOrder(_message.Message):
+    """Adds an order of another workflow."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ArgumentsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    WORKFLOW_PATH_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_FIELD_NUMBER: _builtins.int
+    ID_SUFFIX_FIELD_NUMBER: _builtins.int
+    workflow_path: _builtins.str
+    id_suffix: _builtins.str
+    """Suffix of the new order's id (PARENT|suffix); default: the instruction's position."""
+    @_builtins.property
+    def arguments(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Expressions over this order's variables."""
+
+    def __init__(
+        self,
+        *,
+        workflow_path: _builtins.str = ...,
+        arguments: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        id_suffix: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "id_suffix", b"id_suffix", "workflow_path", b"workflow_path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddOrder: _TypeAlias = AddOrder  # noqa: Y015
 
 @_typing.final
 class Block(_message.Message):

@@ -55,6 +55,16 @@ class InventoryServiceStub:
                 request_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.RemoveObjectRequest.SerializeToString,
                 response_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.RemoveObjectResponse.FromString,
                 _registered_method=True)
+        self.MoveObject = channel.unary_unary(
+                '/ostinato.joc.v1.InventoryService/MoveObject',
+                request_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.MoveObjectRequest.SerializeToString,
+                response_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.MoveObjectResponse.FromString,
+                _registered_method=True)
+        self.ValidateObjects = channel.unary_unary(
+                '/ostinato.joc.v1.InventoryService/ValidateObjects',
+                request_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.ValidateObjectsRequest.SerializeToString,
+                response_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.ValidateObjectsResponse.FromString,
+                _registered_method=True)
 
 
 class InventoryServiceServicer:
@@ -81,7 +91,23 @@ class InventoryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RemoveObject(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Removes an object, or with recursive a folder with everything below it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MoveObject(self, request, context):
+        """Renames or moves an object, or a folder with everything below it. References to the moved
+        objects in other drafts follow them. ALREADY_EXISTS when the new path is taken.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ValidateObjects(self, request, context):
+        """Checks drafts with their references resolved against the inventory; no problems: valid.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -108,6 +134,16 @@ def add_InventoryServiceServicer_to_server(servicer, server):
                     servicer.RemoveObject,
                     request_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.RemoveObjectRequest.FromString,
                     response_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.RemoveObjectResponse.SerializeToString,
+            ),
+            'MoveObject': grpc.unary_unary_rpc_method_handler(
+                    servicer.MoveObject,
+                    request_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.MoveObjectRequest.FromString,
+                    response_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.MoveObjectResponse.SerializeToString,
+            ),
+            'ValidateObjects': grpc.unary_unary_rpc_method_handler(
+                    servicer.ValidateObjects,
+                    request_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.ValidateObjectsRequest.FromString,
+                    response_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.ValidateObjectsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -229,9 +265,64 @@ class InventoryService:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def MoveObject(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ostinato.joc.v1.InventoryService/MoveObject',
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.MoveObjectRequest.SerializeToString,
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.MoveObjectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ValidateObjects(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ostinato.joc.v1.InventoryService/ValidateObjects',
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.ValidateObjectsRequest.SerializeToString,
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.ValidateObjectsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class DeploymentServiceStub:
-    """Deployment of inventory objects to controllers, and its history.
+    """Deployment of inventory objects to controllers, and its history; release of calendars and
+    schedules.
     """
 
     def __init__(self, channel):
@@ -250,14 +341,40 @@ class DeploymentServiceStub:
                 request_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.ListDeploymentsRequest.SerializeToString,
                 response_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.ListDeploymentsResponse.FromString,
                 _registered_method=True)
+        self.Redeploy = channel.unary_unary(
+                '/ostinato.joc.v1.DeploymentService/Redeploy',
+                request_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.RedeployRequest.SerializeToString,
+                response_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.RedeployResponse.FromString,
+                _registered_method=True)
+        self.Release = channel.unary_unary(
+                '/ostinato.joc.v1.DeploymentService/Release',
+                request_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.ReleaseRequest.SerializeToString,
+                response_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.ReleaseResponse.FromString,
+                _registered_method=True)
+        self.ExportForSigning = channel.unary_unary(
+                '/ostinato.joc.v1.DeploymentService/ExportForSigning',
+                request_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.ExportForSigningRequest.SerializeToString,
+                response_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.ExportForSigningResponse.FromString,
+                _registered_method=True)
+        self.ImportSigned = channel.unary_unary(
+                '/ostinato.joc.v1.DeploymentService/ImportSigned',
+                request_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.ImportSignedRequest.SerializeToString,
+                response_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.ImportSignedResponse.FromString,
+                _registered_method=True)
 
 
 class DeploymentServiceServicer:
-    """Deployment of inventory objects to controllers, and its history.
+    """Deployment of inventory objects to controllers, and its history; release of calendars and
+    schedules.
     """
 
     def Deploy(self, request, context):
-        """Deploys objects or whole folders (recursively) to controllers.
+        """Deploys objects or whole folders (recursively) to controllers. Deployment is asynchronous:
+        each object and controller gets a history row, "not deployed" and pending until the
+        controller confirms; JOC keeps delivering pending rows (also after a restart) until each is
+        deployed or rejected. The response shows the rows after the first delivery attempt (at most
+        a few seconds), or at once with no_wait. A controller's rejection of an object (e.g. an
+        unknown agent, a bad signature) is the caller's error, with the controller's status code.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -265,6 +382,36 @@ class DeploymentServiceServicer:
 
     def ListDeployments(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Redeploy(self, request, context):
+        """Deploys again to each controller the versions last deployed to it, for the objects below a
+        folder (e.g. after the controller's journal was renewed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Release(self, request, context):
+        """Releases calendars and schedules (the objects or the folders given) for the daily plan.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportForSigning(self, request, context):
+        """Security level high: the exact JSON of each object to sign outside JOC, each with a new
+        version id inside.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportSigned(self, request, context):
+        """Deploys items signed outside JOC (see ExportForSigning), like Deploy.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -282,6 +429,26 @@ def add_DeploymentServiceServicer_to_server(servicer, server):
                     request_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.ListDeploymentsRequest.FromString,
                     response_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.ListDeploymentsResponse.SerializeToString,
             ),
+            'Redeploy': grpc.unary_unary_rpc_method_handler(
+                    servicer.Redeploy,
+                    request_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.RedeployRequest.FromString,
+                    response_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.RedeployResponse.SerializeToString,
+            ),
+            'Release': grpc.unary_unary_rpc_method_handler(
+                    servicer.Release,
+                    request_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.ReleaseRequest.FromString,
+                    response_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.ReleaseResponse.SerializeToString,
+            ),
+            'ExportForSigning': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportForSigning,
+                    request_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.ExportForSigningRequest.FromString,
+                    response_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.ExportForSigningResponse.SerializeToString,
+            ),
+            'ImportSigned': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportSigned,
+                    request_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.ImportSignedRequest.FromString,
+                    response_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.ImportSignedResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'ostinato.joc.v1.DeploymentService', rpc_method_handlers)
@@ -291,7 +458,8 @@ def add_DeploymentServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class DeploymentService:
-    """Deployment of inventory objects to controllers, and its history.
+    """Deployment of inventory objects to controllers, and its history; release of calendars and
+    schedules.
     """
 
     @staticmethod
@@ -338,6 +506,487 @@ class DeploymentService:
             '/ostinato.joc.v1.DeploymentService/ListDeployments',
             ostinato_dot_joc_dot_v1_dot_joc__pb2.ListDeploymentsRequest.SerializeToString,
             ostinato_dot_joc_dot_v1_dot_joc__pb2.ListDeploymentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Redeploy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ostinato.joc.v1.DeploymentService/Redeploy',
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.RedeployRequest.SerializeToString,
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.RedeployResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Release(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ostinato.joc.v1.DeploymentService/Release',
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.ReleaseRequest.SerializeToString,
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.ReleaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportForSigning(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ostinato.joc.v1.DeploymentService/ExportForSigning',
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.ExportForSigningRequest.SerializeToString,
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.ExportForSigningResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportSigned(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ostinato.joc.v1.DeploymentService/ImportSigned',
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.ImportSignedRequest.SerializeToString,
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.ImportSignedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class AuditServiceStub:
+    """Who did what, when and why: every request that changes something.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ListAuditEntries = channel.unary_unary(
+                '/ostinato.joc.v1.AuditService/ListAuditEntries',
+                request_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.ListAuditEntriesRequest.SerializeToString,
+                response_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.ListAuditEntriesResponse.FromString,
+                _registered_method=True)
+
+
+class AuditServiceServicer:
+    """Who did what, when and why: every request that changes something.
+    """
+
+    def ListAuditEntries(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AuditServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ListAuditEntries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEntries,
+                    request_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.ListAuditEntriesRequest.FromString,
+                    response_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.ListAuditEntriesResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'ostinato.joc.v1.AuditService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('ostinato.joc.v1.AuditService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class AuditService:
+    """Who did what, when and why: every request that changes something.
+    """
+
+    @staticmethod
+    def ListAuditEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ostinato.joc.v1.AuditService/ListAuditEntries',
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.ListAuditEntriesRequest.SerializeToString,
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.ListAuditEntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class AccountServiceStub:
+    """Accounts, their roles, tokens and signing keys. Callers authenticate with the metadata
+    "authorization: Bearer TOKEN".
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.PutAccount = channel.unary_unary(
+                '/ostinato.joc.v1.AccountService/PutAccount',
+                request_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.PutAccountRequest.SerializeToString,
+                response_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.PutAccountResponse.FromString,
+                _registered_method=True)
+        self.ListAccounts = channel.unary_unary(
+                '/ostinato.joc.v1.AccountService/ListAccounts',
+                request_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.ListAccountsRequest.SerializeToString,
+                response_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.ListAccountsResponse.FromString,
+                _registered_method=True)
+        self.RemoveAccount = channel.unary_unary(
+                '/ostinato.joc.v1.AccountService/RemoveAccount',
+                request_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.RemoveAccountRequest.SerializeToString,
+                response_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.RemoveAccountResponse.FromString,
+                _registered_method=True)
+        self.CreateToken = channel.unary_unary(
+                '/ostinato.joc.v1.AccountService/CreateToken',
+                request_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.CreateTokenRequest.SerializeToString,
+                response_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.CreateTokenResponse.FromString,
+                _registered_method=True)
+        self.SetSigningKey = channel.unary_unary(
+                '/ostinato.joc.v1.AccountService/SetSigningKey',
+                request_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.SetSigningKeyRequest.SerializeToString,
+                response_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.SetSigningKeyResponse.FromString,
+                _registered_method=True)
+        self.GetCaller = channel.unary_unary(
+                '/ostinato.joc.v1.AccountService/GetCaller',
+                request_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.GetCallerRequest.SerializeToString,
+                response_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.GetCallerResponse.FromString,
+                _registered_method=True)
+
+
+class AccountServiceServicer:
+    """Accounts, their roles, tokens and signing keys. Callers authenticate with the metadata
+    "authorization: Bearer TOKEN".
+    """
+
+    def PutAccount(self, request, context):
+        """Creates an account or changes its roles.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAccounts(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveAccount(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateToken(self, request, context):
+        """A new token for an account; JOC keeps only its hash, so it is shown this once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetSigningKey(self, request, context):
+        """Sets the key and certificate an account signs with (security level medium; low: the root
+        account's). Refused at security level high, where JOC holds no private key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCaller(self, request, context):
+        """The caller's account and JOC's settings.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AccountServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'PutAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutAccount,
+                    request_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.PutAccountRequest.FromString,
+                    response_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.PutAccountResponse.SerializeToString,
+            ),
+            'ListAccounts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAccounts,
+                    request_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.ListAccountsRequest.FromString,
+                    response_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.ListAccountsResponse.SerializeToString,
+            ),
+            'RemoveAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveAccount,
+                    request_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.RemoveAccountRequest.FromString,
+                    response_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.RemoveAccountResponse.SerializeToString,
+            ),
+            'CreateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateToken,
+                    request_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.CreateTokenRequest.FromString,
+                    response_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.CreateTokenResponse.SerializeToString,
+            ),
+            'SetSigningKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetSigningKey,
+                    request_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.SetSigningKeyRequest.FromString,
+                    response_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.SetSigningKeyResponse.SerializeToString,
+            ),
+            'GetCaller': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCaller,
+                    request_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.GetCallerRequest.FromString,
+                    response_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.GetCallerResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'ostinato.joc.v1.AccountService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('ostinato.joc.v1.AccountService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class AccountService:
+    """Accounts, their roles, tokens and signing keys. Callers authenticate with the metadata
+    "authorization: Bearer TOKEN".
+    """
+
+    @staticmethod
+    def PutAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ostinato.joc.v1.AccountService/PutAccount',
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.PutAccountRequest.SerializeToString,
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.PutAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAccounts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ostinato.joc.v1.AccountService/ListAccounts',
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.ListAccountsRequest.SerializeToString,
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.ListAccountsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ostinato.joc.v1.AccountService/RemoveAccount',
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.RemoveAccountRequest.SerializeToString,
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.RemoveAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ostinato.joc.v1.AccountService/CreateToken',
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.CreateTokenRequest.SerializeToString,
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.CreateTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetSigningKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ostinato.joc.v1.AccountService/SetSigningKey',
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.SetSigningKeyRequest.SerializeToString,
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.SetSigningKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCaller(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ostinato.joc.v1.AccountService/GetCaller',
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.GetCallerRequest.SerializeToString,
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.GetCallerResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,6 +38,13 @@ class InventoryServiceStub:
     GetObject: _grpc.UnaryUnaryMultiCallable[_joc_pb2.GetObjectRequest, _joc_pb2.GetObjectResponse]
     ListObjects: _grpc.UnaryUnaryMultiCallable[_joc_pb2.ListObjectsRequest, _joc_pb2.ListObjectsResponse]
     RemoveObject: _grpc.UnaryUnaryMultiCallable[_joc_pb2.RemoveObjectRequest, _joc_pb2.RemoveObjectResponse]
+    """Removes an object, or with recursive a folder with everything below it."""
+    MoveObject: _grpc.UnaryUnaryMultiCallable[_joc_pb2.MoveObjectRequest, _joc_pb2.MoveObjectResponse]
+    """Renames or moves an object, or a folder with everything below it. References to the moved
+    objects in other drafts follow them. ALREADY_EXISTS when the new path is taken.
+    """
+    ValidateObjects: _grpc.UnaryUnaryMultiCallable[_joc_pb2.ValidateObjectsRequest, _joc_pb2.ValidateObjectsResponse]
+    """Checks drafts with their references resolved against the inventory; no problems: valid."""
 
 @_typing.type_check_only
 class InventoryServiceAsyncStub(InventoryServiceStub):
@@ -49,6 +56,13 @@ class InventoryServiceAsyncStub(InventoryServiceStub):
     GetObject: _aio.UnaryUnaryMultiCallable[_joc_pb2.GetObjectRequest, _joc_pb2.GetObjectResponse]  # type: ignore[assignment]
     ListObjects: _aio.UnaryUnaryMultiCallable[_joc_pb2.ListObjectsRequest, _joc_pb2.ListObjectsResponse]  # type: ignore[assignment]
     RemoveObject: _aio.UnaryUnaryMultiCallable[_joc_pb2.RemoveObjectRequest, _joc_pb2.RemoveObjectResponse]  # type: ignore[assignment]
+    """Removes an object, or with recursive a folder with everything below it."""
+    MoveObject: _aio.UnaryUnaryMultiCallable[_joc_pb2.MoveObjectRequest, _joc_pb2.MoveObjectResponse]  # type: ignore[assignment]
+    """Renames or moves an object, or a folder with everything below it. References to the moved
+    objects in other drafts follow them. ALREADY_EXISTS when the new path is taken.
+    """
+    ValidateObjects: _aio.UnaryUnaryMultiCallable[_joc_pb2.ValidateObjectsRequest, _joc_pb2.ValidateObjectsResponse]  # type: ignore[assignment]
+    """Checks drafts with their references resolved against the inventory; no problems: valid."""
 
 class InventoryServiceServicer(metaclass=_abc_1.ABCMeta):
     """The inventory: objects in folders, each with its draft JSON."""
@@ -80,32 +94,93 @@ class InventoryServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _joc_pb2.RemoveObjectRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_joc_pb2.RemoveObjectResponse, _abc.Awaitable[_joc_pb2.RemoveObjectResponse]]: ...
+    ) -> _typing.Union[_joc_pb2.RemoveObjectResponse, _abc.Awaitable[_joc_pb2.RemoveObjectResponse]]:
+        """Removes an object, or with recursive a folder with everything below it."""
+
+    @_abc_1.abstractmethod
+    def MoveObject(
+        self,
+        request: _joc_pb2.MoveObjectRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_joc_pb2.MoveObjectResponse, _abc.Awaitable[_joc_pb2.MoveObjectResponse]]:
+        """Renames or moves an object, or a folder with everything below it. References to the moved
+        objects in other drafts follow them. ALREADY_EXISTS when the new path is taken.
+        """
+
+    @_abc_1.abstractmethod
+    def ValidateObjects(
+        self,
+        request: _joc_pb2.ValidateObjectsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_joc_pb2.ValidateObjectsResponse, _abc.Awaitable[_joc_pb2.ValidateObjectsResponse]]:
+        """Checks drafts with their references resolved against the inventory; no problems: valid."""
 
 def add_InventoryServiceServicer_to_server(servicer: InventoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class DeploymentServiceStub:
-    """Deployment of inventory objects to controllers, and its history."""
+    """Deployment of inventory objects to controllers, and its history; release of calendars and
+    schedules.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> DeploymentServiceAsyncStub: ...
     Deploy: _grpc.UnaryUnaryMultiCallable[_joc_pb2.DeployRequest, _joc_pb2.DeployResponse]
-    """Deploys objects or whole folders (recursively) to controllers."""
+    """Deploys objects or whole folders (recursively) to controllers. Deployment is asynchronous:
+    each object and controller gets a history row, "not deployed" and pending until the
+    controller confirms; JOC keeps delivering pending rows (also after a restart) until each is
+    deployed or rejected. The response shows the rows after the first delivery attempt (at most
+    a few seconds), or at once with no_wait. A controller's rejection of an object (e.g. an
+    unknown agent, a bad signature) is the caller's error, with the controller's status code.
+    """
     ListDeployments: _grpc.UnaryUnaryMultiCallable[_joc_pb2.ListDeploymentsRequest, _joc_pb2.ListDeploymentsResponse]
+    Redeploy: _grpc.UnaryUnaryMultiCallable[_joc_pb2.RedeployRequest, _joc_pb2.RedeployResponse]
+    """Deploys again to each controller the versions last deployed to it, for the objects below a
+    folder (e.g. after the controller's journal was renewed).
+    """
+    Release: _grpc.UnaryUnaryMultiCallable[_joc_pb2.ReleaseRequest, _joc_pb2.ReleaseResponse]
+    """Releases calendars and schedules (the objects or the folders given) for the daily plan."""
+    ExportForSigning: _grpc.UnaryUnaryMultiCallable[_joc_pb2.ExportForSigningRequest, _joc_pb2.ExportForSigningResponse]
+    """Security level high: the exact JSON of each object to sign outside JOC, each with a new
+    version id inside.
+    """
+    ImportSigned: _grpc.UnaryUnaryMultiCallable[_joc_pb2.ImportSignedRequest, _joc_pb2.ImportSignedResponse]
+    """Deploys items signed outside JOC (see ExportForSigning), like Deploy."""
 
 @_typing.type_check_only
 class DeploymentServiceAsyncStub(DeploymentServiceStub):
-    """Deployment of inventory objects to controllers, and its history."""
+    """Deployment of inventory objects to controllers, and its history; release of calendars and
+    schedules.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Deploy: _aio.UnaryUnaryMultiCallable[_joc_pb2.DeployRequest, _joc_pb2.DeployResponse]  # type: ignore[assignment]
-    """Deploys objects or whole folders (recursively) to controllers."""
+    """Deploys objects or whole folders (recursively) to controllers. Deployment is asynchronous:
+    each object and controller gets a history row, "not deployed" and pending until the
+    controller confirms; JOC keeps delivering pending rows (also after a restart) until each is
+    deployed or rejected. The response shows the rows after the first delivery attempt (at most
+    a few seconds), or at once with no_wait. A controller's rejection of an object (e.g. an
+    unknown agent, a bad signature) is the caller's error, with the controller's status code.
+    """
     ListDeployments: _aio.UnaryUnaryMultiCallable[_joc_pb2.ListDeploymentsRequest, _joc_pb2.ListDeploymentsResponse]  # type: ignore[assignment]
+    Redeploy: _aio.UnaryUnaryMultiCallable[_joc_pb2.RedeployRequest, _joc_pb2.RedeployResponse]  # type: ignore[assignment]
+    """Deploys again to each controller the versions last deployed to it, for the objects below a
+    folder (e.g. after the controller's journal was renewed).
+    """
+    Release: _aio.UnaryUnaryMultiCallable[_joc_pb2.ReleaseRequest, _joc_pb2.ReleaseResponse]  # type: ignore[assignment]
+    """Releases calendars and schedules (the objects or the folders given) for the daily plan."""
+    ExportForSigning: _aio.UnaryUnaryMultiCallable[_joc_pb2.ExportForSigningRequest, _joc_pb2.ExportForSigningResponse]  # type: ignore[assignment]
+    """Security level high: the exact JSON of each object to sign outside JOC, each with a new
+    version id inside.
+    """
+    ImportSigned: _aio.UnaryUnaryMultiCallable[_joc_pb2.ImportSignedRequest, _joc_pb2.ImportSignedResponse]  # type: ignore[assignment]
+    """Deploys items signed outside JOC (see ExportForSigning), like Deploy."""
 
 class DeploymentServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Deployment of inventory objects to controllers, and its history."""
+    """Deployment of inventory objects to controllers, and its history; release of calendars and
+    schedules.
+    """
 
     @_abc_1.abstractmethod
     def Deploy(
@@ -113,7 +188,13 @@ class DeploymentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _joc_pb2.DeployRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_joc_pb2.DeployResponse, _abc.Awaitable[_joc_pb2.DeployResponse]]:
-        """Deploys objects or whole folders (recursively) to controllers."""
+        """Deploys objects or whole folders (recursively) to controllers. Deployment is asynchronous:
+        each object and controller gets a history row, "not deployed" and pending until the
+        controller confirms; JOC keeps delivering pending rows (also after a restart) until each is
+        deployed or rejected. The response shows the rows after the first delivery attempt (at most
+        a few seconds), or at once with no_wait. A controller's rejection of an object (e.g. an
+        unknown agent, a bad signature) is the caller's error, with the controller's status code.
+        """
 
     @_abc_1.abstractmethod
     def ListDeployments(
@@ -122,7 +203,168 @@ class DeploymentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_joc_pb2.ListDeploymentsResponse, _abc.Awaitable[_joc_pb2.ListDeploymentsResponse]]: ...
 
+    @_abc_1.abstractmethod
+    def Redeploy(
+        self,
+        request: _joc_pb2.RedeployRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_joc_pb2.RedeployResponse, _abc.Awaitable[_joc_pb2.RedeployResponse]]:
+        """Deploys again to each controller the versions last deployed to it, for the objects below a
+        folder (e.g. after the controller's journal was renewed).
+        """
+
+    @_abc_1.abstractmethod
+    def Release(
+        self,
+        request: _joc_pb2.ReleaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_joc_pb2.ReleaseResponse, _abc.Awaitable[_joc_pb2.ReleaseResponse]]:
+        """Releases calendars and schedules (the objects or the folders given) for the daily plan."""
+
+    @_abc_1.abstractmethod
+    def ExportForSigning(
+        self,
+        request: _joc_pb2.ExportForSigningRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_joc_pb2.ExportForSigningResponse, _abc.Awaitable[_joc_pb2.ExportForSigningResponse]]:
+        """Security level high: the exact JSON of each object to sign outside JOC, each with a new
+        version id inside.
+        """
+
+    @_abc_1.abstractmethod
+    def ImportSigned(
+        self,
+        request: _joc_pb2.ImportSignedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_joc_pb2.ImportSignedResponse, _abc.Awaitable[_joc_pb2.ImportSignedResponse]]:
+        """Deploys items signed outside JOC (see ExportForSigning), like Deploy."""
+
 def add_DeploymentServiceServicer_to_server(servicer: DeploymentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class AuditServiceStub:
+    """Who did what, when and why: every request that changes something."""
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> AuditServiceAsyncStub: ...
+    ListAuditEntries: _grpc.UnaryUnaryMultiCallable[_joc_pb2.ListAuditEntriesRequest, _joc_pb2.ListAuditEntriesResponse]
+
+@_typing.type_check_only
+class AuditServiceAsyncStub(AuditServiceStub):
+    """Who did what, when and why: every request that changes something."""
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    ListAuditEntries: _aio.UnaryUnaryMultiCallable[_joc_pb2.ListAuditEntriesRequest, _joc_pb2.ListAuditEntriesResponse]  # type: ignore[assignment]
+
+class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Who did what, when and why: every request that changes something."""
+
+    @_abc_1.abstractmethod
+    def ListAuditEntries(
+        self,
+        request: _joc_pb2.ListAuditEntriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_joc_pb2.ListAuditEntriesResponse, _abc.Awaitable[_joc_pb2.ListAuditEntriesResponse]]: ...
+
+def add_AuditServiceServicer_to_server(servicer: AuditServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class AccountServiceStub:
+    """Accounts, their roles, tokens and signing keys. Callers authenticate with the metadata
+    "authorization: Bearer TOKEN".
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> AccountServiceAsyncStub: ...
+    PutAccount: _grpc.UnaryUnaryMultiCallable[_joc_pb2.PutAccountRequest, _joc_pb2.PutAccountResponse]
+    """Creates an account or changes its roles."""
+    ListAccounts: _grpc.UnaryUnaryMultiCallable[_joc_pb2.ListAccountsRequest, _joc_pb2.ListAccountsResponse]
+    RemoveAccount: _grpc.UnaryUnaryMultiCallable[_joc_pb2.RemoveAccountRequest, _joc_pb2.RemoveAccountResponse]
+    CreateToken: _grpc.UnaryUnaryMultiCallable[_joc_pb2.CreateTokenRequest, _joc_pb2.CreateTokenResponse]
+    """A new token for an account; JOC keeps only its hash, so it is shown this once."""
+    SetSigningKey: _grpc.UnaryUnaryMultiCallable[_joc_pb2.SetSigningKeyRequest, _joc_pb2.SetSigningKeyResponse]
+    """Sets the key and certificate an account signs with (security level medium; low: the root
+    account's). Refused at security level high, where JOC holds no private key.
+    """
+    GetCaller: _grpc.UnaryUnaryMultiCallable[_joc_pb2.GetCallerRequest, _joc_pb2.GetCallerResponse]
+    """The caller's account and JOC's settings."""
+
+@_typing.type_check_only
+class AccountServiceAsyncStub(AccountServiceStub):
+    """Accounts, their roles, tokens and signing keys. Callers authenticate with the metadata
+    "authorization: Bearer TOKEN".
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    PutAccount: _aio.UnaryUnaryMultiCallable[_joc_pb2.PutAccountRequest, _joc_pb2.PutAccountResponse]  # type: ignore[assignment]
+    """Creates an account or changes its roles."""
+    ListAccounts: _aio.UnaryUnaryMultiCallable[_joc_pb2.ListAccountsRequest, _joc_pb2.ListAccountsResponse]  # type: ignore[assignment]
+    RemoveAccount: _aio.UnaryUnaryMultiCallable[_joc_pb2.RemoveAccountRequest, _joc_pb2.RemoveAccountResponse]  # type: ignore[assignment]
+    CreateToken: _aio.UnaryUnaryMultiCallable[_joc_pb2.CreateTokenRequest, _joc_pb2.CreateTokenResponse]  # type: ignore[assignment]
+    """A new token for an account; JOC keeps only its hash, so it is shown this once."""
+    SetSigningKey: _aio.UnaryUnaryMultiCallable[_joc_pb2.SetSigningKeyRequest, _joc_pb2.SetSigningKeyResponse]  # type: ignore[assignment]
+    """Sets the key and certificate an account signs with (security level medium; low: the root
+    account's). Refused at security level high, where JOC holds no private key.
+    """
+    GetCaller: _aio.UnaryUnaryMultiCallable[_joc_pb2.GetCallerRequest, _joc_pb2.GetCallerResponse]  # type: ignore[assignment]
+    """The caller's account and JOC's settings."""
+
+class AccountServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Accounts, their roles, tokens and signing keys. Callers authenticate with the metadata
+    "authorization: Bearer TOKEN".
+    """
+
+    @_abc_1.abstractmethod
+    def PutAccount(
+        self,
+        request: _joc_pb2.PutAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_joc_pb2.PutAccountResponse, _abc.Awaitable[_joc_pb2.PutAccountResponse]]:
+        """Creates an account or changes its roles."""
+
+    @_abc_1.abstractmethod
+    def ListAccounts(
+        self,
+        request: _joc_pb2.ListAccountsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_joc_pb2.ListAccountsResponse, _abc.Awaitable[_joc_pb2.ListAccountsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RemoveAccount(
+        self,
+        request: _joc_pb2.RemoveAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_joc_pb2.RemoveAccountResponse, _abc.Awaitable[_joc_pb2.RemoveAccountResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateToken(
+        self,
+        request: _joc_pb2.CreateTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_joc_pb2.CreateTokenResponse, _abc.Awaitable[_joc_pb2.CreateTokenResponse]]:
+        """A new token for an account; JOC keeps only its hash, so it is shown this once."""
+
+    @_abc_1.abstractmethod
+    def SetSigningKey(
+        self,
+        request: _joc_pb2.SetSigningKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_joc_pb2.SetSigningKeyResponse, _abc.Awaitable[_joc_pb2.SetSigningKeyResponse]]:
+        """Sets the key and certificate an account signs with (security level medium; low: the root
+        account's). Refused at security level high, where JOC holds no private key.
+        """
+
+    @_abc_1.abstractmethod
+    def GetCaller(
+        self,
+        request: _joc_pb2.GetCallerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_joc_pb2.GetCallerResponse, _abc.Awaitable[_joc_pb2.GetCallerResponse]]:
+        """The caller's account and JOC's settings."""
+
+def add_AccountServiceServicer_to_server(servicer: AccountServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class OrderServiceStub:
     """Orders: submission, state, history and logs, as JOC has learnt them from controller events."""

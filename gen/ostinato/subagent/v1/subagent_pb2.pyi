@@ -399,11 +399,32 @@ Global___ProcessOutput: _TypeAlias = ProcessOutput  # noqa: Y015
 class ProcessExited(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class ReturnedValuesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     PROCESS_KEY_FIELD_NUMBER: _builtins.int
     RETURN_CODE_FIELD_NUMBER: _builtins.int
     SIGNAL_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     TIMED_OUT_FIELD_NUMBER: _builtins.int
+    RETURNED_VALUES_FIELD_NUMBER: _builtins.int
     process_key: _builtins.str
     return_code: _builtins.int
     """Return code when the process exited normally."""
@@ -414,6 +435,12 @@ class ProcessExited(_message.Message):
     director lost).
     """
     timed_out: _builtins.bool
+    @_builtins.property
+    def returned_values(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """key=value lines the job wrote to the file named by $JS7_RETURN_VALUES (and
+        $OSTINATO_RETURN_VALUES): its named return values.
+        """
+
     def __init__(
         self,
         *,
@@ -422,10 +449,11 @@ class ProcessExited(_message.Message):
         signal: _builtins.int = ...,
         message: _builtins.str = ...,
         timed_out: _builtins.bool = ...,
+        returned_values: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "process_key", b"process_key", "return_code", b"return_code", "signal", b"signal", "timed_out", b"timed_out"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "process_key", b"process_key", "return_code", b"return_code", "returned_values", b"returned_values", "signal", b"signal", "timed_out", b"timed_out"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
