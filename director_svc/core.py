@@ -316,7 +316,14 @@ class DirectorCore:
         name, job = model.job_of(workflow, instruction.execute)
         run = ExecuteJob(name, job, instruction.execute)
         # Checked before the job started (step_order), and the order's variables have not changed.
-        env = job_environment(order, workflow, run)
+        env = {
+            "OSTINATO_ORDER_ID": order.id,
+            "JS7_ORDER_ID": order.id,  # what JS7 jobs read
+            "OSTINATO_WORKFLOW_PATH": order.workflow_path,
+            "OSTINATO_JOB_NAME": name,
+            "OSTINATO_POSITION": positions.text(order.position),
+            **job_environment(order, workflow, run),
+        }
         return ProcessSpec(
             process_key=order.processing.process_key,
             order_id=order.id,

@@ -30,6 +30,7 @@ def response(seq: int, message: Message) -> pb.SessionResponse:
             signal=message.signal,
             message=message.message,
             timed_out=message.timed_out,
+            returned_values=dict(message.returned_values),
         ),
     )
 

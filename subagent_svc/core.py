@@ -44,6 +44,7 @@ class Exited:
     signal: int = 0
     message: str = ""
     timed_out: bool = False
+    returned_values: tuple[tuple[str, str], ...] = ()
 
 
 Message = Started | Output | Exited

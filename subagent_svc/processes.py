@@ -39,11 +39,25 @@ class ProcessSpec:
     job_name: str = ""
 
 
-def record_path(records_dir: Path, process_key: str) -> Path:
+def record_path(records_dir: Path, process_key: str, suffix: str = ".pid") -> Path:
     """A file name for any key: readable prefix, digest for uniqueness."""
     readable = re.sub(r"[^A-Za-z0-9._-]", "_", process_key)[:60]
     digest = hashlib.sha256(process_key.encode()).hexdigest()[:16]
-    return records_dir / f"{readable}-{digest}.pid"
+    return records_dir / f"{readable}-{digest}{suffix}"
+
+
+def read_returned_values(path: Path) -> tuple[tuple[str, str], ...]:
+    """key=value lines a job wrote to its return-values file (JS7's convention); others ignored."""
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ()
+    values = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip():
+            values[key.strip()] = value
+    return tuple(values.items())
 
 
 def _boot_id() -> str:
@@ -112,6 +126,8 @@ class Process:
         self.spec = spec
         self._work_dir = work_dir
         self._record = record_path(records_dir, spec.process_key)
+        # The job names its return values in this file (as JS7 jobs do with $JS7_RETURN_VALUES).
+        self._returns = record_path(work_dir, spec.process_key, ".returns")
         self._emit = emit
         self._wait_for_room = wait_for_room
         self._process: asyncio.subprocess.Process | None = None
@@ -168,7 +184,7 @@ class Process:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 cwd=self._work_dir,
-                env=job_env(spec, trace_parent),
+                env={**job_env(spec, trace_parent), **self._returns_env()},
                 start_new_session=True,
             )
         except OSError as e:
@@ -233,8 +249,14 @@ class Process:
                 signal=signum,
                 message=self._kill_reason,
                 timed_out=self._timed_out,
+                returned_values=read_returned_values(self._returns),
             )
         )
+        self._returns.unlink(missing_ok=True)
+
+    def _returns_env(self) -> dict[str, str]:
+        path = str(self._returns)
+        return {"JS7_RETURN_VALUES": path, "OSTINATO_RETURN_VALUES": path}
 
     async def _pump(self, reader: asyncio.StreamReader, stream: Stream) -> None:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")

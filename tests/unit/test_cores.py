@@ -86,7 +86,7 @@ def test_order_runs_through_both_cores(cores: tuple[ControllerCore, DirectorCore
     assert director.attach_orders([controller.state.orders["o1"]], T0, {"s1"}) == []  # idempotent
 
     spec = director.processes_to_start("s1", director.state.last_event_id)[0]
-    assert spec.env == {"GREETING": "hello"}
+    assert spec.env["GREETING"] == "hello" and spec.env["OSTINATO_ORDER_ID"] == "o1"
     assert spec.process_key == "o1@0#0"
 
     first = director.subagent_messages(
