@@ -57,6 +57,7 @@ class ControllerState(OrderHolder):
         self.current_version: dict[str, str] = {}
         self.agent_observed: dict[str, int] = {}
         self.locks: dict[str, workflow_pb2.LockItem] = {}
+        self.job_resources: dict[str, workflow_pb2.JobResourceItem] = {}
         self.lock_holders: dict[str, dict[str, int]] = {}
         self.lock_queues: dict[str, list[tuple[str, int]]] = {}
 
@@ -67,6 +68,9 @@ class ControllerState(OrderHolder):
             deployed = event.item_deployed
             if deployed.WhichOneof("item") == "lock":
                 self.locks[deployed.lock.path] = deployed.lock
+                return
+            if deployed.WhichOneof("item") == "job_resource":
+                self.job_resources[deployed.job_resource.path] = deployed.job_resource
                 return
             wf = deployed.workflow
             self.signed_items[(wf.path, wf.version_id)] = items_pb2.SignedItem(
@@ -108,6 +112,7 @@ class ControllerCore:
 
     def deploy(self, items: list[items_pb2.SignedItem], now_ms: int) -> list[Event]:
         locks: dict[str, workflow_pb2.LockItem] = {}
+        resources: dict[str, tuple[workflow_pb2.JobResourceItem, items_pb2.SignedItem]] = {}
         workflows: list[tuple[workflow_pb2.Workflow, items_pb2.SignedItem, str]] = []
         for i, item in enumerate(items):
             field = f"items[{i}]"
@@ -115,6 +120,8 @@ class ControllerCore:
                 raise InvalidArgument(f"not an absolute path: {item.path!r}", field=f"{field}.path")
             if item.type == items_pb2.ITEM_TYPE_LOCK:
                 locks[item.path] = _parse_lock(item, field)
+            elif item.type == items_pb2.ITEM_TYPE_JOB_RESOURCE:
+                resources[item.path] = (_parse_job_resource(item, field), item)
             elif item.type == items_pb2.ITEM_TYPE_WORKFLOW:
                 workflows.append((self._check_workflow(item, field), item, field))
             else:
@@ -132,6 +139,12 @@ class ControllerCore:
             known = self.state.locks.get(path)
             if known is None or known.limit != lock.limit:
                 events.append(self.state.emit(now_ms, item_deployed=events_pb2.ItemDeployed(lock=lock)))
+        for path, (resource, item) in resources.items():
+            if self.state.job_resources.get(path) != resource:
+                deployed = events_pb2.ItemDeployed(
+                    job_resource=resource, signed_json=item.json, signature=item.signature
+                )
+                events.append(self.state.emit(now_ms, item_deployed=deployed))
         for workflow, item, _ in workflows:
             if (workflow.path, workflow.version_id) in self.state.workflows:
                 continue  # the same version again: idempotent
@@ -654,6 +667,19 @@ def _parse_lock(item: items_pb2.SignedItem, field: str) -> workflow_pb2.LockItem
     if lock.limit < 1:
         raise InvalidArgument("a lock needs a limit of at least 1", field=f"{field}.json.limit ({item.path})")
     return lock
+
+
+def _parse_job_resource(item: items_pb2.SignedItem, field: str) -> workflow_pb2.JobResourceItem:
+    resource = workflow_pb2.JobResourceItem()
+    try:
+        json_format.Parse(item.json, resource)
+    except json_format.ParseError as e:
+        raise InvalidArgument(str(e).split("\n")[0], field=f"{field}.json ({item.path})") from None
+    resource.path = item.path
+    for kind, values in (("variables", resource.variables), ("env", resource.env)):
+        for k, expr in values.items():
+            expressions.check(expr, f"{field}.json.{kind}.{k} ({item.path})")
+    return resource
 
 
 def prepared_arguments(

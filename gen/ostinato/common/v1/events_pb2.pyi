@@ -233,6 +233,7 @@ class ItemDeployed(_message.Message):
 
     WORKFLOW_FIELD_NUMBER: _builtins.int
     LOCK_FIELD_NUMBER: _builtins.int
+    JOB_RESOURCE_FIELD_NUMBER: _builtins.int
     SIGNED_JSON_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
     signed_json: _builtins.str
@@ -242,20 +243,23 @@ class ItemDeployed(_message.Message):
     @_builtins.property
     def lock(self) -> _workflow_pb2.LockItem: ...
     @_builtins.property
+    def job_resource(self) -> _workflow_pb2.JobResourceItem: ...
+    @_builtins.property
     def signature(self) -> Global___Signature: ...
     def __init__(
         self,
         *,
         workflow: _workflow_pb2.Workflow | None = ...,
         lock: _workflow_pb2.LockItem | None = ...,
+        job_resource: _workflow_pb2.JobResourceItem | None = ...,
         signed_json: _builtins.str = ...,
         signature: Global___Signature | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["item", b"item", "lock", b"lock", "signature", b"signature", "workflow", b"workflow"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["item", b"item", "job_resource", b"job_resource", "lock", b"lock", "signature", b"signature", "workflow", b"workflow"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["item", b"item", "lock", b"lock", "signature", b"signature", "signed_json", b"signed_json", "workflow", b"workflow"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item", b"item", "job_resource", b"job_resource", "lock", b"lock", "signature", b"signature", "signed_json", b"signed_json", "workflow", b"workflow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["workflow", "lock"]  # noqa: Y015
+    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["workflow", "lock", "job_resource"]  # noqa: Y015
     _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
 
