@@ -80,7 +80,10 @@ class ControllerState(OrderHolder):
                 json=deployed.signed_json,
                 signature=deployed.signature,
             )
+            previous = self.current_version.get(wf.path)
             self.current_version[wf.path] = wf.version_id
+            if previous and previous != wf.version_id and (wf.path, previous) not in self.version_users:
+                self.version_unused((wf.path, previous))
         elif kind == "agent_events_observed":
             self.agent_observed[event.agent_events_observed.agent] = event.agent_events_observed.until_id
         elif kind == "order_lock_acquired":
@@ -94,6 +97,12 @@ class ControllerState(OrderHolder):
             self.lock_holders.get(event.order_lock_released.lock_path, {}).pop(event.order_id, None)
         elif kind in ("order_cancelled", "order_deleted"):
             self._unqueue(event.order_id)
+
+    def version_unused(self, key: tuple[str, str]) -> None:
+        # An older version goes once its last order has left; the current one stays.
+        if self.current_version.get(key[0]) != key[1]:
+            self.workflows.pop(key, None)
+            self.signed_items.pop(key, None)
 
     def _unqueue(self, order_id: str) -> None:
         for queue in self.lock_queues.values():

@@ -13,7 +13,7 @@ from controller_svc.agents import AgentDriver
 from controller_svc.core import ControllerCore, ControllerState
 from gen.ostinato.common.v1 import commands_pb2, events_pb2
 from gen.ostinato.controller.v1 import controller_pb2, controller_pb2_grpc
-from ostinato import rpc
+from ostinato import rpc, signing
 from ostinato.journal.node import JournaledNode, NodeConfig, serve_node
 from ostinato.journal.shell import now_ms
 
@@ -25,6 +25,9 @@ class ControllerConfig:
     node: NodeConfig
     controller_id: str = "controller"
     agents: dict[str, str] = field(default_factory=dict)  # name -> director address
+    # Verifies deployed items' signatures (--trust). None: not verified, for tests that build a
+    # config in code only; the command line always gives one (trusting nothing without --trust).
+    trust: signing.Verifier | None = None
 
 
 class Controller(JournaledNode):
@@ -67,6 +70,8 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
         self, request: controller_pb2.DeployItemsRequest, context: grpc.aio.ServicerContext
     ) -> controller_pb2.DeployItemsResponse:
         items = list(request.items)
+        # Signatures first, over the exact JSON bytes: the core parses only verified items.
+        signing.verify_items(self.c.config.trust, items)
         await self.c.shell.command(lambda now: self.c.core.deploy(items, now))
         return controller_pb2.DeployItemsResponse(event_id=self.c.shell.committed_id)
 

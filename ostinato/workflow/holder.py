@@ -20,6 +20,8 @@ class OrderHolder(JournaledState):
         # Id of the last event that touched each order: the shell acts on an order only once
         # that event is committed.
         self.order_event_id: dict[str, int] = {}
+        # Orders per workflow version: a version no order uses any more may be forgotten.
+        self.version_users: dict[tuple[str, str], int] = {}
 
     def apply_to_state(self, event: events_pb2.Event) -> None:
         kind = event.WhichOneof("kind")
@@ -29,13 +31,27 @@ class OrderHolder(JournaledState):
             wf = event.item_deployed.workflow
             self.workflows[(wf.path, wf.version_id)] = wf
         elif kind in self.leaving_kinds:
-            self.orders.pop(event.order_id, None)
+            order = self.orders.pop(event.order_id, None)
             self.order_event_id.pop(event.order_id, None)
+            if order is not None:
+                key = (order.workflow_path, order.workflow_version_id)
+                self.version_users[key] -= 1
+                if not self.version_users[key]:
+                    del self.version_users[key]
+                    self.version_unused(key)
         elif kind is not None and kind.startswith("order_"):
+            known = event.order_id in self.orders
             order = apply_order_event(self.orders.get(event.order_id), event)
             assert order is not None
             self.orders[event.order_id] = order
             self.order_event_id[event.order_id] = event.id
+            if not known:
+                key = (order.workflow_path, order.workflow_version_id)
+                self.version_users[key] = self.version_users.get(key, 0) + 1
+
+    def version_unused(self, key: tuple[str, str]) -> None:
+        """The last order of a workflow version left. Kept by default: an agent cannot tell
+        whether the controller will send more orders of it."""
 
     def workflow_of(self, order: order_pb2.Order) -> workflow_pb2.Workflow:
         return self.workflows[(order.workflow_path, order.workflow_version_id)]

@@ -608,8 +608,12 @@ def test_running_orders_keep_their_workflow_version() -> None:
     sim.add("after")
     added = {o: sim.events(o)[0].order_added.order.workflow_version_id for o in ("before", "after")}
     assert added == {"before": v1, "after": v2}
+    assert set(sim.controller.state.workflows) == {("/wf", v1), ("/wf", v2)}  # v1 stays while used
     sim.finish(sim.started[0].process_key, Result())
     assert sim.jobs() == ["before:old", "after:new"]
+    assert set(sim.controller.state.workflows) == {("/wf", v2)}  # its last order gone, v1 goes
+    sim.deploy({"instructions": [ex("newer")], "jobs": {"newer": job()}})
+    assert len(sim.controller.state.workflows) == 1  # an unused version goes at once
 
 
 def test_arguments_are_checked_against_declared_parameters() -> None:
