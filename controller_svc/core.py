@@ -284,9 +284,10 @@ class ControllerCore:
             )
         for path in released:
             events += self._grant(path, now_ms)
-        if order.parent_id:
+        parent = self.state.orders.get(order.parent_id) if order.parent_id else None
+        if parent is not None and parent.state == S.ORDER_STATE_FORKED:
             events += self._join(order.parent_id, now_ms)  # the join deletes the child
-        elif self.state.orders[order.id].state in TERMINAL_STATES:
+        elif self.state.orders[order.id].state in TERMINAL_STATES:  # (also a child whose parent went)
             events.append(emit(now_ms, order.id, order_deleted=events_pb2.OrderDeleted()))
         return events, False
 

@@ -32,6 +32,7 @@ EXPECTED: dict[str, tuple[dict[str, str], int, list[str]]] = {
     "/instructions/sleep": ({}, S.ORDER_STATE_FINISHED, ["before", "after"]),
     "/instructions/cycle": ({}, S.ORDER_STATE_FINISHED, ["tick at 0/cycle+0:0", "tick at 0/cycle+2:0"]),
     "/instructions/add_order": ({}, S.ORDER_STATE_FINISHED, ["added an order of /hello"]),
+    "/instructions/break": ({}, S.ORDER_STATE_FINISHED, ["poll 1", "poll 3", "ready after 3 polls"]),
 }
 
 

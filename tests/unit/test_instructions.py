@@ -691,3 +691,17 @@ def test_replaying_the_journals_rebuilds_the_same_state(codes: list[int]) -> Non
             fresh.apply(copy.deepcopy(event))
         assert fresh.orders == original.orders
         assert fresh.last_event_id == original.last_event_id
+
+
+def test_cancelling_a_forked_order_cancels_its_children_everywhere() -> None:
+    sim = Sim(script=lambda spec: Result(rc=HANG))
+    sim.deploy({"instructions": [{"fork": {"branches": [
+        {"id": "a", "block": {"instructions": [ex("slow")]}},
+        {"id": "b", "block": {"instructions": [ex("slow")]}}]}}],
+        "jobs": {"slow": job()}})  # fmt: skip
+    sim.add("o")
+    assert len(sim.running) == 2
+    assert sim.command("o", cancel=commands_pb2.CancelOrder(kill=True)).error == ""
+    assert sim.running == {}  # both children's jobs were killed
+    assert sim.controller.state.orders == {}  # parent and children are gone
+    assert sim.kinds("o|a")[-2:] == ["order_cancelled", "order_deleted"]
