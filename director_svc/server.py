@@ -14,7 +14,7 @@ from director_svc.core import DirectorCore, DirectorState
 from director_svc.subagents import SubagentDriver
 from gen.ostinato.common.v1 import commands_pb2
 from gen.ostinato.director.v1 import director_pb2, director_pb2_grpc
-from ostinato import rpc
+from ostinato import rpc, signing
 from ostinato.errors import FailedPrecondition
 from ostinato.journal.node import JournaledNode, NodeConfig, serve_node
 from ostinato.journal.shell import now_ms
@@ -27,6 +27,9 @@ class DirectorConfig:
     node: NodeConfig
     agent: str = "agent-1"
     subagents: dict[str, str] = field(default_factory=dict)  # id -> address, in priority order
+    # Verifies attached items' signatures (--trust). None: not verified, for tests that build a
+    # config in code only; the command line always gives one (trusting nothing without --trust).
+    trust: signing.Verifier | None = None
 
 
 class Director(JournaledNode):
@@ -87,6 +90,8 @@ class DirectorServicer(director_pb2_grpc.DirectorServiceServicer):
     ) -> director_pb2.AttachItemsResponse:
         self.d.check_sender(request.sender)
         items = list(request.items)
+        # Signatures first, over the exact JSON bytes: the core parses only verified items.
+        signing.verify_items(self.d.config.trust, items)
         await self.d.shell.command(lambda now: self.d.core.attach_items(items, now))
         return director_pb2.AttachItemsResponse()
 

@@ -1,20 +1,35 @@
-"""python -m joc_svc --listen HOST:PORT --data-dir DIR --controller ID=HOST:PORT ... [--db-url URL]"""
+"""python -m joc_svc --listen HOST:PORT --data-dir DIR --controller ID=HOST:PORT ... [--db-url URL]
+[--security-level low|medium|high] [--signing-key KEY.pem --signing-cert CERT.pem] [--require-auth]"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import joc_svc  # noqa: F401  (sets grpc's process environment first)
 from gen.ostinato.joc.v1 import joc_pb2, joc_pb2_grpc
+from joc_svc import auth
 from joc_svc.controllers import ControllerLink, parse_controller_arg
+from joc_svc.deployer import Deployer
 from joc_svc.events import Hub, Ingestion
-from joc_svc.servicers import DeploymentServicer, InventoryServicer, Joc, OrderServicer
+from joc_svc.servicers import (
+    LEVELS,
+    AccountServicer,
+    AuditServicer,
+    DeploymentServicer,
+    InventoryServicer,
+    Joc,
+    OrderServicer,
+)
 from joc_svc.store import Store, default_url
-from ostinato import rpc, service
+from ostinato import rpc, service, signing
+from ostinato.errors import OstinatoError
 
 log = logging.getLogger("joc_svc")
 
@@ -31,7 +46,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="a controller JOC works with (repeatable; the first is the default for new orders)",
     )
     parser.add_argument("--db-url", help="SQLAlchemy URL; default sqlite:///DATA_DIR/joc.db")
+    parser.add_argument(
+        "--security-level",
+        choices=LEVELS,
+        default="low",
+        help="low: JOC signs with the root account's key; medium: with each account's own key;"
+        " high: JOC holds no private key, objects are signed outside (default %(default)s)",
+    )
+    parser.add_argument(
+        "--signing-key",
+        type=Path,
+        metavar="KEY.pem",
+        help="the root account's private key (low, medium); default: the stored one, else a new one",
+    )
+    parser.add_argument(
+        "--signing-cert", type=Path, metavar="CERT.pem", help="the certificate of --signing-key"
+    )
+    parser.add_argument(
+        "--require-auth",
+        action="store_true",
+        help="every call needs 'authorization: Bearer TOKEN' (default: calls without one act as root)",
+    )
     args = parser.parse_args(argv)
+    if bool(args.signing_key) != bool(args.signing_cert):
+        parser.error("--signing-key and --signing-cert go together")
+    if args.signing_key and args.security_level == "high":
+        parser.error("security level high: JOC holds no private key; do not give --signing-key")
     controllers: dict[str, str] = {}
     for text in args.controller:
         try:
@@ -51,34 +91,49 @@ def main(argv: list[str] | None = None) -> int:
     async def serve(stop: asyncio.Event) -> None:
         args.data_dir.mkdir(parents=True, exist_ok=True)
         store = await asyncio.to_thread(Store, args.db_url or default_url(args.data_dir.resolve()))
+        accounts = auth.AccountStore(store)
+        await asyncio.to_thread(_prepare_accounts, accounts, args)
         hub = Hub()
         links = {cid: ControllerLink(cid, address) for cid, address in args.controllers.items()}
-        joc = Joc(store, hub, links)
+        deployer = Deployer(store, links)
+        authenticator = auth.Authenticator(accounts, required=args.require_auth)
+        joc = Joc(store, hub, links, deployer, accounts, authenticator, args.security_level)
+        services: list[tuple[str, Callable[..., None], Any]] = [
+            ("InventoryService", joc_pb2_grpc.add_InventoryServiceServicer_to_server, InventoryServicer(joc)),
+            (
+                "DeploymentService",
+                joc_pb2_grpc.add_DeploymentServiceServicer_to_server,
+                DeploymentServicer(joc),
+            ),
+            ("OrderService", joc_pb2_grpc.add_OrderServiceServicer_to_server, OrderServicer(joc)),
+            ("AuditService", joc_pb2_grpc.add_AuditServiceServicer_to_server, AuditServicer(joc)),
+            ("AccountService", joc_pb2_grpc.add_AccountServiceServicer_to_server, AccountServicer(joc)),
+        ]
         server = await rpc.start_server(
             args.listen,
             [
                 (
-                    joc_pb2_grpc.add_InventoryServiceServicer_to_server,
-                    InventoryServicer(joc),
-                    rpc.service_name(joc_pb2, "InventoryService"),
-                ),
-                (
-                    joc_pb2_grpc.add_DeploymentServiceServicer_to_server,
-                    DeploymentServicer(joc),
-                    rpc.service_name(joc_pb2, "DeploymentService"),
-                ),
-                (
-                    joc_pb2_grpc.add_OrderServiceServicer_to_server,
-                    OrderServicer(joc),
-                    rpc.service_name(joc_pb2, "OrderService"),
-                ),
+                    add,
+                    auth.guard(servicer, joc_pb2.DESCRIPTOR.services_by_name[name], authenticator),
+                    rpc.service_name(joc_pb2, name),
+                )
+                for name, add, servicer in services
             ],
         )
+        await deployer.start()
         ingestion = [
-            asyncio.create_task(Ingestion(link, store, hub).run(), name=f"events-{cid}")
+            asyncio.create_task(
+                Ingestion(link, store, hub, on_connected=functools.partial(deployer.kick, cid)).run(),
+                name=f"events-{cid}",
+            )
             for cid, link in links.items()
         ]
         log.info("controllers: %s", ", ".join(f"{c}={link.address}" for c, link in links.items()) or "none")
+        log.info(
+            "security level %s; %s",
+            args.security_level,
+            "every call needs a token" if args.require_auth else "calls without a token act as root",
+        )
         service.announce("joc", server.address, args.data_dir)
         try:
             await stop.wait()
@@ -88,12 +143,48 @@ def main(argv: list[str] | None = None) -> int:
             for task in ingestion:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await deployer.stop()
             await server.stop(2.0)
             for link in links.values():
                 await link.close()
             store.close()
 
     return service.run("joc", serve)
+
+
+def _prepare_accounts(accounts: auth.AccountStore, args: argparse.Namespace) -> None:
+    """The root account on first start (its token in DATA_DIR/root.token), and its signing key
+    at levels low and medium: the one given, else the stored one, else a new one. The root
+    certificate is written to DATA_DIR/root-certificate.pem for controllers and agents to trust."""
+    from datetime import UTC, datetime
+
+    now = datetime.now(UTC)
+    token = accounts.ensure_root(now)
+    if token is not None:
+        path = args.data_dir / "root.token"
+        path.touch(mode=0o600)
+        path.write_text(token + "\n")
+        log.info("created account root (admin); its token is in %s", path)
+    if args.security_level == "high":
+        if accounts.one(auth.ROOT).signing_key:
+            log.warning("security level high: the root key stored earlier is not used")
+        return
+    if args.signing_key:
+        try:
+            key, cert = args.signing_key.read_text(), args.signing_cert.read_text()
+            signer = signing.Signer(key, cert)
+        except (OSError, OstinatoError) as e:
+            raise SystemExit(f"joc: --signing-key/--signing-cert: {e}") from None
+        accounts.set_key(auth.ROOT, key, signer.certificate_pem)
+    elif not accounts.one(auth.ROOT).signing_key:
+        key, cert = signing.generate_root("ostinato JOC root")
+        accounts.set_key(auth.ROOT, key, cert)
+        log.info(
+            "made a root signing key; controllers and agents must trust %s",
+            args.data_dir / "root-certificate.pem",
+        )
+    certificate = accounts.one(auth.ROOT).signing_certificate or ""
+    (args.data_dir / "root-certificate.pem").write_text(certificate)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,10 @@ from google.protobuf import timestamp_pb2
 
 from gen.ostinato.common.v1 import events_pb2
 from gen.ostinato.joc.v1 import joc_pb2
+from joc_svc.auth import AccountRow
 from joc_svc.projection import Projected
-from joc_svc.store import DeploymentRow, LogRow, ObjectRow, OrderRow
+from joc_svc.store import AuditRow, DeploymentRow, LogRow, ObjectRow, OrderRow
+from ostinato import signing
 
 
 def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
@@ -19,13 +21,16 @@ def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
 
 
 def object_pb(row: ObjectRow) -> joc_pb2.InventoryObject:
-    return joc_pb2.InventoryObject(
+    result = joc_pb2.InventoryObject(
         path=row.path,
         type=row.type,  # type: ignore[arg-type]
         json=row.json,
         modified_at=timestamp(row.modified_at),
         deployed_version_id=row.deployed_version_id,
     )
+    if row.released_at:
+        result.released_at.CopyFrom(timestamp(row.released_at))
+    return result
 
 
 def deployment_pb(row: DeploymentRow) -> joc_pb2.Deployment:
@@ -39,10 +44,40 @@ def deployment_pb(row: DeploymentRow) -> joc_pb2.Deployment:
         message=row.message,
         account=row.account,
         requested_at=timestamp(row.requested_at),
+        pending=row.pending,
+        signer=row.signer,
+        attempts=row.attempts,
+        agent_confirmations=[
+            joc_pb2.AgentConfirmation(agent=agent, attached_at=timestamp(at)) for agent, at in row.agents
+        ],
     )
     if row.confirmed_at:
         result.confirmed_at.CopyFrom(timestamp(row.confirmed_at))
     return result
+
+
+def audit_pb(row: AuditRow) -> joc_pb2.AuditEntry:
+    return joc_pb2.AuditEntry(
+        id=row.id,
+        account=row.account,
+        action=row.action,
+        object=row.object,
+        reason=row.reason,
+        at=timestamp(row.at),
+    )
+
+
+def account_pb(row: AccountRow) -> joc_pb2.Account:
+    subject = ""
+    if row.signing_certificate:
+        subject = signing.subject_text(signing.load_certificates(row.signing_certificate)[0])
+    return joc_pb2.Account(
+        name=row.name,
+        roles=row.roles,  # type: ignore[arg-type]
+        created_at=timestamp(row.created_at),
+        signing_certificate_subject=subject,
+        token_count=row.token_count,
+    )
 
 
 def summary_pb(row: OrderRow) -> joc_pb2.OrderSummary:

@@ -67,11 +67,14 @@ class Ingestion:
         store: Store,
         hub: Hub,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_connected: Callable[[], None] = lambda: None,
     ) -> None:
         self.link = link
         self.store = store
         self.hub = hub
         self.clock = clock
+        # Called when a stream from the controller is up: pending deployments need not wait.
+        self.on_connected = on_connected
         self.released_until = 0
         self._last_release = 0.0
 
@@ -112,7 +115,11 @@ class Ingestion:
         """One WatchEvents stream; yields after each response that was handled."""
         cursor = await asyncio.to_thread(self.store.cursor, self.link.id)
         request = controller_pb2.WatchEventsRequest(after=cursor, heartbeat_seconds=HEARTBEAT_SECONDS)
+        first = True
         async for response in self.link.stub.WatchEvents(request):
+            if first:
+                first = False
+                self.on_connected()
             if response.events:
                 applied = await asyncio.to_thread(
                     self.store.apply_events, self.link.id, list(response.events), self.clock()

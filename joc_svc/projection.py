@@ -17,11 +17,14 @@ log = logging.getLogger(__name__)
 
 class Route(enum.Enum):
     IGNORE = "ignore"  # not about an order (deployments, releases, agent bookkeeping)
+    ITEM = "item"  # an agent confirmed a deployed item: the deployment history
     LOG = "log"  # job output: the order log, not the event history
     ORDER = "order"  # changes the order: event history and the orders projection
 
 
 def route(event: events_pb2.Event) -> Route:
+    if event.WhichOneof("kind") == "item_attached":
+        return Route.ITEM
     if not event.order_id:
         return Route.IGNORE
     if event.WhichOneof("kind") == "order_std_written":

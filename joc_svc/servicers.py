@@ -1,40 +1,52 @@
-"""JOC's gRPC edge: Inventory, Deployment and Order services. Thin: validation and naming rules live
-in naming/inventory, persistence in store, order semantics in projection (and ostinato.workflow).
-ostinato.rpc turns the named errors raised here into status codes."""
+"""JOC's gRPC edge: Inventory, Deployment, Order, Audit and Account services. Thin: validation and
+naming rules live in naming/inventory, persistence in store, delivery in deployer, who may do what
+in auth, order semantics in projection (and ostinato.workflow). ostinato.rpc turns the named errors
+raised here into status codes; auth.guard checks each call's permission before it gets here.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import grpc
 
-from gen.ostinato.common.v1 import items_pb2, order_pb2
+from gen.ostinato.common.v1 import commands_pb2, items_pb2, order_pb2
 from gen.ostinato.controller.v1 import controller_pb2
 from gen.ostinato.joc.v1 import joc_pb2, joc_pb2_grpc
-from joc_svc import convert, inventory, naming
+from joc_svc import auth, convert, inventory, naming
+from joc_svc.auth import AccountStore, Authenticator, Permission
 from joc_svc.controllers import CALL_TIMEOUT, ControllerLink
+from joc_svc.deployer import Deployer
 from joc_svc.events import Hub
 from joc_svc.projection import Projected, is_final, replay
 from joc_svc.store import DeploymentRow, ObjectRow, Store
-from ostinato import tracing
-from ostinato.errors import FailedPrecondition, InvalidArgument, NotFound
+from ostinato import signing, tracing
+from ostinato.errors import FailedPrecondition, InvalidArgument, NotFound, OstinatoError
 
-# Until accounts exist (a later issue), callers may name themselves and their reason in metadata.
-ACCOUNT_METADATA = "x-ostinato-account"
-REASON_METADATA = "x-ostinato-reason"
+log = logging.getLogger(__name__)
+
+LEVELS = ("low", "medium", "high")
+# Deploy waits at most this long for the first delivery attempt before it answers.
+DEPLOY_WAIT = 5.0
 
 
 @dataclass
 class Joc:
-    """What the three services share."""
+    """What the services share."""
 
     store: Store
     hub: Hub
     controllers: dict[str, ControllerLink]  # in command-line order: the first is the default
+    deployer: Deployer
+    accounts: AccountStore
+    authenticator: Authenticator
+    security_level: str = "low"
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    _signers: dict[tuple[str, str], signing.Signer] = field(default_factory=dict)
 
     def controller(self, controller_id: str, field: str = "controller_id") -> ControllerLink:
         if not self.controllers:
@@ -48,9 +60,63 @@ class Joc:
             )
         return link
 
-    async def audit(self, context: grpc.aio.ServicerContext, action: str, obj: str) -> None:
-        account, reason = _caller(context)
-        await asyncio.to_thread(self.store.audit, account, action, obj, reason, self.clock())
+    def targets(self, controller_ids: Sequence[str]) -> list[ControllerLink]:
+        if controller_ids:
+            return [self.controller(c, "controller_ids") for c in dict.fromkeys(controller_ids)]
+        return list(self.controllers.values()) or [self.controller("")]  # the latter raises
+
+    async def audit(self, action: str, obj: str) -> None:
+        caller = auth.current()
+        await asyncio.to_thread(self.store.audit, caller.shown_as, action, obj, caller.reason, self.clock())
+
+    async def signer(self) -> signing.Signer:
+        """The key deployments are signed with: the root account's (low) or the caller's
+        (medium). Never called at level high."""
+        account_name = auth.ROOT if self.security_level == "low" else auth.current().account
+        account = await asyncio.to_thread(self.accounts.get, account_name)
+        if account is None or not account.signing_key or not account.signing_certificate:
+            raise FailedPrecondition(
+                f"security level {self.security_level}: account {account_name} has no signing key"
+                f" (set one: ostinato account key {account_name} --key KEY.pem --cert CERT.pem)"
+            )
+        key = (account.signing_key, account.signing_certificate)
+        if key not in self._signers:
+            self._signers[key] = signing.Signer(*key)
+        return self._signers[key]
+
+    def skip_reason(self, type: int) -> str:
+        """Why an object is recorded "not deployed" instead of being delivered; "" to deliver."""
+        reason = inventory.not_deployable_reason(type)
+        if not reason and self.security_level == "high" and type in signing.SIGNED_TYPES:
+            reason = (
+                "security level high: JOC holds no private key; sign outside JOC"
+                " (ostinato deploy export --for-signing, then ostinato deploy import)"
+            )
+        return reason
+
+    async def check_references(self, objects: Sequence[ObjectRow]) -> None:
+        keys = await asyncio.to_thread(self.store.object_keys)
+        inventory.check_problems(
+            inventory.problems(((o.path, o.type, o.json) for o in objects), lambda t, p: (t, p) in keys)
+        )
+
+    async def settled(
+        self, rows: list[DeploymentRow], no_wait: bool, context: grpc.aio.ServicerContext
+    ) -> list[joc_pb2.Deployment]:
+        """The rows after the first delivery attempt (or at once with no_wait); a controller's
+        rejection of one of them is raised."""
+        if no_wait:
+            for cid in {r.controller_id for r in rows if r.pending}:
+                self.deployer.kick(cid)
+        else:
+            remaining = context.time_remaining()
+            timeout = DEPLOY_WAIT if remaining is None else max(0.0, min(DEPLOY_WAIT, remaining - 0.5))
+            await self.deployer.settle(rows, timeout)
+        error = self.deployer.rejection(rows)
+        if error is not None:
+            raise error
+        fresh = await asyncio.to_thread(self.store.deployments_by_id, [r.id for r in rows])
+        return [convert.deployment_pb(r) for r in fresh]
 
 
 class InventoryServicer(joc_pb2_grpc.InventoryServiceServicer):
@@ -63,7 +129,7 @@ class InventoryServicer(joc_pb2_grpc.InventoryServiceServicer):
         path = naming.check_path(request.path)
         text = inventory.canonical_draft(request.type, request.json, path)
         row = await asyncio.to_thread(self.joc.store.put_object, path, request.type, text, self.joc.clock())
-        await self.joc.audit(context, "put", _object_name(row))
+        await self.joc.audit("put", _object_name(row))
         return joc_pb2.PutObjectResponse(object=convert.object_pb(row))
 
     async def GetObject(
@@ -84,11 +150,47 @@ class InventoryServicer(joc_pb2_grpc.InventoryServiceServicer):
     async def RemoveObject(
         self, request: joc_pb2.RemoveObjectRequest, context: grpc.aio.ServicerContext
     ) -> joc_pb2.RemoveObjectResponse:
-        row = await asyncio.to_thread(
-            self.joc.store.remove_object, naming.check_path(request.path), request.type
+        if request.recursive:
+            folder = naming.check_folder(request.path, "path")
+            rows = await asyncio.to_thread(self.joc.store.remove_folder, folder)
+            await self.joc.audit("remove", f"folder {folder} ({len(rows)} objects)")
+        else:
+            row = await asyncio.to_thread(
+                self.joc.store.remove_object, naming.check_path(request.path), request.type
+            )
+            rows = [row]
+            await self.joc.audit("remove", _object_name(row))
+        return joc_pb2.RemoveObjectResponse(removed=[convert.object_pb(r) for r in rows])
+
+    async def MoveObject(
+        self, request: joc_pb2.MoveObjectRequest, context: grpc.aio.ServicerContext
+    ) -> joc_pb2.MoveObjectResponse:
+        path = naming.check_path(request.path.rstrip("/") or "/")
+        new_path = naming.check_path(request.new_path.rstrip("/") or "/", "new_path")
+        if path == new_path:
+            raise InvalidArgument("the new path is the old one", field="new_path")
+        if new_path.startswith(path + "/"):
+            raise InvalidArgument(f"cannot move {path} into itself", field="new_path")
+        rows = await asyncio.to_thread(self.joc.store.move, path, request.type, new_path, self.joc.clock())
+        await self.joc.audit("move", f"{path} to {new_path} ({len(rows)} objects)")
+        return joc_pb2.MoveObjectResponse(moved=[convert.object_pb(r) for r in rows])
+
+    async def ValidateObjects(
+        self, request: joc_pb2.ValidateObjectsRequest, context: grpc.aio.ServicerContext
+    ) -> joc_pb2.ValidateObjectsResponse:
+        store = self.joc.store
+        if request.paths:
+            rows = await asyncio.to_thread(store.objects_to_deploy, list(request.paths))
+        else:
+            rows = await asyncio.to_thread(store.list_objects, "/", True)
+        keys = await asyncio.to_thread(store.object_keys)
+        found = inventory.problems(((o.path, o.type, o.json) for o in rows), lambda t, p: (t, p) in keys)
+        return joc_pb2.ValidateObjectsResponse(
+            problems=[
+                joc_pb2.Problem(path=p.path, type=p.type, field=p.field, message=p.message)  # type: ignore[arg-type]
+                for p in found
+            ]
         )
-        await self.joc.audit(context, "remove", _object_name(row))
-        return joc_pb2.RemoveObjectResponse()
 
 
 class DeploymentServicer(joc_pb2_grpc.DeploymentServiceServicer):
@@ -98,79 +200,166 @@ class DeploymentServicer(joc_pb2_grpc.DeploymentServiceServicer):
     async def Deploy(
         self, request: joc_pb2.DeployRequest, context: grpc.aio.ServicerContext
     ) -> joc_pb2.DeployResponse:
+        joc = self.joc
         if not request.paths:
             raise InvalidArgument("give the paths of objects or folders to deploy", field="paths")
-        if request.controller_ids:
-            links = [self.joc.controller(c, "controller_ids") for c in dict.fromkeys(request.controller_ids)]
-        else:
-            links = list(self.joc.controllers.values()) or [self.joc.controller("")]  # the latter raises
-        found = await asyncio.to_thread(self.joc.store.objects_to_deploy, list(request.paths))
-        skipped = {(o.path, o.type): inventory.not_deployable_reason(o.type) for o in found}
-        objects = [o for o in found if not skipped[(o.path, o.type)]]
-        now = self.joc.clock()
+        links = joc.targets(request.controller_ids)
+        found = await asyncio.to_thread(joc.store.objects_to_deploy, list(request.paths))
+        await joc.check_references(found)
+        caller = auth.current()
+        now = joc.clock()
         version_id = naming.new_version_id(now)
-        items = [inventory.deployable(o.type, o.path, o.json, version_id) for o in objects]
-        account, _ = _caller(context)
-
-        async def deploy_to(link: ControllerLink) -> tuple[ControllerLink, Exception | None]:
-            try:
-                await link.stub.DeployItems(
-                    controller_pb2.DeployItemsRequest(items=items), timeout=CALL_TIMEOUT
-                )
-                return link, None
-            except grpc.aio.AioRpcError as e:
-                return link, link.error(e)
-
-        outcomes = await asyncio.gather(*(deploy_to(link) for link in links)) if items else []
-        confirmed_at = self.joc.clock()
-        history = [
-            DeploymentRow(
-                path=o.path,
-                type=o.type,
-                version_id=version_id,
-                controller_id=link.id,
-                status=joc_pb2.DEPLOYMENT_STATUS_NOT_DEPLOYED
-                if error
-                else joc_pb2.DEPLOYMENT_STATUS_DEPLOYED,
-                message=str(error) if error else "",
-                account=account,
-                requested_at=now,
-                confirmed_at=None if error else confirmed_at,
-            )
-            for link, error in outcomes
-            for o in objects
-        ] + [
-            DeploymentRow(
-                path=o.path,
-                type=o.type,
-                version_id="",
-                controller_id=link.id,
-                status=joc_pb2.DEPLOYMENT_STATUS_NOT_DEPLOYED,
-                message=skipped[(o.path, o.type)],
-                account=account,
-                requested_at=now,
-                confirmed_at=None,
-            )
+        reasons = {(o.path, o.type): joc.skip_reason(o.type) for o in found}
+        deliver = [o for o in found if not reasons[(o.path, o.type)]]
+        signer = await joc.signer() if any(o.type in signing.SIGNED_TYPES for o in deliver) else None
+        items = []
+        for o in deliver:
+            item = inventory.deployable(o.type, o.path, o.json, version_id)
+            if signer is not None and o.type in signing.SIGNED_TYPES:
+                signer.sign_item(item)
+                items.append((item, signer.subject))
+            else:
+                items.append((item, ""))
+        skipped = [
+            _not_deployed(o, link.id, reasons[(o.path, o.type)], caller.shown_as, now)
             for link in links
             for o in found
-            if skipped[(o.path, o.type)]
+            if reasons[(o.path, o.type)]
         ]
-        rows = await asyncio.to_thread(self.joc.store.record_deployments, history)
-        targets = ", ".join(link.id for link in links)
-        await self.joc.audit(
-            context, "deploy", f"{' '.join(o.path for o in objects)} {version_id} to {targets}"
+        rows = await asyncio.to_thread(
+            joc.store.record_pending, items, [link.id for link in links], caller.shown_as, now, skipped
         )
-        # The controller's verdict on the caller's objects (unknown agent, bad item) is the
-        # caller's error; an unreachable controller is only history.
-        for _, error in outcomes:
-            if isinstance(error, (InvalidArgument, NotFound)):
-                raise error
-        return joc_pb2.DeployResponse(deployments=[convert.deployment_pb(r) for r in rows])
+        targets = ", ".join(link.id for link in links)
+        await joc.audit(
+            "deploy", f"{' '.join(o.path for o in deliver) or '(nothing)'} {version_id} to {targets}"
+        )
+        return joc_pb2.DeployResponse(deployments=await joc.settled(rows, request.no_wait, context))
+
+    async def Redeploy(
+        self, request: joc_pb2.RedeployRequest, context: grpc.aio.ServicerContext
+    ) -> joc_pb2.RedeployResponse:
+        joc = self.joc
+        folder = naming.check_folder(request.folder)
+        links = joc.targets(request.controller_ids)
+        caller = auth.current()
+        now = joc.clock()
+        rows: list[DeploymentRow] = []
+        for link in links:
+            versions = await asyncio.to_thread(joc.store.versions_deployed_to, link.id, folder)
+            if versions:
+                rows += await asyncio.to_thread(
+                    joc.store.record_pending, versions, [link.id], caller.shown_as, now
+                )
+                await joc.audit(
+                    "redeploy",
+                    f"{folder} to {link.id}: "
+                    + " ".join(f"{item.path} {item.version_id}" for item, _ in versions),
+                )
+        if not rows:
+            raise NotFound(
+                f"nothing below {folder} was deployed to {', '.join(link.id for link in links)}",
+                field="folder",
+            )
+        return joc_pb2.RedeployResponse(deployments=await joc.settled(rows, request.no_wait, context))
+
+    async def Release(
+        self, request: joc_pb2.ReleaseRequest, context: grpc.aio.ServicerContext
+    ) -> joc_pb2.ReleaseResponse:
+        joc = self.joc
+        if not request.paths:
+            raise InvalidArgument("give the paths of calendars, schedules or folders", field="paths")
+        found = await asyncio.to_thread(joc.store.objects_to_deploy, list(request.paths))
+        releasable = [o for o in found if o.type in inventory.RELEASABLE_TYPES]
+        if not releasable:
+            raise InvalidArgument(
+                f"no calendar or schedule in {' '.join(request.paths)}; deploy other objects", field="paths"
+            )
+        await joc.check_references(releasable)
+        caller = auth.current()
+        rows = await asyncio.to_thread(joc.store.release, releasable, caller.shown_as, joc.clock())
+        await joc.audit("release", " ".join(_object_name(r) for r in rows))
+        return joc_pb2.ReleaseResponse(released=[convert.object_pb(r) for r in rows])
+
+    async def ExportForSigning(
+        self, request: joc_pb2.ExportForSigningRequest, context: grpc.aio.ServicerContext
+    ) -> joc_pb2.ExportForSigningResponse:
+        joc = self.joc
+        if not request.paths:
+            raise InvalidArgument("give the paths of objects or folders to export", field="paths")
+        found = await asyncio.to_thread(joc.store.objects_to_deploy, list(request.paths))
+        signed = [o for o in found if o.type in signing.SIGNED_TYPES]
+        if not signed:
+            raise InvalidArgument(
+                f"nothing to sign in {' '.join(request.paths)}"
+                " (workflows, job resources, file order sources)",
+                field="paths",
+            )
+        await joc.check_references(signed)
+        version_id = naming.new_version_id(joc.clock())
+        items = [inventory.deployable(o.type, o.path, o.json, version_id) for o in signed]
+        await joc.audit("export for signing", f"{' '.join(o.path for o in signed)} {version_id}")
+        return joc_pb2.ExportForSigningResponse(items=items)
+
+    async def ImportSigned(
+        self, request: joc_pb2.ImportSignedRequest, context: grpc.aio.ServicerContext
+    ) -> joc_pb2.ImportSignedResponse:
+        joc = self.joc
+        if not request.items:
+            raise InvalidArgument("the archive holds no items", field="items")
+        links = joc.targets(request.controller_ids)
+        caller = auth.current()
+        now = joc.clock()
+        version_id = naming.new_version_id(now)
+        checked = [
+            inventory.imported(item, f"items[{i}]", version_id) for i, item in enumerate(request.items)
+        ]
+        keys = await asyncio.to_thread(joc.store.object_keys)
+        for item, draft in checked:
+            if (item.type, item.path) not in keys:
+                # Signed elsewhere (e.g. another JOC's export): the inventory gets the object.
+                await asyncio.to_thread(joc.store.put_object, item.path, item.type, draft, now)
+        # Signed already: only types controllers do not take yet are left out, at any level.
+        deliver = [
+            (item, _signer_subject(item))
+            for item, _ in checked
+            if not inventory.not_deployable_reason(item.type)
+        ]
+        skipped = [
+            DeploymentRow(
+                item.path,
+                item.type,
+                item.version_id,
+                link.id,
+                joc_pb2.DEPLOYMENT_STATUS_NOT_DEPLOYED,
+                inventory.not_deployable_reason(item.type),
+                caller.shown_as,
+                now,
+                None,
+            )
+            for link in links
+            for item, _ in checked
+            if inventory.not_deployable_reason(item.type)
+        ]
+        rows = await asyncio.to_thread(
+            joc.store.record_pending, deliver, [link.id for link in links], caller.shown_as, now, skipped
+        )
+        await joc.audit(
+            "import signed",
+            " ".join(f"{item.path} {item.version_id}" for item, _ in checked)
+            + f" to {', '.join(link.id for link in links)}",
+        )
+        return joc_pb2.ImportSignedResponse(deployments=await joc.settled(rows, request.no_wait, context))
 
     async def ListDeployments(
         self, request: joc_pb2.ListDeploymentsRequest, context: grpc.aio.ServicerContext
     ) -> joc_pb2.ListDeploymentsResponse:
-        rows = await asyncio.to_thread(self.joc.store.list_deployments, request.path, request.limit)
+        rows = await asyncio.to_thread(
+            self.joc.store.list_deployments,
+            request.path,
+            request.limit,
+            request.controller_id,
+            request.pending_only,
+        )
         return joc_pb2.ListDeploymentsResponse(deployments=[convert.deployment_pb(r) for r in rows])
 
 
@@ -215,10 +404,68 @@ class OrderServicer(joc_pb2_grpc.OrderServiceServicer):
         if request.HasField("scheduled_for"):
             order.scheduled_for.CopyFrom(request.scheduled_for)
         await asyncio.to_thread(self.joc.store.add_order, order, link.id, now)
-        await self.joc.audit(context, "add order", f"{order_id} {workflow_path} on {link.id}")
+        await self.joc.audit("add order", f"{order_id} {workflow_path} on {link.id}")
         return joc_pb2.AddOrderResponse(
             order_id=order_id, workflow_version_id=added.workflow_version_id, controller_id=link.id
         )
+
+    async def CommandOrders(
+        self, request: joc_pb2.CommandOrdersRequest, context: grpc.aio.ServicerContext
+    ) -> joc_pb2.CommandOrdersResponse:
+        """Forwards each command to the controller holding its order, one request per controller;
+        one result per command, in request order (an error text where it was not accepted)."""
+        if not request.commands:
+            raise InvalidArgument("give at least one command", field="commands")
+        for i, command in enumerate(request.commands):
+            if not command.order_id:
+                raise InvalidArgument("give the order's id", field=f"commands[{i}].order_id")
+            if command.WhichOneof("kind") is None:
+                raise InvalidArgument("give cancel, suspend, resume or answer_prompt", field=f"commands[{i}]")
+        commands = list(request.commands)
+        holders = await asyncio.to_thread(self.joc.store.order_controllers, [c.order_id for c in commands])
+        results = [commands_pb2.OrderCommandResult(order_id=c.order_id) for c in commands]
+        by_controller: dict[str, list[int]] = {}
+        for i, command in enumerate(commands):
+            controller_id = holders.get(command.order_id)
+            if controller_id is None:
+                results[i].error = f"no order {command.order_id}"
+            elif controller_id not in self.joc.controllers:
+                results[
+                    i
+                ].error = f"order {command.order_id} is on controller {controller_id}, unknown to JOC"
+            else:
+                by_controller.setdefault(controller_id, []).append(i)
+
+        async def forward(controller_id: str, indexes: list[int]) -> None:
+            link = self.joc.controllers[controller_id]
+            try:
+                response = await link.stub.CommandOrders(
+                    controller_pb2.CommandOrdersRequest(commands=[commands[i] for i in indexes]),
+                    timeout=CALL_TIMEOUT,
+                )
+            except grpc.aio.AioRpcError as e:
+                error = link.error(e)
+                for i in indexes:
+                    results[i].error = str(error)
+                return
+            answered = list(response.results)
+            if len(answered) == len(indexes):
+                for i, result in zip(indexes, answered, strict=True):
+                    results[i].error = result.error
+            else:
+                # Not one result per command: match by order id, missing ones are errors.
+                by_id = {r.order_id: r.error for r in answered}
+                for i in indexes:
+                    results[i].error = by_id.get(
+                        commands[i].order_id, f"controller {controller_id} gave no result"
+                    )
+
+        await asyncio.gather(*(forward(cid, ix) for cid, ix in by_controller.items()))
+        for command, result in zip(commands, results, strict=True):
+            where = holders.get(command.order_id, "no controller")
+            outcome = f": {result.error}" if result.error else ""
+            await self.joc.audit(_command_action(command), f"{command.order_id} on {where}{outcome}")
+        return joc_pb2.CommandOrdersResponse(results=results)
 
     async def ListOrders(
         self, request: joc_pb2.ListOrdersRequest, context: grpc.aio.ServicerContext
@@ -285,9 +532,124 @@ class OrderServicer(joc_pb2_grpc.OrderServiceServicer):
                     return
 
 
-def _caller(context: grpc.aio.ServicerContext) -> tuple[str, str]:
-    metadata = dict(context.invocation_metadata() or ())
-    return str(metadata.get(ACCOUNT_METADATA, "anonymous")), str(metadata.get(REASON_METADATA, ""))
+class AuditServicer(joc_pb2_grpc.AuditServiceServicer):
+    def __init__(self, joc: Joc) -> None:
+        self.joc = joc
+
+    async def ListAuditEntries(
+        self, request: joc_pb2.ListAuditEntriesRequest, context: grpc.aio.ServicerContext
+    ) -> joc_pb2.ListAuditEntriesResponse:
+        rows = await asyncio.to_thread(
+            self.joc.store.audit_entries, request.limit or 100, request.account, request.action
+        )
+        return joc_pb2.ListAuditEntriesResponse(entries=[convert.audit_pb(r) for r in rows])
+
+
+class AccountServicer(joc_pb2_grpc.AccountServiceServicer):
+    def __init__(self, joc: Joc) -> None:
+        self.joc = joc
+
+    async def PutAccount(
+        self, request: joc_pb2.PutAccountRequest, context: grpc.aio.ServicerContext
+    ) -> joc_pb2.PutAccountResponse:
+        roles = list(dict.fromkeys(request.roles))
+        if not roles or any(r not in auth.ROLE_PERMISSIONS for r in roles):
+            raise InvalidArgument(
+                "give one or more roles: viewer, editor, deployer, operator, admin", field="roles"
+            )
+        if request.name == auth.ROOT:
+            raise InvalidArgument("the root account's roles stay", field="name")
+        row = await asyncio.to_thread(self.joc.accounts.put, request.name, roles, self.joc.clock())
+        self.joc.authenticator.forget()
+        await self.joc.audit(
+            "put account", f"{row.name} {','.join(auth.role_word(r).lower() for r in row.roles)}"
+        )
+        return joc_pb2.PutAccountResponse(account=convert.account_pb(row))
+
+    async def ListAccounts(
+        self, request: joc_pb2.ListAccountsRequest, context: grpc.aio.ServicerContext
+    ) -> joc_pb2.ListAccountsResponse:
+        rows = await asyncio.to_thread(self.joc.accounts.list)
+        return joc_pb2.ListAccountsResponse(accounts=[convert.account_pb(r) for r in rows])
+
+    async def RemoveAccount(
+        self, request: joc_pb2.RemoveAccountRequest, context: grpc.aio.ServicerContext
+    ) -> joc_pb2.RemoveAccountResponse:
+        await asyncio.to_thread(self.joc.accounts.remove, request.name)
+        self.joc.authenticator.forget()
+        await self.joc.audit("remove account", request.name)
+        return joc_pb2.RemoveAccountResponse()
+
+    async def CreateToken(
+        self, request: joc_pb2.CreateTokenRequest, context: grpc.aio.ServicerContext
+    ) -> joc_pb2.CreateTokenResponse:
+        token = await asyncio.to_thread(self.joc.accounts.add_token, request.account, self.joc.clock())
+        await self.joc.audit("create token", request.account)
+        return joc_pb2.CreateTokenResponse(token=token)
+
+    async def SetSigningKey(
+        self, request: joc_pb2.SetSigningKeyRequest, context: grpc.aio.ServicerContext
+    ) -> joc_pb2.SetSigningKeyResponse:
+        caller = auth.current()
+        name = request.account or caller.account
+        if name != caller.account:
+            caller.require(Permission.ADMIN, "set another account's signing key")
+        if self.joc.security_level == "high":
+            raise FailedPrecondition("security level high: JOC holds no private key; sign outside JOC")
+        signer = signing.Signer(request.private_key, request.certificate)  # checks they belong together
+        row = await asyncio.to_thread(
+            self.joc.accounts.set_key, name, request.private_key, signer.certificate_pem
+        )
+        await self.joc.audit("set signing key", f"{name} {signer.subject}")
+        return joc_pb2.SetSigningKeyResponse(account=convert.account_pb(row))
+
+    async def GetCaller(
+        self, request: joc_pb2.GetCallerRequest, context: grpc.aio.ServicerContext
+    ) -> joc_pb2.GetCallerResponse:
+        caller = auth.current()
+        row = await asyncio.to_thread(self.joc.accounts.one, caller.account)
+        return joc_pb2.GetCallerResponse(
+            account=convert.account_pb(row),
+            security_level=self.joc.security_level,
+            auth_required=self.joc.authenticator.required,
+        )
+
+
+def _not_deployed(
+    o: ObjectRow, controller_id: str, reason: str, account: str, now: datetime
+) -> DeploymentRow:
+    return DeploymentRow(
+        path=o.path,
+        type=o.type,
+        version_id="",
+        controller_id=controller_id,
+        status=joc_pb2.DEPLOYMENT_STATUS_NOT_DEPLOYED,
+        message=reason,
+        account=account,
+        requested_at=now,
+        confirmed_at=None,
+    )
+
+
+def _signer_subject(item: items_pb2.SignedItem) -> str:
+    """Who says they signed an imported item; the controllers verify whether it is so."""
+    if not item.signature.signer_certificate:
+        return ""
+    try:
+        return signing.subject_text(signing.load_certificates(item.signature.signer_certificate)[0])
+    except OstinatoError:
+        return ""
+
+
+def _command_action(command: commands_pb2.OrderCommand) -> str:
+    kind = command.WhichOneof("kind")
+    if kind == "cancel":
+        return "cancel order" + (" (kill)" if command.cancel.kill else "")
+    if kind == "suspend":
+        return "suspend order" + (" (kill)" if command.suspend.kill else "")
+    if kind == "resume":
+        return "resume order"
+    return "answer prompt"
 
 
 def _order_id(order_id: str) -> str:

@@ -1,5 +1,7 @@
-"""JOC's database: inventory, deployment history, the orders projection, order events and logs, the
-controller event cursors and the audit log. SQLAlchemy Core over a URL (SQLite default, PostgreSQL).
+"""JOC's database: inventory, deployment history (with the delivered items and agent confirmations),
+releases, the orders projection, order events and logs, the controller event cursors and the audit
+log. SQLAlchemy Core over a URL (SQLite default, PostgreSQL); the schema comes from
+joc_svc.migrations, the tables' definitions from joc_svc.schema.
 
 Every method is blocking and short; the servicers and the event ingestion call them through
 asyncio.to_thread so the event loop never waits on the database. Writes take one process-wide lock:
@@ -9,6 +11,7 @@ fails at once (no busy wait) when another connection wrote in between.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -19,91 +22,22 @@ import sqlalchemy as sa
 
 from gen.ostinato.common.v1 import events_pb2, items_pb2, order_pb2
 from gen.ostinato.joc.v1 import joc_pb2
-from joc_svc import naming
+from joc_svc import inventory, migrations, naming, schema
 from joc_svc.projection import Projected, Route, events_after, next_order, route
-from ostinato.errors import InvalidArgument, NotFound
+from ostinato.errors import AlreadyExists, InvalidArgument, NotFound
 
-metadata = sa.MetaData()
-
-# SQLite autoincrements only an INTEGER PRIMARY KEY; PostgreSQL gets BIGINT identity.
-_Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-_Time = sa.DateTime(timezone=True)
-
-objects = sa.Table(
-    "inventory_objects",
-    metadata,
-    sa.Column("path", sa.String, primary_key=True),
-    sa.Column("type", sa.String, primary_key=True),  # ItemType word, e.g. WORKFLOW
-    sa.Column("json", sa.Text, nullable=False),
-    sa.Column("modified_at", _Time, nullable=False),
-    sa.Column("deployed_version_id", sa.String, nullable=False, default=""),
-)
-
-deployments = sa.Table(
-    "deployments",
-    metadata,
-    sa.Column("id", _Id, primary_key=True, autoincrement=True),
-    sa.Column("path", sa.String, nullable=False, index=True),
-    sa.Column("type", sa.String, nullable=False),
-    sa.Column("version_id", sa.String, nullable=False),
-    sa.Column("controller_id", sa.String, nullable=False),
-    sa.Column("status", sa.String, nullable=False),  # DEPLOYED or NOT_DEPLOYED
-    sa.Column("message", sa.Text, nullable=False, default=""),
-    sa.Column("account", sa.String, nullable=False, default=""),
-    sa.Column("requested_at", _Time, nullable=False),
-    sa.Column("confirmed_at", _Time),
-)
-
-orders = sa.Table(
-    "orders",
-    metadata,
-    sa.Column("order_id", sa.String, primary_key=True),
-    sa.Column("controller_id", sa.String, nullable=False),
-    sa.Column("workflow_path", sa.String, nullable=False, index=True),
-    sa.Column("state", sa.String, nullable=False, index=True),  # OrderState word, e.g. PROCESSING
-    sa.Column("order", sa.LargeBinary, nullable=False),  # ostinato.common.v1.Order
-    sa.Column("added_at", _Time, nullable=False, index=True),
-    sa.Column("updated_at", _Time, nullable=False),
-    # Set when the controller deleted the order from its state; JOC keeps the history.
-    sa.Column("deleted_at", _Time),
-)
-
-order_events = sa.Table(
-    "order_events",
-    metadata,
-    sa.Column("controller_id", sa.String, primary_key=True),
-    sa.Column("event_id", sa.BigInteger, primary_key=True),
-    sa.Column("order_id", sa.String, nullable=False, index=True),
-    sa.Column("event", sa.LargeBinary, nullable=False),  # ostinato.common.v1.Event
-)
-
-order_logs = sa.Table(
-    "order_logs",
-    metadata,
-    sa.Column("order_id", sa.String, primary_key=True),
-    sa.Column("seq", sa.BigInteger, primary_key=True),  # the OrderStdWritten event's id
-    sa.Column("stream", sa.String, nullable=False),  # STDOUT or STDERR
-    sa.Column("chunk", sa.Text, nullable=False),
-    sa.Column("timestamp", _Time, nullable=False),
-)
-
-cursors = sa.Table(
-    "controller_event_cursors",
-    metadata,
-    sa.Column("controller_id", sa.String, primary_key=True),
-    sa.Column("last_event_id", sa.BigInteger, nullable=False),
-)
-
-audit_log = sa.Table(
-    "audit_log",
-    metadata,
-    sa.Column("id", _Id, primary_key=True, autoincrement=True),
-    sa.Column("account", sa.String, nullable=False),
-    sa.Column("action", sa.String, nullable=False),
-    sa.Column("object", sa.Text, nullable=False),
-    sa.Column("reason", sa.Text, nullable=False, default=""),
-    sa.Column("at", _Time, nullable=False, index=True),
-)
+# Re-exported: tests and tools name the tables through the store.
+metadata = schema.metadata
+objects = schema.objects
+deployments = schema.deployments
+deployed_items = schema.deployed_items
+deployment_agents = schema.deployment_agents
+releases = schema.releases
+orders = schema.orders
+order_events = schema.order_events
+order_logs = schema.order_logs
+cursors = schema.cursors
+audit_log = schema.audit_log
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +47,7 @@ class ObjectRow:
     json: str
     modified_at: datetime
     deployed_version_id: str
+    released_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +62,10 @@ class DeploymentRow:
     requested_at: datetime
     confirmed_at: datetime | None
     id: int = 0
+    pending: bool = False
+    attempts: int = 0
+    signer: str = ""
+    agents: tuple[tuple[str, datetime], ...] = ()  # (agent, attached at): ItemAttached events
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +119,7 @@ class Store:
         self.engine = sa.create_engine(url, connect_args={"timeout": 30} if sqlite else {})
         if sqlite:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
-        metadata.create_all(self.engine)
+        self.schema_versions = migrations.migrate(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -254,30 +193,127 @@ class Store:
                 found[(row.path, row.type)] = row
         return [found[k] for k in sorted(found)]
 
-    # ---- deployments
+    def object_keys(self) -> set[tuple[int, str]]:
+        """(type, path) of every object: what references are resolved against."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(objects.c.type, objects.c.path))
+            return {(naming.enum_value(items_pb2.ItemType, r.type), r.path) for r in rows}
 
-    def record_deployments(self, rows: Sequence[DeploymentRow]) -> list[DeploymentRow]:
-        """Writes the history rows and marks deployed objects with their new version id."""
+    def remove_folder(self, folder: str) -> list[ObjectRow]:
+        """Removes every object below a folder; NOT_FOUND when there is none."""
+        rows = self.list_objects(folder, recursive=True)
+        if not rows:
+            raise NotFound(f"no inventory objects below {folder}", field="path")
+        with self._write() as conn:
+            for row in rows:
+                conn.execute(
+                    objects.delete().where(
+                        (objects.c.path == row.path) & (objects.c.type == _type_word(row.type))
+                    )
+                )
+        return rows
+
+    def move(self, path: str, type: int, new_path: str, now: datetime) -> list[ObjectRow]:
+        """Renames or moves an object (or every object below a folder) and rewrites the references
+        of other drafts to follow. The moved objects count as never deployed or released at their
+        new paths (controllers still hold them at the old ones)."""
+        with self._write() as conn:
+            query = sa.select(objects).where(objects.c.path == path)
+            if type:
+                query = query.where(objects.c.type == _type_word(type))
+            exact = [_object(r) for r in conn.execute(query.order_by(objects.c.type))]
+            if exact:
+                moves = [(row, new_path) for row in exact]
+            else:
+                prefix = naming.folder_prefix(naming.check_folder(path))
+                below = [
+                    _object(r)
+                    for r in conn.execute(
+                        sa.select(objects)
+                        .where(objects.c.path.startswith(prefix, autoescape=True))
+                        .order_by(objects.c.path, objects.c.type)
+                    )
+                    if not type or naming.enum_value(items_pb2.ItemType, r.type) == type
+                ]
+                if not below:
+                    raise NotFound(f"no inventory object or folder {path}", field="path")
+                target = naming.folder_prefix(naming.check_folder(new_path, "new_path"))
+                moves = [(row, target + row.path[len(prefix) :]) for row in below]
+            moving = {(row.path, row.type) for row, _ in moves}
+            for row, target in moves:
+                taken = conn.execute(
+                    sa.select(objects.c.path).where(
+                        (objects.c.path == target) & (objects.c.type == _type_word(row.type))
+                    )
+                ).first()
+                if taken and (target, row.type) not in moving:
+                    raise AlreadyExists(
+                        f"{inventory.word(row.type)} {target} exists already", field="new_path"
+                    )
+            # Two steps, so that objects moving onto each other's paths do not collide.
+            for i, (row, _) in enumerate(moves):
+                conn.execute(
+                    objects.update()
+                    .where((objects.c.path == row.path) & (objects.c.type == _type_word(row.type)))
+                    .values(path=f"//moving/{i}")
+                )
+            for i, (row, target) in enumerate(moves):
+                text = row.json
+                if row.type == items_pb2.ITEM_TYPE_WORKFLOW:
+                    text = inventory.canonical_draft(row.type, row.json, target)  # the path inside
+                conn.execute(
+                    objects.update()
+                    .where((objects.c.path == f"//moving/{i}") & (objects.c.type == _type_word(row.type)))
+                    .values(path=target, json=text, modified_at=now, deployed_version_id="", released_at=None)
+                )
+            followed = {(row.type, row.path): target for row, target in moves}
+            for r in conn.execute(sa.select(objects)).all():
+                other = _object(r)
+                rewritten = inventory.rewrite_references(other.type, other.json, followed, other.path)
+                if rewritten is not None and rewritten != other.json:
+                    conn.execute(
+                        objects.update()
+                        .where((objects.c.path == other.path) & (objects.c.type == r.type))
+                        .values(json=rewritten, modified_at=now)
+                    )
+            return [
+                _object(
+                    conn.execute(
+                        sa.select(objects).where(
+                            (objects.c.path == target) & (objects.c.type == _type_word(row.type))
+                        )
+                    ).one()
+                )
+                for row, target in moves
+            ]
+
+    def release(self, rows: Sequence[ObjectRow], account: str, now: datetime) -> list[ObjectRow]:
+        """Records the release of calendars and schedules as they are now."""
         result = []
         with self._write() as conn:
             for row in rows:
-                values = {
-                    "path": row.path,
-                    "type": _type_word(row.type),
-                    "version_id": row.version_id,
-                    "controller_id": row.controller_id,
-                    "status": naming.enum_word(joc_pb2.DeploymentStatus, row.status),
-                    "message": row.message,
-                    "account": row.account,
-                    "requested_at": row.requested_at,
-                    "confirmed_at": row.confirmed_at,
-                }
-                new_id = conn.execute(
-                    deployments.insert().values(**values).returning(deployments.c.id)
-                ).scalar_one()
-                result.append(
-                    _deployment(conn.execute(sa.select(deployments).where(deployments.c.id == new_id)).one())
+                key = (objects.c.path == row.path) & (objects.c.type == _type_word(row.type))
+                conn.execute(objects.update().where(key).values(released_at=now))
+                conn.execute(
+                    releases.insert().values(
+                        path=row.path,
+                        type=_type_word(row.type),
+                        json=row.json,
+                        account=account,
+                        released_at=now,
+                    )
                 )
+                result.append(_object(conn.execute(sa.select(objects).where(key)).one()))
+        return result
+
+    # ---- deployments
+
+    def record_deployments(self, rows: Sequence[DeploymentRow]) -> list[DeploymentRow]:
+        """Writes history rows as they are; a DEPLOYED one marks its object with its version id."""
+        result = []
+        with self._write() as conn:
+            for row in rows:
+                result.append(_insert_deployment(conn, row))
                 if row.status == joc_pb2.DEPLOYMENT_STATUS_DEPLOYED:
                     conn.execute(
                         objects.update()
@@ -286,14 +322,179 @@ class Store:
                     )
         return result
 
-    def list_deployments(self, path: str = "", limit: int = 0) -> list[DeploymentRow]:
+    def list_deployments(
+        self, path: str = "", limit: int = 0, controller_id: str = "", pending_only: bool = False
+    ) -> list[DeploymentRow]:
         query = sa.select(deployments).order_by(deployments.c.id.desc())
         if path:
             query = query.where(deployments.c.path == path)
+        if controller_id:
+            query = query.where(deployments.c.controller_id == controller_id)
+        if pending_only:
+            query = query.where(deployments.c.pending.is_(True))
         if limit > 0:
             query = query.limit(limit)
         with self.engine.connect() as conn:
-            return [_deployment(r) for r in conn.execute(query)]
+            return _with_agents(conn, [_deployment(r) for r in conn.execute(query)])
+
+    def deployments_by_id(self, ids: Sequence[int]) -> list[DeploymentRow]:
+        """The rows in the order of `ids`."""
+        with self.engine.connect() as conn:
+            found = {
+                r.id: _deployment(r)
+                for r in conn.execute(sa.select(deployments).where(deployments.c.id.in_(ids)))
+            }
+            return _with_agents(conn, [found[i] for i in ids if i in found])
+
+    def record_pending(
+        self,
+        items: Sequence[tuple[items_pb2.SignedItem, str]],
+        controller_ids: Sequence[str],
+        account: str,
+        now: datetime,
+        skipped: Sequence[DeploymentRow] = (),
+    ) -> list[DeploymentRow]:
+        """In one transaction: each (item, signer subject) as delivered version, a pending history
+        row per item and controller (in that order: items of one controller are delivered in id
+        order), and the rows of objects not deployed at all."""
+        rows = []
+        with self._write() as conn:
+            for item, _ in items:
+                _keep_item(conn, item, account, now)
+            for controller_id in controller_ids:
+                for item, signer in items:
+                    rows.append(
+                        _insert_deployment(
+                            conn,
+                            DeploymentRow(
+                                path=item.path,
+                                type=item.type,
+                                version_id=item.version_id,
+                                controller_id=controller_id,
+                                status=joc_pb2.DEPLOYMENT_STATUS_NOT_DEPLOYED,
+                                message="not delivered yet",
+                                account=account,
+                                requested_at=now,
+                                confirmed_at=None,
+                                pending=True,
+                                signer=signer,
+                            ),
+                        )
+                    )
+            rows += [_insert_deployment(conn, row) for row in skipped]
+        return rows
+
+    def pending_deliveries(
+        self, controller_id: str, limit: int = 1000
+    ) -> list[tuple[DeploymentRow, items_pb2.SignedItem]]:
+        """A controller's pending rows, oldest first, each with the item to deliver."""
+        query = (
+            sa.select(deployments, deployed_items.c.json, deployed_items.c.signature)
+            .join(
+                deployed_items,
+                (deployed_items.c.path == deployments.c.path)
+                & (deployed_items.c.type == deployments.c.type)
+                & (deployed_items.c.version_id == deployments.c.version_id),
+            )
+            .where((deployments.c.controller_id == controller_id) & deployments.c.pending.is_(True))
+            .order_by(deployments.c.id)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            result = []
+            for r in conn.execute(query):
+                row = _deployment(r)
+                item = _item(row.type, row.path, row.version_id, r.json, r.signature)
+                result.append((row, item))
+            return result
+
+    def pending_controllers(self) -> set[str]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(deployments.c.controller_id).where(deployments.c.pending.is_(True)).distinct()
+            )
+            return {r.controller_id for r in rows}
+
+    def mark_delivered(self, ids: Sequence[int], now: datetime) -> None:
+        """The controller confirmed: deployed. Each object shows the newest version confirmed."""
+        if not ids:
+            return
+        with self._write() as conn:
+            conn.execute(
+                deployments.update()
+                .where(deployments.c.id.in_(ids) & deployments.c.pending.is_(True))
+                .values(
+                    status="DEPLOYED",
+                    pending=False,
+                    message="",
+                    confirmed_at=now,
+                    attempts=deployments.c.attempts + 1,
+                )
+            )
+            newest: dict[tuple[str, str], tuple[int, str]] = {}
+            for r in conn.execute(sa.select(deployments).where(deployments.c.id.in_(ids))):
+                key = (r.path, r.type)
+                if key not in newest or r.id > newest[key][0]:
+                    newest[key] = (r.id, r.version_id)
+            for (path, type_word), (_, version_id) in newest.items():
+                conn.execute(
+                    objects.update()
+                    .where((objects.c.path == path) & (objects.c.type == type_word))
+                    .values(deployed_version_id=version_id)
+                )
+
+    def mark_attempted(self, ids: Sequence[int], message: str) -> None:
+        """A delivery failed for a reason that may pass (the controller is unreachable)."""
+        if not ids:
+            return
+        with self._write() as conn:
+            conn.execute(
+                deployments.update()
+                .where(deployments.c.id.in_(ids) & deployments.c.pending.is_(True))
+                .values(message=message, attempts=deployments.c.attempts + 1)
+            )
+
+    def mark_rejected(self, row_id: int, message: str) -> None:
+        """The controller refused the item: not deployed, for good."""
+        with self._write() as conn:
+            conn.execute(
+                deployments.update()
+                .where((deployments.c.id == row_id) & deployments.c.pending.is_(True))
+                .values(message=message, pending=False, attempts=deployments.c.attempts + 1)
+            )
+
+    def versions_deployed_to(self, controller_id: str, folder: str) -> list[tuple[items_pb2.SignedItem, str]]:
+        """Redeployment: for each object below a folder, the version last deployed to the
+        controller, as it was delivered (with its signer)."""
+        prefix = naming.folder_prefix(naming.check_folder(folder))
+        query = (
+            sa.select(deployments.c.path, deployments.c.type, deployments.c.version_id, deployments.c.signer)
+            .where(
+                (deployments.c.controller_id == controller_id)
+                & (deployments.c.status == "DEPLOYED")
+                & deployments.c.path.startswith(prefix, autoescape=True)
+            )
+            .order_by(deployments.c.id.desc())
+        )
+        with self.engine.connect() as conn:
+            latest: dict[tuple[str, str], tuple[str, str]] = {}
+            for r in conn.execute(query):
+                latest.setdefault((r.path, r.type), (r.version_id, r.signer))
+            result = []
+            for (path, type_word), (version_id, signer) in sorted(latest.items()):
+                stored = conn.execute(
+                    sa.select(deployed_items).where(
+                        (deployed_items.c.path == path)
+                        & (deployed_items.c.type == type_word)
+                        & (deployed_items.c.version_id == version_id)
+                    )
+                ).first()
+                if stored is None:
+                    continue  # deployed before JOC kept what it delivered
+                item_type = naming.enum_value(items_pb2.ItemType, type_word)
+                item = _item(item_type, path, version_id, stored.json, stored.signature)
+                result.append((item, signer))
+            return result
 
     # ---- orders
 
@@ -327,6 +528,15 @@ class Store:
             query = query.limit(limit)
         with self.engine.connect() as conn:
             return [_order(r) for r in conn.execute(query)]
+
+    def order_controllers(self, order_ids: Iterable[str]) -> dict[str, str]:
+        """order id -> the controller holding it, for the orders JOC knows."""
+        ids = list(dict.fromkeys(order_ids))
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(orders.c.order_id, orders.c.controller_id).where(orders.c.order_id.in_(ids))
+            )
+            return {r.order_id: r.controller_id for r in rows}
 
     def get_order(self, order_id: str) -> OrderRow:
         with self.engine.connect() as conn:
@@ -378,6 +588,17 @@ class Store:
             dirty: dict[str, tuple[datetime, datetime]] = {}  # first and last event time
             for event in fresh:
                 where_to = route(event)
+                if where_to is Route.ITEM:
+                    attached = event.item_attached
+                    _record_attached(
+                        conn,
+                        controller_id,
+                        attached.agent,
+                        attached.path,
+                        attached.version_id,
+                        _event_time(event, now),
+                    )
+                    continue
                 if where_to is Route.IGNORE:
                     continue
                 if event.order_id not in orders_seen:
@@ -427,9 +648,14 @@ class Store:
                 )
             )
 
-    def audit_entries(self, limit: int = 100) -> list[AuditRow]:
+    def audit_entries(self, limit: int = 100, account: str = "", action: str = "") -> list[AuditRow]:
+        query = sa.select(audit_log).order_by(audit_log.c.id.desc()).limit(limit if limit > 0 else 100)
+        if account:
+            query = query.where(audit_log.c.account == account)
+        if action:
+            query = query.where(audit_log.c.action == action)
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(audit_log).order_by(audit_log.c.id.desc()).limit(limit))
+            rows = conn.execute(query)
             return [AuditRow(r.id, r.account, r.action, r.object, r.reason, _utc(r.at)) for r in rows]
 
 
@@ -498,6 +724,7 @@ def _object(r: Any) -> ObjectRow:
         r.json,
         _utc(r.modified_at),
         r.deployed_version_id,
+        _utc(r.released_at) if r.released_at else None,
     )
 
 
@@ -526,7 +753,111 @@ def _deployment(r: Any) -> DeploymentRow:
         requested_at=_utc(r.requested_at),
         confirmed_at=_utc(r.confirmed_at) if r.confirmed_at else None,
         id=r.id,
+        pending=bool(r.pending),
+        attempts=int(r.attempts or 0),
+        signer=r.signer or "",
     )
+
+
+def _insert_deployment(conn: sa.Connection, row: DeploymentRow) -> DeploymentRow:
+    new_id = conn.execute(
+        deployments.insert()
+        .values(
+            path=row.path,
+            type=_type_word(row.type),
+            version_id=row.version_id,
+            controller_id=row.controller_id,
+            status=naming.enum_word(joc_pb2.DeploymentStatus, row.status),
+            message=row.message,
+            account=row.account,
+            requested_at=row.requested_at,
+            confirmed_at=row.confirmed_at,
+            pending=row.pending,
+            attempts=row.attempts,
+            signer=row.signer,
+        )
+        .returning(deployments.c.id)
+    ).scalar_one()
+    return _deployment(conn.execute(sa.select(deployments).where(deployments.c.id == new_id)).one())
+
+
+def _item(type: int, path: str, version_id: str, json_text: str, signature: bytes) -> items_pb2.SignedItem:
+    item = items_pb2.SignedItem(type=type, path=path, version_id=version_id, json=json_text)  # type: ignore[arg-type]
+    if signature:
+        item.signature.ParseFromString(signature)
+    return item
+
+
+def _keep_item(conn: sa.Connection, item: items_pb2.SignedItem, account: str, now: datetime) -> None:
+    """Stores a delivered version. A version is one JSON text for good (controllers take the same
+    path and version again as a repetition): the same version with other JSON is refused; with
+    the same JSON but another signature (signed again after a rejection) the new one is kept."""
+    key = (
+        (deployed_items.c.path == item.path)
+        & (deployed_items.c.type == _type_word(item.type))
+        & (deployed_items.c.version_id == item.version_id)
+    )
+    known = conn.execute(sa.select(deployed_items).where(key)).first()
+    signature = item.signature.SerializeToString()
+    if known is not None:
+        if known.json != item.json:
+            raise InvalidArgument(
+                f"{item.path} version {item.version_id} exists with other content;"
+                " export it again for a new version"
+            )
+        if known.signature != signature:
+            conn.execute(deployed_items.update().where(key).values(signature=signature))
+    else:
+        conn.execute(
+            deployed_items.insert().values(
+                path=item.path,
+                type=_type_word(item.type),
+                version_id=item.version_id,
+                json=item.json,
+                signature=signature,
+                created_at=now,
+                account=account,
+            )
+        )
+
+
+def _record_attached(
+    conn: sa.Connection, controller_id: str, agent: str, path: str, version_id: str, at: datetime
+) -> None:
+    key = (
+        (deployment_agents.c.controller_id == controller_id)
+        & (deployment_agents.c.path == path)
+        & (deployment_agents.c.version_id == version_id)
+        & (deployment_agents.c.agent == agent)
+    )
+    if conn.execute(sa.select(deployment_agents.c.agent).where(key)).first() is None:
+        conn.execute(
+            deployment_agents.insert().values(
+                controller_id=controller_id, path=path, version_id=version_id, agent=agent, attached_at=at
+            )
+        )
+
+
+def _with_agents(conn: sa.Connection, rows: list[DeploymentRow]) -> list[DeploymentRow]:
+    """The rows with the agents that confirmed their versions."""
+    if not rows:
+        return rows
+    paths = {r.path for r in rows}
+    confirmed: dict[tuple[str, str, str], list[tuple[str, datetime]]] = {}
+    for r in conn.execute(
+        sa.select(deployment_agents)
+        .where(deployment_agents.c.path.in_(paths))
+        .order_by(deployment_agents.c.attached_at, deployment_agents.c.agent)
+    ):
+        confirmed.setdefault((r.controller_id, r.path, r.version_id), []).append(
+            (r.agent, _utc(r.attached_at))
+        )
+    return [
+        dataclasses.replace(
+            row, agents=tuple(confirmed.get((row.controller_id, row.path, row.version_id), ()))
+        )
+        for row in rows
+    ]
 
 
 def _order(r: Any) -> OrderRow:

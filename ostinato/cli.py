@@ -1,4 +1,5 @@
-"""The `ostinato` command: a JOC client (deploy, orders) and the launcher of each service.
+"""The `ostinato` command: a JOC client (inventory, deployment, signing, orders, audit, accounts)
+and the launcher of each service.
 
 Errors are one line `ostinato: error: ...` on stderr and exit 1; bad usage is argparse's exit 2.
 grpc and the services are imported only by the commands that need them, so the CLI starts fast.
@@ -7,11 +8,15 @@ grpc and the services are imported only by the commands that need them, so the C
 from __future__ import annotations
 
 import argparse
+import io
+import json
 import os
 import socket
 import sys
+import tarfile
 import time
-from collections.abc import Callable, Iterator
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +31,9 @@ DEFAULT_JOC = "127.0.0.1:4446"
 SUFFIXES: dict[str, int] = {
     ".workflow.json": items_pb2.ITEM_TYPE_WORKFLOW,
     ".jobresource.json": items_pb2.ITEM_TYPE_JOB_RESOURCE,
+    ".fileordersource.json": items_pb2.ITEM_TYPE_FILE_ORDER_SOURCE,
     ".lock.json": items_pb2.ITEM_TYPE_LOCK,
+    ".noticeboard.json": items_pb2.ITEM_TYPE_NOTICE_BOARD,
     ".subagentcluster.json": items_pb2.ITEM_TYPE_SUBAGENT_CLUSTER,
     ".calendar.json": items_pb2.ITEM_TYPE_CALENDAR,
     ".schedule.json": items_pb2.ITEM_TYPE_SCHEDULE,
@@ -39,8 +46,9 @@ SERVICES = {
     "subagent": "subagent_svc.__main__",
 }
 
-# Until accounts exist, JOC's audit log records who asked by this header (see joc_svc.servicers).
+# Without a token, JOC's audit log records who asked by this header (see joc_svc.auth).
 ACCOUNT_METADATA = "x-ostinato-account"
+REASON_METADATA = "x-ostinato-reason"
 
 # A --wait outlives a JOC restart: it reconnects this long, then gives up.
 WATCH_RECONNECT_SECONDS = 30.0
@@ -110,6 +118,140 @@ def collect_objects(arguments: list[Path]) -> list[LocalObject]:
             f"no inventory objects (NAME{', NAME'.join(SUFFIXES)}) in {' '.join(map(str, arguments))}"
         )
     return [found[k] for k in sorted(found)]
+
+
+# ---- archives for signing outside JOC (pure)
+
+SIGNING_README = """Objects exported by JOC for signing (security level high).
+
+Sign each NAME.json file exactly as it is (do not change a byte), e.g. with OpenSSL:
+
+    openssl dgst -sha256 -sign key.pem -out NAME.sig NAME.json
+
+RSA and ECDSA keys work. Add the signer's X.509 certificate (PEM; intermediate CA certificates
+may follow it) as signer.pem at the top of the archive, or as NAME.pem for one object. Put the
+files back into an archive (zip or tar.gz) and deploy it with:
+
+    ostinato deploy import ARCHIVE
+"""
+MANIFEST = "manifest.json"
+SIGNER_CERTIFICATES = ("signer.pem", "signer.crt")
+
+
+def suffix_of(item_type: int) -> str:
+    for suffix, t in SUFFIXES.items():
+        if t == item_type:
+            return suffix
+    raise CliError(f"no file name for objects of type {item_type}")
+
+
+def archive_members(items: list[items_pb2.SignedItem]) -> dict[str, bytes]:
+    """The files of an archive for signing: each object's exact JSON, a manifest, a README."""
+    members: dict[str, bytes] = {"README.txt": SIGNING_README.encode()}
+    manifest = []
+    for item in items:
+        name = item.path.lstrip("/") + suffix_of(item.type)
+        members[name] = item.json.encode("utf-8")
+        manifest.append({"file": name, "path": item.path, "versionId": item.version_id})
+    members[MANIFEST] = json.dumps({"items": manifest}, indent=2).encode()
+    return members
+
+
+def write_archive(path: Path, members: dict[str, bytes]) -> None:
+    """A zip, or a tar.gz when the name says so."""
+    if path.name.endswith((".tar.gz", ".tgz")):
+        with tarfile.open(path, "w:gz") as tar:
+            for name, data in members.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                info.mtime = int(time.time())
+                tar.addfile(info, io.BytesIO(data))
+    else:
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+            for name, data in members.items():
+                z.writestr(name, data)
+
+
+def read_archive(path: Path) -> dict[str, bytes]:
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                return {i.filename: z.read(i) for i in z.infolist() if not i.is_dir()}
+        if tarfile.is_tarfile(path):
+            members: dict[str, bytes] = {}
+            with tarfile.open(path) as tar:
+                for info in tar.getmembers():
+                    f = tar.extractfile(info) if info.isfile() else None
+                    if f is not None:
+                        members[info.name.removeprefix("./")] = f.read()
+            return members
+    except (OSError, zipfile.BadZipFile, tarfile.TarError) as e:
+        raise CliError(f"{path}: {e}") from None
+    raise CliError(f"{path}: neither a zip nor a tar archive")
+
+
+def _signature_bytes(data: bytes) -> bytes:
+    """A signature file as openssl writes it (raw bytes), or base64 text of them."""
+    import base64
+    import binascii
+
+    text = data.strip()
+    if text and all(
+        c in b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=\r\n" for c in text
+    ):
+        try:
+            return base64.b64decode(text, validate=False)
+        except binascii.Error:
+            pass
+    return data
+
+
+def signed_items(members: dict[str, bytes]) -> list[items_pb2.SignedItem]:
+    """The objects of a signed archive: NAME.<type>.json with NAME.<type>.sig and the signer's
+    certificate (NAME.<type>.pem, else signer.pem). Unsigned objects are passed on as they are:
+    controllers reject them, and the history says so."""
+    from ostinato import signing
+    from ostinato.errors import OstinatoError
+
+    versions: dict[str, str] = {}
+    if MANIFEST in members:
+        try:
+            versions = {e["file"]: e["versionId"] for e in json.loads(members[MANIFEST])["items"]}
+        except (ValueError, KeyError, TypeError):
+            raise CliError(f"{MANIFEST}: not the manifest JOC wrote") from None
+    shared = next((members[n] for n in SIGNER_CERTIFICATES if n in members), None)
+    items = []
+    for name in sorted(members):
+        found = object_type(name.rsplit("/", 1)[-1])
+        if found is None:
+            continue
+        item_type = found[1]
+        base = name[: -len(".json")]
+        try:
+            text = members[name].decode("utf-8")
+        except UnicodeDecodeError:
+            raise CliError(f"{name}: not UTF-8 text") from None
+        item = items_pb2.SignedItem(
+            type=item_type,  # type: ignore[arg-type]
+            path="/" + name[: -len(suffix_of(item_type))],
+            version_id=versions.get(name, ""),
+            json=text,
+        )
+        signature = members.get(base + ".sig") or members.get(base + ".asc")
+        if signature is not None:
+            certificate = members.get(base + ".pem") or members.get(base + ".crt") or shared
+            if certificate is None:
+                raise CliError(f"{base}.sig: no certificate; add signer.pem (or {base}.pem)")
+            try:
+                item.signature.CopyFrom(
+                    signing.signature_of(_signature_bytes(signature), certificate.decode("utf-8", "replace"))
+                )
+            except OstinatoError as e:
+                raise CliError(f"{base}: {e}") from None
+        items.append(item)
+    if not items:
+        raise CliError(f"no objects (NAME{', NAME'.join(SUFFIXES)}) in the archive")
+    return items
 
 
 # ---- describing orders (pure)
@@ -188,7 +330,7 @@ def _time_text(ts: Any) -> str:
 class JocClient:
     """Blocking stubs on one channel; every gRPC error becomes a CliError with its message."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, token: str = "", reason: str = "") -> None:
         import grpc
 
         from gen.ostinato.joc.v1 import joc_pb2_grpc
@@ -201,7 +343,14 @@ class JocClient:
         self.inventory = joc_pb2_grpc.InventoryServiceStub(self.channel)
         self.deployment = joc_pb2_grpc.DeploymentServiceStub(self.channel)
         self.orders = joc_pb2_grpc.OrderServiceStub(self.channel)
-        self.metadata = ((ACCOUNT_METADATA, _user()),)
+        self.audit = joc_pb2_grpc.AuditServiceStub(self.channel)
+        self.accounts = joc_pb2_grpc.AccountServiceStub(self.channel)
+        metadata = [(ACCOUNT_METADATA, _user())]
+        if token:
+            metadata.append(("authorization", f"Bearer {token}"))
+        if reason:
+            metadata.append((REASON_METADATA, reason))
+        self.metadata = tuple(metadata)
 
     def call(self, method: Callable[..., Any], request: Any, what: str = "") -> Any:
         try:
@@ -224,6 +373,19 @@ class JocClient:
             return CliError(f"cannot reach JOC at {self.address}")
         message = e.details() or e.code().name
         return CliError(f"{what}: {message}" if what else message)
+
+
+def connect(args: argparse.Namespace) -> JocClient:
+    """The client for a command's --joc, --token (else $OSTINATO_TOKEN, else the file named by
+    $OSTINATO_TOKEN_FILE) and --reason."""
+    token = args.token or os.environ.get("OSTINATO_TOKEN", "")
+    token_file = os.environ.get("OSTINATO_TOKEN_FILE")
+    if not token and token_file:
+        try:
+            token = Path(token_file).read_text().strip()
+        except OSError as e:
+            raise CliError(f"OSTINATO_TOKEN_FILE: {e}") from None
+    return JocClient(args.joc, token, args.reason or "")
 
 
 def _split_address(address: str) -> tuple[str, int]:
@@ -255,11 +417,11 @@ def _user() -> str:
 # ---- commands
 
 
-def cmd_deploy(args: argparse.Namespace) -> int:
+def put_files(joc: JocClient, paths: list[Path]) -> list[LocalObject]:
+    """Puts inventory files (and folders of them) into JOC as drafts."""
     from gen.ostinato.joc.v1 import joc_pb2
 
-    objects = collect_objects(args.paths)
-    joc = JocClient(args.joc)
+    objects = collect_objects(paths)
     for obj in objects:
         try:
             text = obj.file.read_text(encoding="utf-8")
@@ -270,18 +432,347 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             joc_pb2.PutObjectRequest(path=obj.path, type=obj.type, json=text),  # type: ignore[arg-type]
             str(obj.file),
         )
-    response = joc.call(
-        joc.deployment.Deploy,
-        joc_pb2.DeployRequest(paths=[o.path for o in objects], controller_ids=args.controller or []),
-    )
+    return objects
+
+
+def report_deployments(deployments: Any, no_wait: bool = False) -> int:
+    """One line per history row; exit 1 unless everything is deployed (with --no-wait: unless
+    nothing was refused)."""
+    from gen.ostinato.joc.v1 import joc_pb2
+
     failed = 0
-    for d in response.deployments:
+    for d in deployments:
+        where = f"{d.path} version {d.version_id or '-'} to {d.controller_id}"
         if d.status == joc_pb2.DEPLOYMENT_STATUS_DEPLOYED:
-            print(f"deployed {d.path} version {d.version_id} to {d.controller_id}")
+            print(f"deployed {where}")
+        elif d.pending:
+            failed += 0 if no_wait else 1
+            print(f"NOT deployed {where}: {d.message} (pending: JOC keeps delivering)")
         else:
             failed += 1
-            print(f"NOT deployed {d.path} version {d.version_id} to {d.controller_id}: {d.message}")
+            print(f"NOT deployed {where}: {d.message}")
     return 1 if failed else 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from gen.ostinato.joc.v1 import joc_pb2
+
+    joc = connect(args)
+    if args.inventory:
+        paths = [str(p) for p in args.paths]
+    else:
+        paths = [o.path for o in put_files(joc, args.paths)]
+    response = joc.call(
+        joc.deployment.Deploy,
+        joc_pb2.DeployRequest(paths=paths, controller_ids=args.controller or [], no_wait=args.no_wait),
+    )
+    return report_deployments(response.deployments, args.no_wait)
+
+
+def cmd_deploy_redeploy(args: argparse.Namespace) -> int:
+    from gen.ostinato.joc.v1 import joc_pb2
+
+    joc = connect(args)
+    response = joc.call(
+        joc.deployment.Redeploy,
+        joc_pb2.RedeployRequest(
+            folder=args.folder, controller_ids=args.controller or [], no_wait=args.no_wait
+        ),
+    )
+    return report_deployments(response.deployments, args.no_wait)
+
+
+def cmd_deploy_export(args: argparse.Namespace) -> int:
+    from gen.ostinato.joc.v1 import joc_pb2
+
+    if not args.for_signing:
+        raise CliError("only --for-signing exports exist: give it")
+    joc = connect(args)
+    response = joc.call(joc.deployment.ExportForSigning, joc_pb2.ExportForSigningRequest(paths=args.paths))
+    members = archive_members(list(response.items))
+    try:
+        write_archive(args.output, members)
+    except OSError as e:
+        raise CliError(f"{args.output}: {e}") from None
+    for item in response.items:
+        print(
+            f"exported {item.path} version {item.version_id} as {item.path.lstrip('/')}{suffix_of(item.type)}"
+        )
+    print(f"wrote {args.output}: sign each .json file (see README.txt inside), then: ostinato deploy import")
+    return 0
+
+
+def cmd_deploy_import(args: argparse.Namespace) -> int:
+    from gen.ostinato.joc.v1 import joc_pb2
+
+    items = signed_items(read_archive(args.archive))
+    joc = connect(args)
+    response = joc.call(
+        joc.deployment.ImportSigned,
+        joc_pb2.ImportSignedRequest(items=items, controller_ids=args.controller or [], no_wait=args.no_wait),
+    )
+    return report_deployments(response.deployments, args.no_wait)
+
+
+def cmd_deploy_history(args: argparse.Namespace) -> int:
+    from gen.ostinato.joc.v1 import joc_pb2
+
+    joc = connect(args)
+    response = joc.call(
+        joc.deployment.ListDeployments,
+        joc_pb2.ListDeploymentsRequest(
+            path=args.path or "",
+            limit=args.limit,
+            controller_id=args.controller or "",
+            pending_only=args.pending,
+        ),
+    )
+    rows = [("ID", "PATH", "VERSION", "CONTROLLER", "STATUS", "AGENTS", "BY", "REQUESTED", "MESSAGE")]
+    for d in response.deployments:
+        if d.status == joc_pb2.DEPLOYMENT_STATUS_DEPLOYED:
+            status = "deployed"
+        else:
+            status = "pending" if d.pending else "not deployed"
+        agents = ",".join(a.agent for a in d.agent_confirmations) or "-"
+        rows.append(
+            (
+                str(d.id),
+                d.path,
+                d.version_id or "-",
+                d.controller_id,
+                status,
+                agents,
+                d.account,
+                _time_text(d.requested_at),
+                d.message,
+            )
+        )
+    print_table(rows)
+    return 0
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    from gen.ostinato.joc.v1 import joc_pb2
+
+    joc = connect(args)
+    if args.inventory:
+        paths = [str(p) for p in args.paths]
+    else:
+        paths = [o.path for o in put_files(joc, args.paths)]
+    response = joc.call(joc.deployment.Release, joc_pb2.ReleaseRequest(paths=paths))
+    for o in response.released:
+        print(f"released {_type_text(o.type)} {o.path}")
+    return 0
+
+
+def cmd_inventory_put(args: argparse.Namespace) -> int:
+    joc = connect(args)
+    for obj in put_files(joc, args.paths):
+        print(f"put {_type_text(obj.type)} {obj.path}")
+    return 0
+
+
+def cmd_inventory_get(args: argparse.Namespace) -> int:
+    from gen.ostinato.joc.v1 import joc_pb2
+
+    joc = connect(args)
+    response = joc.call(joc.inventory.GetObject, joc_pb2.GetObjectRequest(path=args.path, type=args.type))
+    text = response.object.json
+    print(text if args.raw else json.dumps(json.loads(text), indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_inventory_ls(args: argparse.Namespace) -> int:
+    from gen.ostinato.joc.v1 import joc_pb2
+
+    joc = connect(args)
+    response = joc.call(
+        joc.inventory.ListObjects,
+        joc_pb2.ListObjectsRequest(folder=args.folder, recursive=args.recursive, type=args.type),
+    )
+    rows = [("TYPE", "PATH", "DEPLOYED", "RELEASED", "MODIFIED")]
+    for o in response.objects:
+        released = _time_text(o.released_at) if o.HasField("released_at") else "-"
+        rows.append(
+            (_type_text(o.type), o.path, o.deployed_version_id or "-", released, _time_text(o.modified_at))
+        )
+    print_table(rows)
+    return 0
+
+
+def cmd_inventory_rm(args: argparse.Namespace) -> int:
+    from gen.ostinato.joc.v1 import joc_pb2
+
+    joc = connect(args)
+    response = joc.call(
+        joc.inventory.RemoveObject,
+        joc_pb2.RemoveObjectRequest(path=args.path, type=args.type, recursive=args.recursive),
+    )
+    for o in response.removed:
+        print(f"removed {_type_text(o.type)} {o.path}")
+    return 0
+
+
+def cmd_inventory_mv(args: argparse.Namespace) -> int:
+    from gen.ostinato.joc.v1 import joc_pb2
+
+    joc = connect(args)
+    response = joc.call(
+        joc.inventory.MoveObject,
+        joc_pb2.MoveObjectRequest(path=args.path, type=args.type, new_path=args.new_path),
+    )
+    for o in response.moved:
+        print(f"moved {_type_text(o.type)} to {o.path}")
+    return 0
+
+
+def cmd_inventory_validate(args: argparse.Namespace) -> int:
+    from gen.ostinato.joc.v1 import joc_pb2
+
+    joc = connect(args)
+    response = joc.call(joc.inventory.ValidateObjects, joc_pb2.ValidateObjectsRequest(paths=args.paths))
+    for p in response.problems:
+        print(f"{_type_text(p.type)} {p.path}: {p.field}: {p.message}")
+    if not response.problems:
+        print("valid")
+    return 1 if response.problems else 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from gen.ostinato.joc.v1 import joc_pb2
+
+    joc = connect(args)
+    response = joc.call(
+        joc.audit.ListAuditEntries,
+        joc_pb2.ListAuditEntriesRequest(
+            limit=args.limit, account=args.account or "", action=args.action or ""
+        ),
+    )
+    rows = [("AT", "ACCOUNT", "ACTION", "OBJECT", "REASON")]
+    for e in response.entries:
+        rows.append((_time_text(e.at), e.account, e.action, e.object, e.reason))
+    print_table(rows)
+    return 0
+
+
+def cmd_order_command(args: argparse.Namespace) -> int:
+    from gen.ostinato.common.v1 import commands_pb2
+    from gen.ostinato.joc.v1 import joc_pb2
+
+    commands = []
+    for order_id in args.order_ids:
+        command = commands_pb2.OrderCommand(order_id=order_id)
+        if args.order_command == "cancel":
+            command.cancel.kill = args.kill
+        elif args.order_command == "suspend":
+            command.suspend.kill = args.kill
+        elif args.order_command == "resume":
+            command.resume.SetInParent()
+            if args.position is not None:
+                command.resume.position.CopyFrom(args.position)
+            for key, value in args.arg or []:
+                command.resume.variables[key].CopyFrom(value)
+        else:
+            command.answer_prompt.SetInParent()
+        commands.append(command)
+    joc = connect(args)
+    response = joc.call(joc.orders.CommandOrders, joc_pb2.CommandOrdersRequest(commands=commands))
+    failed = 0
+    for result in response.results:
+        if result.error:
+            failed += 1
+            print(f"{result.order_id}: {args.order_command} refused: {result.error}")
+        else:
+            print(f"{result.order_id}: {args.order_command} accepted")
+    return 1 if failed else 0
+
+
+def cmd_account_add(args: argparse.Namespace) -> int:
+    from gen.ostinato.joc.v1 import joc_pb2
+
+    joc = connect(args)
+    response = joc.call(joc.accounts.PutAccount, joc_pb2.PutAccountRequest(name=args.name, roles=args.role))
+    print(f"account {response.account.name}: {_roles_text(response.account.roles)}")
+    if not args.no_token:
+        token = joc.call(joc.accounts.CreateToken, joc_pb2.CreateTokenRequest(account=args.name)).token
+        print(f"token (shown once): {token}")
+    return 0
+
+
+def cmd_account_ls(args: argparse.Namespace) -> int:
+    from gen.ostinato.joc.v1 import joc_pb2
+
+    joc = connect(args)
+    response = joc.call(joc.accounts.ListAccounts, joc_pb2.ListAccountsRequest())
+    rows = [("ACCOUNT", "ROLES", "TOKENS", "SIGNING CERTIFICATE")]
+    for a in response.accounts:
+        rows.append((a.name, _roles_text(a.roles), str(a.token_count), a.signing_certificate_subject or "-"))
+    print_table(rows)
+    return 0
+
+
+def cmd_account_rm(args: argparse.Namespace) -> int:
+    from gen.ostinato.joc.v1 import joc_pb2
+
+    joc = connect(args)
+    joc.call(joc.accounts.RemoveAccount, joc_pb2.RemoveAccountRequest(name=args.name))
+    print(f"removed account {args.name}")
+    return 0
+
+
+def cmd_account_token(args: argparse.Namespace) -> int:
+    from gen.ostinato.joc.v1 import joc_pb2
+
+    joc = connect(args)
+    print(joc.call(joc.accounts.CreateToken, joc_pb2.CreateTokenRequest(account=args.name)).token)
+    return 0
+
+
+def cmd_account_key(args: argparse.Namespace) -> int:
+    from gen.ostinato.joc.v1 import joc_pb2
+
+    try:
+        key, cert = args.key.read_text(), args.cert.read_text()
+    except OSError as e:
+        raise CliError(str(e)) from None
+    joc = connect(args)
+    response = joc.call(
+        joc.accounts.SetSigningKey,
+        joc_pb2.SetSigningKeyRequest(account=args.name or "", private_key=key, certificate=cert),
+    )
+    print(f"account {response.account.name} signs as {response.account.signing_certificate_subject}")
+    return 0
+
+
+def cmd_account_whoami(args: argparse.Namespace) -> int:
+    from gen.ostinato.joc.v1 import joc_pb2
+
+    joc = connect(args)
+    response = joc.call(joc.accounts.GetCaller, joc_pb2.GetCallerRequest())
+    a = response.account
+    print(f"account    {a.name}")
+    print(f"roles      {_roles_text(a.roles)}")
+    print(f"signs as   {a.signing_certificate_subject or '-'}")
+    tokens = "required" if response.auth_required else "optional"
+    print(f"JOC        security level {response.security_level}, tokens {tokens}")
+    return 0
+
+
+def print_table(rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        print("  ".join([*(c.ljust(w) for c, w in zip(r, widths, strict=False)), r[-1]]).rstrip())
+
+
+def _type_text(item_type: int) -> str:
+    name = items_pb2.ItemType.Name(items_pb2.ItemType.ValueType(item_type))
+    return name.removeprefix("ITEM_TYPE_").lower().replace("_", "-")
+
+
+def _roles_text(roles: Any) -> str:
+    from gen.ostinato.joc.v1 import joc_pb2
+
+    return ",".join(joc_pb2.Role.Name(r).removeprefix("ROLE_").lower() for r in roles) or "-"
 
 
 def cmd_order_add(args: argparse.Namespace) -> int:
@@ -294,7 +785,7 @@ def cmd_order_add(args: argparse.Namespace) -> int:
         request.controller_id = args.controller
     if args.at is not None:
         request.scheduled_for.FromDatetime(args.at)
-    joc = JocClient(args.joc)
+    joc = connect(args)
     response = joc.call(joc.orders.AddOrder, request)
     print(response.order_id, flush=True)
     if not args.wait:
@@ -350,7 +841,7 @@ def wait_for_order(joc: JocClient, order_id: str) -> int:
 def cmd_order_list(args: argparse.Namespace) -> int:
     from gen.ostinato.joc.v1 import joc_pb2
 
-    joc = JocClient(args.joc)
+    joc = connect(args)
     response = joc.call(
         joc.orders.ListOrders,
         joc_pb2.ListOrdersRequest(state=args.state, workflow_path=args.workflow or "", limit=args.limit),
@@ -371,7 +862,7 @@ def cmd_order_show(args: argparse.Namespace) -> int:
     from gen.ostinato.joc.v1 import joc_pb2
     from ostinato.workflow.values import value_text
 
-    joc = JocClient(args.joc)
+    joc = connect(args)
     response = joc.call(joc.orders.GetOrder, joc_pb2.GetOrderRequest(order_id=args.order_id))
     s = response.summary
     o = s.order
@@ -404,7 +895,7 @@ def cmd_order_show(args: argparse.Namespace) -> int:
 def cmd_order_logs(args: argparse.Namespace) -> int:
     from gen.ostinato.joc.v1 import joc_pb2
 
-    joc = JocClient(args.joc)
+    joc = connect(args)
     for chunk in joc.stream(
         joc.orders.GetOrderLog, joc_pb2.GetOrderLogRequest(order_id=args.order_id, follow=args.follow)
     ):
@@ -464,6 +955,40 @@ def _order_state(text: str) -> int:
     return int(order_pb2.OrderState.Value(_STATE_PREFIX + word))
 
 
+def _item_type(text: str) -> int:
+    """workflow, job-resource, jobresource, JOB_RESOURCE -> the ItemType number."""
+    word = text.strip().upper().replace("-", "_")
+    names = {n.removeprefix("ITEM_TYPE_"): v for n, v in items_pb2.ItemType.items() if v}
+    names.update({n.replace("_", ""): v for n, v in list(names.items())})
+    if word not in names:
+        known = ", ".join(sorted(n.lower().replace("_", "-") for n in names if "_" in n or n.isalpha()))
+        raise argparse.ArgumentTypeError(f"unknown type {text!r} (one of {known})")
+    return int(names[word])
+
+
+def _position(text: str) -> order_pb2.Position:
+    from ostinato.workflow import positions
+
+    try:
+        return positions.parse_text(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a position like 2 or 1/try+0:3, got {text!r}") from None
+
+
+def _role(text: str) -> int:
+    from gen.ostinato.joc.v1 import joc_pb2
+
+    name = "ROLE_" + text.strip().upper()
+    if name not in joc_pb2.Role.keys() or name == "ROLE_UNSPECIFIED":
+        raise argparse.ArgumentTypeError(f"unknown role {text!r} (viewer, editor, deployer, operator, admin)")
+    return int(joc_pb2.Role.Value(name))
+
+
+# `ostinato deploy WORD ...` for these words is the command deploy-WORD (deploy's own arguments are
+# files and folders, so they cannot be subcommands of one parser).
+DEPLOY_COMMANDS = ("export", "import", "redeploy", "history")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ostinato", description="ostinato workload automation")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -475,19 +1000,154 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="JOC's address (default: $OSTINATO_JOC, else %(default)s)",
     )
+    joc_option.add_argument(
+        "--token",
+        default="",
+        metavar="TOKEN",
+        help="the account's token (default: $OSTINATO_TOKEN, else the file $OSTINATO_TOKEN_FILE names)",
+    )
+    joc_option.add_argument("--reason", metavar="TEXT", help="why: recorded in the audit log")
+    controllers = argparse.ArgumentParser(add_help=False)
+    controllers.add_argument(
+        "--controller", action="append", metavar="ID", help="to this controller only (repeatable)"
+    )
+    controllers.add_argument(
+        "--no-wait", action="store_true", help="return at once; JOC delivers in the background"
+    )
 
     p = commands.add_parser(
-        "deploy", parents=[joc_option], help="put inventory files into JOC and deploy them"
+        "deploy",
+        parents=[joc_option, controllers],
+        help="put inventory files into JOC and deploy them (also: deploy export|import|redeploy|history)",
+        epilog="More: ostinato deploy export --for-signing PATH... -o ARCHIVE; ostinato deploy import"
+        " ARCHIVE; ostinato deploy redeploy FOLDER; ostinato deploy history [PATH] (each has --help).",
     )
     p.add_argument(
         "paths", nargs="+", type=Path, metavar="PATH", help="NAME.workflow.json etc., or folders of them"
     )
     p.add_argument(
-        "--controller", action="append", metavar="ID", help="deploy to this controller only (repeatable)"
+        "-i",
+        "--inventory",
+        action="store_true",
+        help="the PATHs are inventory paths or folders, deployed as JOC holds them",
     )
     p.set_defaults(func=cmd_deploy)
 
-    order = commands.add_parser("order", help="add, list, show orders and their logs")
+    p = commands.add_parser(
+        "deploy-export",
+        prog="ostinato deploy export",
+        parents=[joc_option],
+        help=argparse.SUPPRESS,
+        description="Writes the exact JSON of objects (or folders of them) to sign outside JOC.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="inventory paths or folders")
+    p.add_argument("--for-signing", action="store_true", help="an archive for signing (security level high)")
+    p.add_argument(
+        "-o", "--output", type=Path, required=True, metavar="ARCHIVE", help="NAME.zip or NAME.tar.gz"
+    )
+    p.set_defaults(func=cmd_deploy_export)
+
+    p = commands.add_parser(
+        "deploy-import",
+        prog="ostinato deploy import",
+        parents=[joc_option, controllers],
+        help=argparse.SUPPRESS,
+        description="Deploys the objects of an archive signed outside JOC (NAME.json, NAME.sig, signer.pem).",
+    )
+    p.add_argument("archive", type=Path, metavar="ARCHIVE")
+    p.set_defaults(func=cmd_deploy_import)
+
+    p = commands.add_parser(
+        "deploy-redeploy",
+        prog="ostinato deploy redeploy",
+        parents=[joc_option, controllers],
+        help=argparse.SUPPRESS,
+        description="Deploys again to each controller the versions last deployed to it below a folder.",
+    )
+    p.add_argument("folder", metavar="FOLDER")
+    p.set_defaults(func=cmd_deploy_redeploy)
+
+    p = commands.add_parser(
+        "deploy-history",
+        prog="ostinato deploy history",
+        parents=[joc_option],
+        help=argparse.SUPPRESS,
+        description="The deployment history, newest first.",
+    )
+    p.add_argument("path", nargs="?", metavar="PATH")
+    p.add_argument("--controller", metavar="ID")
+    p.add_argument("--pending", action="store_true", help="only deployments still being delivered")
+    p.add_argument("--limit", type=int, default=50, help="at most this many (0: all; default %(default)s)")
+    p.set_defaults(func=cmd_deploy_history)
+
+    p = commands.add_parser(
+        "release", parents=[joc_option], help="put calendars and schedules into JOC and release them"
+    )
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="NAME.schedule.json etc., or folders")
+    p.add_argument("-i", "--inventory", action="store_true", help="the PATHs are inventory paths or folders")
+    p.set_defaults(func=cmd_release)
+
+    inventory = commands.add_parser("inventory", help="put, get, list, remove, move inventory objects")
+    inventory_commands = inventory.add_subparsers(dest="inventory_command", required=True, metavar="COMMAND")
+    p = inventory_commands.add_parser(
+        "put", parents=[joc_option], help="put files (or folders of them) as drafts"
+    )
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    p.set_defaults(func=cmd_inventory_put)
+    p = inventory_commands.add_parser("get", parents=[joc_option], help="an object's JSON")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--type", type=_item_type, default=0, help="when several objects share the path")
+    p.add_argument("--raw", action="store_true", help="exactly as stored (canonical JSON)")
+    p.set_defaults(func=cmd_inventory_get)
+    p = inventory_commands.add_parser("ls", parents=[joc_option], help="the objects of a folder")
+    p.add_argument("folder", nargs="?", default="/", metavar="FOLDER")
+    p.add_argument("-r", "--recursive", action="store_true")
+    p.add_argument("--type", type=_item_type, default=0)
+    p.set_defaults(func=cmd_inventory_ls)
+    p = inventory_commands.add_parser("rm", parents=[joc_option], help="remove an object (-r: a folder)")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--type", type=_item_type, default=0)
+    p.add_argument("-r", "--recursive", action="store_true", help="PATH is a folder: everything below it")
+    p.set_defaults(func=cmd_inventory_rm)
+    p = inventory_commands.add_parser("mv", parents=[joc_option], help="rename or move an object or folder")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("new_path", metavar="NEW_PATH")
+    p.add_argument("--type", type=_item_type, default=0)
+    p.set_defaults(func=cmd_inventory_mv)
+    p = inventory_commands.add_parser("validate", parents=[joc_option], help="check references of drafts")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="objects or folders (default: everything)")
+    p.set_defaults(func=cmd_inventory_validate)
+
+    p = commands.add_parser("audit", parents=[joc_option], help="the audit log, newest first")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--account", metavar="NAME")
+    p.add_argument("--action", metavar="ACTION", help='e.g. deploy, "cancel order"')
+    p.set_defaults(func=cmd_audit)
+
+    account = commands.add_parser("account", help="accounts, roles, tokens and signing keys")
+    account_commands = account.add_subparsers(dest="account_command", required=True, metavar="COMMAND")
+    p = account_commands.add_parser("add", parents=[joc_option], help="create an account (or set its roles)")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--role", action="append", type=_role, required=True, help="viewer, editor, deployer, ...")
+    p.add_argument("--no-token", action="store_true", help="make no token now")
+    p.set_defaults(func=cmd_account_add)
+    p = account_commands.add_parser("ls", parents=[joc_option], help="list accounts")
+    p.set_defaults(func=cmd_account_ls)
+    p = account_commands.add_parser("rm", parents=[joc_option], help="remove an account and its tokens")
+    p.add_argument("name", metavar="NAME")
+    p.set_defaults(func=cmd_account_rm)
+    p = account_commands.add_parser("token", parents=[joc_option], help="a new token for an account")
+    p.add_argument("name", metavar="NAME")
+    p.set_defaults(func=cmd_account_token)
+    p = account_commands.add_parser("key", parents=[joc_option], help="set the key an account signs with")
+    p.add_argument("name", nargs="?", metavar="NAME", help="default: your own account")
+    p.add_argument("--key", type=Path, required=True, metavar="KEY.pem")
+    p.add_argument("--cert", type=Path, required=True, metavar="CERT.pem")
+    p.set_defaults(func=cmd_account_key)
+    p = account_commands.add_parser("whoami", parents=[joc_option], help="your account and JOC's settings")
+    p.set_defaults(func=cmd_account_whoami)
+
+    order = commands.add_parser("order", help="add, list, show, command orders and their logs")
     order_commands = order.add_subparsers(dest="order_command", required=True, metavar="COMMAND")
 
     p = order_commands.add_parser("add", parents=[joc_option], help="add an order to a workflow")
@@ -516,6 +1176,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--follow", action="store_true", help="keep following until the order ends")
     p.set_defaults(func=cmd_order_logs)
 
+    for name, text in (
+        ("cancel", "cancel orders (a running job first ends, or is killed with --kill)"),
+        ("suspend", "suspend orders where they are (--kill: kill their running job)"),
+        ("resume", "resume suspended or failed orders"),
+        ("answer", "answer the prompt orders wait at"),
+    ):
+        p = order_commands.add_parser(name, parents=[joc_option], help=text)
+        p.add_argument("order_ids", nargs="+", metavar="ORDER_ID")
+        if name in ("cancel", "suspend"):
+            p.add_argument("--kill", action="store_true", help="kill the running job process")
+        if name == "resume":
+            p.add_argument("--position", type=_position, metavar="POSITION", help="resume there, e.g. 2")
+            p.add_argument(
+                "--arg", action="append", type=_key_value, metavar="NAME=VALUE", help="set an order variable"
+            )
+        p.set_defaults(func=cmd_order_command)
+
     for name in SERVICES:
         # Dispatched before parsing (see main); listed here for --help.
         commands.add_parser(name, help=f"run the {name} service in the foreground (its own --help)")
@@ -536,6 +1213,8 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] in SERVICES:
             # Before argparse: a service's own options must reach it untouched.
             return run_service(argv[0], argv[1:])
+        if len(argv) > 1 and argv[0] == "deploy" and argv[1] in DEPLOY_COMMANDS:
+            argv = [f"deploy-{argv[1]}", *argv[2:]]
         args = build_parser().parse_args(argv)
         return int(args.func(args))
     except CliError as e:

@@ -39,3 +39,14 @@ class Unavailable(OstinatoError):
 
 class PermissionDenied(OstinatoError):
     code_name = "PERMISSION_DENIED"
+
+
+class Unauthenticated(OstinatoError):
+    """The caller gave no credentials, or ones that name no account."""
+
+    code_name = "UNAUTHENTICATED"
+
+
+class SignatureRejected(PermissionDenied):
+    """A signed item failed verification: unsigned, tampered, signed with another key than its
+    certificate's, or its certificate expired or not trusted. The message names the item and why."""

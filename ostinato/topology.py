@@ -32,6 +32,15 @@ class TopologyConfig:
     controller_id: str = "controller"
     agent_name: str = "agent-1"
     director_timeout_s: float = 10.0
+    # Signing (see ostinato/signing.py): JOC's level; the root key JOC signs with at low and
+    # medium (default: one made in DATA_DIR/trust/ at first start); more certificates or CAs that
+    # controller and director trust besides the root certificate.
+    security_level: str = "low"
+    signing_key: Path | None = None
+    signing_cert: Path | None = None
+    trust: list[Path] = field(default_factory=list)
+    require_auth: bool = False
+    db_url: str | None = None  # JOC's database; default SQLite in its data dir
 
     @classmethod
     def ephemeral(cls, subagents: int = 2) -> TopologyConfig:
@@ -55,6 +64,17 @@ class TopologyConfig:
         if "subagents" in data:
             config.subagents = {s["id"]: s.get("listen", "127.0.0.1:0") for s in data["subagents"]}
         config.director_timeout_s = float(data.get("director_timeout_seconds", config.director_timeout_s))
+        joc = data.get("joc", {})
+        config.security_level = joc.get("security_level", config.security_level)
+        config.require_auth = bool(joc.get("require_auth", config.require_auth))
+        config.db_url = joc.get("db_url", config.db_url)
+        base = path.parent
+        if ("signing_key" in joc) != ("signing_cert" in joc):
+            raise ValueError(f"{path}: [joc] signing_key and signing_cert go together")
+        if "signing_key" in joc:
+            config.signing_key = base / joc["signing_key"]
+            config.signing_cert = base / joc["signing_cert"]
+        config.trust = [base / p for p in data.get("trust", {}).get("certificates", [])]
         return config
 
 
@@ -77,6 +97,31 @@ class Topology:
     @property
     def joc_address(self) -> str:
         return self.services["joc"].address
+
+    def root_key(self) -> tuple[Path, Path] | None:
+        """The root key and certificate JOC signs with (levels low and medium), made in
+        DATA_DIR/trust/ at first start unless the config names them; None at level high."""
+        cfg = self.config
+        if cfg.security_level == "high":
+            return None
+        if cfg.signing_key and cfg.signing_cert:
+            return cfg.signing_key, cfg.signing_cert
+        folder = self.data_dir / "trust"
+        key, cert = folder / "root-key.pem", folder / "root-certificate.pem"
+        if not (key.exists() and cert.exists()):
+            from ostinato import signing
+
+            folder.mkdir(parents=True, exist_ok=True)
+            key_pem, cert_pem = signing.generate_root("ostinato local root")
+            key.touch(mode=0o600)
+            key.write_text(key_pem)
+            cert.write_text(cert_pem)
+        return key, cert
+
+    def _trust_args(self) -> list[str]:
+        root = self.root_key()
+        certificates = ([root[1]] if root else []) + list(self.config.trust)
+        return [a for c in certificates for a in ("--trust", str(c))]
 
     def _args(self, name: str) -> tuple[str, str, list[str]]:
         cfg = self.config
@@ -110,6 +155,7 @@ class Topology:
                     "--agent-name",
                     cfg.agent_name,
                     *subs,
+                    *self._trust_args(),
                 ],
             )
         if name == "controller":
@@ -125,6 +171,7 @@ class Topology:
                     cfg.controller_id,
                     "--agent",
                     f"{cfg.agent_name}={self.addresses['director']}",
+                    *self._trust_args(),
                 ],
             )
         return (
@@ -137,8 +184,21 @@ class Topology:
                 d,
                 "--controller",
                 f"{cfg.controller_id}={self.addresses['controller']}",
+                *self._joc_args(),
             ],
         )
+
+    def _joc_args(self) -> list[str]:
+        cfg = self.config
+        args = ["--security-level", cfg.security_level]
+        root = self.root_key()
+        if root:
+            args += ["--signing-key", str(root[0]), "--signing-cert", str(root[1])]
+        if cfg.require_auth:
+            args.append("--require-auth")
+        if cfg.db_url:
+            args += ["--db-url", cfg.db_url]
+        return args
 
     def start_service(self, name: str) -> Launched:
         kind, module, args = self._args(name)

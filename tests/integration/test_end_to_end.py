@@ -219,15 +219,15 @@ async def test_folder_with_an_undeployable_type_still_deploys_its_workflows(
     )
     await joc.inventory.PutObject(
         joc_pb2.PutObjectRequest(
-            path="/mixed/env",
-            type=items_pb2.ITEM_TYPE_JOB_RESOURCE,
-            json=json.dumps({"variables": {"A": "1"}}),
+            path="/mixed/board",
+            type=items_pb2.ITEM_TYPE_NOTICE_BOARD,
+            json=json.dumps({"endOfLife": "$js7EpochMilli + 24 * 3600 * 1000"}),
         )
     )
     response = await joc.deployment.Deploy(joc_pb2.DeployRequest(paths=["/mixed"]))
     status = {d.path: (d.status, d.message) for d in response.deployments}
     assert status["/mixed/wf"] == (joc_pb2.DEPLOYMENT_STATUS_DEPLOYED, "")
-    assert status["/mixed/env"][0] == joc_pb2.DEPLOYMENT_STATUS_NOT_DEPLOYED
-    assert "job_resource objects cannot be deployed yet" in status["/mixed/env"][1]
+    assert status["/mixed/board"][0] == joc_pb2.DEPLOYMENT_STATUS_NOT_DEPLOYED
+    assert "notice_board objects cannot be deployed yet" in status["/mixed/board"][1]
     added = await joc.orders.AddOrder(joc_pb2.AddOrderRequest(workflow_path="/mixed/wf"))
     assert (await joc.wait_until_ended(added.order_id)).state == S.ORDER_STATE_FINISHED

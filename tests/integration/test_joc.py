@@ -18,7 +18,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from gen.ostinato.common.v1 import events_pb2, items_pb2, order_pb2, values_pb2, workflow_pb2
+from gen.ostinato.common.v1 import commands_pb2, events_pb2, items_pb2, order_pb2, values_pb2, workflow_pb2
 from gen.ostinato.controller.v1 import controller_pb2, controller_pb2_grpc
 from gen.ostinato.joc.v1 import joc_pb2, joc_pb2_grpc
 from ostinato import rpc
@@ -80,7 +80,7 @@ def test_inventory_put_get_list_remove(stubs: tuple) -> None:
     assert json.loads(put.object.json)["path"] == "/inv/a/hello"  # canonical JSON carries the path
     inventory.PutObject(
         joc_pb2.PutObjectRequest(
-            path="/inv/db", type=items_pb2.ITEM_TYPE_JOB_RESOURCE, json='{"b": 1, "a": 2}'
+            path="/inv/db", type=items_pb2.ITEM_TYPE_NOTICE_BOARD, json='{"b": 1, "a": 2}'
         ),
         timeout=10,
     )
@@ -162,13 +162,19 @@ def test_cli_deploy_folder(lonely_joc: Launched, tmp_path: Path) -> None:
     (tmp_path / "ex/a").mkdir(parents=True)
     (tmp_path / "ex/a/hello.workflow.json").write_text(HELLO)
     (tmp_path / "ex/env.jobresource.json").write_text('{"variables": {"x": "1"}}')
+    (tmp_path / "ex/board.noticeboard.json").write_text("{}")
     (tmp_path / "ex/README.md").write_text("not an object")
     result = cli("deploy", str(tmp_path / "ex"), "--joc", lonely_joc.address)
     assert result.returncode == 1, result.stderr  # the controller is unreachable
     lines = result.stdout.splitlines()
-    assert [line.split(" version ")[0] for line in lines] == ["NOT deployed /a/hello", "NOT deployed /env"]
-    assert " to main: controller main at 127.0.0.1:1 is unreachable" in lines[0]
-    assert "job_resource objects cannot be deployed yet" in lines[1]
+    assert [line.split(" version ")[0] for line in lines] == [
+        "NOT deployed /a/hello",
+        "NOT deployed /env",
+        "NOT deployed /board",
+    ]
+    for line in lines[:2]:  # pending: JOC keeps delivering them
+        assert " to main: controller main at 127.0.0.1:1 is unreachable" in line and "(pending" in line
+    assert "notice_board objects cannot be deployed yet" in lines[2] and "pending" not in lines[2]
 
     (tmp_path / "bad.workflow.json").write_text(
         '{"instructions":[{"execute":{"jobName":"a"}}],"jobs":{"a":{"agnt":"x"}}}'
@@ -202,6 +208,8 @@ class TestController(controller_pb2_grpc.ControllerServiceServicer):
         self.orders: set[str] = set()
         self.changed = asyncio.Condition()
         self.tasks: set[asyncio.Task[None]] = set()
+        self.commands: list[commands_pb2.OrderCommand] = []
+        self.commands_implemented = True
 
     async def emit(self, order_id: str, **kind: object) -> None:
         async with self.changed:
@@ -219,7 +227,24 @@ class TestController(controller_pb2_grpc.ControllerServiceServicer):
                 )
         for item in request.items:
             self.deployed[item.path] = item
+            # As the real controller once an agent journaled the item.
+            attached = events_pb2.ItemAttached(agent="agent-1", path=item.path, version_id=item.version_id)
+            await self.emit("", item_attached=attached)
         return controller_pb2.DeployItemsResponse(event_id=self.last_id)
+
+    async def CommandOrders(self, request, context):
+        if not self.commands_implemented:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
+        self.commands.extend(request.commands)
+        return controller_pb2.CommandOrdersResponse(
+            results=[
+                commands_pb2.OrderCommandResult(
+                    order_id=c.order_id,
+                    error="" if c.WhichOneof("kind") != "answer_prompt" else "the order is not prompting",
+                )
+                for c in request.commands
+            ]
+        )
 
     async def AddOrders(self, request, context):
         added = []
@@ -487,3 +512,78 @@ async def watch_to_end(
             if e.code() != grpc.StatusCode.NOT_FOUND or time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.05)
+
+
+async def test_order_commands_item_confirmations_and_audit_through_joc(
+    controller: tuple[TestController, rpc.Server], tmp_path: Path
+) -> None:
+    fake, server = controller
+    joc = await asyncio.to_thread(start_joc, tmp_path / "joc", server.address)
+    try:
+        (tmp_path / "hello.workflow.json").write_text(HELLO)
+        code, out, err = await run_cli(
+            "deploy", str(tmp_path / "hello.workflow.json"), "--joc", joc.address, "--reason", "first try"
+        )
+        assert code == 0, err
+        version_id = out.split()[3]
+        async with rpc.channel(joc.address) as channel:
+            deployment = joc_pb2_grpc.DeploymentServiceStub(channel)
+
+            # The agent's confirmation (ItemAttached) reaches the history without holding up "deployed".
+            async def confirmed() -> list[joc_pb2.AgentConfirmation]:
+                history = await deployment.ListDeployments(joc_pb2.ListDeploymentsRequest(path="/hello"))
+                return list(history.deployments[0].agent_confirmations)
+
+            deadline = time.monotonic() + 10
+            while not await confirmed():
+                assert time.monotonic() < deadline, "no agent confirmation"
+                await asyncio.sleep(0.05)
+            [agent] = await confirmed()
+            assert agent.agent == "agent-1" and agent.attached_at.seconds > 0
+            code, out, _ = await run_cli("deploy", "history", "/hello", "--joc", joc.address)
+            assert code == 0 and "deployed" in out and "agent-1" in out and version_id in out, out
+
+            orders = joc_pb2_grpc.OrderServiceStub(channel)
+            await orders.AddOrder(joc_pb2.AddOrderRequest(workflow_path="/hello", order_id="c-1"))
+
+        code, out, err = await run_cli("order", "cancel", "c-1", "--kill", "--joc", joc.address)
+        assert (code, out) == (0, "c-1: cancel accepted\n"), err
+        code, out, err = await run_cli("order", "suspend", "c-1", "--joc", joc.address)
+        assert code == 0, err
+        code, out, err = await run_cli(
+            "order", "resume", "c-1", "--position", "1", "--arg", "x=2", "--joc", joc.address
+        )
+        assert code == 0, err
+        code, out, err = await run_cli("order", "answer", "c-1", "nope", "--joc", joc.address)
+        assert code == 1
+        assert out.splitlines() == [
+            "c-1: answer refused: the order is not prompting",
+            "nope: answer refused: no order nope",
+        ]
+        kinds = [(c.order_id, c.WhichOneof("kind")) for c in fake.commands]
+        assert kinds == [("c-1", "cancel"), ("c-1", "suspend"), ("c-1", "resume"), ("c-1", "answer_prompt")]
+        assert fake.commands[0].cancel.kill and not fake.commands[1].suspend.kill
+        assert fake.commands[2].resume.position.nr == 1
+        assert fake.commands[2].resume.variables["x"].number == "2"
+
+        # A controller without order commands yet: each command says so.
+        fake.commands_implemented = False
+        code, out, err = await run_cli("order", "cancel", "c-1", "--joc", joc.address)
+        assert code == 1 and "UNIMPLEMENTED" in out, out + err
+
+        code, out, err = await run_cli("audit", "--joc", joc.address, "--limit", "20")
+        assert code == 0, err
+        lines = out.splitlines()
+        for action, obj in [
+            ("deploy", f"/hello {version_id} to main"),
+            ("add order", "c-1 /hello on main"),
+            ("cancel order (kill)", "c-1 on main"),
+            ("suspend order", "c-1 on main"),
+            ("resume order", "c-1 on main"),
+            ("answer prompt", "c-1 on main: the order is not prompting"),
+            ("answer prompt", "nope on no controller: no order nope"),
+        ]:
+            assert any(action in line and obj in line for line in lines), (action, obj, out)
+        assert any("deploy" in line and "first try" in line for line in lines), out
+    finally:
+        joc.stop()

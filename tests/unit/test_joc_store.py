@@ -3,6 +3,7 @@ synthetic controller event stream."""
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,10 +13,10 @@ import sqlalchemy as sa
 
 from gen.ostinato.common.v1 import events_pb2, items_pb2, order_pb2, workflow_pb2
 from gen.ostinato.joc.v1 import joc_pb2
-from joc_svc import naming
+from joc_svc import auth, migrations, naming
 from joc_svc.projection import Projected, replay
 from joc_svc.store import DeploymentRow, Store, metadata
-from ostinato.errors import InvalidArgument, NotFound
+from ostinato.errors import AlreadyExists, InvalidArgument, NotFound
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 WF = items_pb2.ITEM_TYPE_WORKFLOW
@@ -28,14 +29,19 @@ def store(tmp_path: Path):
     # tables are dropped before and after each test.
     url = os.environ.get("OSTINATO_TEST_DB_URL") or f"sqlite:///{tmp_path}/joc.db"
     if not url.startswith("sqlite"):
-        engine = sa.create_engine(url)
-        metadata.drop_all(engine)
-        engine.dispose()
+        drop_everything(url)
     s = Store(url)
     yield s
-    if not url.startswith("sqlite"):
-        metadata.drop_all(s.engine)
     s.close()
+    if not url.startswith("sqlite"):
+        drop_everything(url)
+
+
+def drop_everything(url: str) -> None:
+    engine = sa.create_engine(url)
+    metadata.drop_all(engine)
+    migrations.version_table.drop(engine, checkfirst=True)
+    engine.dispose()
 
 
 def event(id: int, order_id: str = "o1", **kind: object) -> events_pb2.Event:
@@ -265,3 +271,180 @@ def test_naming() -> None:
         with pytest.raises(InvalidArgument, match="path"):
             naming.check_path(bad)
     assert naming.check_folder("/a/") == "/a"
+
+
+# ---- schema migrations
+
+
+def columns(engine: sa.Engine) -> dict[str, set[str]]:
+    inspector = sa.inspect(engine)
+    return {t: {c["name"] for c in inspector.get_columns(t)} for t in inspector.get_table_names()}
+
+
+def test_migrations_make_the_schema_the_code_uses(store: Store) -> None:
+    assert store.schema_versions[1] == migrations.LATEST
+    expected = {t.name: {c.name for c in t.columns} for t in metadata.sorted_tables}
+    expected[migrations.version_table.name] = {"version"}
+    assert columns(store.engine) == expected
+    assert migrations.migrate(store.engine) == (migrations.LATEST, migrations.LATEST)  # nothing to do
+
+
+def test_a_database_of_the_first_joc_is_upgraded_with_its_data(tmp_path: Path) -> None:
+    url = os.environ.get("OSTINATO_TEST_DB_URL") or f"sqlite:///{tmp_path}/old.db"
+    if not url.startswith("sqlite"):
+        drop_everything(url)
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:  # as the first JOC made it: tables, no schema_version
+        migrations.MIGRATIONS[0](conn)
+        conn.execute(
+            sa.text(
+                "INSERT INTO deployments (path, type, version_id, controller_id, status, message, account,"
+                " requested_at) VALUES ('/w', 'WORKFLOW', 'v1', 'main', 'DEPLOYED', '', 'me', :at)"
+            ),
+            {"at": T0},
+        )
+    engine.dispose()
+    store = Store(url)
+    try:
+        assert store.schema_versions == (1, migrations.LATEST)
+        [row] = store.list_deployments("/w")
+        assert (row.version_id, row.status, row.pending, row.attempts, row.signer) == (
+            "v1",
+            joc_pb2.DEPLOYMENT_STATUS_DEPLOYED,
+            False,
+            0,
+            "",
+        )
+    finally:
+        store.close()
+        if not url.startswith("sqlite"):
+            drop_everything(url)
+
+
+# ---- asynchronous deployment, moves, releases, accounts
+
+
+def item(path: str, version: str, type: int = WF) -> items_pb2.SignedItem:
+    return items_pb2.SignedItem(type=type, path=path, version_id=version, json=f'{{"path": "{path}"}}')  # type: ignore[arg-type]
+
+
+def test_pending_deliveries(store: Store) -> None:
+    store.put_object("/w", WF, "{}", T0)
+    rows = store.record_pending([(item("/w", "v1"), "CN=root")], ["a", "b"], "me", T0)
+    assert [(r.controller_id, r.pending, r.status, r.signer) for r in rows] == [
+        ("a", True, joc_pb2.DEPLOYMENT_STATUS_NOT_DEPLOYED, "CN=root"),
+        ("b", True, joc_pb2.DEPLOYMENT_STATUS_NOT_DEPLOYED, "CN=root"),
+    ]
+    [(row, delivered)] = store.pending_deliveries("a")
+    assert row.id == rows[0].id and delivered == item("/w", "v1")
+    assert store.pending_controllers() == {"a", "b"}
+    store.mark_attempted([rows[0].id], "controller a is unreachable")
+    store.mark_delivered([rows[0].id], T0 + timedelta(seconds=3))
+    store.mark_rejected(rows[1].id, "bad signature")
+    a, b = store.deployments_by_id([rows[0].id, rows[1].id])
+    assert (a.status, a.pending, a.attempts, a.message, a.confirmed_at) == (
+        joc_pb2.DEPLOYMENT_STATUS_DEPLOYED,
+        False,
+        2,
+        "",
+        T0 + timedelta(seconds=3),
+    )
+    assert (b.status, b.pending, b.message) == (
+        joc_pb2.DEPLOYMENT_STATUS_NOT_DEPLOYED,
+        False,
+        "bad signature",
+    )
+    assert store.pending_deliveries("a") == [] and store.get_object("/w").deployed_version_id == "v1"
+    # Delivered again later (a repeated mark changes nothing).
+    store.mark_delivered([rows[1].id], T0)
+    assert store.deployments_by_id([rows[1].id])[0].status == joc_pb2.DEPLOYMENT_STATUS_NOT_DEPLOYED
+
+    # Redeploy: the version last deployed to a controller, as delivered.
+    store.record_pending([(item("/w", "v2"), "")], ["a"], "me", T0)
+    assert [i.version_id for i, _ in store.versions_deployed_to("a", "/")] == ["v1"]
+    store.mark_delivered([r.id for r, _ in store.pending_deliveries("a")], T0)
+    assert [(i.version_id, s) for i, s in store.versions_deployed_to("a", "/")] == [("v2", "")]
+    assert store.versions_deployed_to("b", "/") == []
+    # A version is one JSON text for good.
+    changed = item("/w", "v1")
+    changed.json = '{"path": "/w", "x": 1}'
+    with pytest.raises(InvalidArgument, match="other content"):
+        store.record_pending([(changed, "")], ["a"], "me", T0)
+
+    # The agent's confirmation arrives as a controller event.
+    attached = events_pb2.Event(
+        id=1, item_attached=events_pb2.ItemAttached(agent="agent-1", path="/w", version_id="v2")
+    )
+    store.apply_events("a", [attached], T0)
+    store.apply_events("a", [attached], T0)  # repeated: once
+    latest = store.list_deployments("/w", controller_id="a", limit=1)[0]
+    assert latest.version_id == "v2" and [a for a, _ in latest.agents] == ["agent-1"]
+    assert store.list_deployments(pending_only=True) == []
+
+
+def draft(path: str, resources: list[str] | None = None) -> str:
+    from joc_svc import inventory
+
+    value = {
+        "instructions": [{"execute": {"jobName": "j"}}],
+        "jobs": {"j": {"agent": "a", "executable": {"shellScript": {"script": "true"}}}},
+        "jobResourcePaths": resources or [],
+    }
+    return inventory.canonical_draft(WF, json.dumps(value), path)
+
+
+def test_move_follows_references_and_release(store: Store) -> None:
+    store.put_object("/r/env", JR, '{"variables": {}}', T0)
+    store.put_object("/w/a", WF, draft("/w/a", ["/r/env"]), T0)
+    store.put_object("/w/b", WF, draft("/w/b"), T0)
+    store.put_object("/p/daily", items_pb2.ITEM_TYPE_SCHEDULE, '{"workflowPath": "/w/a"}', T0)
+    store.record_deployments(
+        [DeploymentRow("/w/a", WF, "v1", "main", joc_pb2.DEPLOYMENT_STATUS_DEPLOYED, "", "me", T0, T0)]
+    )
+    [moved] = store.move("/r/env", 0, "/r/environment", T0)
+    assert moved.path == "/r/environment"
+    assert json.loads(store.get_object("/w/a").json)["jobResourcePaths"] == ["/r/environment"]
+    moved_folder = store.move("/w", 0, "/flows", T0)
+    assert [m.path for m in moved_folder] == ["/flows/a", "/flows/b"]
+    assert all(m.deployed_version_id == "" for m in moved_folder)
+    assert json.loads(moved_folder[0].json)["path"] == "/flows/a"  # the path inside follows too
+    assert '"/flows/a"' in store.get_object("/p/daily").json
+    with pytest.raises(AlreadyExists, match="/flows/b"):
+        store.move("/flows/a", WF, "/flows/b", T0)
+    with pytest.raises(NotFound):
+        store.move("/nothing", 0, "/else", T0)
+    [released] = store.release([store.get_object("/p/daily")], "me", T0)
+    assert released.released_at == T0
+    assert {r.path for r in store.remove_folder("/flows")} == {"/flows/a", "/flows/b"}
+    assert store.object_keys() == {(JR, "/r/environment"), (items_pb2.ITEM_TYPE_SCHEDULE, "/p/daily")}
+
+
+def test_accounts(store: Store) -> None:
+    accounts = auth.AccountStore(store)
+    token = accounts.ensure_root(T0)
+    assert token and accounts.ensure_root(T0) is None
+    assert accounts.by_token(token).name == "root"  # type: ignore[union-attr]
+    row = accounts.put("alice", [joc_pb2.ROLE_VIEWER, joc_pb2.ROLE_DEPLOYER], T0)
+    assert row.roles == (joc_pb2.ROLE_DEPLOYER, joc_pb2.ROLE_VIEWER)
+    alice = accounts.add_token("alice", T0)
+    assert accounts.by_token(alice).name == "alice" and accounts.one("alice").token_count == 1  # type: ignore[union-attr]
+    assert accounts.by_token("ost_guess") is None
+    with pytest.raises(InvalidArgument, match="account name"):
+        accounts.put("a b", [joc_pb2.ROLE_VIEWER], T0)
+    accounts.remove("alice")
+    assert accounts.by_token(alice) is None
+    with pytest.raises(InvalidArgument, match="root"):
+        accounts.remove("root")
+    # Only hashes are stored.
+    with store.engine.connect() as conn:
+        stored = {r.token_hash for r in conn.execute(sa.select(auth.account_tokens))}
+    assert token not in stored and auth.hash_token(token) in stored
+
+
+def test_audit_filters(store: Store) -> None:
+    store.audit("alice", "deploy", "/a", "", T0)
+    store.audit("bob", "put", "/b", "", T0)
+    store.audit("alice", "put", "/c", "why", T0)
+    assert [a.object for a in store.audit_entries(account="alice")] == ["/c", "/a"]
+    assert [a.object for a in store.audit_entries(action="put")] == ["/c", "/b"]
+    assert [a.object for a in store.audit_entries(limit=1)] == ["/c"]

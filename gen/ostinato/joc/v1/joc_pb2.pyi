@@ -487,6 +487,7 @@ class Deployment(_message.Message):
     PENDING_FIELD_NUMBER: _builtins.int
     AGENT_CONFIRMATIONS_FIELD_NUMBER: _builtins.int
     SIGNER_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     path: _builtins.str
     type: _items_pb2.ItemType.ValueType
@@ -500,6 +501,8 @@ class Deployment(_message.Message):
     """Not deployed yet and still being delivered (the controller was unreachable so far)."""
     signer: _builtins.str
     """Subject of the certificate the item was signed with; empty when unsigned."""
+    attempts: _builtins.int
+    """Delivery attempts so far."""
     @_builtins.property
     def requested_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -524,10 +527,11 @@ class Deployment(_message.Message):
         pending: _builtins.bool = ...,
         agent_confirmations: _abc.Iterable[Global___AgentConfirmation] | None = ...,
         signer: _builtins.str = ...,
+        attempts: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["confirmed_at", b"confirmed_at", "requested_at", b"requested_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "agent_confirmations", b"agent_confirmations", "confirmed_at", b"confirmed_at", "controller_id", b"controller_id", "id", b"id", "message", b"message", "path", b"path", "pending", b"pending", "requested_at", b"requested_at", "signer", b"signer", "status", b"status", "type", b"type", "version_id", b"version_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "agent_confirmations", b"agent_confirmations", "attempts", b"attempts", "confirmed_at", b"confirmed_at", "controller_id", b"controller_id", "id", b"id", "message", b"message", "path", b"path", "pending", b"pending", "requested_at", b"requested_at", "signer", b"signer", "status", b"status", "type", b"type", "version_id", b"version_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,44 @@
+"""JOC's store tests of tests/unit/test_joc_store.py, again on a real PostgreSQL (a database of
+this session's own; see tests/integration/postgres.py). The JOC process runs on PostgreSQL in
+test_deployment.py."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from joc_svc.store import Store
+from tests.integration.postgres import pg_server, pg_url  # noqa: F401  (fixtures)
+from tests.unit.test_joc_store import (  # noqa: F401  (collected here once more, on PostgreSQL)
+    test_a_database_of_the_first_joc_is_upgraded_with_its_data,
+    test_accounts,
+    test_audit,
+    test_audit_filters,
+    test_deployments,
+    test_event_projection_applies_each_event_once,
+    test_event_that_does_not_apply_does_not_wedge_ingestion,
+    test_folders,
+    test_inventory_crud,
+    test_list_orders_filters,
+    test_migrations_make_the_schema_the_code_uses,
+    test_move_follows_references_and_release,
+    test_pending_deliveries,
+    test_placeholder_then_events,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def store(pg_url: str) -> Iterator[Store]:  # noqa: F811
+    s = Store(pg_url)
+    assert s.engine.dialect.name == "postgresql"
+    yield s
+    s.close()
+
+
+@pytest.fixture(autouse=True)
+def test_db_url(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    # The upgrade test makes its own old database at OSTINATO_TEST_DB_URL.
+    monkeypatch.setenv("OSTINATO_TEST_DB_URL", pg_url)
