@@ -74,6 +74,9 @@ async def test_events_reach_joc_once_each(topology: Topology, joc: Joc) -> None:
     assert ids == sorted(set(ids)), "events duplicated or out of order at JOC"
     kinds = [e.WhichOneof("kind") for e in detail.events]
     assert kinds.count("order_processing_started") == 3
+    # The agent journaled the workflow; that confirmation reached JOC's deployment history.
+    history = await joc.deployment.ListDeployments(joc_pb2.ListDeploymentsRequest(path="/three"))
+    assert [c.agent for c in history.deployments[0].agent_confirmations] == ["agent-1"]
     assert kinds.count("order_processed") == 3
     assert kinds.count("order_finished") == 1
     chunks = [c async for c in joc.orders.GetOrderLog(joc_pb2.GetOrderLogRequest(order_id=added.order_id))]
