@@ -6,8 +6,7 @@ import argparse
 import sys
 
 from controller_svc.server import ControllerConfig, serve
-from ostinato import service, signing
-from ostinato.errors import InvalidArgument
+from ostinato import service
 from ostinato.journal.node import add_node_arguments, node_config
 
 
@@ -23,22 +22,8 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=HOST:PORT",
         help="a director agent this controller dials (repeatable)",
     )
-    p.add_argument(
-        "--trust",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="PEM certificates (signers' or CAs') whose signatures deployed items may carry (repeatable);"
-        " without any, every signed item is rejected",
-    )
     args = p.parse_args(argv)
-    try:
-        trust = signing.Verifier.from_files(args.trust)
-    except InvalidArgument as e:
-        p.error(f"--trust: {e}")
-    config = ControllerConfig(
-        node=node_config(args), controller_id=args.id, agents=dict(args.agent), trust=trust
-    )
+    config = ControllerConfig(node=node_config(args, p), controller_id=args.id, agents=dict(args.agent))
     return service.run("controller", lambda stop: serve(config, stop))
 
 

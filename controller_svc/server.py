@@ -27,7 +27,6 @@ class ControllerConfig:
     agents: dict[str, str] = field(default_factory=dict)  # name -> director address
     # Verifies deployed items' signatures (--trust). None: not verified, for tests that build a
     # config in code only; the command line always gives one (trusting nothing without --trust).
-    trust: signing.Verifier | None = None
 
 
 class Controller(JournaledNode):
@@ -71,7 +70,7 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
     ) -> controller_pb2.DeployItemsResponse:
         items = list(request.items)
         # Signatures first, over the exact JSON bytes: the core parses only verified items.
-        signing.verify_items(self.c.config.trust, items)
+        signing.verify_items(self.c.config.node.trust, items)
         await self.c.shell.command(lambda now: self.c.core.deploy(items, now))
         return controller_pb2.DeployItemsResponse(event_id=self.c.shell.committed_id)
 

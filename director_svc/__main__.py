@@ -6,8 +6,7 @@ import argparse
 import sys
 
 from director_svc.server import DirectorConfig, serve
-from ostinato import service, signing
-from ostinato.errors import InvalidArgument
+from ostinato import service
 from ostinato.journal.node import add_node_arguments, node_config
 
 
@@ -23,22 +22,8 @@ def main(argv: list[str] | None = None) -> int:
         metavar="ID=HOST:PORT",
         help="a subagent this director dials (repeatable, in priority order)",
     )
-    p.add_argument(
-        "--trust",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="PEM certificates (signers' or CAs') whose signatures deployed items may carry (repeatable);"
-        " without any, every signed item is rejected",
-    )
     args = p.parse_args(argv)
-    try:
-        trust = signing.Verifier.from_files(args.trust)
-    except InvalidArgument as e:
-        p.error(f"--trust: {e}")
-    config = DirectorConfig(
-        node=node_config(args), agent=args.agent_name, subagents=dict(args.subagent), trust=trust
-    )
+    config = DirectorConfig(node=node_config(args, p), agent=args.agent_name, subagents=dict(args.subagent))
     return service.run("director", lambda stop: serve(config, stop))
 
 

@@ -29,7 +29,6 @@ class DirectorConfig:
     subagents: dict[str, str] = field(default_factory=dict)  # id -> address, in priority order
     # Verifies attached items' signatures (--trust). None: not verified, for tests that build a
     # config in code only; the command line always gives one (trusting nothing without --trust).
-    trust: signing.Verifier | None = None
 
 
 class Director(JournaledNode):
@@ -91,7 +90,7 @@ class DirectorServicer(director_pb2_grpc.DirectorServiceServicer):
         self.d.check_sender(request.sender)
         items = list(request.items)
         # Signatures first, over the exact JSON bytes: the core parses only verified items.
-        signing.verify_items(self.d.config.trust, items)
+        signing.verify_items(self.d.config.node.trust, items)
         await self.d.shell.command(lambda now: self.d.core.attach_items(items, now))
         return director_pb2.AttachItemsResponse()
 

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from gen.ostinato.common.v1 import events_pb2
-from ostinato import rpc, service
+from ostinato import rpc, service, signing
+from ostinato.errors import InvalidArgument
 from ostinato.journal.replicated import Journal, cluster_password
 from ostinato.journal.shell import JournalShell, now_ms
 from ostinato.launch import free_port
@@ -27,6 +28,8 @@ class NodeConfig:
     raft_address: str = ""
     raft_partners: list[str] = field(default_factory=list)
     cluster_password: str | None = None
+    # Whose signatures deployed items may carry; None only from code (tests of other parts).
+    trust: signing.Verifier | None = None
 
 
 def add_node_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,14 +41,27 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cluster-password", help="journal replication password (default: made and kept in data dir)"
     )
+    parser.add_argument(
+        "--trust",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="PEM certificates (signers' or CAs') whose signatures deployed items may carry (repeatable);"
+        " without any, every signed item is rejected",
+    )
 
 
-def node_config(args: argparse.Namespace) -> NodeConfig:
+def node_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> NodeConfig:
+    try:
+        trust = signing.Verifier.from_files(args.trust)
+    except InvalidArgument as e:
+        parser.error(f"--trust: {e}")
     return NodeConfig(
         data_dir=args.data_dir,
         listen=args.listen,
         raft_address=args.raft_address or f"127.0.0.1:{free_port()}",
         cluster_password=args.cluster_password,
+        trust=trust,
     )
 
 
