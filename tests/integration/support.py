@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import grpc
@@ -58,3 +61,29 @@ class Joc:
 
 def shell_job(script: str, agent: str = "agent-1", **env: str) -> dict:
     return {"agent": agent, "executable": {"shellScript": {"script": script, "env": env}}}
+
+
+async def eventually(
+    check: Callable[[], bool | Awaitable[bool]], timeout: float = 15.0, what: str = "condition"
+) -> float:
+    """Polls `check` (plain or async) until it holds: a deadline, not a guess of how long things
+    take. Returns how long it took."""
+    started = time.monotonic()
+    while not await _holds(check):
+        assert time.monotonic() - started < timeout, f"{what} not met within {timeout} s"
+        await asyncio.sleep(0.02)
+    return time.monotonic() - started
+
+
+async def _holds(check: Callable[[], bool | Awaitable[bool]]) -> bool:
+    result = check()
+    return bool(await result) if inspect.isawaitable(result) else bool(result)
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> float:
+    """`eventually` for synchronous tests."""
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < timeout, f"{what} not met within {timeout} s"
+        time.sleep(0.02)
+    return time.monotonic() - started

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 from pathlib import Path
 
 from gen.ostinato.common.v1 import commands_pb2, order_pb2
 from gen.ostinato.joc.v1 import joc_pb2
 from ostinato.topology import Topology
-from tests.integration.support import Joc, shell_job
+from tests.integration.support import Joc, eventually, shell_job
 
 S = order_pb2.OrderState
 
@@ -19,13 +18,6 @@ async def command(joc: Joc, **kind: object) -> None:
         joc_pb2.CommandOrdersRequest(commands=[commands_pb2.OrderCommand(**kind)])
     )  # type: ignore[arg-type]
     assert [r.error for r in response.results] == [""], response
-
-
-async def eventually(check, timeout: float = 15) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
 
 
 def alive(pid: int) -> bool:
@@ -66,7 +58,16 @@ async def test_suspend_after_the_job_then_resume(topology: Topology, joc: Joc, t
     added = await joc.orders.AddOrder(joc_pb2.AddOrderRequest(workflow_path="/two"))
     await joc.wait_for(added.order_id, "order_std_written")
     await command(joc, order_id=added.order_id, suspend=commands_pb2.SuspendOrder())
-    await joc.wait_for(added.order_id, "order_marked")
+    # The controller marks the order and forwards the command to the agent, whose own mark comes
+    # back as a second OrderMarked: only from then on does the agent know not to go on.
+    marks: list[int] = []
+
+    async def marked_at_agent() -> bool:
+        detail = await joc.orders.GetOrder(joc_pb2.GetOrderRequest(order_id=added.order_id))
+        marks[:] = [e.id for e in detail.events if e.WhichOneof("kind") == "order_marked"]
+        return len(marks) >= 2
+
+    await eventually(marked_at_agent, what="the agent's suspension mark")
     gate.touch()  # the first job ends; the order stops before the second
     order = await joc.wait_for(added.order_id, "order_suspended")
     assert order.state == S.ORDER_STATE_SUSPENDED and order.position.nr == 1

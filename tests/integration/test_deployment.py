@@ -22,6 +22,7 @@ from ostinato import signing
 from ostinato.launch import Launched, free_port, launch
 from tests.integration.pki import Pki, make_pki, sign_file
 from tests.integration.postgres import pg_server, pg_url  # noqa: F401  (fixtures)
+from tests.integration.support import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -114,15 +115,6 @@ def root_key(tmp_path: Path) -> tuple[Path, Path]:
     (tmp_path / "root.key").write_text(key_pem)
     (tmp_path / "root.pem").write_text(cert_pem)
     return tmp_path / "root.key", tmp_path / "root.pem"
-
-
-def eventually(check: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> float:
-    """Polls until `check` holds; returns how long it took."""
-    started = time.monotonic()
-    while not check():
-        assert time.monotonic() - started < timeout, f"{what} not met within {timeout} s"
-        time.sleep(0.05)
-    return time.monotonic() - started
 
 
 def history(joc: Launched, path: str) -> list[joc_pb2.Deployment]:
@@ -274,7 +266,7 @@ def test_deployment_waits_for_a_stopped_controller_and_survives_joc_restart(
     assert "unreachable" in row.message
 
     controller = processes.controller("main", [cert], port)
-    took = eventually(lambda: history(joc, "/w1")[0].status == joc_pb2.DEPLOYMENT_STATUS_DEPLOYED)
+    took = wait_until(lambda: history(joc, "/w1")[0].status == joc_pb2.DEPLOYMENT_STATUS_DEPLOYED)
     print(f"deployed {took:.2f} s after the controller came up")
     assert added_version(joc, "/w1", "main") == row.version_id
 
@@ -282,11 +274,11 @@ def test_deployment_waits_for_a_stopped_controller_and_survives_joc_restart(
     processes.stop(controller)
     second = cli(joc, "deploy", str(tmp_path / "two"), "--no-wait")
     assert second.returncode == 0 and "NOT deployed /w2" in second.stdout, second.stdout
-    eventually(lambda: history(joc, "/w2")[0].attempts > 0, what="a delivery attempt")
+    wait_until(lambda: history(joc, "/w2")[0].attempts > 0, what="a delivery attempt")
     processes.stop(joc)
     controller = processes.controller("main", [cert], port)
     joc = processes.joc({"main": f"127.0.0.1:{port}"}, db_url, *signing_args)
-    eventually(lambda: history(joc, "/w2")[0].status == joc_pb2.DEPLOYMENT_STATUS_DEPLOYED)
+    wait_until(lambda: history(joc, "/w2")[0].status == joc_pb2.DEPLOYMENT_STATUS_DEPLOYED)
     [w2] = history(joc, "/w2")
     assert not w2.pending and w2.confirmed_at.seconds > 0
     assert added_version(joc, "/w2", "main") == w2.version_id

@@ -23,6 +23,7 @@ from gen.ostinato.controller.v1 import controller_pb2, controller_pb2_grpc
 from gen.ostinato.joc.v1 import joc_pb2, joc_pb2_grpc
 from ostinato import rpc
 from ostinato.launch import Launched, launch
+from tests.integration.support import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -363,13 +364,6 @@ async def run_cli(*args: str, timeout: float = 30) -> tuple[int, str, str]:
     )
     out, err = await asyncio.wait_for(process.communicate(), timeout)
     return process.returncode or 0, out.decode(), err.decode()
-
-
-async def eventually(check, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture

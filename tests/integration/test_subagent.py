@@ -18,6 +18,7 @@ from gen.ostinato.subagent.v1 import subagent_pb2_grpc
 from ostinato import rpc
 from ostinato.launch import Launched, launch
 from subagent_svc.processes import record_text
+from tests.integration.support import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -161,16 +162,6 @@ def group_alive(pgid: int) -> bool:
         if int(fields[2]) == pgid and fields[0] != "Z":
             return True
     return False
-
-
-async def eventually(condition: Callable[[], bool], timeout: float, what: str) -> float:
-    """Polls until `condition` holds; returns how long it took."""
-    start = time.monotonic()
-    while not condition():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        await asyncio.sleep(0.02)
-    return time.monotonic() - start
 
 
 async def read_pid(path: Path) -> int:
