@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,7 +66,7 @@ def node_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
     )
 
 
-class JournaledNode:
+class JournaledNode(ABC):
     def __init__(self, node: NodeConfig) -> None:
         self.node = node
         self._tasks: list[asyncio.Task[Any]] = []
@@ -99,6 +100,7 @@ class JournaledNode:
         self.on_commit(events)
         self._wake.set()
 
+    @abstractmethod
     def on_commit(self, events: list[events_pb2.Event]) -> None:
         """Runs after each commit: wake whatever acts on committed events."""
 
@@ -117,8 +119,9 @@ class JournaledNode:
                 pass
             await on_wake(due)
 
+    @abstractmethod
     async def start(self) -> None:
-        raise NotImplementedError  # each node opens its journal and starts its drivers
+        """Opens the journal (waiting until active) and starts the node's drivers."""
 
     async def stop(self) -> None:
         for task in self._tasks:

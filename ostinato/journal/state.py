@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 from gen.ostinato.common.v1 import events_pb2
 from ostinato.journal.eventlog import EventLog
 
 
-class JournaledState:
+class JournaledState(ABC):
     """State rebuilt by applying events in id order; `emit` is how a core decides an event: it
     gets the next id, applies at once (so the next decision sees it) and is returned for the
     journal to commit."""
@@ -27,8 +28,9 @@ class JournaledState:
         else:
             self.apply_to_state(event)
 
+    @abstractmethod
     def apply_to_state(self, event: events_pb2.Event) -> None:
-        raise NotImplementedError  # each service's state says what its events mean
+        """What an event means for this service's state."""
 
     def emit(self, now_ms: int, order_id: str = "", **kind: Any) -> events_pb2.Event:
         event = events_pb2.Event(id=self.last_event_id + 1, order_id=order_id, **kind)

@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -63,9 +63,7 @@ def shell_job(script: str, agent: str = "agent-1", **env: str) -> dict:
     return {"agent": agent, "executable": {"shellScript": {"script": script, "env": env}}}
 
 
-async def eventually(
-    check: Callable[[], bool | Awaitable[bool]], timeout: float = 15.0, what: str = "condition"
-) -> float:
+async def eventually(check: Callable[[], object], timeout: float = 15.0, what: str = "condition") -> float:
     """Polls `check` (plain or async) until it holds: a deadline, not a guess of how long things
     take. Returns how long it took."""
     started = time.monotonic()
@@ -75,7 +73,7 @@ async def eventually(
     return time.monotonic() - started
 
 
-async def _holds(check: Callable[[], bool | Awaitable[bool]]) -> bool:
+async def _holds(check: Callable[[], object]) -> bool:
     result = check()
     return bool(await result) if inspect.isawaitable(result) else bool(result)
 

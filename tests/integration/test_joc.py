@@ -528,10 +528,7 @@ async def test_order_commands_item_confirmations_and_audit_through_joc(
                 history = await deployment.ListDeployments(joc_pb2.ListDeploymentsRequest(path="/hello"))
                 return list(history.deployments[0].agent_confirmations)
 
-            deadline = time.monotonic() + 10
-            while not await confirmed():
-                assert time.monotonic() < deadline, "no agent confirmation"
-                await asyncio.sleep(0.05)
+            await eventually(confirmed, what="the agent's confirmation")
             [agent] = await confirmed()
             assert agent.agent == "agent-1" and agent.attached_at.seconds > 0
             code, out, _ = await run_cli("deploy", "history", "/hello", "--joc", joc.address)
