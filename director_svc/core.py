@@ -198,17 +198,15 @@ class DirectorCore:
 
     def subagent_welcome(
         self, subagent_id: str, welcome: subagent_pb2.Welcome, now_ms: int, available: set[str]
-    ) -> tuple[list[Event], set[str]]:
-        """A session began. Returns the events and the process keys to (re)send.
-
-        A different run id means the subagent restarted: processes it no longer knows are lost,
-        and their orders get a disrupted outcome rather than a second run. With the same run (or
-        the first ever session) a key it does not know was never received, so it is sent.
+    ) -> list[Event]:
+        """A session began. A different run id means the subagent restarted: processes it no
+        longer knows are lost, and their orders get a disrupted outcome rather than a second run.
+        With the same run (or the first ever session) a key it does not know was never received,
+        so it stays processing and the shell sends it (`processes_to_start` minus known keys).
         """
         previous = self.state.subagent_runs.get(subagent_id)
         known = set(welcome.known_process_keys)
         events: list[Event] = []
-        to_send: set[str] = set()
         restarted = previous is not None and previous.run_id != welcome.run_id
         for order in list(self.state.orders.values()):
             if order.state != S.ORDER_STATE_PROCESSING or order.processing.subagent_id != subagent_id:
@@ -224,14 +222,12 @@ class DirectorCore:
                 processed = events_pb2.OrderProcessed(outcome=outcome)
                 events.append(self.state.emit(now_ms, order.id, order_processed=processed))
                 events += self.step_order(order.id, now_ms, available)
-            else:
-                to_send.add(key)
         if previous is None or restarted:
             observed = events_pb2.SubagentMessagesObserved(
                 subagent_id=subagent_id, run_id=welcome.run_id, until_seq=0
             )
             events.append(self.state.emit(now_ms, subagent_messages_observed=observed))
-        return events, to_send
+        return events
 
     def subagent_messages(
         self,

@@ -73,9 +73,7 @@ class SubagentDriver:
             welcome = first.welcome
             core = self.director.core
             await self.director.shell.command(
-                lambda now: core.subagent_welcome(self.subagent_id, welcome, now, self.director.available())[
-                    0
-                ]
+                lambda now: core.subagent_welcome(self.subagent_id, welcome, now, self.director.available())
             )
             log.info("subagent %s at %s connected (run %s)", self.subagent_id, self.address, welcome.run_id)
             # Keys the subagent knows are never sent again; the rest that are due, once.

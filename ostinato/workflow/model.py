@@ -12,7 +12,7 @@ from google.protobuf.message import Message
 
 from gen.ostinato.common.v1 import workflow_pb2
 from ostinato.errors import InvalidArgument
-from ostinato.workflow import expressions
+from ostinato.workflow import expressions, positions
 
 Workflow = workflow_pb2.Workflow
 
@@ -74,41 +74,10 @@ def walk(workflow: workflow_pb2.Workflow) -> Iterator[tuple[str, workflow_pb2.In
         for i, instruction in enumerate(block):
             where = f"{field}[{i}]"
             yield f"{prefix}{i}", instruction, where
-            for branch, sub_field, sub_block in _blocks(instruction):
+            for branch, sub_field, sub_block in positions.blocks(instruction):
                 yield from visit(sub_block, f"{prefix}{i}/{branch}:", f"{where}.{sub_field}")
 
     yield from visit(workflow.instructions, "", "instructions")
-
-
-def _blocks(
-    instruction: workflow_pb2.Instruction,
-) -> list[tuple[str, str, Iterable[workflow_pb2.Instruction]]]:
-    """(branch, JSON field, instructions) of each block the instruction holds."""
-    kind = instruction.WhichOneof("kind")
-    if kind == "fork":
-        return [
-            (f"fork+{b.id}", f"fork.branches[{n}].block.instructions", b.block.instructions)
-            for n, b in enumerate(instruction.fork.branches)
-        ]
-    if kind == "fork_list":
-        return [("fork", "forkList.block.instructions", instruction.fork_list.block.instructions)]
-    if kind == "try_catch":
-        tc = instruction.try_catch
-        return [
-            ("try+0", "tryCatch.try.instructions", getattr(tc, "try").instructions),
-            ("catch+0", "tryCatch.catch.instructions", tc.catch.instructions),
-        ]
-    if kind == "if_else":
-        ie = instruction.if_else
-        return [
-            ("then", "ifElse.then.instructions", ie.then.instructions),
-            ("else", "ifElse.else.instructions", getattr(ie, "else").instructions),
-        ]
-    if kind == "lock":
-        return [("lock", "lock.block.instructions", instruction.lock.block.instructions)]
-    if kind == "cycle":
-        return [("cycle+0", "cycle.block.instructions", instruction.cycle.block.instructions)]
-    return []
 
 
 def _validate_block(
@@ -124,7 +93,7 @@ def _validate_block(
         if kind is None:
             raise InvalidArgument("no instruction given (e.g. execute)", field=where)
         _validate_instruction(workflow, instruction, kind, where, within)
-        for branch, sub_field, block in _blocks(instruction):
+        for branch, sub_field, block in positions.blocks(instruction):
             inner = within
             if branch.startswith("catch"):
                 inner = within | {"catch"}

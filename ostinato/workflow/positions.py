@@ -35,33 +35,54 @@ def parse_text(value: str) -> order_pb2.Position:
     return position(int(steps[-1]), path)
 
 
+# Blocks an instruction repeats carry the repetition's count in their branch name.
+COUNTED = frozenset({"try", "catch", "cycle"})
+
+
 def split_branch(branch: str) -> tuple[str, int]:
-    """`try+2` -> ("try", 2); `fork+a` -> ("fork", -1) keeps its id in the name; `then` -> ("then", 0)."""
+    """`try+2` -> ("try", 2); `fork+left` -> ("fork+left", 0): only counted blocks split."""
     name, _, suffix = branch.partition("+")
-    if suffix.isdigit():
+    if name in COUNTED and suffix.isdigit():
         return name, int(suffix)
-    return (name if not suffix else branch), 0
+    return branch, 0
+
+
+def blocks(instruction: workflow_pb2.Instruction) -> list[tuple[str, str, Instructions]]:
+    """(branch, JSON field, instructions) of each block an instruction holds; counted blocks
+    under their first count. The one place that knows which instruction has which blocks."""
+    kind = instruction.WhichOneof("kind")
+    if kind == "fork":
+        return [
+            (f"fork+{b.id}", f"fork.branches[{n}].block.instructions", b.block.instructions)
+            for n, b in enumerate(instruction.fork.branches)
+        ]
+    if kind == "fork_list":
+        return [("fork", "forkList.block.instructions", instruction.fork_list.block.instructions)]
+    if kind == "try_catch":
+        try_catch = instruction.try_catch
+        return [
+            ("try+0", "tryCatch.try.instructions", getattr(try_catch, "try").instructions),  # `try`: keyword
+            ("catch+0", "tryCatch.catch.instructions", try_catch.catch.instructions),
+        ]
+    if kind == "if_else":
+        if_else = instruction.if_else
+        return [
+            ("then", "ifElse.then.instructions", if_else.then.instructions),
+            ("else", "ifElse.else.instructions", getattr(if_else, "else").instructions),
+        ]
+    if kind == "lock":
+        return [("lock", "lock.block.instructions", instruction.lock.block.instructions)]
+    if kind == "cycle":
+        return [("cycle+0", "cycle.block.instructions", instruction.cycle.block.instructions)]
+    return []
 
 
 def child_block(instruction: workflow_pb2.Instruction, branch: str) -> Instructions:
-    kind = instruction.WhichOneof("kind")
-    name, _ = split_branch(branch)
-    if kind == "fork" and branch.startswith("fork+"):
-        branch_id = branch[len("fork+") :]
-        for b in instruction.fork.branches:
-            if b.id == branch_id:
-                return b.block.instructions
-    elif kind == "fork_list" and branch == "fork":
-        return instruction.fork_list.block.instructions
-    elif kind == "try_catch" and name in ("try", "catch"):
-        return getattr(instruction.try_catch, name).instructions  # `try` is a keyword
-    elif kind == "if_else" and branch in ("then", "else"):
-        return getattr(instruction.if_else, branch).instructions
-    elif kind == "lock" and branch == "lock":
-        return instruction.lock.block.instructions
-    elif kind == "cycle" and name == "cycle":
-        return instruction.cycle.block.instructions
-    raise ValueError(f"instruction {kind} has no block {branch!r}")
+    name = split_branch(branch)[0]
+    for candidate, _, block in blocks(instruction):
+        if split_branch(candidate)[0] == name:
+            return block
+    raise ValueError(f"instruction {instruction.WhichOneof('kind')} has no block {branch!r}")
 
 
 def block_at(workflow: workflow_pb2.Workflow, p: order_pb2.Position) -> Instructions:
@@ -99,17 +120,6 @@ def next_position(p: order_pb2.Position) -> order_pb2.Position:
     return q
 
 
-def is_within(p: order_pb2.Position, outer: order_pb2.Position, branch_prefix: str = "") -> bool:
-    """Whether p lies inside a block of the instruction at `outer`."""
-    depth = len(outer.branch_path)
-    if len(p.branch_path) <= depth:
-        return False
-    if list(p.branch_path)[:depth] != list(outer.branch_path):
-        return False
-    step = p.branch_path[depth]
-    return step.nr == outer.nr and step.branch.startswith(branch_prefix)
-
-
 def labels(workflow: workflow_pb2.Workflow) -> dict[str, order_pb2.Position]:
     """Every labelled instruction's position, for `variable(label=...)` and resume at a label."""
     found: dict[str, order_pb2.Position] = {}
@@ -127,17 +137,4 @@ def labels(workflow: workflow_pb2.Workflow) -> dict[str, order_pb2.Position]:
 
 def branches(instruction: workflow_pb2.Instruction) -> list[str]:
     """Names of the blocks an instruction has (their first try or cycle, for counted ones)."""
-    kind = instruction.WhichOneof("kind")
-    if kind == "fork":
-        return [f"fork+{b.id}" for b in instruction.fork.branches]
-    if kind == "fork_list":
-        return ["fork"]
-    if kind == "try_catch":
-        return ["try+0", "catch+0"]
-    if kind == "if_else":
-        return ["then", "else"]
-    if kind == "lock":
-        return ["lock"]
-    if kind == "cycle":
-        return ["cycle+0"]
-    return []
+    return [branch for branch, _, _ in blocks(instruction)]

@@ -79,8 +79,8 @@ def test_order_runs_through_both_cores(cores: tuple[ControllerCore, DirectorCore
     assert controller.orders_to_attach("agent-1", controller.state.last_event_id)[0].id == "o1"
 
     director.attach_items([controller.state.signed_items[("/wf", "v1")]], T0)
-    welcome_events, to_send = director.subagent_welcome("s1", subagent_pb2.Welcome(run_id="r1"), T0, set())
-    assert kinds(welcome_events) == ["subagent_messages_observed"] and to_send == set()
+    welcome_events = director.subagent_welcome("s1", subagent_pb2.Welcome(run_id="r1"), T0, set())
+    assert kinds(welcome_events) == ["subagent_messages_observed"]
     attach = director.attach_orders([controller.state.orders["o1"]], T0, available={"s1"})
     assert kinds(attach) == ["order_attached", "order_started", "order_processing_started"]
     assert director.attach_orders([controller.state.orders["o1"]], T0, {"s1"}) == []  # idempotent
@@ -170,13 +170,15 @@ def test_restarted_subagent_disrupts_lost_process_but_resends_unsent(
     director.attach_orders([controller.state.orders["o1"], controller.state.orders["o2"]], T0, {"s1"})
     k1 = director.state.orders["o1"].processing.process_key
     # Same run, o1's start known to the subagent, o2's never arrived: o2's is sent again.
-    _, to_send = director.subagent_welcome(
-        "s1", subagent_pb2.Welcome(run_id="r1", known_process_keys=[k1]), T0, set()
+    assert (
+        director.subagent_welcome("s1", subagent_pb2.Welcome(run_id="r1", known_process_keys=[k1]), T0, set())
+        == []
     )
+    to_send = {s.process_key for s in director.processes_to_start("s1", director.state.last_event_id)} - {k1}
     assert to_send == {director.state.orders["o2"].processing.process_key}
     # Another run: both processes are lost, and neither runs a second time.
-    events, to_send = director.subagent_welcome("s1", subagent_pb2.Welcome(run_id="r2"), T0, set())
-    assert to_send == set()
+    events = director.subagent_welcome("s1", subagent_pb2.Welcome(run_id="r2"), T0, set())
+    assert director.processes_to_start("s1", director.state.last_event_id) == []
     assert kinds(events) == [
         "order_processed",
         "order_detachable",
