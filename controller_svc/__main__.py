@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from controller_svc.server import ControllerConfig, serve
-from ostinato import service
+from ostinato import rpc, service
 from ostinato.journal.node import add_node_arguments, node_config
 
 
@@ -19,11 +19,16 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         type=lambda t: service.named_address(t, "--agent"),
-        metavar="NAME=HOST:PORT",
-        help="a director agent this controller dials (repeatable)",
+        metavar="NAME=HOST:PORT[,HOST:PORT...]",
+        help="a director agent this controller dials (repeatable); several addresses: the nodes of its"
+        " director cluster",
     )
     args = p.parse_args(argv)
-    config = ControllerConfig(node=node_config(args, p), controller_id=args.id, agents=dict(args.agent))
+    config = ControllerConfig(
+        node=node_config(args, p),
+        controller_id=args.id,
+        agents={name: rpc.parse_cluster_addresses(a) for name, a in args.agent},
+    )
     return service.run("controller", lambda stop: serve(config, stop))
 
 

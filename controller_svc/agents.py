@@ -27,10 +27,11 @@ BATCH = 500
 
 
 class AgentDriver:
-    def __init__(self, controller: Controller, name: str, address: str) -> None:
+    def __init__(self, controller: Controller, name: str, addresses: list[str]) -> None:
         self.controller = controller
         self.name = name
-        self.address = address
+        # The agent's director nodes: the driver follows the active one.
+        self.target = rpc.ClusterTarget(addresses)
         self.connected = False
         self._wake = asyncio.Event()
 
@@ -40,18 +41,28 @@ class AgentDriver:
     def _sender(self) -> director_pb2.Sender:
         return director_pb2.Sender(controller_id=self.controller.controller_id, term=self.controller.term)
 
+    @property
+    def address(self) -> str:
+        return self.target.address
+
     async def run(self) -> None:
-        while True:
-            channel = rpc.channel(self.address)
-            try:
-                await self._session(director_pb2_grpc.DirectorServiceStub(channel))
-            except (grpc.aio.AioRpcError, TimeoutError) as e:
-                if self.connected:
-                    log.warning("agent %s at %s lost: %s", self.name, self.address, _short(e))
-            finally:
-                self.connected = False
-                await channel.close()
-            await asyncio.sleep(0.2)  # reconnect pace; grpc's own backoff is capped at 1 s too
+        try:
+            while True:
+                try:
+                    await self._session(director_pb2_grpc.DirectorServiceStub(self.target.channel()))
+                except (grpc.aio.AioRpcError, TimeoutError) as e:
+                    if self.connected:
+                        log.warning("agent %s at %s lost: %s", self.name, self.address, _short(e))
+                    named = isinstance(e, grpc.aio.AioRpcError) and rpc.active_address_of(e)
+                    if self.target.follow(e):
+                        log.info("agent %s: trying director node %s", self.name, self.address)
+                        if named:
+                            continue  # at once: a passive node named the active one
+                finally:
+                    self.connected = False
+                await asyncio.sleep(0.2)  # reconnect pace; grpc's own backoff is capped at 1 s too
+        finally:
+            await self.target.close()
 
     async def _session(self, stub: director_pb2_grpc.DirectorServiceStub) -> None:
         state = self.controller.core.state

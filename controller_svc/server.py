@@ -11,9 +11,10 @@ import grpc
 
 from controller_svc.agents import AgentDriver
 from controller_svc.core import ControllerCore, ControllerState
-from gen.ostinato.common.v1 import commands_pb2, events_pb2
+from gen.ostinato.common.v1 import cluster_pb2, cluster_pb2_grpc, commands_pb2, events_pb2
 from gen.ostinato.controller.v1 import controller_pb2, controller_pb2_grpc
 from ostinato import rpc, signing
+from ostinato.errors import NotFound
 from ostinato.journal.node import JournaledNode, NodeConfig, serve_node
 from ostinato.journal.shell import now_ms
 
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 class ControllerConfig:
     node: NodeConfig
     controller_id: str = "controller"
-    agents: dict[str, str] = field(default_factory=dict)  # name -> director address
+    agents: dict[str, list[str]] = field(default_factory=dict)  # name -> its director nodes' addresses
     # Verifies deployed items' signatures (--trust). None: not verified, for tests that build a
     # config in code only; the command line always gives one (trusting nothing without --trust).
 
@@ -33,23 +34,25 @@ class Controller(JournaledNode):
     def __init__(self, config: ControllerConfig) -> None:
         super().__init__(config.node)
         self.config = config
-        self.controller_id = config.controller_id
+        self.controller_id = self.cluster_name = config.controller_id
         self.drivers: dict[str, AgentDriver] = {}
 
-    async def start(self) -> None:
-        state: ControllerState = await self.open_journal(ControllerState)
+    def activate(self, state: ControllerState) -> None:
         self.core = ControllerCore(state, frozenset(self.config.agents))
-        log.info(
-            "controller %s active at event %d, %d orders",
-            self.controller_id,
-            state.last_event_id,
-            len(state.orders),
-        )
-        for name, address in self.config.agents.items():
-            driver = AgentDriver(self, name, address)
+        log.info("controller %s: %d orders", self.controller_id, len(state.orders))
+        for name, addresses in self.config.agents.items():
+            driver = AgentDriver(self, name, addresses)
             self.drivers[name] = driver
             self.spawn(driver.run(), f"agent-{name}")
         self.spawn(self.wake_loop(self.core.next_wake_ms, self._on_wake), "timer")
+
+    def deactivate(self) -> None:
+        self.drivers = {}
+
+    def driver(self, agent: str) -> AgentDriver:
+        if agent not in self.drivers:
+            raise NotFound(f"unknown agent {agent!r} (agents: {sorted(self.drivers)})", field="agent")
+        return self.drivers[agent]
 
     def on_commit(self, events: list[events_pb2.Event]) -> None:
         for driver in self.drivers.values():
@@ -112,6 +115,44 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
         await self.c.shell.command(lambda now: self.c.core.state.release(request.until_id, now))
         return controller_pb2.ReleaseEventsResponse()
 
+    async def GetSnapshot(
+        self, request: controller_pb2.GetSnapshotRequest, context: grpc.aio.ServicerContext
+    ) -> controller_pb2.GetSnapshotResponse:
+        # The committed state, not the working one: it may hold events that are not yet safe.
+        return self.c.journal.read_committed(
+            lambda state: controller_pb2.GetSnapshotResponse(
+                event_id=state.last_event_id, orders=list(state.orders.values())
+            )
+        )
+
+    async def GetAgentClusterStatus(
+        self, request: controller_pb2.GetAgentClusterStatusRequest, context: grpc.aio.ServicerContext
+    ) -> controller_pb2.GetAgentClusterStatusResponse:
+        target = self.c.driver(request.agent).target
+        response = await rpc.call_following(
+            target,
+            lambda channel: cluster_pb2_grpc.ClusterServiceStub(channel).GetClusterStatus(
+                cluster_pb2.GetClusterStatusRequest(), timeout=5
+            ),
+            what=f"agent {request.agent}",
+        )
+        return controller_pb2.GetAgentClusterStatusResponse(status=response.status)
+
+    async def AgentSwitchover(
+        self, request: controller_pb2.AgentSwitchoverRequest, context: grpc.aio.ServicerContext
+    ) -> controller_pb2.AgentSwitchoverResponse:
+        target = self.c.driver(request.agent).target
+        response = await rpc.call_following(
+            target,
+            lambda channel: cluster_pb2_grpc.ClusterServiceStub(channel).Switchover(
+                cluster_pb2.SwitchoverRequest(to_node=request.to_node), timeout=15
+            ),
+            what=f"agent {request.agent}",
+        )
+        return controller_pb2.AgentSwitchoverResponse(
+            from_node=response.from_node, to_node=response.to_node, term=response.term
+        )
+
     async def GetOverview(
         self, request: controller_pb2.GetOverviewRequest, context: grpc.aio.ServicerContext
     ) -> controller_pb2.GetOverviewResponse:
@@ -141,4 +182,4 @@ async def serve(config: ControllerConfig, stop: asyncio.Event) -> None:
         ControllerServicer(controller),
         rpc.service_name(controller_pb2, "ControllerService"),
     )
-    await serve_node("controller", controller, registration, stop)
+    await serve_node("controller", controller, ControllerState, registration, stop)

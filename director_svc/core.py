@@ -34,6 +34,7 @@ class SubagentRun:
 class DirectorState(OrderHolder):
     # An order leaves the agent when the controller detaches it.
     leaving_kinds = frozenset({"order_detached", "order_deleted"})
+    snapshot_classes = (*OrderHolder.snapshot_classes, SubagentRun)
 
     def __init__(self) -> None:
         super().__init__()

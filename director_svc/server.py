@@ -35,23 +35,24 @@ class Director(JournaledNode):
     def __init__(self, config: DirectorConfig) -> None:
         super().__init__(config.node)
         self.config = config
-        self.agent = config.agent
-        self.director_id = f"{config.agent}@{config.node.raft_address}"
+        self.agent = self.cluster_name = config.agent
+        self.director_id = f"{config.agent}@{config.node.member.raft}"
         self.drivers: dict[str, SubagentDriver] = {}
         self.highest_controller_term = 0
         self._available_before: set[str] = set()
 
-    async def start(self) -> None:
-        state: DirectorState = await self.open_journal(DirectorState)
+    def activate(self, state: DirectorState) -> None:
         self.core = DirectorCore(state, self.agent, list(self.config.subagents))
-        log.info(
-            "director of %s active at event %d, %d orders", self.agent, state.last_event_id, len(state.orders)
-        )
+        log.info("director of %s: %d orders", self.agent, len(state.orders))
+        self._available_before = set()
         for subagent_id, address in self.config.subagents.items():
             driver = SubagentDriver(self, subagent_id, address)
             self.drivers[subagent_id] = driver
             self.spawn(driver.run(), f"subagent-{subagent_id}")
         self.spawn(self.wake_loop(self.core.next_wake_ms, self._on_wake), "timer")
+
+    def deactivate(self) -> None:
+        self.drivers = {}
 
     def available(self) -> set[str]:
         return {d.subagent_id for d in self.drivers.values() if d.ready}
@@ -164,4 +165,4 @@ async def serve(config: DirectorConfig, stop: asyncio.Event) -> None:
         DirectorServicer(director),
         rpc.service_name(director_pb2, "DirectorService"),
     )
-    await serve_node("director", director, registration, stop)
+    await serve_node("director", director, DirectorState, registration, stop)

@@ -37,6 +37,15 @@ class Unavailable(OstinatoError):
     code_name = "UNAVAILABLE"
 
 
+class NotActive(Unavailable):
+    """This node of a cluster is passive: the caller must ask the active node, whose gRPC address
+    travels in the trailing metadata (empty while no node is active)."""
+
+    def __init__(self, message: str, active_address: str = "") -> None:
+        self.active_address = active_address
+        super().__init__(message)
+
+
 class PermissionDenied(OstinatoError):
     code_name = "PERMISSION_DENIED"
 

@@ -27,6 +27,7 @@ class Launched:
     address: str
     log_path: Path
     args: list[str] = field(default_factory=list)
+    address_file: Path | None = None
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -47,6 +48,13 @@ class Launched:
             self.process.kill()
         self.process.wait()
 
+    def pause(self) -> None:
+        """SIGSTOP: a node frozen in the middle of whatever it did (a long GC, a stuck VM)."""
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
+
     def log_text(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")
@@ -65,6 +73,13 @@ def launch(
 ) -> Launched:
     """Runs `python -m module args` (args must include --data-dir data_dir) and waits until it has
     written data_dir/name.address. stdout and stderr go to data_dir/name.log."""
+    return wait_listening(spawn(name, module, args, data_dir, env=env), timeout)
+
+
+def spawn(
+    name: str, module: str, args: list[str], data_dir: Path, *, env: dict[str, str] | None = None
+) -> Launched:
+    """Starts `python -m module args` without waiting (nodes of a cluster listen only together)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     address_file = data_dir / f"{name}.address"
     address_file.unlink(missing_ok=True)
@@ -79,6 +94,14 @@ def launch(
         start_new_session=True,  # Ctrl-C in a terminal reaches the launcher, which stops us in order
     )
     log.close()
+    return Launched(name, process, "", log_path, args, address_file)
+
+
+def wait_listening(launched: Launched, timeout: float = 30.0) -> Launched:
+    """Waits until the process announced its address (DATA_DIR/NAME.address, next to its log)."""
+    name, process, log_path = launched.name, launched.process, launched.log_path
+    address_file = launched.address_file
+    assert address_file is not None
     deadline = time.monotonic() + timeout
     while not address_file.exists():
         if process.poll() is not None:
@@ -90,5 +113,5 @@ def launch(
             process.kill()
             raise TimeoutError(f"{name} did not listen within {timeout} s; log {log_path}")
         time.sleep(0.02)
-    address = address_file.read_text().strip()
-    return Launched(name, process, address, log_path, args)
+    launched.address = address_file.read_text().strip()
+    return launched

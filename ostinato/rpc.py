@@ -6,16 +6,22 @@ a ping timeout beside keepalive; servers must accept pings as often as clients s
 
 from __future__ import annotations
 
+import asyncio
 import inspect
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ostinato import tracing
-from ostinato.errors import OstinatoError
+from ostinato.errors import NotActive, OstinatoError, Unavailable
+
+T = TypeVar("T")
+
+# Trailing metadata of a passive node's UNAVAILABLE answer: where the active node listens.
+ACTIVE_ADDRESS_KEY = "ostinato-active-address"
 
 KEEPALIVE_MS = 2000
 PING_TIMEOUT_MS = 1000
@@ -49,55 +55,82 @@ def _status_code(error: OstinatoError) -> grpc.StatusCode:
     return getattr(grpc.StatusCode, error.code_name, grpc.StatusCode.INTERNAL)
 
 
+# Called with the full method name before each call; raises (e.g. NotActive) to refuse it.
+Guard = Callable[[str], None]
+
+
+def _no_guard(method: str) -> None:
+    pass
+
+
 class _ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Turns the named errors of cores and stores into gRPC status codes with their message."""
+    """Runs the guard, and turns the named errors of cores and stores into gRPC status codes
+    with their message."""
+
+    def __init__(self, guard: Guard) -> None:
+        self.guard = guard
 
     async def intercept_service(self, continuation: Callable[..., Any], details: Any) -> Any:
         handler = await continuation(details)
         if handler is None:
             return None
+        method = details.method.lstrip("/")
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary), handler.request_deserializer, handler.response_serializer
+                self._unary(method, handler.unary_unary),
+                handler.request_deserializer,
+                handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream), handler.request_deserializer, handler.response_serializer
+                self._stream(method, handler.unary_stream),
+                handler.request_deserializer,
+                handler.response_serializer,
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(handler.stream_unary), handler.request_deserializer, handler.response_serializer
+                self._unary(method, handler.stream_unary),
+                handler.request_deserializer,
+                handler.response_serializer,
             )
         if handler.stream_stream:
             return grpc.stream_stream_rpc_method_handler(
-                _wrap_stream(handler.stream_stream), handler.request_deserializer, handler.response_serializer
+                self._stream(method, handler.stream_stream),
+                handler.request_deserializer,
+                handler.response_serializer,
             )
         return handler
 
+    def _unary(self, method: str, behaviour: Callable[..., Any]) -> Callable[..., Any]:
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                self.guard(method)
+                return await behaviour(request, context)
+            except OstinatoError as e:
+                await _abort(context, e)
 
-def _wrap_unary(behaviour: Callable[..., Any]) -> Callable[..., Any]:
-    async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            return await behaviour(request, context)
-        except OstinatoError as e:
-            await context.abort(_status_code(e), str(e))
+        return wrapper
 
-    return wrapper
+    def _stream(self, method: str, behaviour: Callable[..., Any]) -> Callable[..., Any]:
+        if not inspect.isasyncgenfunction(behaviour):
+            # A handler that writes with context.write() and returns: treat like a unary one.
+            return self._unary(method, behaviour)
+
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                self.guard(method)
+                async for item in behaviour(request, context):
+                    yield item
+            except OstinatoError as e:
+                await _abort(context, e)
+
+        return wrapper
 
 
-def _wrap_stream(behaviour: Callable[..., Any]) -> Callable[..., Any]:
-    if not inspect.isasyncgenfunction(behaviour):
-        # A handler that writes with context.write() and returns: treat like a unary one.
-        return _wrap_unary(behaviour)
-
-    async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            async for item in behaviour(request, context):
-                yield item
-        except OstinatoError as e:
-            await context.abort(_status_code(e), str(e))
-
-    return wrapper
+async def _abort(context: grpc.aio.ServicerContext, error: OstinatoError) -> None:
+    if isinstance(error, NotActive):
+        context.set_trailing_metadata(((ACTIVE_ADDRESS_KEY, error.active_address),))
+    await context.abort(_status_code(error), str(error))
 
 
 class Server:
@@ -127,13 +160,15 @@ class Server:
 async def start_server(
     address: str,
     registrations: Iterable[tuple[Callable[[Any, grpc.aio.Server], None], Any, str]],
+    guard: Guard = _no_guard,
 ) -> Server:
     """Starts a server on `address` (HOST:PORT, PORT may be 0).
 
     registrations: (add_XServicer_to_server, servicer, full service name) triples.
+    guard: runs before every call of the registered services (a passive node refuses with it).
     """
     server = grpc.aio.server(
-        interceptors=[*tracing.server_interceptors(), _ErrorInterceptor()],
+        interceptors=[*tracing.server_interceptors(), _ErrorInterceptor(guard)],
         options=SERVER_OPTIONS,
     )
     names = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
@@ -164,3 +199,84 @@ def channel(address: str) -> grpc.aio.Channel:
 
 def service_name(descriptor_module: Any, service: str) -> str:
     return descriptor_module.DESCRIPTOR.services_by_name[service].full_name
+
+
+def active_address_of(error: grpc.aio.AioRpcError) -> str:
+    """The active node's address a passive node named in its answer, or ""."""
+    for key, value in error.trailing_metadata() or ():
+        if key == ACTIVE_ADDRESS_KEY:
+            return str(value)
+    return ""
+
+
+class ClusterTarget:
+    """The gRPC addresses of one cluster's nodes, as a client sees them: it dials one at a time and,
+    after a failed call, follows the active node the answer names, or else tries the next node."""
+
+    def __init__(self, addresses: list[str]) -> None:
+        if not addresses:
+            raise ValueError("a cluster needs at least one address")
+        self.addresses = list(addresses)
+        self.address = self.addresses[0]
+        self._channel: grpc.aio.Channel | None = None
+
+    def channel(self) -> grpc.aio.Channel:
+        # Made on first use: an aio channel belongs to the running event loop.
+        if self._channel is None:
+            self._channel = channel(self.address)
+        return self._channel
+
+    def follow(self, error: BaseException) -> bool:
+        """After `error` from the current node: switches to the named active node, or to the next
+        node when this one is unreachable or passive. True when it switched."""
+        if not isinstance(error, grpc.aio.AioRpcError):
+            target = self._next()
+        elif active := active_address_of(error):
+            target = active
+        elif error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            target = self._next()
+        else:
+            return False
+        if target == self.address:
+            return False
+        self.address = target
+        old, self._channel = self._channel, None
+        if old is not None:
+            # Closed in the background: calls on it may still be unwinding.
+            asyncio.get_running_loop().create_task(old.close())
+        return True
+
+    def _next(self) -> str:
+        if self.address not in self.addresses:
+            return self.addresses[0]
+        return self.addresses[(self.addresses.index(self.address) + 1) % len(self.addresses)]
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+
+async def call_following(
+    target: ClusterTarget, call: Callable[[grpc.aio.Channel], Awaitable[T]], what: str = "cluster"
+) -> T:
+    """A unary call at the target's current node, following the active node on UNAVAILABLE; at
+    most two rounds over the nodes. Errors other than unreachability are the caller's."""
+    for attempt in range(2 * len(target.addresses)):
+        try:
+            return await call(target.channel())
+        except grpc.aio.AioRpcError as e:
+            last = e
+            if not target.follow(e) and e.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+            if not active_address_of(e):
+                await asyncio.sleep(0.1 * attempt)
+    raise Unavailable(f"{what}: no node answered ({last.code().name}: {last.details()})")
+
+
+def parse_cluster_addresses(text: str) -> list[str]:
+    """HOST:PORT[,HOST:PORT...]: the gRPC addresses of a cluster's nodes."""
+    addresses = [a.strip() for a in text.split(",") if a.strip()]
+    if not addresses or any(":" not in a for a in addresses):
+        raise ValueError(f"expected HOST:PORT[,HOST:PORT...], got {text!r}")
+    return addresses

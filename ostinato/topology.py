@@ -3,6 +3,7 @@ director agent and its subagents. Used by `ostinato up`, `ostinato demo` and the
 
 from __future__ import annotations
 
+import secrets
 import signal
 import sys
 import tempfile
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ostinato.launch import Launched, launch
+from ostinato.launch import Launched, free_port, spawn, wait_listening
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -41,6 +42,10 @@ class TopologyConfig:
     trust: list[Path] = field(default_factory=list)
     require_auth: bool = False
     db_url: str | None = None  # JOC's database; default SQLite in its data dir
+    # Shape of the controller's and the director's cluster: "single" (one node), "witness" (two
+    # full nodes and a witness) or "three" (three full nodes).
+    controller_cluster: str = "single"
+    director_cluster: str = "single"
 
     @classmethod
     def ephemeral(cls, subagents: int = 2) -> TopologyConfig:
@@ -61,6 +66,8 @@ class TopologyConfig:
                 setattr(config, key, data[key].get("listen", getattr(config, key)))
         config.controller_id = data.get("controller", {}).get("id", config.controller_id)
         config.agent_name = data.get("director", {}).get("agent_name", config.agent_name)
+        config.controller_cluster = data.get("controller", {}).get("cluster", config.controller_cluster)
+        config.director_cluster = data.get("director", {}).get("cluster", config.director_cluster)
         if "subagents" in data:
             config.subagents = {s["id"]: s.get("listen", "127.0.0.1:0") for s in data["subagents"]}
         config.director_timeout_s = float(data.get("director_timeout_seconds", config.director_timeout_s))
@@ -78,6 +85,14 @@ class TopologyConfig:
         return config
 
 
+# Node name suffixes of each cluster shape; a "w" node is the witness.
+CLUSTER_SHAPES: dict[str, tuple[str, ...]] = {
+    "single": ("",),
+    "witness": ("a", "b", "w"),
+    "three": ("a", "b", "c"),
+}
+
+
 class Topology:
     def __init__(
         self, data_dir: Path, config: TopologyConfig | None = None, env: dict[str, str] | None = None
@@ -87,12 +102,52 @@ class Topology:
         self.env = env or {}
         self.services: dict[str, Launched] = {}
         # After the first start each service keeps its address, so restarts are found again.
-        self.addresses: dict[str, str] = {
-            "joc": self.config.joc,
-            "controller": self.config.controller,
-            "director": self.config.director,
-            **self.config.subagents,
-        }
+        self.addresses: dict[str, str] = {"joc": self.config.joc, **self.config.subagents}
+        # Nodes of each cluster (one named like its kind when single) and the files naming them.
+        self.nodes: dict[str, list[str]] = {}
+        self.clusters: dict[str, Path] = {}
+        self.witnesses: set[str] = set()
+        self.password = secrets.token_urlsafe(16)
+        for kind, shape, listen in (
+            ("director", self.config.director_cluster, self.config.director),
+            ("controller", self.config.controller_cluster, self.config.controller),
+        ):
+            if shape not in CLUSTER_SHAPES:
+                raise ValueError(f"{kind} cluster must be one of {sorted(CLUSTER_SHAPES)}, not {shape!r}")
+            if shape == "single":
+                self.nodes[kind] = [kind]
+                self.addresses[kind] = listen
+                continue
+            self._plan_cluster(kind, CLUSTER_SHAPES[shape], listen.rsplit(":", 1)[0])
+
+    def _plan_cluster(self, kind: str, suffixes: tuple[str, ...], host: str) -> None:
+        from ostinato.journal.cluster import Cluster, Member
+
+        members = []
+        for suffix in suffixes:
+            name = f"{kind}-{suffix}"
+            self.addresses[name] = f"{host}:{free_port(host)}"
+            members.append(Member(suffix, self.addresses[name], f"{host}:{free_port(host)}", suffix == "w"))
+            if suffix == "w":
+                self.witnesses.add(name)
+        self.nodes[kind] = [f"{kind}-{s}" for s in suffixes]
+        self.clusters[kind] = self.data_dir / f"{kind}-cluster.json"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.clusters[kind].write_text(Cluster(tuple(members)).to_json())
+
+    def kind_of(self, name: str) -> str:
+        return next((kind for kind, names in self.nodes.items() if name in names), name)
+
+    def node_addresses(self, kind: str) -> str:
+        """The gRPC addresses clients dial: every full node of the cluster."""
+        return ",".join(self.addresses[n] for n in self.nodes[kind] if n not in self.witnesses)
+
+    def _node_args(self, name: str) -> list[str]:
+        kind = self.kind_of(name)
+        if kind not in self.clusters:
+            return ["--listen", self.addresses[name]]
+        node = name.rsplit("-", 1)[1]
+        return ["--cluster", str(self.clusters[kind]), "--node", node, "--cluster-password", self.password]
 
     @property
     def joc_address(self) -> str:
@@ -142,14 +197,13 @@ class Topology:
                     str(cfg.director_timeout_s),
                 ],
             )
-        if name == "director":
+        if self.kind_of(name) == "director":
             subs = [a for s in cfg.subagents for a in ("--subagent", f"{s}={self.addresses[s]}")]
             return (
                 "director",
                 "director_svc",
                 [
-                    "--listen",
-                    listen,
+                    *self._node_args(name),
                     "--data-dir",
                     d,
                     "--agent-name",
@@ -158,19 +212,18 @@ class Topology:
                     *self._trust_args(),
                 ],
             )
-        if name == "controller":
+        if self.kind_of(name) == "controller":
             return (
                 "controller",
                 "controller_svc",
                 [
-                    "--listen",
-                    listen,
+                    *self._node_args(name),
                     "--data-dir",
                     d,
                     "--id",
                     cfg.controller_id,
                     "--agent",
-                    f"{cfg.agent_name}={self.addresses['director']}",
+                    f"{cfg.agent_name}={self.node_addresses('director')}",
                     *self._trust_args(),
                 ],
             )
@@ -183,7 +236,7 @@ class Topology:
                 "--data-dir",
                 d,
                 "--controller",
-                f"{cfg.controller_id}={self.addresses['controller']}",
+                f"{cfg.controller_id}={self.node_addresses('controller')}",
                 *self._joc_args(),
             ],
         )
@@ -201,18 +254,35 @@ class Topology:
         return args
 
     def start_service(self, name: str) -> Launched:
-        kind, module, args = self._args(name)
-        launched = launch(kind, module, args, self.data_dir / name, env=self.env)
-        launched.name = name
-        self.services[name] = launched
-        self.addresses[name] = launched.address
-        return launched
+        return self.start_services([name])[0]
+
+    def start_services(self, names: list[str]) -> list[Launched]:
+        """Starts the services together and waits until each listens (the nodes of a cluster
+        announce themselves only once a majority of them runs)."""
+        spawned = []
+        for name in names:
+            kind, module, args = self._args(name)
+            spawned.append(spawn(kind, module, args, self.data_dir / name, env=self.env))
+        for name, launched in zip(names, spawned, strict=True):
+            try:
+                wait_listening(launched)
+            except BaseException:
+                for other in spawned:
+                    other.kill()
+                raise
+            launched.name = name
+            self.services[name] = launched
+            self.addresses[name] = launched.address
+        return spawned
 
     def start(self) -> None:
         """Starts in dialing order reversed, so each service knows the address it dials."""
         try:
-            for name in [*self.config.subagents, "director", "controller", "joc"]:
+            for name in self.config.subagents:
                 self.start_service(name)
+            self.start_services(self.nodes["director"])
+            self.start_services(self.nodes["controller"])
+            self.start_service("joc")
         except BaseException:
             self.stop()
             raise
@@ -228,7 +298,7 @@ class Topology:
         """Stops in dialing order (JOC first) and returns each service's exit code."""
         return {
             name: self.services[name].stop()
-            for name in ["joc", "controller", "director", *self.config.subagents]
+            for name in ["joc", *self.nodes["controller"], *self.nodes["director"], *self.config.subagents]
             if name in self.services
         }
 

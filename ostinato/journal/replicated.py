@@ -4,57 +4,142 @@ The replicated operation applies a batch to the *committed* state on pysyncobj's
 that is what a restart replays and what followers hold. The active node's shell works on its own
 copy (the working state), where it assigns ids and applies events as it decides them, then
 submits them here; ids are assigned deterministically, so both states stay equal once committed.
+
+Fencing inside the log: a batch carries the term its node decided it in and must continue the
+committed ids exactly. A deposed node's batch (pysyncobj forwards commands of a follower to the
+leader) is therefore skipped on every node alike, and its submitter learns it was deposed.
+
+Snapshots are explicit (ostinato/journal/snapshot.py), written by pysyncobj's log compaction on
+the tick thread, so the state is exactly the one at the last applied entry.
+
 Facts this follows (shared/DEPENDENCIES.md): never sync=True from asyncio; results come back by
-callback on the tick thread; commands must be idempotent (a timed-out call may still commit);
-cap commands in flight; always set the password, since the peer protocol is pickle.
+callback on the tick thread; cap commands in flight; always set the password, since the peer
+protocol is pickle; a pair cannot elect, so clusters have one or at least three voters.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
+import json
 import logging
+import queue
 import secrets
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+from pysyncobj.node import TCPNode
 
 from gen.ostinato.common.v1 import events_pb2, journal_pb2
 from ostinato.errors import Unavailable
+from ostinato.journal import snapshot
 
 log = logging.getLogger(__name__)
 
 MAX_IN_FLIGHT = 400
+REJECTED = -1  # apply_batch's result for a batch of a deposed node
 
 
-class JournaledState(Protocol):
-    last_event_id: int
+@dataclass(frozen=True)
+class Timing:
+    """Raft timing. Followers start an election after raft_min..raft_max seconds without the
+    leader; a leader that hears from no majority for leader_fallback seconds steps down (so a
+    paused or cut-off active node stops acting soon after the others elected a new one)."""
 
-    def apply(self, event: events_pb2.Event) -> None: ...
+    tick: float = 0.002
+    append_entries: float = 0.01
+    raft_min: float = 0.3
+    raft_max: float = 0.6
+    leader_fallback: float = 1.0
+    # A witness waits this much longer before it stands for election: a full node wins first.
+    witness_factor: float = 3.0
+    # Compaction: a snapshot once the log has this many entries (batches), or this many seconds.
+    compaction_entries: int = 5000
+    compaction_seconds: float = 600.0
 
 
 class _Raft(SyncObj):
-    def __init__(self, self_address: str, partners: list[str], conf: SyncObjConf, state: Any) -> None:
-        self.committed = state
+    def __init__(
+        self,
+        self_address: str,
+        partners: list[str],
+        conf: SyncObjConf,
+        new_state: Callable[[], Any],
+        witness: bool,
+    ) -> None:
+        self.new_state = new_state
+        self.witness = witness
+        self.handed_on_at = 0.0
+        self.committed = new_state()
+        self.term_applied = 0  # highest term of an applied batch
         self.lock = threading.Lock()
         self.on_applied: Callable[[int], None] = lambda _last: None
+        self.on_tick: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        conf.serializer = self._serialize
+        conf.deserializer = self._deserialize
         super().__init__(self_address, partners, conf=conf)
+        self.addOnTickCallback(self._run_on_tick)
 
     @replicated
     def apply_batch(self, data: bytes) -> int:
         batch = journal_pb2.EventBatch.FromString(data)
         with self.lock:
+            last = int(self.committed.last_event_id)
+            if batch.term < self.term_applied or (batch.events and batch.events[0].id != last + 1):
+                return REJECTED
+            self.term_applied = batch.term
             for event in batch.events:
-                # A batch re-submitted after a timeout commits twice; the second copy is skipped.
-                if event.id <= self.committed.last_event_id:
-                    continue
                 self.committed.apply(event)
             last = int(self.committed.last_event_id)
         self.on_applied(last)
         return last
+
+    def _run_on_tick(self) -> None:
+        # pysyncobj's own calls (transferLeadership) are not thread-safe: they run here.
+        while not self.on_tick.empty():
+            self.on_tick.get_nowait()()
+        # A witness that won an election hands leadership on, as soon as a full node has caught
+        # up (Raft refuses a transfer to a node behind the leader's log).
+        if self.witness and self._isLeader() and time.monotonic() - self.handed_on_at > 0.05:
+            self.handed_on_at = time.monotonic()
+            self.transferLeadership()
+
+    def _serialize(self, filename: str, raft_data: tuple[Any, Any, Any]) -> None:
+        last_entry, previous_entry, cluster = raft_data
+        with self.lock:
+            state = snapshot.encode(self.committed)
+            term_applied = self.term_applied
+        document = {
+            "state": state,
+            "term_applied": term_applied,
+            "entries": [_entry_json(last_entry), _entry_json(previous_entry)],
+            "cluster": sorted(node.address for node in cluster),
+        }
+        Path(filename).write_text(json.dumps(document, separators=(",", ":")))
+
+    def _deserialize(self, filename: str) -> tuple[Any, Any, Any]:
+        document = json.loads(Path(filename).read_text())
+        state = snapshot.decode(document["state"], self.new_state)
+        with self.lock:
+            self.committed = state
+            self.term_applied = int(document["term_applied"])
+        last_entry, previous_entry = (_entry_tuple(e) for e in document["entries"])
+        return last_entry, previous_entry, {TCPNode(a) for a in document["cluster"]}
+
+
+def _entry_json(entry: tuple[bytes, int, int]) -> list[Any]:
+    command, index, term = entry
+    return [base64.b64encode(command).decode(), index, term]
+
+
+def _entry_tuple(entry: list[Any]) -> tuple[bytes, int, int]:
+    return base64.b64decode(entry[0]), int(entry[1]), int(entry[2])
 
 
 def cluster_password(data_dir: Path, given: str | None) -> str:
@@ -79,27 +164,41 @@ class Journal:
         partners: list[str],
         password: str,
         new_state: Callable[[], Any],
+        witness: bool = False,
+        timing: Timing = Timing(),
     ) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
-        self._leader_changed = asyncio.Event()
+        self.witness = witness
+        self._waiters: list[asyncio.Future[None]] = []
         self._loop = asyncio.get_running_loop()
+        factor = timing.witness_factor if witness else 1.0
         conf = SyncObjConf(
             journalFile=str(data_dir / "journal.raft"),
+            fullDumpFile=str(data_dir / "journal.snapshot"),
             password=password,
-            autoTickPeriod=0.002,
-            appendEntriesPeriod=0.01,
-            raftMinTimeout=0.3,
-            raftMaxTimeout=0.6,
-            # Compaction needs an explicit serialiser of the state; until the replicated-journal
-            # work adds it, the log is kept whole (it survives restarts either way).
-            logCompactionMinEntries=2**40,
-            logCompactionMinTime=10**12,
+            autoTickPeriod=timing.tick,
+            appendEntriesPeriod=timing.append_entries,
+            raftMinTimeout=timing.raft_min * factor,
+            raftMaxTimeout=timing.raft_max * factor,
+            leaderFallbackTimeout=timing.leader_fallback,
+            logCompactionMinEntries=timing.compaction_entries,
+            logCompactionMinTime=timing.compaction_seconds,
             dynamicMembershipChange=False,
-            onStateChanged=lambda _old, _new: self._loop.call_soon_threadsafe(self._leader_changed.set),
+            onStateChanged=self._state_changed,
         )
-        self._raft = _Raft(self_address, partners, conf, new_state())
+        self._raft = _Raft(self_address, partners, conf, new_state, witness)
         self._in_flight = 0
         self._room = asyncio.Event()
+
+    def _state_changed(self, _old: int, _new: int) -> None:
+        # On the tick thread.
+        self._loop.call_soon_threadsafe(self._notify)
+
+    def _notify(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     @property
     def term(self) -> int:
@@ -108,26 +207,55 @@ class Journal:
     def is_leader(self) -> bool:
         return bool(self._raft._isLeader())
 
+    def leader(self) -> str:
+        """Raft address of the leader as this node knows it, or ""."""
+        node = self._raft._getLeader()
+        return str(node.address) if node is not None else ""
+
+    def status(self) -> dict[str, Any]:
+        return dict(self._raft.getStatus())
+
+    def committed_id(self) -> int:
+        with self._raft.lock:
+            return int(self._raft.committed.last_event_id)
+
+    def read_committed(self, read: Callable[[Any], Any]) -> Any:
+        """read(committed state), under the lock the tick thread applies with."""
+        with self._raft.lock:
+            return read(self._raft.committed)
+
     def set_on_applied(self, callback: Callable[[int], None]) -> None:
         """callback(last_event_id) runs on the tick thread after each applied batch."""
         self._raft.on_applied = callback
 
+    async def changed(self, timeout: float | None = None) -> None:
+        """Returns after the next change of this node's Raft state, or after `timeout`. (Whom a
+        follower follows changes without a state change: watch that with a timeout.)"""
+        waiter = self._loop.create_future()
+        self._waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            pass
+
     async def wait_active(self) -> Any:
         """Waits until this node leads and has applied the whole log; returns a working copy of
-        the state, to which nothing else writes."""
+        the state, to which nothing else writes. A witness never returns."""
         while True:
-            while not self.is_leader():
-                self._leader_changed.clear()
-                if self.is_leader():
-                    break
-                await self._leader_changed.wait()
+            while self.witness or not self.is_leader():
+                await self.changed()
             try:
-                # An empty batch commits after every entry before it: then the state is complete.
+                # A batch of this term commits after every entry before it: then the state is
+                # complete, and batches of deposed nodes are fenced off from here on.
                 await self.submit([])
             except Unavailable:
                 continue
             with self._raft.lock:
                 return copy.deepcopy(self._raft.committed)
+
+    async def wait_deposed(self) -> None:
+        while self.is_leader():
+            await self.changed()
 
     async def room(self) -> None:
         """Waits while too many commands are in flight (an uncapped burst can wedge a follower)."""
@@ -137,9 +265,13 @@ class Journal:
 
     def submit(self, events: list[events_pb2.Event]) -> asyncio.Future[int]:
         """Hands the events (ids assigned) to Raft at once, so batches commit in submission order;
-        the future resolves with the last applied id once they are committed."""
-        data = journal_pb2.EventBatch(events=events).SerializeToString()
+        the future resolves with the last applied id once they are committed, or fails with
+        Unavailable when this node was deposed."""
         future: asyncio.Future[int] = self._loop.create_future()
+        if not self.is_leader():
+            future.set_exception(Unavailable("this node is no longer active"))
+            return future
+        data = journal_pb2.EventBatch(events=events, term=self.term).SerializeToString()
         self._in_flight += 1
 
         def done(result: Any, error: int) -> None:
@@ -153,10 +285,31 @@ class Journal:
         self._room.set()
         if future.done():
             return
-        if error == FAIL_REASON.SUCCESS:
+        if error == FAIL_REASON.SUCCESS and result != REJECTED:
             future.set_result(int(result))
+        elif error == FAIL_REASON.SUCCESS:
+            future.set_exception(Unavailable("journal batch of a deposed node was skipped"))
         else:
             future.set_exception(Unavailable(f"journal command not committed (pysyncobj reason {error})"))
+
+    def transfer_leadership(self, to_raft_address: str | None) -> asyncio.Future[None]:
+        """Asks Raft to hand leadership to the node (None: the most caught-up one); resolves once
+        the request was sent, or fails when Raft refused (not leader, target not caught up)."""
+        future: asyncio.Future[None] = self._loop.create_future()
+
+        def done(_result: Any, error: int) -> None:
+            def settle() -> None:
+                if future.done():
+                    return
+                if error == FAIL_REASON.SUCCESS:
+                    future.set_result(None)
+                else:
+                    future.set_exception(Unavailable(f"switch-over refused by Raft (reason {error})"))
+
+            self._loop.call_soon_threadsafe(settle)
+
+        self._raft.on_tick.put(lambda: self._raft.transferLeadership(to_raft_address, done))
+        return future
 
     def close(self) -> None:
         self._raft.destroy()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -24,8 +23,10 @@ def now_ms() -> int:
 
 
 class JournalShell:
-    def __init__(self, journal: Journal, state: JournaledState) -> None:
+    def __init__(self, journal: Journal, state: JournaledState, on_failure: Callable[[], None]) -> None:
         self.journal = journal
+        self.on_failure = on_failure
+        self.failed = False
         self.state = state  # the working state: only this node's loop writes it
         self.committed_id = state.last_event_id
         self._commit_hooks: list[CommitHook] = []
@@ -57,13 +58,16 @@ class JournalShell:
         return future
 
     def _committed(self, future: asyncio.Future[Any], events: list[events_pb2.Event]) -> None:
+        if self.failed:
+            return
         if future.cancelled() or future.exception() is not None:
             error = "cancelled" if future.cancelled() else repr(future.exception())
-            # The working state now holds events the journal may not: only a restart from the
-            # journal is consistent again. Crash-only: the supervisor or operator restarts us.
-            log.critical("journal commit failed (%s); exiting so the journal is replayed", error)
-            logging.shutdown()
-            os._exit(70)
+            # The working state now holds events the journal may not: this node steps down and
+            # drops it; whoever is active next starts from the committed state.
+            log.error("journal commit failed (%s); stepping down", error)
+            self.failed = True
+            self.on_failure()
+            return
         self.committed_id = max(self.committed_id, events[-1].id)
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()

@@ -14,6 +14,9 @@ class JournaledState(ABC):
     gets the next id, applies at once (so the next decision sees it) and is returned for the
     journal to commit."""
 
+    # Classes whose instances a snapshot may hold (see ostinato/journal/snapshot.py).
+    snapshot_classes: tuple[type, ...] = (EventLog,)
+
     def __init__(self) -> None:
         self.log = EventLog()
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from gen.ostinato.common.v1 import events_pb2 as ostinato_dot_common_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n ostinato/common/v1/journal.proto\x12\x12ostinato.common.v1\x1a\x1fostinato/common/v1/events.proto\"7\n\nEventBatch\x12)\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x19.ostinato.common.v1.Eventb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n ostinato/common/v1/journal.proto\x12\x12ostinato.common.v1\x1a\x1fostinato/common/v1/events.proto\"E\n\nEventBatch\x12)\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x19.ostinato.common.v1.Event\x12\x0c\n\x04term\x18\x02 \x01(\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,5 +33,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ostinato.common.v1.journal_
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EVENTBATCH']._serialized_start=89
-  _globals['_EVENTBATCH']._serialized_end=144
+  _globals['_EVENTBATCH']._serialized_end=158
 # @@protoc_insertion_point(module_scope)

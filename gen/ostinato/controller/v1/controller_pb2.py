@@ -23,13 +23,15 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from gen.ostinato.common.v1 import cluster_pb2 as ostinato_dot_common_dot_v1_dot_cluster__pb2
 from gen.ostinato.common.v1 import commands_pb2 as ostinato_dot_common_dot_v1_dot_commands__pb2
 from gen.ostinato.common.v1 import events_pb2 as ostinato_dot_common_dot_v1_dot_events__pb2
 from gen.ostinato.common.v1 import items_pb2 as ostinato_dot_common_dot_v1_dot_items__pb2
+from gen.ostinato.common.v1 import order_pb2 as ostinato_dot_common_dot_v1_dot_order__pb2
 from gen.ostinato.common.v1 import values_pb2 as ostinato_dot_common_dot_v1_dot_values__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'ostinato/controller/v1/controller.proto\x12\x16ostinato.controller.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!ostinato/common/v1/commands.proto\x1a\x1fostinato/common/v1/events.proto\x1a\x1eostinato/common/v1/items.proto\x1a\x1fostinato/common/v1/values.proto\"q\n\x12\x44\x65ployItemsRequest\x12-\n\x05items\x18\x01 \x03(\x0b\x32\x1e.ostinato.common.v1.SignedItem\x12,\n\x07\x64\x65letes\x18\x02 \x03(\x0b\x32\x1b.ostinato.common.v1.ItemRef\"\'\n\x13\x44\x65ployItemsResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\x03\"D\n\x10\x41\x64\x64OrdersRequest\x12\x30\n\x06orders\x18\x01 \x03(\x0b\x32 .ostinato.controller.v1.NewOrder\"\xa4\x02\n\x08NewOrder\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rworkflow_path\x18\x02 \x01(\t\x12\x1b\n\x13workflow_version_id\x18\x03 \x01(\t\x12\x42\n\targuments\x18\x04 \x03(\x0b\x32/.ostinato.controller.v1.NewOrder.ArgumentsEntry\x12\x31\n\rscheduled_for\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0ctrace_parent\x18\x06 \x01(\t\x1aK\n\x0e\x41rgumentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x05value\x18\x02 \x01(\x0b\x32\x19.ostinato.common.v1.Value:\x02\x38\x01\"G\n\x11\x41\x64\x64OrdersResponse\x12\x32\n\x06orders\x18\x01 \x03(\x0b\x32\".ostinato.controller.v1.AddedOrder\"F\n\nAddedOrder\x12\n\n\x02id\x18\x01 \x01(\t\x12\x1b\n\x13workflow_version_id\x18\x02 \x01(\t\x12\x0f\n\x07\x65xisted\x18\x03 \x01(\x08\"J\n\x14\x43ommandOrdersRequest\x12\x32\n\x08\x63ommands\x18\x01 \x03(\x0b\x32 .ostinato.common.v1.OrderCommand\"P\n\x15\x43ommandOrdersResponse\x12\x37\n\x07results\x18\x01 \x03(\x0b\x32&.ostinato.common.v1.OrderCommandResult\">\n\x12WatchEventsRequest\x12\r\n\x05\x61\x66ter\x18\x01 \x01(\x03\x12\x19\n\x11heartbeat_seconds\x18\x02 \x01(\x01\"@\n\x13WatchEventsResponse\x12)\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x19.ostinato.common.v1.Event\"(\n\x14ReleaseEventsRequest\x12\x10\n\x08until_id\x18\x01 \x01(\x03\"\x17\n\x15ReleaseEventsResponse\"\x14\n\x12GetOverviewRequest\"\xb8\x01\n\x13GetOverviewResponse\x12\x15\n\rcontroller_id\x18\x01 \x01(\t\x12\x15\n\rlast_event_id\x18\x02 \x01(\x03\x12\x19\n\x11released_until_id\x18\x03 \x01(\x03\x12\x35\n\x06\x61gents\x18\x04 \x03(\x0b\x32%.ostinato.controller.v1.AgentOverview\x12\x13\n\x0border_count\x18\x05 \x01(\x05\x12\x0c\n\x04term\x18\x06 \x01(\x03\"\\\n\rAgentOverview\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x19\n\x11observed_event_id\x18\x04 \x01(\x03\x32\x8b\x05\n\x11\x43ontrollerService\x12\x66\n\x0b\x44\x65ployItems\x12*.ostinato.controller.v1.DeployItemsRequest\x1a+.ostinato.controller.v1.DeployItemsResponse\x12`\n\tAddOrders\x12(.ostinato.controller.v1.AddOrdersRequest\x1a).ostinato.controller.v1.AddOrdersResponse\x12l\n\rCommandOrders\x12,.ostinato.controller.v1.CommandOrdersRequest\x1a-.ostinato.controller.v1.CommandOrdersResponse\x12h\n\x0bWatchEvents\x12*.ostinato.controller.v1.WatchEventsRequest\x1a+.ostinato.controller.v1.WatchEventsResponse0\x01\x12l\n\rReleaseEvents\x12,.ostinato.controller.v1.ReleaseEventsRequest\x1a-.ostinato.controller.v1.ReleaseEventsResponse\x12\x66\n\x0bGetOverview\x12*.ostinato.controller.v1.GetOverviewRequest\x1a+.ostinato.controller.v1.GetOverviewResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'ostinato/controller/v1/controller.proto\x12\x16ostinato.controller.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a ostinato/common/v1/cluster.proto\x1a!ostinato/common/v1/commands.proto\x1a\x1fostinato/common/v1/events.proto\x1a\x1eostinato/common/v1/items.proto\x1a\x1eostinato/common/v1/order.proto\x1a\x1fostinato/common/v1/values.proto\"q\n\x12\x44\x65ployItemsRequest\x12-\n\x05items\x18\x01 \x03(\x0b\x32\x1e.ostinato.common.v1.SignedItem\x12,\n\x07\x64\x65letes\x18\x02 \x03(\x0b\x32\x1b.ostinato.common.v1.ItemRef\"\'\n\x13\x44\x65ployItemsResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\x03\"D\n\x10\x41\x64\x64OrdersRequest\x12\x30\n\x06orders\x18\x01 \x03(\x0b\x32 .ostinato.controller.v1.NewOrder\"\xa4\x02\n\x08NewOrder\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rworkflow_path\x18\x02 \x01(\t\x12\x1b\n\x13workflow_version_id\x18\x03 \x01(\t\x12\x42\n\targuments\x18\x04 \x03(\x0b\x32/.ostinato.controller.v1.NewOrder.ArgumentsEntry\x12\x31\n\rscheduled_for\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0ctrace_parent\x18\x06 \x01(\t\x1aK\n\x0e\x41rgumentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x05value\x18\x02 \x01(\x0b\x32\x19.ostinato.common.v1.Value:\x02\x38\x01\"G\n\x11\x41\x64\x64OrdersResponse\x12\x32\n\x06orders\x18\x01 \x03(\x0b\x32\".ostinato.controller.v1.AddedOrder\"F\n\nAddedOrder\x12\n\n\x02id\x18\x01 \x01(\t\x12\x1b\n\x13workflow_version_id\x18\x02 \x01(\t\x12\x0f\n\x07\x65xisted\x18\x03 \x01(\x08\"J\n\x14\x43ommandOrdersRequest\x12\x32\n\x08\x63ommands\x18\x01 \x03(\x0b\x32 .ostinato.common.v1.OrderCommand\"P\n\x15\x43ommandOrdersResponse\x12\x37\n\x07results\x18\x01 \x03(\x0b\x32&.ostinato.common.v1.OrderCommandResult\">\n\x12WatchEventsRequest\x12\r\n\x05\x61\x66ter\x18\x01 \x01(\x03\x12\x19\n\x11heartbeat_seconds\x18\x02 \x01(\x01\"@\n\x13WatchEventsResponse\x12)\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x19.ostinato.common.v1.Event\"(\n\x14ReleaseEventsRequest\x12\x10\n\x08until_id\x18\x01 \x01(\x03\"\x17\n\x15ReleaseEventsResponse\"\x14\n\x12GetOverviewRequest\"\xb8\x01\n\x13GetOverviewResponse\x12\x15\n\rcontroller_id\x18\x01 \x01(\t\x12\x15\n\rlast_event_id\x18\x02 \x01(\x03\x12\x19\n\x11released_until_id\x18\x03 \x01(\x03\x12\x35\n\x06\x61gents\x18\x04 \x03(\x0b\x32%.ostinato.controller.v1.AgentOverview\x12\x13\n\x0border_count\x18\x05 \x01(\x05\x12\x0c\n\x04term\x18\x06 \x01(\x03\"\\\n\rAgentOverview\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x19\n\x11observed_event_id\x18\x04 \x01(\x03\"\x14\n\x12GetSnapshotRequest\"R\n\x13GetSnapshotResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\x03\x12)\n\x06orders\x18\x02 \x03(\x0b\x32\x19.ostinato.common.v1.Order\"-\n\x1cGetAgentClusterStatusRequest\x12\r\n\x05\x61gent\x18\x01 \x01(\t\"R\n\x1dGetAgentClusterStatusResponse\x12\x31\n\x06status\x18\x01 \x01(\x0b\x32!.ostinato.common.v1.ClusterStatus\"8\n\x16\x41gentSwitchoverRequest\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x0f\n\x07to_node\x18\x02 \x01(\t\"K\n\x17\x41gentSwitchoverResponse\x12\x11\n\tfrom_node\x18\x01 \x01(\t\x12\x0f\n\x07to_node\x18\x02 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x03\x32\xee\x07\n\x11\x43ontrollerService\x12\x66\n\x0b\x44\x65ployItems\x12*.ostinato.controller.v1.DeployItemsRequest\x1a+.ostinato.controller.v1.DeployItemsResponse\x12`\n\tAddOrders\x12(.ostinato.controller.v1.AddOrdersRequest\x1a).ostinato.controller.v1.AddOrdersResponse\x12l\n\rCommandOrders\x12,.ostinato.controller.v1.CommandOrdersRequest\x1a-.ostinato.controller.v1.CommandOrdersResponse\x12h\n\x0bWatchEvents\x12*.ostinato.controller.v1.WatchEventsRequest\x1a+.ostinato.controller.v1.WatchEventsResponse0\x01\x12l\n\rReleaseEvents\x12,.ostinato.controller.v1.ReleaseEventsRequest\x1a-.ostinato.controller.v1.ReleaseEventsResponse\x12\x66\n\x0bGetOverview\x12*.ostinato.controller.v1.GetOverviewRequest\x1a+.ostinato.controller.v1.GetOverviewResponse\x12\x66\n\x0bGetSnapshot\x12*.ostinato.controller.v1.GetSnapshotRequest\x1a+.ostinato.controller.v1.GetSnapshotResponse\x12\x84\x01\n\x15GetAgentClusterStatus\x12\x34.ostinato.controller.v1.GetAgentClusterStatusRequest\x1a\x35.ostinato.controller.v1.GetAgentClusterStatusResponse\x12r\n\x0f\x41gentSwitchover\x12..ostinato.controller.v1.AgentSwitchoverRequest\x1a/.ostinato.controller.v1.AgentSwitchoverResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,38 +40,50 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_NEWORDER_ARGUMENTSENTRY']._loaded_options = None
   _globals['_NEWORDER_ARGUMENTSENTRY']._serialized_options = b'8\001'
-  _globals['_DEPLOYITEMSREQUEST']._serialized_start=233
-  _globals['_DEPLOYITEMSREQUEST']._serialized_end=346
-  _globals['_DEPLOYITEMSRESPONSE']._serialized_start=348
-  _globals['_DEPLOYITEMSRESPONSE']._serialized_end=387
-  _globals['_ADDORDERSREQUEST']._serialized_start=389
-  _globals['_ADDORDERSREQUEST']._serialized_end=457
-  _globals['_NEWORDER']._serialized_start=460
-  _globals['_NEWORDER']._serialized_end=752
-  _globals['_NEWORDER_ARGUMENTSENTRY']._serialized_start=677
-  _globals['_NEWORDER_ARGUMENTSENTRY']._serialized_end=752
-  _globals['_ADDORDERSRESPONSE']._serialized_start=754
-  _globals['_ADDORDERSRESPONSE']._serialized_end=825
-  _globals['_ADDEDORDER']._serialized_start=827
-  _globals['_ADDEDORDER']._serialized_end=897
-  _globals['_COMMANDORDERSREQUEST']._serialized_start=899
-  _globals['_COMMANDORDERSREQUEST']._serialized_end=973
-  _globals['_COMMANDORDERSRESPONSE']._serialized_start=975
-  _globals['_COMMANDORDERSRESPONSE']._serialized_end=1055
-  _globals['_WATCHEVENTSREQUEST']._serialized_start=1057
-  _globals['_WATCHEVENTSREQUEST']._serialized_end=1119
-  _globals['_WATCHEVENTSRESPONSE']._serialized_start=1121
-  _globals['_WATCHEVENTSRESPONSE']._serialized_end=1185
-  _globals['_RELEASEEVENTSREQUEST']._serialized_start=1187
-  _globals['_RELEASEEVENTSREQUEST']._serialized_end=1227
-  _globals['_RELEASEEVENTSRESPONSE']._serialized_start=1229
-  _globals['_RELEASEEVENTSRESPONSE']._serialized_end=1252
-  _globals['_GETOVERVIEWREQUEST']._serialized_start=1254
-  _globals['_GETOVERVIEWREQUEST']._serialized_end=1274
-  _globals['_GETOVERVIEWRESPONSE']._serialized_start=1277
-  _globals['_GETOVERVIEWRESPONSE']._serialized_end=1461
-  _globals['_AGENTOVERVIEW']._serialized_start=1463
-  _globals['_AGENTOVERVIEW']._serialized_end=1555
-  _globals['_CONTROLLERSERVICE']._serialized_start=1558
-  _globals['_CONTROLLERSERVICE']._serialized_end=2209
+  _globals['_DEPLOYITEMSREQUEST']._serialized_start=299
+  _globals['_DEPLOYITEMSREQUEST']._serialized_end=412
+  _globals['_DEPLOYITEMSRESPONSE']._serialized_start=414
+  _globals['_DEPLOYITEMSRESPONSE']._serialized_end=453
+  _globals['_ADDORDERSREQUEST']._serialized_start=455
+  _globals['_ADDORDERSREQUEST']._serialized_end=523
+  _globals['_NEWORDER']._serialized_start=526
+  _globals['_NEWORDER']._serialized_end=818
+  _globals['_NEWORDER_ARGUMENTSENTRY']._serialized_start=743
+  _globals['_NEWORDER_ARGUMENTSENTRY']._serialized_end=818
+  _globals['_ADDORDERSRESPONSE']._serialized_start=820
+  _globals['_ADDORDERSRESPONSE']._serialized_end=891
+  _globals['_ADDEDORDER']._serialized_start=893
+  _globals['_ADDEDORDER']._serialized_end=963
+  _globals['_COMMANDORDERSREQUEST']._serialized_start=965
+  _globals['_COMMANDORDERSREQUEST']._serialized_end=1039
+  _globals['_COMMANDORDERSRESPONSE']._serialized_start=1041
+  _globals['_COMMANDORDERSRESPONSE']._serialized_end=1121
+  _globals['_WATCHEVENTSREQUEST']._serialized_start=1123
+  _globals['_WATCHEVENTSREQUEST']._serialized_end=1185
+  _globals['_WATCHEVENTSRESPONSE']._serialized_start=1187
+  _globals['_WATCHEVENTSRESPONSE']._serialized_end=1251
+  _globals['_RELEASEEVENTSREQUEST']._serialized_start=1253
+  _globals['_RELEASEEVENTSREQUEST']._serialized_end=1293
+  _globals['_RELEASEEVENTSRESPONSE']._serialized_start=1295
+  _globals['_RELEASEEVENTSRESPONSE']._serialized_end=1318
+  _globals['_GETOVERVIEWREQUEST']._serialized_start=1320
+  _globals['_GETOVERVIEWREQUEST']._serialized_end=1340
+  _globals['_GETOVERVIEWRESPONSE']._serialized_start=1343
+  _globals['_GETOVERVIEWRESPONSE']._serialized_end=1527
+  _globals['_AGENTOVERVIEW']._serialized_start=1529
+  _globals['_AGENTOVERVIEW']._serialized_end=1621
+  _globals['_GETSNAPSHOTREQUEST']._serialized_start=1623
+  _globals['_GETSNAPSHOTREQUEST']._serialized_end=1643
+  _globals['_GETSNAPSHOTRESPONSE']._serialized_start=1645
+  _globals['_GETSNAPSHOTRESPONSE']._serialized_end=1727
+  _globals['_GETAGENTCLUSTERSTATUSREQUEST']._serialized_start=1729
+  _globals['_GETAGENTCLUSTERSTATUSREQUEST']._serialized_end=1774
+  _globals['_GETAGENTCLUSTERSTATUSRESPONSE']._serialized_start=1776
+  _globals['_GETAGENTCLUSTERSTATUSRESPONSE']._serialized_end=1858
+  _globals['_AGENTSWITCHOVERREQUEST']._serialized_start=1860
+  _globals['_AGENTSWITCHOVERREQUEST']._serialized_end=1916
+  _globals['_AGENTSWITCHOVERRESPONSE']._serialized_start=1918
+  _globals['_AGENTSWITCHOVERRESPONSE']._serialized_end=1993
+  _globals['_CONTROLLERSERVICE']._serialized_start=1996
+  _globals['_CONTROLLERSERVICE']._serialized_end=3002
 # @@protoc_insertion_point(module_scope)

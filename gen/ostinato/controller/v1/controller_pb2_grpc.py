@@ -66,6 +66,21 @@ class ControllerServiceStub:
                 request_serializer=ostinato_dot_controller_dot_v1_dot_controller__pb2.GetOverviewRequest.SerializeToString,
                 response_deserializer=ostinato_dot_controller_dot_v1_dot_controller__pb2.GetOverviewResponse.FromString,
                 _registered_method=True)
+        self.GetSnapshot = channel.unary_unary(
+                '/ostinato.controller.v1.ControllerService/GetSnapshot',
+                request_serializer=ostinato_dot_controller_dot_v1_dot_controller__pb2.GetSnapshotRequest.SerializeToString,
+                response_deserializer=ostinato_dot_controller_dot_v1_dot_controller__pb2.GetSnapshotResponse.FromString,
+                _registered_method=True)
+        self.GetAgentClusterStatus = channel.unary_unary(
+                '/ostinato.controller.v1.ControllerService/GetAgentClusterStatus',
+                request_serializer=ostinato_dot_controller_dot_v1_dot_controller__pb2.GetAgentClusterStatusRequest.SerializeToString,
+                response_deserializer=ostinato_dot_controller_dot_v1_dot_controller__pb2.GetAgentClusterStatusResponse.FromString,
+                _registered_method=True)
+        self.AgentSwitchover = channel.unary_unary(
+                '/ostinato.controller.v1.ControllerService/AgentSwitchover',
+                request_serializer=ostinato_dot_controller_dot_v1_dot_controller__pb2.AgentSwitchoverRequest.SerializeToString,
+                response_deserializer=ostinato_dot_controller_dot_v1_dot_controller__pb2.AgentSwitchoverResponse.FromString,
+                _registered_method=True)
 
 
 class ControllerServiceServicer:
@@ -115,6 +130,28 @@ class ControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetSnapshot(self, request, context):
+        """Every order the controller holds, as of one event id: what a receiver that lost its place
+        (WatchEvents answered FAILED_PRECONDITION) rebuilds from, then watches after `event_id`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAgentClusterStatus(self, request, context):
+        """The cluster status of an agent's director nodes, asked by the controller.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AgentSwitchover(self, request, context):
+        """Switch-over of an agent's director cluster.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControllerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -147,6 +184,21 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.GetOverview,
                     request_deserializer=ostinato_dot_controller_dot_v1_dot_controller__pb2.GetOverviewRequest.FromString,
                     response_serializer=ostinato_dot_controller_dot_v1_dot_controller__pb2.GetOverviewResponse.SerializeToString,
+            ),
+            'GetSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSnapshot,
+                    request_deserializer=ostinato_dot_controller_dot_v1_dot_controller__pb2.GetSnapshotRequest.FromString,
+                    response_serializer=ostinato_dot_controller_dot_v1_dot_controller__pb2.GetSnapshotResponse.SerializeToString,
+            ),
+            'GetAgentClusterStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAgentClusterStatus,
+                    request_deserializer=ostinato_dot_controller_dot_v1_dot_controller__pb2.GetAgentClusterStatusRequest.FromString,
+                    response_serializer=ostinato_dot_controller_dot_v1_dot_controller__pb2.GetAgentClusterStatusResponse.SerializeToString,
+            ),
+            'AgentSwitchover': grpc.unary_unary_rpc_method_handler(
+                    servicer.AgentSwitchover,
+                    request_deserializer=ostinato_dot_controller_dot_v1_dot_controller__pb2.AgentSwitchoverRequest.FromString,
+                    response_serializer=ostinato_dot_controller_dot_v1_dot_controller__pb2.AgentSwitchoverResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -313,6 +365,87 @@ class ControllerService:
             '/ostinato.controller.v1.ControllerService/GetOverview',
             ostinato_dot_controller_dot_v1_dot_controller__pb2.GetOverviewRequest.SerializeToString,
             ostinato_dot_controller_dot_v1_dot_controller__pb2.GetOverviewResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ostinato.controller.v1.ControllerService/GetSnapshot',
+            ostinato_dot_controller_dot_v1_dot_controller__pb2.GetSnapshotRequest.SerializeToString,
+            ostinato_dot_controller_dot_v1_dot_controller__pb2.GetSnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAgentClusterStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ostinato.controller.v1.ControllerService/GetAgentClusterStatus',
+            ostinato_dot_controller_dot_v1_dot_controller__pb2.GetAgentClusterStatusRequest.SerializeToString,
+            ostinato_dot_controller_dot_v1_dot_controller__pb2.GetAgentClusterStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AgentSwitchover(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ostinato.controller.v1.ControllerService/AgentSwitchover',
+            ostinato_dot_controller_dot_v1_dot_controller__pb2.AgentSwitchoverRequest.SerializeToString,
+            ostinato_dot_controller_dot_v1_dot_controller__pb2.AgentSwitchoverResponse.FromString,
             options,
             channel_credentials,
             insecure,

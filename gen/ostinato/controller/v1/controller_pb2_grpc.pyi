@@ -48,6 +48,14 @@ class ControllerServiceStub:
     ReleaseEvents: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ReleaseEventsRequest, _controller_pb2.ReleaseEventsResponse]
     """Lets the controller drop events up to and including until_id."""
     GetOverview: _grpc.UnaryUnaryMultiCallable[_controller_pb2.GetOverviewRequest, _controller_pb2.GetOverviewResponse]
+    GetSnapshot: _grpc.UnaryUnaryMultiCallable[_controller_pb2.GetSnapshotRequest, _controller_pb2.GetSnapshotResponse]
+    """Every order the controller holds, as of one event id: what a receiver that lost its place
+    (WatchEvents answered FAILED_PRECONDITION) rebuilds from, then watches after `event_id`.
+    """
+    GetAgentClusterStatus: _grpc.UnaryUnaryMultiCallable[_controller_pb2.GetAgentClusterStatusRequest, _controller_pb2.GetAgentClusterStatusResponse]
+    """The cluster status of an agent's director nodes, asked by the controller."""
+    AgentSwitchover: _grpc.UnaryUnaryMultiCallable[_controller_pb2.AgentSwitchoverRequest, _controller_pb2.AgentSwitchoverResponse]
+    """Switch-over of an agent's director cluster."""
 
 @_typing.type_check_only
 class ControllerServiceAsyncStub(ControllerServiceStub):
@@ -69,6 +77,14 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     ReleaseEvents: _aio.UnaryUnaryMultiCallable[_controller_pb2.ReleaseEventsRequest, _controller_pb2.ReleaseEventsResponse]  # type: ignore[assignment]
     """Lets the controller drop events up to and including until_id."""
     GetOverview: _aio.UnaryUnaryMultiCallable[_controller_pb2.GetOverviewRequest, _controller_pb2.GetOverviewResponse]  # type: ignore[assignment]
+    GetSnapshot: _aio.UnaryUnaryMultiCallable[_controller_pb2.GetSnapshotRequest, _controller_pb2.GetSnapshotResponse]  # type: ignore[assignment]
+    """Every order the controller holds, as of one event id: what a receiver that lost its place
+    (WatchEvents answered FAILED_PRECONDITION) rebuilds from, then watches after `event_id`.
+    """
+    GetAgentClusterStatus: _aio.UnaryUnaryMultiCallable[_controller_pb2.GetAgentClusterStatusRequest, _controller_pb2.GetAgentClusterStatusResponse]  # type: ignore[assignment]
+    """The cluster status of an agent's director nodes, asked by the controller."""
+    AgentSwitchover: _aio.UnaryUnaryMultiCallable[_controller_pb2.AgentSwitchoverRequest, _controller_pb2.AgentSwitchoverResponse]  # type: ignore[assignment]
+    """Switch-over of an agent's director cluster."""
 
 class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
     """The controller: holds deployed items and orders in its journal and orchestrates agents.
@@ -123,5 +139,31 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _controller_pb2.GetOverviewRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.GetOverviewResponse, _abc.Awaitable[_controller_pb2.GetOverviewResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetSnapshot(
+        self,
+        request: _controller_pb2.GetSnapshotRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.GetSnapshotResponse, _abc.Awaitable[_controller_pb2.GetSnapshotResponse]]:
+        """Every order the controller holds, as of one event id: what a receiver that lost its place
+        (WatchEvents answered FAILED_PRECONDITION) rebuilds from, then watches after `event_id`.
+        """
+
+    @_abc_1.abstractmethod
+    def GetAgentClusterStatus(
+        self,
+        request: _controller_pb2.GetAgentClusterStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.GetAgentClusterStatusResponse, _abc.Awaitable[_controller_pb2.GetAgentClusterStatusResponse]]:
+        """The cluster status of an agent's director nodes, asked by the controller."""
+
+    @_abc_1.abstractmethod
+    def AgentSwitchover(
+        self,
+        request: _controller_pb2.AgentSwitchoverRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.AgentSwitchoverResponse, _abc.Awaitable[_controller_pb2.AgentSwitchoverResponse]]:
+        """Switch-over of an agent's director cluster."""
 
 def add_ControllerServiceServicer_to_server(servicer: ControllerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
