@@ -59,6 +59,12 @@ class Timing:
     leader_fallback: float = 1.0
     # A witness waits this much longer before it stands for election: a full node wins first.
     witness_factor: float = 3.0
+    # A node restarting with a journal waits this long before it may stand for election, unless
+    # it hears from a leader first: pysyncobj has no pre-vote, so a returning node that times out
+    # before its connections are up would depose a healthy leader with its higher term.
+    restart_grace: float = 2.0
+    # How soon a lost peer connection is dialled again (pysyncobj's default is 5 s).
+    reconnect: float = 0.1
     # Compaction: a snapshot once the log has this many entries (batches), or this many seconds.
     compaction_entries: int = 5000
     compaction_seconds: float = 600.0
@@ -84,6 +90,7 @@ class _Raft(SyncObj):
         conf.serializer = self._serialize
         conf.deserializer = self._deserialize
         super().__init__(self_address, partners, conf=conf)
+        self._SyncObj__raftLog = _ConflictAwareLog(getattr(self, "_SyncObj__raftLog"))  # noqa: B009
         self.addOnTickCallback(self._run_on_tick)
 
     @replicated
@@ -133,6 +140,44 @@ class _Raft(SyncObj):
         return last_entry, previous_entry, {TCPNode(a) for a in document["cluster"]}
 
 
+class _ConflictAwareLog:
+    """pysyncobj 0.3.17 truncates a follower's log whenever an AppendEntries starts before the
+    log's end, even when the entries there match (a late or repeated message of the same leader),
+    and then appends only what the message carried: committed entries can vanish from a node
+    that may then win the next election. Seen here as director events lost at fail-over. Raft
+    truncates only from the first entry that conflicts; this wrapper of pysyncobj's log makes the
+    one truncation site (deleteEntriesFrom followed by add) do that."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.pending: int | None = None  # offset a truncation was asked from, not yet decided
+
+    def deleteEntriesFrom(self, offset: int) -> None:  # noqa: N802 (pysyncobj's name)
+        self.pending = offset
+
+    def add(self, command: bytes, index: int, term: int) -> None:
+        if self.pending is not None:
+            if self.pending < len(self.inner):
+                _, have_index, have_term = self.inner[self.pending]
+                if (have_index, have_term) == (index, term):
+                    self.pending += 1  # the same entry: keep it and what follows
+                    return
+                self.inner.deleteEntriesFrom(self.pending)  # the first conflict
+            self.pending = None
+        self.inner.add(command, index, term)
+
+    def __getitem__(self, item: Any) -> Any:
+        self.pending = None  # the message's entries are all added once the log is read again
+        return self.inner[item]
+
+    def __len__(self) -> int:
+        self.pending = None
+        return len(self.inner)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
 def _entry_json(entry: tuple[bytes, int, int]) -> list[Any]:
     command, index, term = entry
     return [base64.b64encode(command).decode(), index, term]
@@ -172,14 +217,18 @@ class Journal:
         self._waiters: list[asyncio.Future[None]] = []
         self._loop = asyncio.get_running_loop()
         factor = timing.witness_factor if witness else 1.0
+        restarting = bool(partners) and (data_dir / "journal.raft").exists()
+        grace = timing.restart_grace if restarting else 0.0
         conf = SyncObjConf(
             journalFile=str(data_dir / "journal.raft"),
             fullDumpFile=str(data_dir / "journal.snapshot"),
             password=password,
             autoTickPeriod=timing.tick,
             appendEntriesPeriod=timing.append_entries,
-            raftMinTimeout=timing.raft_min * factor,
-            raftMaxTimeout=timing.raft_max * factor,
+            raftMinTimeout=timing.raft_min * factor + grace,
+            raftMaxTimeout=timing.raft_max * factor + grace,
+            connectionRetryTime=timing.reconnect,
+            connectionTimeout=max(3.5, timing.raft_max * factor + grace),
             leaderFallbackTimeout=timing.leader_fallback,
             logCompactionMinEntries=timing.compaction_entries,
             logCompactionMinTime=timing.compaction_seconds,
@@ -187,8 +236,22 @@ class Journal:
             onStateChanged=self._state_changed,
         )
         self._raft = _Raft(self_address, partners, conf, new_state, witness)
+        if grace:
+            # The timeouts are read anew for each election deadline: back to normal once a
+            # leader was heard, or after the grace.
+            def end_grace() -> None:
+                conf.raftMinTimeout = timing.raft_min * factor
+                conf.raftMaxTimeout = timing.raft_max * factor
+
+            self._loop.create_task(self._end_grace(grace, end_grace))
         self._in_flight = 0
         self._room = asyncio.Event()
+
+    async def _end_grace(self, grace: float, end: Callable[[], None]) -> None:
+        deadline = self._loop.time() + grace
+        while not self.leader() and self._loop.time() < deadline:
+            await self.changed(timeout=0.05)
+        end()
 
     def _state_changed(self, _old: int, _new: int) -> None:
         # On the tick thread.
