@@ -1,5 +1,6 @@
-"""python -m joc_svc --listen HOST:PORT --data-dir DIR --controller ID=HOST:PORT ... [--db-url URL]
-[--security-level low|medium|high] [--signing-key KEY.pem --signing-cert CERT.pem] [--require-auth]"""
+"""python -m joc_svc --listen HOST:PORT --data-dir DIR --controller ID=HOST:PORT[,HOST:PORT...] ...
+[--db-url URL] [--security-level low|medium|high] [--signing-key KEY.pem --signing-cert CERT.pem]
+[--require-auth]"""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from joc_svc.servicers import (
     LEVELS,
     AccountServicer,
     AuditServicer,
+    ClusterServicer,
     DeploymentServicer,
     InventoryServicer,
     Joc,
@@ -42,8 +44,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--controller",
         action="append",
         default=[],
-        metavar="ID=HOST:PORT",
-        help="a controller JOC works with (repeatable; the first is the default for new orders)",
+        metavar="ID=HOST:PORT[,HOST:PORT...]",
+        help="a controller JOC works with, with the gRPC address of each node of its cluster (JOC"
+        " follows the active one); repeatable, the first is the default for new orders",
     )
     parser.add_argument("--db-url", help="SQLAlchemy URL; default sqlite:///DATA_DIR/joc.db")
     parser.add_argument(
@@ -72,15 +75,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--signing-key and --signing-cert go together")
     if args.signing_key and args.security_level == "high":
         parser.error("security level high: JOC holds no private key; do not give --signing-key")
-    controllers: dict[str, str] = {}
+    controllers: dict[str, list[str]] = {}
     for text in args.controller:
         try:
-            controller_id, address = parse_controller_arg(text)
+            controller_id, addresses = parse_controller_arg(text)
         except ValueError as e:
             parser.error(f"--controller: {e}")
         if controller_id in controllers:
             parser.error(f"--controller: {controller_id} given twice")
-        controllers[controller_id] = address
+        controllers[controller_id] = addresses
     args.controllers = controllers
     return args
 
@@ -94,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         accounts = auth.AccountStore(store)
         await asyncio.to_thread(_prepare_accounts, accounts, args)
         hub = Hub()
-        links = {cid: ControllerLink(cid, address) for cid, address in args.controllers.items()}
+        links = {cid: ControllerLink(cid, addresses) for cid, addresses in args.controllers.items()}
         deployer = Deployer(store, links)
         authenticator = auth.Authenticator(accounts, required=args.require_auth)
         joc = Joc(store, hub, links, deployer, accounts, authenticator, args.security_level)
@@ -106,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                 DeploymentServicer(joc),
             ),
             ("OrderService", joc_pb2_grpc.add_OrderServiceServicer_to_server, OrderServicer(joc)),
+            ("ClusterService", joc_pb2_grpc.add_ClusterServiceServicer_to_server, ClusterServicer(joc)),
             ("AuditService", joc_pb2_grpc.add_AuditServiceServicer_to_server, AuditServicer(joc)),
             ("AccountService", joc_pb2_grpc.add_AccountServiceServicer_to_server, AccountServicer(joc)),
         ]
@@ -128,7 +132,10 @@ def main(argv: list[str] | None = None) -> int:
             )
             for cid, link in links.items()
         ]
-        log.info("controllers: %s", ", ".join(f"{c}={link.address}" for c, link in links.items()) or "none")
+        log.info(
+            "controllers: %s",
+            ", ".join(f"{c}={','.join(link.addresses)}" for c, link in links.items()) or "none",
+        )
         log.info(
             "security level %s; %s",
             args.security_level,

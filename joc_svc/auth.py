@@ -79,6 +79,8 @@ METHODS: dict[str, Permission] = {
     "OrderService.GetOrder": P.VIEW,
     "OrderService.WatchOrder": P.VIEW,
     "OrderService.GetOrderLog": P.VIEW,
+    "ClusterService.GetClusterStatus": P.VIEW,
+    "ClusterService.Switchover": P.ORDERS,  # operators run production: orders and fail-over
     "AuditService.ListAuditEntries": P.VIEW,
     "AccountService.PutAccount": P.ADMIN,
     "AccountService.ListAccounts": P.ADMIN,

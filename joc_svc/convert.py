@@ -86,6 +86,9 @@ def summary_pb(row: OrderRow) -> joc_pb2.OrderSummary:
         controller_id=row.controller_id,
         added_at=timestamp(row.added_at),
         updated_at=timestamp(row.updated_at),
+        resynced_at_event_id=row.resynced_at_event,
+        left_unseen=row.left_unseen_state is not None,
+        last_seen_state=row.left_unseen_state or 0,  # type: ignore[arg-type]
     )
 
 

@@ -7,7 +7,8 @@ controller, oldest first, in batches:
 - the controller rejects (bad item, unknown agent, bad signature): a batch of several is sent again
   item by item so that each rejection lands on its own row, "not deployed" with the controller's
   message, for good;
-- the controller cannot be reached (or fails otherwise): the rows stay pending with the reason, and
+- the controller cannot be reached (or fails otherwise; each send follows the controller cluster's
+  active node first): the rows stay pending with the reason, and
   the task tries again with backoff, at once when a new request comes or when JOC's event stream
   from that controller reconnects.
 Rows are in the database, so a restarted JOC delivers what was pending. Controllers accept the same
@@ -27,7 +28,7 @@ import grpc
 
 from gen.ostinato.common.v1 import items_pb2
 from gen.ostinato.controller.v1 import controller_pb2
-from joc_svc.controllers import CALL_TIMEOUT, ControllerLink
+from joc_svc.controllers import ControllerLink
 from joc_svc.store import DeploymentRow, Store
 from ostinato.errors import OstinatoError
 
@@ -116,7 +117,7 @@ class Delivery:
         ids = [row.id for row, _ in batch]
         request = controller_pb2.DeployItemsRequest(items=[item for _, item in batch])
         try:
-            await self.link.stub.DeployItems(request, timeout=CALL_TIMEOUT)
+            await self.link.call("DeployItems", request)
         except grpc.aio.AioRpcError as e:
             error = self.link.error(e)
             if e.code() not in REJECTING:

@@ -2,7 +2,10 @@
 the database in one transaction, releases what is stored, and wakes the streams watching orders.
 
 The controller keeps events until JOC releases them, so JOC may be down or the controller restarted
-at any time: the task reconnects forever and resumes after its stored cursor.
+at any time: the task reconnects forever (following the controller cluster's active node) and
+resumes after its stored cursor. When the controller released events JOC never stored (JOC's
+database restored from an old backup, or a new JOC), JOC resynchronises from the controller's
+snapshot: see `Ingestion._resync` and `Store.resync`.
 """
 
 from __future__ import annotations
@@ -18,17 +21,22 @@ from datetime import UTC, datetime
 import grpc
 
 from gen.ostinato.controller.v1 import controller_pb2
-from joc_svc.controllers import CALL_TIMEOUT, ControllerLink
-from joc_svc.store import Applied, Store
+from joc_svc.controllers import ControllerLink, channel_closed_under_us
+from joc_svc.store import Applied, ControllerBehind, Store
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 5.0
-# Releases are throttled to one per interval while events flow; an idle stream's heartbeat
-# releases whatever is left, so the controller drops stored events within seconds.
+# Releases are throttled to one per interval while events flow; one held back goes out when the
+# interval is over, so the controller drops stored events within about a second.
 RELEASE_INTERVAL = 1.0
 BACKOFF_START = 0.2
 BACKOFF_MAX = 5.0
+SNAPSHOT_TIMEOUT = 60.0
+# A controller whose journal stays behind JOC's cursor this long is an operator's problem.
+BEHIND_ERROR_AFTER = 30.0
+# Who the audit log names for what JOC does by itself.
+SYSTEM_ACCOUNT = "(joc)"
 
 
 class Hub:
@@ -59,7 +67,7 @@ class Hub:
 
 
 class Ingestion:
-    """Follows one controller's events forever (until cancelled)."""
+    """Follows one controller's events forever (until cancelled), at its active node."""
 
     def __init__(
         self,
@@ -77,11 +85,23 @@ class Ingestion:
         self.on_connected = on_connected
         self.released_until = 0
         self._last_release = 0.0
+        self._release_due = 0
+        self._release_later: asyncio.Task[None] | None = None
+        self._behind_since: float | None = None  # when the controller was first found behind JOC
+        self._behind_reported = False
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            if self._release_later is not None:
+                self._release_later.cancel()
+
+    async def _run(self) -> None:
         backoff = BACKOFF_START
         failures = 0
         while True:
+            address = self.link.address
             try:
                 async for _ in self._follow():
                     if failures:
@@ -90,21 +110,36 @@ class Ingestion:
                         )
                     failures = 0
                     backoff = BACKOFF_START
+            except asyncio.CancelledError:
+                if not channel_closed_under_us():
+                    raise
+                # A call on the same link followed the cluster to another node and closed the
+                # channel of this stream: follow too.
+                log.info(
+                    "controller %s: event stream from %s closed; following node %s",
+                    self.link.id,
+                    address,
+                    self.link.address,
+                )
+                if self.link.address != address:
+                    continue
             except grpc.aio.AioRpcError as e:
                 if e.code() == grpc.StatusCode.FAILED_PRECONDITION:
-                    await self._skip_released(e)
-                    continue
-                failures += 1
-                # Say it once per outage, not every retry.
-                level = logging.WARNING if failures == 1 else logging.DEBUG
-                log.log(
-                    level,
-                    "cannot follow events of controller %s at %s (%s: %s); retrying",
-                    self.link.id,
-                    self.link.address,
-                    e.code().name,
-                    (e.details() or "").splitlines()[0] if e.details() else "",
-                )
+                    if await self._resync(e):
+                        continue
+                else:
+                    failures += 1
+                    # Say it once per outage, not every retry.
+                    level = logging.WARNING if failures == 1 else logging.DEBUG
+                    log.log(
+                        level,
+                        "cannot follow events of controller %s at %s (%s: %s); retrying",
+                        self.link.id,
+                        address,
+                        e.code().name,
+                        (e.details() or "").splitlines()[0] if e.details() else "",
+                    )
+                    self.link.follow(e, address)
             except Exception:
                 failures += 1
                 log.exception("event ingestion from controller %s failed; retrying", self.link.id)
@@ -119,6 +154,7 @@ class Ingestion:
         async for response in self.link.stub.WatchEvents(request):
             if first:
                 first = False
+                self._behind_since, self._behind_reported = None, False
                 self.on_connected()
             if response.events:
                 applied = await asyncio.to_thread(
@@ -132,26 +168,99 @@ class Ingestion:
     async def _release(self, until: int, idle: bool) -> None:
         if until <= self.released_until:
             return
-        if not idle and time.monotonic() - self._last_release < RELEASE_INTERVAL:
+        wait = RELEASE_INTERVAL - (time.monotonic() - self._last_release)
+        if not idle and wait > 0:
+            # Held back, not dropped: sent when the interval is over (or by an earlier release).
+            self._release_due = max(self._release_due, until)
+            if self._release_later is None or self._release_later.done():
+                self._release_later = asyncio.create_task(self._send_release_after(wait))
+            return
+        await self._send_release(until)
+
+    async def _send_release_after(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        await self._send_release(self._release_due)
+
+    async def _send_release(self, until: int) -> None:
+        if until <= self.released_until:
             return
         self._last_release = time.monotonic()
         try:
-            await self.link.stub.ReleaseEvents(
-                controller_pb2.ReleaseEventsRequest(until_id=until), timeout=CALL_TIMEOUT
-            )
-            self.released_until = until
+            await self.link.call("ReleaseEvents", controller_pb2.ReleaseEventsRequest(until_id=until))
+            self.released_until = max(self.released_until, until)
         except grpc.aio.AioRpcError as e:
             # Harmless: the next response or heartbeat tries again.
             log.debug("ReleaseEvents(%d) on controller %s failed: %s", until, self.link.id, e.code().name)
 
+    async def _resync(self, e: grpc.aio.AioRpcError) -> bool:
+        """WatchEvents refused JOC's cursor: the events after it were released before JOC stored
+        them (JOC's database restored from an old backup, or a new JOC at a controller that ran
+        before). JOC rebuilds its view of the controller's orders from the controller's snapshot
+        and watches after the snapshot's event id. False when it could not (retry later)."""
+        try:
+            snapshot = await self.link.call(
+                "GetSnapshot", controller_pb2.GetSnapshotRequest(), timeout=SNAPSHOT_TIMEOUT
+            )
+        except grpc.aio.AioRpcError as e2:
+            if e2.code() == grpc.StatusCode.UNIMPLEMENTED:
+                await self._skip_released(e)  # a controller without snapshots
+                return True
+            log.warning(
+                "controller %s refused JOC's event cursor (%s) and GetSnapshot failed (%s); retrying",
+                self.link.id,
+                e.details(),
+                e2.code().name,
+            )
+            return False
+        try:
+            done = await asyncio.to_thread(
+                self.store.resync, self.link.id, snapshot.event_id, list(snapshot.orders), self.clock()
+            )
+        except ControllerBehind as behind:
+            # Not JOC's to repair: moving the cursor back would apply other events under ids JOC
+            # has stored. A node active since a moment may still be catching up: JOC tries again,
+            # and calls it an error once it lasts.
+            now = time.monotonic()
+            if self._behind_since is None:
+                self._behind_since = now
+                log.warning("%s (or it is catching up after a fail-over); waiting", behind)
+            elif now - self._behind_since > BEHIND_ERROR_AFTER and not self._behind_reported:
+                self._behind_reported = True
+                log.error("%s; JOC does not follow its events until that is sorted out", behind)
+            await asyncio.sleep(BACKOFF_MAX)
+            return False
+        self.hub.publish(done.applied)
+        summary = (
+            f"{len(done.taken)} orders taken from it, {len(done.left_unseen)} left the controller while"
+            f" JOC was away (how they ended is unknown){_ids(done.left_unseen)}, {len(done.gone)} ended"
+            " orders deleted meanwhile"
+        )
+        log.warning(
+            "controller %s had released events after %d that JOC never stored (%s); JOC resynchronised"
+            " from the controller's snapshot at event %d: %s",
+            self.link.id,
+            done.previous_cursor,
+            e.details(),
+            done.event_id,
+            summary,
+        )
+        await asyncio.to_thread(
+            self.store.audit,
+            SYSTEM_ACCOUNT,
+            "resync",
+            f"controller {self.link.id} from its snapshot at event {done.event_id} (JOC had events"
+            f" until {done.previous_cursor}): {summary}",
+            "events released before JOC stored them",
+            self.clock(),
+        )
+        return True
+
     async def _skip_released(self, e: grpc.aio.AioRpcError) -> None:
-        """The controller dropped events JOC never stored. Nothing recovers them here (a later
-        resync will); JOC continues after the controller's oldest kept event."""
+        """The controller dropped events JOC never stored and has no snapshot to offer. Nothing
+        recovers them here; JOC continues after the controller's oldest kept event."""
         cursor = await asyncio.to_thread(self.store.cursor, self.link.id)
         try:
-            overview = await self.link.stub.GetOverview(
-                controller_pb2.GetOverviewRequest(), timeout=CALL_TIMEOUT
-            )
+            overview = await self.link.call("GetOverview", controller_pb2.GetOverviewRequest())
         except grpc.aio.AioRpcError as e2:
             log.warning("controller %s: GetOverview failed (%s); retrying", self.link.id, e2.code().name)
             await asyncio.sleep(BACKOFF_MAX)
@@ -169,3 +278,10 @@ class Ingestion:
         else:
             # The controller contradicts itself; don't spin.
             await asyncio.sleep(BACKOFF_MAX)
+
+
+def _ids(order_ids: list[str], shown: int = 20) -> str:
+    if not order_ids:
+        return ""
+    more = f" and {len(order_ids) - shown} more" if len(order_ids) > shown else ""
+    return f" ({', '.join(order_ids[:shown])}{more})"

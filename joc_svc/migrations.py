@@ -159,10 +159,18 @@ def _v2_deployment_signing_accounts(conn: sa.Connection) -> None:
     md.create_all(conn)
 
 
+def _v3_resync_marks(conn: sa.Connection) -> None:
+    """Orders JOC resynchronised from a controller's snapshot, and orders that left their
+    controller while JOC was away."""
+    _add_column(conn, "orders", sa.Column("resynced_at_event", sa.BigInteger), None)
+    _add_column(conn, "orders", sa.Column("left_unseen_state", sa.String), None)
+
+
 # In order: MIGRATIONS[i] takes the schema from version i to i + 1.
 MIGRATIONS: list[Callable[[sa.Connection], None]] = [
     _v1_baseline,
     _v2_deployment_signing_accounts,
+    _v3_resync_marks,
 ]
 
 LATEST = len(MIGRATIONS)

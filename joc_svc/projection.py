@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from gen.ostinato.common.v1 import events_pb2, order_pb2
-from ostinato.workflow.orders import END_STATES, apply_order_event
+from ostinato.workflow.orders import END_STATES, TERMINAL_STATES, apply_order_event
 
 log = logging.getLogger(__name__)
 
@@ -79,16 +79,37 @@ def is_final(projected: Projected) -> bool:
 
 
 def replay(
-    events: Iterable[events_pb2.Event], latest: Projected
+    events: Iterable[events_pb2.Event], latest: Projected, resynced_at: int = 0
 ) -> Iterator[tuple[events_pb2.Event, Projected]]:
     """Each stored event with the order after it, recomputed from the order's start, up to the
-    event that ended it. When JOC missed the start (released before it was stored), the states in
-    between are unknown: every event comes with `latest`, the order as JOC knows it now."""
+    event that ended it for good (finished, cancelled). When JOC missed the start (released before
+    it was stored), the states in between are unknown: every event comes with `latest`, the order
+    as JOC knows it now. So do the events after `resynced_at`, where JOC missed events and took
+    the order from a controller's snapshot; the gap itself shows as an event without kind (the
+    snapshot's id) with `latest`."""
     events = list(events)
     known_start = bool(events) and events[0].WhichOneof("kind") == "order_added"
     projected = Projected(None)
+    gap = resynced_at > 0
     for event in events:
-        projected = next_order(projected.order, event) if known_start else latest
+        if gap and event.id > resynced_at:
+            gap = False
+            yield resync_marker(resynced_at, event.order_id), latest
+        computed = known_start and not (resynced_at and event.id > resynced_at)
+        projected = next_order(projected.order, event) if computed else latest
         yield event, projected
-        if known_start and is_final(projected):
+        # Only OrderDeleted follows a finish or cancel; a failed order may be resumed later.
+        if computed and (projected.deleted or _terminal(projected.order)):
             return
+    if gap:
+        yield resync_marker(resynced_at, latest.order.id if latest.order else ""), latest
+
+
+def resync_marker(event_id: int, order_id: str) -> events_pb2.Event:
+    """What watchers of an order see where JOC resynchronised it from a controller's snapshot: an
+    event without kind, with the snapshot's event id."""
+    return events_pb2.Event(id=event_id, order_id=order_id)
+
+
+def _terminal(order: order_pb2.Order | None) -> bool:
+    return order is not None and order.state in TERMINAL_STATES

@@ -107,6 +107,13 @@ orders = sa.Table(
     sa.Column("updated_at", Time, nullable=False),
     # Set when the controller deleted the order from its state; JOC keeps the history.
     sa.Column("deleted_at", Time),
+    # The first snapshot event id JOC took this order from when it resynchronised (it missed
+    # events of the order before it): the stored history has a gap there.
+    sa.Column("resynced_at_event", sa.BigInteger),
+    # Set when the order had left the controller while JOC was not following its events (found
+    # on resynchronisation): the OrderState word JOC saw last; its `order` then has state
+    # UNSPECIFIED (unknown), deleted_at when JOC found out.
+    sa.Column("left_unseen_state", sa.String),
 )
 
 order_events = sa.Table(

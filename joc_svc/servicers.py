@@ -1,12 +1,14 @@
-"""JOC's gRPC edge: Inventory, Deployment, Order, Audit and Account services. Thin: validation and
-naming rules live in naming/inventory, persistence in store, delivery in deployer, who may do what
-in auth, order semantics in projection (and ostinato.workflow). ostinato.rpc turns the named errors
-raised here into status codes; auth.guard checks each call's permission before it gets here.
+"""JOC's gRPC edge: Inventory, Deployment, Order, Cluster, Audit and Account services. Thin:
+validation and naming rules live in naming/inventory, persistence in store, delivery in deployer,
+who may do what in auth, order semantics in projection (and ostinato.workflow), talking to
+controller clusters in controllers. ostinato.rpc turns the named errors raised here into status
+codes; auth.guard checks each call's permission before it gets here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -14,7 +16,7 @@ from datetime import UTC, datetime
 
 import grpc
 
-from gen.ostinato.common.v1 import commands_pb2, items_pb2, order_pb2
+from gen.ostinato.common.v1 import cluster_pb2, commands_pb2, items_pb2, order_pb2
 from gen.ostinato.controller.v1 import controller_pb2
 from gen.ostinato.joc.v1 import joc_pb2, joc_pb2_grpc
 from joc_svc import auth, convert, inventory, naming
@@ -32,6 +34,9 @@ log = logging.getLogger(__name__)
 LEVELS = ("low", "medium", "high")
 # Deploy waits at most this long for the first delivery attempt before it answers.
 DEPLOY_WAIT = 5.0
+# Each call of a cluster status waits at most this long; a switch-over this long in all.
+STATUS_TIMEOUT = 5.0
+SWITCHOVER_TIMEOUT = 30.0
 
 
 @dataclass
@@ -383,8 +388,8 @@ class OrderServicer(joc_pb2_grpc.OrderServiceServicer):
         if request.HasField("scheduled_for"):
             new_order.scheduled_for.CopyFrom(request.scheduled_for)
         try:
-            response = await link.stub.AddOrders(
-                controller_pb2.AddOrdersRequest(orders=[new_order]), timeout=CALL_TIMEOUT
+            response = await link.call(
+                "AddOrders", controller_pb2.AddOrdersRequest(orders=[new_order]), _budget(context)
             )
         except grpc.aio.AioRpcError as e:
             error = link.error(e)
@@ -439,9 +444,10 @@ class OrderServicer(joc_pb2_grpc.OrderServiceServicer):
         async def forward(controller_id: str, indexes: list[int]) -> None:
             link = self.joc.controllers[controller_id]
             try:
-                response = await link.stub.CommandOrders(
+                response = await link.call(
+                    "CommandOrders",
                     controller_pb2.CommandOrdersRequest(commands=[commands[i] for i in indexes]),
-                    timeout=CALL_TIMEOUT,
+                    _budget(context),
                 )
             except grpc.aio.AioRpcError as e:
                 error = link.error(e)
@@ -491,7 +497,7 @@ class OrderServicer(joc_pb2_grpc.OrderServiceServicer):
             row, events = await asyncio.to_thread(self.joc.store.order_history, order_id)
             last_id = 0
             projected = Projected(None)
-            for event, projected in replay(events, row.projected):
+            for event, projected in replay(events, row.projected, row.resynced_at_event):
                 yield convert.watch_pb(event, projected)
                 last_id = event.id
             if is_final(projected) or is_final(row.projected):
@@ -530,6 +536,86 @@ class OrderServicer(joc_pb2_grpc.OrderServiceServicer):
                     )
                 if is_final(applied.projected):
                     return
+
+
+class ClusterServicer(joc_pb2_grpc.ClusterServiceServicer):
+    def __init__(self, joc: Joc) -> None:
+        self.joc = joc
+
+    async def GetClusterStatus(
+        self, request: joc_pb2.GetClusterStatusRequest, context: grpc.aio.ServicerContext
+    ) -> joc_pb2.GetClusterStatusResponse:
+        link = self.joc.controller(request.controller_id)
+        timeout = _budget(context, STATUS_TIMEOUT)
+        response = joc_pb2.GetClusterStatusResponse(controller_id=link.id)
+        status, failures = await link.cluster_status(timeout)
+        if status is not None:
+            response.controller.CopyFrom(status)
+        else:
+            response.controller.nodes.extend(_unanswered(a, why) for a, why in failures)
+        response.controller.cluster = response.controller.cluster or link.id
+        try:
+            overview = await link.call("GetOverview", controller_pb2.GetOverviewRequest(), timeout)
+        except grpc.aio.AioRpcError as e:
+            response.agents_error = str(link.error(e))
+            return response
+
+        async def agent_status(name: str) -> joc_pb2.AgentClusterStatus:
+            try:
+                answer = await link.call(
+                    "GetAgentClusterStatus", controller_pb2.GetAgentClusterStatusRequest(agent=name), timeout
+                )
+            except grpc.aio.AioRpcError as e:
+                return joc_pb2.AgentClusterStatus(agent=name, error=str(link.error(e)))
+            return joc_pb2.AgentClusterStatus(agent=name, status=answer.status)
+
+        response.agents.extend(await asyncio.gather(*(agent_status(a.name) for a in overview.agents)))
+        return response
+
+    async def Switchover(
+        self, request: joc_pb2.SwitchoverRequest, context: grpc.aio.ServicerContext
+    ) -> joc_pb2.SwitchoverResponse:
+        link = self.joc.controller(request.controller_id)
+        what = f"agent {request.agent} of controller {link.id}" if request.agent else f"controller {link.id}"
+        asked = f"{what} to {request.to_node}" if request.to_node else what
+        timeout = _budget(context, SWITCHOVER_TIMEOUT)
+        try:
+            if request.agent:
+                done = await link.call(
+                    "AgentSwitchover",
+                    controller_pb2.AgentSwitchoverRequest(agent=request.agent, to_node=request.to_node),
+                    timeout,
+                )
+            else:
+                done = await link.switchover(request.to_node, timeout)
+                # Move JOC's own calls and event stream to the new active node now: the old one
+                # answers as passive, and the link follows.
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    await link.call("GetOverview", controller_pb2.GetOverviewRequest(), STATUS_TIMEOUT)
+        except (grpc.aio.AioRpcError, OstinatoError) as e:
+            error = link.error(e) if isinstance(e, grpc.aio.AioRpcError) else e
+            await self.joc.audit("switchover", f"{asked}: refused: {error}")
+            raise error from None
+        await self.joc.audit("switchover", f"{what}: {done.from_node} -> {done.to_node} (term {done.term})")
+        return joc_pb2.SwitchoverResponse(
+            controller_id=link.id,
+            agent=request.agent,
+            from_node=done.from_node,
+            to_node=done.to_node,
+            term=done.term,
+        )
+
+
+def _unanswered(address: str, why: str) -> cluster_pb2.ClusterNode:
+    unreachable = why.startswith(("UNAVAILABLE", "DEADLINE_EXCEEDED"))
+    role = cluster_pb2.NODE_ROLE_UNREACHABLE if unreachable else cluster_pb2.NODE_ROLE_UNSPECIFIED
+    return cluster_pb2.ClusterNode(address=address, role=role, error=why)
+
+
+def _budget(context: grpc.aio.ServicerContext, limit: float = CALL_TIMEOUT) -> float:
+    """How long a call to a controller may take: `limit`, within the caller's own deadline."""
+    remaining = context.time_remaining()
+    return limit if remaining is None else max(0.1, min(limit, remaining - 0.2))
 
 
 class AuditServicer(joc_pb2_grpc.AuditServiceServicer):

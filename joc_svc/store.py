@@ -23,8 +23,9 @@ import sqlalchemy as sa
 from gen.ostinato.common.v1 import events_pb2, items_pb2, order_pb2
 from gen.ostinato.joc.v1 import joc_pb2
 from joc_svc import inventory, migrations, naming, schema
-from joc_svc.projection import Projected, Route, events_after, next_order, route
-from ostinato.errors import AlreadyExists, InvalidArgument, NotFound
+from joc_svc.projection import Projected, Route, events_after, next_order, resync_marker, route
+from ostinato.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from ostinato.workflow.orders import TERMINAL_STATES
 
 # Re-exported: tests and tools name the tables through the store.
 metadata = schema.metadata
@@ -75,10 +76,32 @@ class OrderRow:
     added_at: datetime
     updated_at: datetime
     deleted: bool
+    # The snapshot event id JOC first resynchronised the order from (0: never): its stored
+    # history has a gap before it.
+    resynced_at_event: int = 0
+    # The order left its controller while JOC was away (its end is unknown): the state JOC saw last.
+    left_unseen_state: int | None = None
 
     @property
     def projected(self) -> Projected:
         return Projected(self.order, self.deleted)
+
+
+@dataclass(frozen=True, slots=True)
+class Resynced:
+    """What a resynchronisation from a controller's snapshot changed."""
+
+    event_id: int
+    previous_cursor: int
+    taken: list[str]  # orders JOC did not know or knew otherwise: now as the snapshot shows them
+    left_unseen: list[str]  # orders that left the controller while JOC was away; end unknown
+    gone: list[str]  # orders JOC saw end that the controller has deleted meanwhile
+    applied: list[Applied]  # one per changed order, for the streams watching it
+
+
+class ControllerBehind(FailedPrecondition):
+    """A controller's snapshot is older than the events JOC stored from it: the controller's
+    journal was renewed or restored from an older backup. JOC never moves its cursor back."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -638,6 +661,89 @@ class Store:
             _set_cursor(conn, controller_id, fresh[-1].id)
         return applied
 
+    def resync(
+        self, controller_id: str, event_id: int, snapshot: Iterable[order_pb2.Order], now: datetime
+    ) -> Resynced:
+        """Rebuilds JOC's view of a controller's orders from its snapshot as of `event_id`, in ONE
+        transaction with the cursor moving to `event_id` (events after it then apply as usual,
+        none twice, none lost). Orders of the snapshot are taken as they are; orders JOC shows on
+        this controller, not deleted, but absent from the snapshot were deleted meanwhile: those
+        JOC saw finish or be cancelled are marked deleted, the others "left unseen" (how they
+        ended is unknown: state UNSPECIFIED, the state last seen kept beside). JOC's history of
+        events stays; it has a gap where the released events were."""
+        taken: list[str] = []
+        left: list[str] = []
+        gone: list[str] = []
+        applied: list[Applied] = []
+        with self._write() as conn:
+            cursor = _cursor(conn, controller_id)
+            if event_id < cursor:
+                raise ControllerBehind(
+                    f"controller {controller_id}'s snapshot is at event {event_id}, before event"
+                    f" {cursor} JOC stored from it: its journal was renewed or restored from an older"
+                    " backup"
+                )
+            held: set[str] = set()
+            for order in snapshot:
+                held.add(order.id)
+                row = _find_order(conn, order.id)
+                if (
+                    row is not None
+                    and row.order == order
+                    and not row.deleted
+                    and row.controller_id == controller_id
+                ):
+                    continue  # as JOC knows it already
+                values: dict[str, Any] = {
+                    "controller_id": controller_id,
+                    "workflow_path": order.workflow_path,
+                    "state": naming.enum_word(order_pb2.OrderState, order.state),
+                    "order": order.SerializeToString(),
+                    "updated_at": now,
+                    "deleted_at": None,
+                    "left_unseen_state": None,
+                }
+                if row is None:
+                    conn.execute(
+                        orders.insert().values(
+                            order_id=order.id, added_at=now, resynced_at_event=event_id, **values
+                        )
+                    )
+                else:
+                    conn.execute(
+                        orders.update()
+                        .where(orders.c.order_id == order.id)
+                        .values(resynced_at_event=row.resynced_at_event or event_id, **values)
+                    )
+                taken.append(order.id)
+                applied.append(Applied(resync_marker(event_id, order.id), Projected(order)))
+            stale = conn.execute(
+                sa.select(orders)
+                .where((orders.c.controller_id == controller_id) & orders.c.deleted_at.is_(None))
+                .order_by(orders.c.order_id)
+            )
+            for r in stale.all():
+                row = _order(r)
+                if row.order.id in held:
+                    continue
+                values = {"updated_at": now, "deleted_at": now}
+                values["resynced_at_event"] = row.resynced_at_event or event_id
+                order = row.order
+                if row.order.state in TERMINAL_STATES:
+                    gone.append(order.id)
+                else:
+                    order = order_pb2.Order()
+                    order.CopyFrom(row.order)
+                    order.state = order_pb2.ORDER_STATE_UNSPECIFIED
+                    values["order"] = order.SerializeToString()
+                    values["state"] = naming.enum_word(order_pb2.OrderState, order.state)
+                    values["left_unseen_state"] = naming.enum_word(order_pb2.OrderState, row.order.state)
+                    left.append(order.id)
+                conn.execute(orders.update().where(orders.c.order_id == order.id).values(**values))
+                applied.append(Applied(resync_marker(event_id, order.id), Projected(order, deleted=True)))
+            _set_cursor(conn, controller_id, event_id)
+        return Resynced(event_id, cursor, taken, left, gone, applied)
+
     # ---- audit
 
     def audit(self, account: str, action: str, object: str, reason: str, now: datetime) -> None:
@@ -867,6 +973,8 @@ def _order(r: Any) -> OrderRow:
         _utc(r.added_at),
         _utc(r.updated_at),
         r.deleted_at is not None,
+        int(r.resynced_at_event or 0),
+        naming.enum_value(order_pb2.OrderState, r.left_unseen_state) if r.left_unseen_state else None,
     )
 
 
@@ -898,6 +1006,8 @@ def _save_order(
         "order": projected.order.SerializeToString(),
         "updated_at": last_at,
         "deleted_at": last_at if projected.deleted else None,
+        # An event after a resynchronisation marked the order gone: the controller holds it.
+        "left_unseen_state": None,
     }
     if not exists:
         conn.execute(

@@ -1,5 +1,5 @@
-"""The `ostinato` command: a JOC client (inventory, deployment, signing, orders, audit, accounts)
-and the launcher of each service.
+"""The `ostinato` command: a JOC client (inventory, deployment, signing, orders, clusters, audit,
+accounts) and the launcher of each service.
 
 Errors are one line `ostinato: error: ...` on stderr and exit 1; bad usage is argparse's exit 2.
 grpc and the services are imported only by the commands that need them, so the CLI starts fast.
@@ -260,8 +260,18 @@ _STATE_PREFIX = "ORDER_STATE_"
 
 
 def state_word(state: int) -> str:
+    if state == order_pb2.ORDER_STATE_UNSPECIFIED:
+        return "unknown"
     name = order_pb2.OrderState.Name(order_pb2.OrderState.ValueType(state))
     return name.removeprefix(_STATE_PREFIX).lower()
+
+
+def summary_state(summary: Any) -> str:
+    """An order's state as JOC knows it; an order that left its controller while JOC was away
+    says so (how it ended is unknown)."""
+    if summary.left_unseen:
+        return f"unknown (left unseen, was {state_word(summary.last_seen_state)})"
+    return state_word(summary.order.state)
 
 
 def position_text(position: order_pb2.Position) -> str:
@@ -315,6 +325,11 @@ def describe(event: events_pb2.Event, order: order_pb2.Order) -> str | None:
         text = f"finished: {outcome_text(outcome)}" if failed else "finished"
     elif kind == "order_deleted":
         text = "deleted"
+    elif kind is None and event.id:
+        # JOC's mark where it resynchronised the order from the controller's snapshot.
+        text = "taken from the controller's snapshot (JOC missed events of it)"
+        if order.state == order_pb2.ORDER_STATE_UNSPECIFIED:
+            text = "left the controller while JOC was away (how it ended is unknown)"
     else:
         text = None
     return f"{event.order_id} {text}" if text else None
@@ -344,6 +359,7 @@ class JocClient:
         self.deployment = joc_pb2_grpc.DeploymentServiceStub(self.channel)
         self.orders = joc_pb2_grpc.OrderServiceStub(self.channel)
         self.audit = joc_pb2_grpc.AuditServiceStub(self.channel)
+        self.cluster = joc_pb2_grpc.ClusterServiceStub(self.channel)
         self.accounts = joc_pb2_grpc.AccountServiceStub(self.channel)
         metadata = [(ACCOUNT_METADATA, _user())]
         if token:
@@ -758,6 +774,58 @@ def cmd_account_whoami(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cluster_status(args: argparse.Namespace) -> int:
+    from gen.ostinato.joc.v1 import joc_pb2
+
+    joc = connect(args)
+    response = joc.call(
+        joc.cluster.GetClusterStatus, joc_pb2.GetClusterStatusRequest(controller_id=args.controller or "")
+    )
+    print_cluster(f"controller {response.controller_id}", response.controller)
+    if response.agents_error:
+        print(f"\nagents: cannot list them: {response.agents_error}")
+    for agent in response.agents:
+        print()
+        if agent.error:
+            print(f"agent {agent.agent}: {agent.error}")
+        else:
+            print_cluster(f"agent {agent.agent}", agent.status)
+    return 0
+
+
+def print_cluster(title: str, status: Any) -> None:
+    """A cluster's nodes as a table under a line naming the cluster and its active node."""
+    from gen.ostinato.common.v1 import cluster_pb2
+
+    print(f"{title}: {f'active node {status.active_node}' if status.active_node else 'NO active node'}")
+    rows = [("NODE", "ROLE", "TERM", "LAST EVENT", "LAG", "ADDRESS", "ERROR")]
+    for n in status.nodes:
+        answered = n.role not in (cluster_pb2.NODE_ROLE_UNREACHABLE, cluster_pb2.NODE_ROLE_UNSPECIFIED)
+        numbers = (str(n.term), str(n.last_event_id), str(n.lag_events)) if answered else ("-", "-", "-")
+        role = cluster_pb2.NodeRole.Name(n.role).removeprefix("NODE_ROLE_").lower()
+        rows.append(
+            (n.name or "-", "unknown" if role == "unspecified" else role, *numbers, n.address, n.error)
+        )
+    print_table(rows)
+
+
+def cmd_cluster_switchover(args: argparse.Namespace) -> int:
+    from gen.ostinato.joc.v1 import joc_pb2
+
+    joc = connect(args)
+    response = joc.call(
+        joc.cluster.Switchover,
+        joc_pb2.SwitchoverRequest(
+            controller_id=args.controller or "", agent=args.agent or "", to_node=args.to or ""
+        ),
+    )
+    what = f"controller {response.controller_id}"
+    if response.agent:
+        what = f"agent {response.agent} of {what}"
+    print(f"{what}: active node now {response.to_node} (was {response.from_node}; term {response.term})")
+    return 0
+
+
 def print_table(rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
@@ -850,7 +918,7 @@ def cmd_order_list(args: argparse.Namespace) -> int:
     for s in response.orders:
         o = s.order
         rows.append(
-            (o.id, state_word(o.state), o.workflow_path, position_text(o.position), _time_text(s.updated_at))
+            (o.id, summary_state(s), o.workflow_path, position_text(o.position), _time_text(s.updated_at))
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
@@ -866,9 +934,15 @@ def cmd_order_show(args: argparse.Namespace) -> int:
     response = joc.call(joc.orders.GetOrder, joc_pb2.GetOrderRequest(order_id=args.order_id))
     s = response.summary
     o = s.order
+    state = state_word(o.state)
+    if s.left_unseen:
+        state = (
+            f"unknown: it left controller {s.controller_id} while JOC was away"
+            f" (JOC saw it {state_word(s.last_seen_state)} last)"
+        )
     lines = [
         ("order", o.id),
-        ("state", state_word(o.state)),
+        ("state", state),
         ("workflow", f"{o.workflow_path} version {o.workflow_version_id}"),
         ("position", position_text(o.position)),
         ("controller", s.controller_id),
@@ -886,7 +960,13 @@ def cmd_order_show(args: argparse.Namespace) -> int:
         lines.append(("variable", f"{k}={value_text(o.variables[k])}"))
     for h in o.historic_outcomes:
         lines.append(("outcome", f"at {position_text(h.position)}: {outcome_text(h.outcome)}"))
-    lines.append(("events", str(len(response.events))))
+    events = str(len(response.events))
+    if s.resynced_at_event_id:
+        events += (
+            f" (incomplete: JOC missed some and took the order from the controller's snapshot"
+            f" at event {s.resynced_at_event_id})"
+        )
+    lines.append(("events", events))
     for key, value in lines:
         print(f"{key:<11}{value}")
     return 0
@@ -1192,6 +1272,23 @@ def build_parser() -> argparse.ArgumentParser:
                 "--arg", action="append", type=_key_value, metavar="NAME=VALUE", help="set an order variable"
             )
         p.set_defaults(func=cmd_order_command)
+
+    cluster = commands.add_parser("cluster", help="controller and agent clusters: status, switch-over")
+    cluster_commands = cluster.add_subparsers(dest="cluster_command", required=True, metavar="COMMAND")
+    p = cluster_commands.add_parser(
+        "status", parents=[joc_option], help="the nodes of a controller's cluster and of its agents' clusters"
+    )
+    p.add_argument("--controller", metavar="ID", help="default: JOC's first controller")
+    p.set_defaults(func=cmd_cluster_status)
+    p = cluster_commands.add_parser(
+        "switchover", parents=[joc_option], help="hand the active role to another node"
+    )
+    p.add_argument("--controller", metavar="ID", help="default: JOC's first controller")
+    p.add_argument(
+        "--agent", metavar="NAME", help="this agent's director cluster (default: the controller's)"
+    )
+    p.add_argument("--to", metavar="NODE", help="the node to become active (default: the most caught-up)")
+    p.set_defaults(func=cmd_cluster_switchover)
 
     for name in SERVICES:
         # Dispatched before parsing (see main); listed here for --help.

@@ -147,7 +147,7 @@ class Topology:
         if kind not in self.clusters:
             return ["--listen", self.addresses[name]]
         node = name.rsplit("-", 1)[1]
-        return ["--cluster", str(self.clusters[kind]), "--node", node, "--cluster-password", self.password]
+        return ["--cluster", str(self.clusters[kind]), "--node", node, f"--cluster-password={self.password}"]
 
     @property
     def joc_address(self) -> str:

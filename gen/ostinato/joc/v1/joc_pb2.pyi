@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from gen.ostinato.common.v1 import cluster_pb2 as _cluster_pb2
 from gen.ostinato.common.v1 import commands_pb2 as _commands_pb2
 from gen.ostinato.common.v1 import events_pb2 as _events_pb2
 from gen.ostinato.common.v1 import items_pb2 as _items_pb2
@@ -56,7 +57,7 @@ class _RoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Role.ValueType],
     ROLE_DEPLOYER: _Role.ValueType  # 3
     """Viewer, and deploys, releases, exports and imports."""
     ROLE_OPERATOR: _Role.ValueType  # 4
-    """Viewer, and adds and commands orders."""
+    """Viewer, and adds and commands orders, and switches clusters over."""
     ROLE_ADMIN: _Role.ValueType  # 5
     """Everything, accounts included."""
 
@@ -70,7 +71,7 @@ ROLE_EDITOR: Role.ValueType  # 2
 ROLE_DEPLOYER: Role.ValueType  # 3
 """Viewer, and deploys, releases, exports and imports."""
 ROLE_OPERATOR: Role.ValueType  # 4
-"""Viewer, and adds and commands orders."""
+"""Viewer, and adds and commands orders, and switches clusters over."""
 ROLE_ADMIN: Role.ValueType  # 5
 """Everything, accounts included."""
 Global___Role: _TypeAlias = Role  # noqa: Y015
@@ -1336,7 +1337,22 @@ class OrderSummary(_message.Message):
     CONTROLLER_ID_FIELD_NUMBER: _builtins.int
     ADDED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    RESYNCED_AT_EVENT_ID_FIELD_NUMBER: _builtins.int
+    LEFT_UNSEEN_FIELD_NUMBER: _builtins.int
+    LAST_SEEN_STATE_FIELD_NUMBER: _builtins.int
     controller_id: _builtins.str
+    resynced_at_event_id: _builtins.int
+    """Non-zero when JOC missed some of the order's events (the controller had released them
+    before JOC stored them, e.g. JOC's database was restored from an old backup) and took the
+    order from the controller's snapshot as of this event id. The event history is incomplete
+    there.
+    """
+    left_unseen: _builtins.bool
+    """The order left its controller while JOC was not following the controller's events: how it
+    ended is unknown. `order.state` is then UNSPECIFIED ("unknown") and `last_seen_state` the
+    state JOC saw last; updated_at is when JOC found out.
+    """
+    last_seen_state: _order_pb2.OrderState.ValueType
     @_builtins.property
     def order(self) -> _order_pb2.Order: ...
     @_builtins.property
@@ -1350,10 +1366,13 @@ class OrderSummary(_message.Message):
         controller_id: _builtins.str = ...,
         added_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        resynced_at_event_id: _builtins.int = ...,
+        left_unseen: _builtins.bool = ...,
+        last_seen_state: _order_pb2.OrderState.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["added_at", b"added_at", "order", b"order", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["added_at", b"added_at", "controller_id", b"controller_id", "order", b"order", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["added_at", b"added_at", "controller_id", b"controller_id", "last_seen_state", b"last_seen_state", "left_unseen", b"left_unseen", "order", b"order", "resynced_at_event_id", b"resynced_at_event_id", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1496,3 +1515,147 @@ class GetOrderLogResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetOrderLogResponse: _TypeAlias = GetOrderLogResponse  # noqa: Y015
+
+@_typing.final
+class GetClusterStatusRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTROLLER_ID_FIELD_NUMBER: _builtins.int
+    controller_id: _builtins.str
+    """Empty: JOC's default controller."""
+    def __init__(
+        self,
+        *,
+        controller_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["controller_id", b"controller_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetClusterStatusRequest: _TypeAlias = GetClusterStatusRequest  # noqa: Y015
+
+@_typing.final
+class GetClusterStatusResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTROLLER_ID_FIELD_NUMBER: _builtins.int
+    CONTROLLER_FIELD_NUMBER: _builtins.int
+    AGENTS_FIELD_NUMBER: _builtins.int
+    AGENTS_ERROR_FIELD_NUMBER: _builtins.int
+    controller_id: _builtins.str
+    agents_error: _builtins.str
+    """Why the controller's agents could not be listed (its active node did not answer)."""
+    @_builtins.property
+    def controller(self) -> _cluster_pb2.ClusterStatus:
+        """The controller's nodes. When none answers, the nodes JOC knows, each UNREACHABLE."""
+
+    @_builtins.property
+    def agents(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentClusterStatus]:
+        """One per agent of the controller, in the controller's order."""
+
+    def __init__(
+        self,
+        *,
+        controller_id: _builtins.str = ...,
+        controller: _cluster_pb2.ClusterStatus | None = ...,
+        agents: _abc.Iterable[Global___AgentClusterStatus] | None = ...,
+        agents_error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["controller", b"controller"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "agents_error", b"agents_error", "controller", b"controller", "controller_id", b"controller_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetClusterStatusResponse: _TypeAlias = GetClusterStatusResponse  # noqa: Y015
+
+@_typing.final
+class AgentClusterStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    agent: _builtins.str
+    error: _builtins.str
+    """Why the agent's status could not be had; `status` is then empty."""
+    @_builtins.property
+    def status(self) -> _cluster_pb2.ClusterStatus: ...
+    def __init__(
+        self,
+        *,
+        agent: _builtins.str = ...,
+        status: _cluster_pb2.ClusterStatus | None = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "error", b"error", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentClusterStatus: _TypeAlias = AgentClusterStatus  # noqa: Y015
+
+@_typing.final
+class SwitchoverRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTROLLER_ID_FIELD_NUMBER: _builtins.int
+    AGENT_FIELD_NUMBER: _builtins.int
+    TO_NODE_FIELD_NUMBER: _builtins.int
+    controller_id: _builtins.str
+    """Empty: JOC's default controller."""
+    agent: _builtins.str
+    """Empty: the controller's own cluster; else this agent's director cluster."""
+    to_node: _builtins.str
+    """Name of the node to become active; empty: the most caught-up full node."""
+    def __init__(
+        self,
+        *,
+        controller_id: _builtins.str = ...,
+        agent: _builtins.str = ...,
+        to_node: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "controller_id", b"controller_id", "to_node", b"to_node"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SwitchoverRequest: _TypeAlias = SwitchoverRequest  # noqa: Y015
+
+@_typing.final
+class SwitchoverResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTROLLER_ID_FIELD_NUMBER: _builtins.int
+    AGENT_FIELD_NUMBER: _builtins.int
+    FROM_NODE_FIELD_NUMBER: _builtins.int
+    TO_NODE_FIELD_NUMBER: _builtins.int
+    TERM_FIELD_NUMBER: _builtins.int
+    controller_id: _builtins.str
+    agent: _builtins.str
+    """Empty for the controller's own cluster."""
+    from_node: _builtins.str
+    to_node: _builtins.str
+    """The node active now."""
+    term: _builtins.int
+    """Raft term of the new active node."""
+    def __init__(
+        self,
+        *,
+        controller_id: _builtins.str = ...,
+        agent: _builtins.str = ...,
+        from_node: _builtins.str = ...,
+        to_node: _builtins.str = ...,
+        term: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "controller_id", b"controller_id", "from_node", b"from_node", "term", b"term", "to_node", b"to_node"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SwitchoverResponse: _TypeAlias = SwitchoverResponse  # noqa: Y015

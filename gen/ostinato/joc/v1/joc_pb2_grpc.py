@@ -1071,7 +1071,9 @@ class OrderServiceServicer:
 
     def WatchOrder(self, request, context):
         """The order's events from its start, then live ones; ends after the order finished, failed,
-        was cancelled or was deleted.
+        was cancelled or was deleted. When JOC resynchronises the order from its controller's
+        snapshot (see OrderSummary.resynced_at_event_id), a response with an event that has only
+        id and order_id (no kind) carries the order as the snapshot shows it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -1281,6 +1283,133 @@ class OrderService:
             '/ostinato.joc.v1.OrderService/GetOrderLog',
             ostinato_dot_joc_dot_v1_dot_joc__pb2.GetOrderLogRequest.SerializeToString,
             ostinato_dot_joc_dot_v1_dot_joc__pb2.GetOrderLogResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class ClusterServiceStub:
+    """The clusters of the controllers JOC works with and of their agents (directors): which node is
+    active, and switch-over. JOC follows the active controller node by itself.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.GetClusterStatus = channel.unary_unary(
+                '/ostinato.joc.v1.ClusterService/GetClusterStatus',
+                request_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.GetClusterStatusRequest.SerializeToString,
+                response_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.GetClusterStatusResponse.FromString,
+                _registered_method=True)
+        self.Switchover = channel.unary_unary(
+                '/ostinato.joc.v1.ClusterService/Switchover',
+                request_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.SwitchoverRequest.SerializeToString,
+                response_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.SwitchoverResponse.FromString,
+                _registered_method=True)
+
+
+class ClusterServiceServicer:
+    """The clusters of the controllers JOC works with and of their agents (directors): which node is
+    active, and switch-over. JOC follows the active controller node by itself.
+    """
+
+    def GetClusterStatus(self, request, context):
+        """The controller's cluster and the cluster of each of its agents. JOC asks the controller node
+        it talks to (else the others it knows); a node that does not answer is shown UNREACHABLE,
+        an agent whose status cannot be had comes with an error instead.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Switchover(self, request, context):
+        """Hands the active role of the controller's cluster, or of one agent's director cluster, to
+        another full node; returns once it is active. FAILED_PRECONDITION when there is no other
+        full node to take over.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ClusterServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'GetClusterStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetClusterStatus,
+                    request_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.GetClusterStatusRequest.FromString,
+                    response_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.GetClusterStatusResponse.SerializeToString,
+            ),
+            'Switchover': grpc.unary_unary_rpc_method_handler(
+                    servicer.Switchover,
+                    request_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.SwitchoverRequest.FromString,
+                    response_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.SwitchoverResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'ostinato.joc.v1.ClusterService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('ostinato.joc.v1.ClusterService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ClusterService:
+    """The clusters of the controllers JOC works with and of their agents (directors): which node is
+    active, and switch-over. JOC follows the active controller node by itself.
+    """
+
+    @staticmethod
+    def GetClusterStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ostinato.joc.v1.ClusterService/GetClusterStatus',
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.GetClusterStatusRequest.SerializeToString,
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.GetClusterStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Switchover(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ostinato.joc.v1.ClusterService/Switchover',
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.SwitchoverRequest.SerializeToString,
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.SwitchoverResponse.FromString,
             options,
             channel_credentials,
             insecure,

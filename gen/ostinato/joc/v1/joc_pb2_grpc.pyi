@@ -380,7 +380,9 @@ class OrderServiceStub:
     GetOrder: _grpc.UnaryUnaryMultiCallable[_joc_pb2.GetOrderRequest, _joc_pb2.GetOrderResponse]
     WatchOrder: _grpc.UnaryStreamMultiCallable[_joc_pb2.WatchOrderRequest, _joc_pb2.WatchOrderResponse]
     """The order's events from its start, then live ones; ends after the order finished, failed,
-    was cancelled or was deleted.
+    was cancelled or was deleted. When JOC resynchronises the order from its controller's
+    snapshot (see OrderSummary.resynced_at_event_id), a response with an event that has only
+    id and order_id (no kind) carries the order as the snapshot shows it.
     """
     GetOrderLog: _grpc.UnaryStreamMultiCallable[_joc_pb2.GetOrderLogRequest, _joc_pb2.GetOrderLogResponse]
     """The order's job output; with follow, live until the order ends."""
@@ -397,7 +399,9 @@ class OrderServiceAsyncStub(OrderServiceStub):
     GetOrder: _aio.UnaryUnaryMultiCallable[_joc_pb2.GetOrderRequest, _joc_pb2.GetOrderResponse]  # type: ignore[assignment]
     WatchOrder: _aio.UnaryStreamMultiCallable[_joc_pb2.WatchOrderRequest, _joc_pb2.WatchOrderResponse]  # type: ignore[assignment]
     """The order's events from its start, then live ones; ends after the order finished, failed,
-    was cancelled or was deleted.
+    was cancelled or was deleted. When JOC resynchronises the order from its controller's
+    snapshot (see OrderSummary.resynced_at_event_id), a response with an event that has only
+    id and order_id (no kind) carries the order as the snapshot shows it.
     """
     GetOrderLog: _aio.UnaryStreamMultiCallable[_joc_pb2.GetOrderLogRequest, _joc_pb2.GetOrderLogResponse]  # type: ignore[assignment]
     """The order's job output; with follow, live until the order ends."""
@@ -441,7 +445,9 @@ class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_joc_pb2.WatchOrderResponse], _abc.AsyncIterator[_joc_pb2.WatchOrderResponse]]:
         """The order's events from its start, then live ones; ends after the order finished, failed,
-        was cancelled or was deleted.
+        was cancelled or was deleted. When JOC resynchronises the order from its controller's
+        snapshot (see OrderSummary.resynced_at_event_id), a response with an event that has only
+        id and order_id (no kind) carries the order as the snapshot shows it.
         """
 
     @_abc_1.abstractmethod
@@ -453,3 +459,70 @@ class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
         """The order's job output; with follow, live until the order ends."""
 
 def add_OrderServiceServicer_to_server(servicer: OrderServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class ClusterServiceStub:
+    """The clusters of the controllers JOC works with and of their agents (directors): which node is
+    active, and switch-over. JOC follows the active controller node by itself.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> ClusterServiceAsyncStub: ...
+    GetClusterStatus: _grpc.UnaryUnaryMultiCallable[_joc_pb2.GetClusterStatusRequest, _joc_pb2.GetClusterStatusResponse]
+    """The controller's cluster and the cluster of each of its agents. JOC asks the controller node
+    it talks to (else the others it knows); a node that does not answer is shown UNREACHABLE,
+    an agent whose status cannot be had comes with an error instead.
+    """
+    Switchover: _grpc.UnaryUnaryMultiCallable[_joc_pb2.SwitchoverRequest, _joc_pb2.SwitchoverResponse]
+    """Hands the active role of the controller's cluster, or of one agent's director cluster, to
+    another full node; returns once it is active. FAILED_PRECONDITION when there is no other
+    full node to take over.
+    """
+
+@_typing.type_check_only
+class ClusterServiceAsyncStub(ClusterServiceStub):
+    """The clusters of the controllers JOC works with and of their agents (directors): which node is
+    active, and switch-over. JOC follows the active controller node by itself.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    GetClusterStatus: _aio.UnaryUnaryMultiCallable[_joc_pb2.GetClusterStatusRequest, _joc_pb2.GetClusterStatusResponse]  # type: ignore[assignment]
+    """The controller's cluster and the cluster of each of its agents. JOC asks the controller node
+    it talks to (else the others it knows); a node that does not answer is shown UNREACHABLE,
+    an agent whose status cannot be had comes with an error instead.
+    """
+    Switchover: _aio.UnaryUnaryMultiCallable[_joc_pb2.SwitchoverRequest, _joc_pb2.SwitchoverResponse]  # type: ignore[assignment]
+    """Hands the active role of the controller's cluster, or of one agent's director cluster, to
+    another full node; returns once it is active. FAILED_PRECONDITION when there is no other
+    full node to take over.
+    """
+
+class ClusterServiceServicer(metaclass=_abc_1.ABCMeta):
+    """The clusters of the controllers JOC works with and of their agents (directors): which node is
+    active, and switch-over. JOC follows the active controller node by itself.
+    """
+
+    @_abc_1.abstractmethod
+    def GetClusterStatus(
+        self,
+        request: _joc_pb2.GetClusterStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_joc_pb2.GetClusterStatusResponse, _abc.Awaitable[_joc_pb2.GetClusterStatusResponse]]:
+        """The controller's cluster and the cluster of each of its agents. JOC asks the controller node
+        it talks to (else the others it knows); a node that does not answer is shown UNREACHABLE,
+        an agent whose status cannot be had comes with an error instead.
+        """
+
+    @_abc_1.abstractmethod
+    def Switchover(
+        self,
+        request: _joc_pb2.SwitchoverRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_joc_pb2.SwitchoverResponse, _abc.Awaitable[_joc_pb2.SwitchoverResponse]]:
+        """Hands the active role of the controller's cluster, or of one agent's director cluster, to
+        another full node; returns once it is active. FAILED_PRECONDITION when there is no other
+        full node to take over.
+        """
+
+def add_ClusterServiceServicer_to_server(servicer: ClusterServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
