@@ -1,8 +1,14 @@
-"""Order latency through the whole local topology, against a baseline measured in the same run.
+"""Benchmarks of the whole local topology: `python -m bench [--only latency|failover|replication]`.
 
 latency: submit (JOC AddOrder) to the order's OrderFinished event at JOC, one trivial shell job,
 orders one after another. Baseline: spawning `/bin/sh -c true` with subprocess on this machine,
-the floor any job execution pays. Figures are printed and written to bench/results/latest.json.
+the floor any job execution pays.
+failover: fail-over time of three-node controller and director clusters under a flow of orders
+(bench/failover.py).
+replication: order throughput with single nodes against three-node clusters (bench/replication.py).
+
+Figures are printed and written to bench/results/latest.json; a run of some parts only keeps the
+other parts' figures from the file's previous run (see "measured_at").
 """
 
 from __future__ import annotations
@@ -15,12 +21,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+from bench import failover, replication
 from gen.ostinato.common.v1 import items_pb2
 from gen.ostinato.joc.v1 import joc_pb2, joc_pb2_grpc
 from ostinato import rpc
 from ostinato.topology import ROOT, Topology, TopologyConfig
+
+PARTS = ("latency", "failover", "replication")
 
 TRIVIAL = {
     "instructions": [{"execute": {"jobName": "true"}}],
@@ -72,31 +83,101 @@ def summary(times: list[float]) -> dict[str, float]:
     }
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(prog="python -m bench")
-    p.add_argument("-n", type=int, default=20, help="orders (and baseline spawns) to time")
-    args = p.parse_args()
-    baseline = summary(spawn_baseline(args.n))
+def latency(n: int) -> dict[str, Any]:
+    baseline = summary(spawn_baseline(n))
     with tempfile.TemporaryDirectory(prefix="ostinato-bench-") as tmp:
         topology = Topology(Path(tmp), TopologyConfig.ephemeral())
         t = time.perf_counter()
         topology.start()
         startup_s = time.perf_counter() - t
         try:
-            latency = summary(asyncio.run(order_latencies(topology.joc_address, args.n)))
+            order = summary(asyncio.run(order_latencies(topology.joc_address, n)))
         finally:
             topology.stop()
-    result = {
+    return {
         "baseline_spawn_sh_true": baseline,
-        "order_submit_to_finished_one_trivial_job": latency,
-        "ratio_median_order_to_spawn": round(latency["median_ms"] / baseline["median_ms"], 1),
+        "order_submit_to_finished_one_trivial_job": order,
+        "ratio_median_order_to_spawn": round(order["median_ms"] / baseline["median_ms"], 1),
         "topology_startup_s": round(startup_s, 2),
     }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(prog="python -m bench")
+    p.add_argument(
+        "--only",
+        action="append",
+        choices=PARTS,
+        help="run only this part (repeatable; default: all of them)",
+    )
+    p.add_argument("-n", type=int, default=20, help="latency: orders (and baseline spawns) to time")
+    p.add_argument("--kills", type=int, default=20, help="failover: kills per cluster kind")
+    p.add_argument(
+        "--order-interval-ms",
+        type=int,
+        default=round(failover.ORDER_INTERVAL_S * 1000),
+        help="failover: one order every this many ms",
+    )
+    p.add_argument("--orders", type=int, default=200, help="replication: orders per topology")
+    p.add_argument("--concurrency", type=int, default=20, help="replication: orders in flight")
+    p.add_argument(
+        "--failover-data-dir",
+        type=Path,
+        help="failover: keep the topology's data (node logs, journals, job starts) here",
+    )
+    args = p.parse_args()
+    parts = args.only or list(PARTS)
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "latest.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    latest = out / "latest.json"
+    try:
+        result: dict[str, Any] = json.loads(latest.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        result = {}
+    measured_at = result.setdefault("measured_at", {})
+    started = time.perf_counter()
+    if "latency" in parts:
+        print("latency ...", flush=True)
+        result.update(latency(args.n))
+        measured_at["latency"] = _now()
+    if "failover" in parts:
+        print(f"failover: {args.kills} kills of the active controller node, then of the active director node")
+        if args.failover_data_dir:
+            args.failover_data_dir.mkdir(parents=True, exist_ok=True)
+        result["failover"] = failover.run(
+            args.kills,
+            data_dir=args.failover_data_dir,
+            interval=args.order_interval_ms / 1000,
+            log=lambda line: print(line, flush=True),
+        )
+        measured_at["failover"] = _now()
+    if "replication" in parts:
+        print(f"replication: {args.orders} orders, {args.concurrency} in flight, single nodes then clusters")
+        result["replication"] = replication.run(
+            args.orders, args.concurrency, log=lambda line: print(line, flush=True)
+        )
+        measured_at["replication"] = _now()
+    result["bench_runtime_s"] = round(time.perf_counter() - started, 1)
+    result["bench_parts"] = parts
+    latest.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(_without_each(result), indent=2))
+    print(f"written to {latest.relative_to(ROOT)} (every kill under failover.<kind>.each)")
     return 0
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _without_each(result: dict[str, Any]) -> dict[str, Any]:
+    """The figures without the per-kill rows, for the terminal."""
+    shown = dict(result)
+    if isinstance(shown.get("failover"), dict):
+        shown["failover"] = {
+            key: {k: v for k, v in value.items() if k != "each"} if isinstance(value, dict) else value
+            for key, value in shown["failover"].items()
+        }
+    return shown
 
 
 if __name__ == "__main__":
