@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -11,13 +12,23 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# Below Linux's ephemeral range (32768-60999): ports the kernel hands out for port-0 binds and
+# outgoing connections would otherwise take a planned port between choosing and binding it.
+PLANNED_PORTS = range(20000, 32000)
+
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago; for listeners that must know their port in advance
-    (pysyncobj's Raft port). gRPC servers bind port 0 instead."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A port that was free a moment ago, outside the ephemeral range; for listeners that must
+    know their port in advance (pysyncobj's Raft port, cluster nodes). Others bind port 0."""
+    for _ in range(100):
+        port = random.choice(PLANNED_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise OSError(f"no free port in {PLANNED_PORTS} on {host}")
 
 
 @dataclass
