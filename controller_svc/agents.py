@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from controller_svc.core import WorkKey
+from gen.ostinato.common.v1 import cluster_pb2_grpc
 from gen.ostinato.director.v1 import director_pb2, director_pb2_grpc
 from ostinato import rpc
 
@@ -31,12 +33,20 @@ class AgentDriver:
         self.controller = controller
         self.name = name
         # The agent's director nodes: the driver follows the active one.
-        self.target = rpc.ClusterTarget(addresses)
+        self.target = rpc.ClusterTarget(addresses, name=f"agent {name}")
         self.connected = False
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
         self._wake.set()
+
+    async def call_cluster(self, method: str, request: Any, timeout: float) -> Any:
+        """ClusterService.`method` of the agent's director cluster, at its active node; its errors
+        as this controller's own (UNAVAILABLE naming the agent when no node answers)."""
+        try:
+            return await self.target.call(cluster_pb2_grpc.ClusterServiceStub, method, request, timeout)
+        except grpc.aio.AioRpcError as e:
+            raise self.target.error(e) from None
 
     def _sender(self) -> director_pb2.Sender:
         return director_pb2.Sender(controller_id=self.controller.controller_id, term=self.controller.term)
@@ -50,14 +60,18 @@ class AgentDriver:
             while True:
                 try:
                     await self._session(director_pb2_grpc.DirectorServiceStub(self.target.channel()))
+                except asyncio.CancelledError:
+                    if not rpc.channel_closed_under_us():
+                        raise
+                    # A cluster call on the same target followed another node and closed the
+                    # channel of this session: go there too.
+                    continue
                 except (grpc.aio.AioRpcError, TimeoutError) as e:
                     if self.connected:
                         log.warning("agent %s at %s lost: %s", self.name, self.address, _short(e))
                     named = isinstance(e, grpc.aio.AioRpcError) and rpc.active_address_of(e)
-                    if self.target.follow(e):
-                        log.info("agent %s: trying director node %s", self.name, self.address)
-                        if named:
-                            continue  # at once: a passive node named the active one
+                    if self.target.follow(e) and named:
+                        continue  # at once: a passive node named the active one
                 finally:
                     self.connected = False
                 await asyncio.sleep(0.2)  # reconnect pace; grpc's own backoff is capped at 1 s too
@@ -74,7 +88,7 @@ class AgentDriver:
         log.info("agent %s at %s connected, events after %d", self.name, self.address, after)
         self.connected = True
         watching = asyncio.create_task(self._watch(stub, call))
-        sent: set[tuple[str, int]] = set()
+        sent: set[WorkKey] = set()
         sent_items: set[tuple[str, str]] = set()
         try:
             while True:
@@ -111,52 +125,40 @@ class AgentDriver:
     async def _push(
         self,
         stub: director_pb2_grpc.DirectorServiceStub,
-        sent: set[tuple[str, int]],
+        sent: set[WorkKey],
         sent_items: set[tuple[str, str]],
     ) -> None:
         core = self.controller.core
-        committed = self.controller.shell.committed_id
-        state = core.state
         # Forget what was sent for orders that moved on, so the set stays as small as the work.
-        sent.intersection_update((i, state.order_event_id[i]) for i in state.order_event_id)
-        orders = [
-            o
-            for o in core.orders_to_attach(self.name, committed)
-            if (o.id, state.order_event_id[o.id]) not in sent
-        ]
-        for start in range(0, len(orders), BATCH):
-            batch = orders[start : start + BATCH]
-            needed = {(o.workflow_path, o.workflow_version_id) for o in batch} - sent_items
+        sent -= core.stale_keys(sent)
+        # Chosen all at once, without awaiting: the keys must be those of this moment. What
+        # commits while this sends wakes the driver again.
+        work = core.agent_work(self.name, self.controller.shell.committed_id, sent)
+        for start in range(0, len(work.attach), BATCH):
+            batch = work.attach[start : start + BATCH]
+            needed = {(o.workflow_path, o.workflow_version_id) for _, o in batch} - sent_items
             if needed:
-                items = [state.signed_items[key] for key in sorted(needed)]
+                items = [core.state.signed_items[key] for key in sorted(needed)]
                 await stub.AttachItems(
                     director_pb2.AttachItemsRequest(sender=self._sender(), items=items), timeout=30
                 )
                 sent_items |= needed
-            keys = [(o.id, state.order_event_id[o.id]) for o in batch]
             await stub.AttachOrders(
-                director_pb2.AttachOrdersRequest(sender=self._sender(), orders=batch), timeout=30
+                director_pb2.AttachOrdersRequest(sender=self._sender(), orders=[o for _, o in batch]),
+                timeout=30,
             )
-            sent.update(keys)
-        commands = [
-            c
-            for c in core.commands_to_forward(self.name, committed)
-            if (c.order_id, state.order_event_id[c.order_id]) not in sent
-        ]
-        if commands:
-            keys = [(c.order_id, state.order_event_id[c.order_id]) for c in commands]
+            sent.update(key for key, _ in batch)
+        if work.commands:
+            commands = [c for _, c in work.commands]
             request = director_pb2.CommandOrdersRequest(sender=self._sender(), commands=commands)
             await stub.CommandOrders(request, timeout=30)
-            sent.update(keys)
-        detach = [
-            i for i in core.orders_to_detach(self.name, committed) if (i, state.order_event_id[i]) not in sent
-        ]
-        if detach:
-            keys = [(i, state.order_event_id[i]) for i in detach]
+            sent.update(key for key, _ in work.commands)
+        if work.detach:
+            ids = [i for _, i in work.detach]
             await stub.DetachOrders(
-                director_pb2.DetachOrdersRequest(sender=self._sender(), order_ids=detach), timeout=30
+                director_pb2.DetachOrdersRequest(sender=self._sender(), order_ids=ids), timeout=30
             )
-            sent.update(keys)
+            sent.update(key for key, _ in work.detach)
 
 
 def _short(e: BaseException) -> str:

@@ -8,7 +8,9 @@ before anything acts on them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Set
+from dataclasses import dataclass, field
 
 from google.protobuf import json_format
 
@@ -50,6 +52,22 @@ MIRRORED_KINDS = frozenset(
 )
 
 
+# Ids of orders that left are remembered this long: AddOrders repeated by a client that lost the
+# answer (a fail-over between commit and reply) must not run a finished order again.
+ENDED_ORDER_RETENTION_MS = 3_600_000
+
+# What a driver sent an agent: the kind of piece, the order, and the order's last event id
+# when the piece was chosen. The same key is not sent twice in one session.
+WorkKey = tuple[str, str, int]
+
+
+@dataclass
+class AgentWork:
+    attach: list[tuple[WorkKey, order_pb2.Order]] = field(default_factory=list)
+    commands: list[tuple[WorkKey, commands_pb2.OrderCommand]] = field(default_factory=list)
+    detach: list[tuple[WorkKey, str]] = field(default_factory=list)
+
+
 class ControllerState(OrderHolder):
     def __init__(self) -> None:
         super().__init__()
@@ -60,10 +78,16 @@ class ControllerState(OrderHolder):
         self.job_resources: dict[str, workflow_pb2.JobResourceItem] = {}
         self.lock_holders: dict[str, dict[str, int]] = {}
         self.lock_queues: dict[str, list[tuple[str, int]]] = {}
+        # Orders deleted within ENDED_ORDER_RETENTION_MS: id -> workflow version, and the ids
+        # in order of deletion with the deletion's event time, for expiry.
+        self.ended_orders: dict[str, str] = {}
+        self.ended_expiry: deque[tuple[int, str]] = deque()
 
     def apply_to_state(self, event: Event) -> None:
-        super().apply_to_state(event)
         kind = event.WhichOneof("kind")
+        if kind == "order_deleted" and event.order_id in self.orders:
+            self._remember_ended(event.order_id, event.timestamp.ToMilliseconds())
+        super().apply_to_state(event)
         if kind == "item_deployed":
             deployed = event.item_deployed
             if deployed.WhichOneof("item") == "lock":
@@ -97,6 +121,13 @@ class ControllerState(OrderHolder):
             self.lock_holders.get(event.order_lock_released.lock_path, {}).pop(event.order_id, None)
         elif kind in ("order_cancelled", "order_deleted"):
             self._unqueue(event.order_id)
+
+    def _remember_ended(self, order_id: str, at_ms: int) -> None:
+        # Expiry goes by event time, so every node and every replay forgets the same ids.
+        while self.ended_expiry and self.ended_expiry[0][0] < at_ms - ENDED_ORDER_RETENTION_MS:
+            self.ended_orders.pop(self.ended_expiry.popleft()[1], None)
+        self.ended_orders[order_id] = self.orders[order_id].workflow_version_id
+        self.ended_expiry.append((at_ms, order_id))
 
     def version_unused(self, key: tuple[str, str]) -> None:
         # An older version goes once its last order has left; the current one stays.
@@ -206,6 +237,10 @@ class ControllerCore:
                         id=new.id, workflow_version_id=existing.workflow_version_id, existed=True
                     )
                 )
+                continue
+            if new.id in self.state.ended_orders:  # a repeated request: the order ran already
+                version = self.state.ended_orders[new.id]
+                added.append(controller_pb2.AddedOrder(id=new.id, workflow_version_id=version, existed=True))
                 continue
             version = new.workflow_version_id or self.state.current_version.get(new.workflow_path, "")
             if (new.workflow_path, version) not in self.state.workflows:
@@ -618,6 +653,29 @@ class ControllerCore:
         kind = proto.WhichOneof("kind")
         assert kind is not None
         return self.state.emit(now_ms, order_id, **{kind: getattr(proto, kind)})
+
+    def agent_work(self, agent: str, committed_id: int, sent: Set[WorkKey]) -> AgentWork:
+        """What this controller owes `agent` now, minus what `sent` says went out already.
+
+        Each piece's key is taken here, together with the piece: a driver that awaits between
+        sending pieces must not key a piece by the order's event id of a later moment (the
+        order may have moved on meanwhile, and its next piece would look sent already)."""
+        ids = self.state.order_event_id
+        work = AgentWork()
+        for o in self.orders_to_attach(agent, committed_id):
+            if (key := ("attach", o.id, ids[o.id])) not in sent:
+                work.attach.append((key, o))
+        for c in self.commands_to_forward(agent, committed_id):
+            if (key := ("command", c.order_id, ids[c.order_id])) not in sent:
+                work.commands.append((key, c))
+        for order_id in self.orders_to_detach(agent, committed_id):
+            if (key := ("detach", order_id, ids[order_id])) not in sent:
+                work.detach.append((key, order_id))
+        return work
+
+    def stale_keys(self, sent: Set[WorkKey]) -> set[WorkKey]:
+        """Keys of orders that moved on or left: a driver may forget them."""
+        return {k for k in sent if self.state.order_event_id.get(k[1]) != k[2]}
 
     def orders_to_attach(self, agent: str, committed_id: int) -> list[order_pb2.Order]:
         return [

@@ -11,7 +11,7 @@ import grpc
 
 from controller_svc.agents import AgentDriver
 from controller_svc.core import ControllerCore, ControllerState
-from gen.ostinato.common.v1 import cluster_pb2, cluster_pb2_grpc, commands_pb2, events_pb2
+from gen.ostinato.common.v1 import cluster_pb2, commands_pb2, events_pb2
 from gen.ostinato.controller.v1 import controller_pb2, controller_pb2_grpc
 from ostinato import rpc, signing
 from ostinato.errors import NotFound
@@ -128,26 +128,16 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
     async def GetAgentClusterStatus(
         self, request: controller_pb2.GetAgentClusterStatusRequest, context: grpc.aio.ServicerContext
     ) -> controller_pb2.GetAgentClusterStatusResponse:
-        target = self.c.driver(request.agent).target
-        response = await rpc.call_following(
-            target,
-            lambda channel: cluster_pb2_grpc.ClusterServiceStub(channel).GetClusterStatus(
-                cluster_pb2.GetClusterStatusRequest(), timeout=5
-            ),
-            what=f"agent {request.agent}",
+        response = await self.c.driver(request.agent).call_cluster(
+            "GetClusterStatus", cluster_pb2.GetClusterStatusRequest(), timeout=5
         )
         return controller_pb2.GetAgentClusterStatusResponse(status=response.status)
 
     async def AgentSwitchover(
         self, request: controller_pb2.AgentSwitchoverRequest, context: grpc.aio.ServicerContext
     ) -> controller_pb2.AgentSwitchoverResponse:
-        target = self.c.driver(request.agent).target
-        response = await rpc.call_following(
-            target,
-            lambda channel: cluster_pb2_grpc.ClusterServiceStub(channel).Switchover(
-                cluster_pb2.SwitchoverRequest(to_node=request.to_node), timeout=15
-            ),
-            what=f"agent {request.agent}",
+        response = await self.c.driver(request.agent).call_cluster(
+            "Switchover", cluster_pb2.SwitchoverRequest(to_node=request.to_node), timeout=15
         )
         return controller_pb2.AgentSwitchoverResponse(
             from_node=response.from_node, to_node=response.to_node, term=response.term

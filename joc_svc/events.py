@@ -21,8 +21,9 @@ from datetime import UTC, datetime
 import grpc
 
 from gen.ostinato.controller.v1 import controller_pb2
-from joc_svc.controllers import ControllerLink, channel_closed_under_us
+from joc_svc.controllers import ControllerLink
 from joc_svc.store import Applied, ControllerBehind, Store
+from ostinato import rpc
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ class Ingestion:
                     failures = 0
                     backoff = BACKOFF_START
             except asyncio.CancelledError:
-                if not channel_closed_under_us():
+                if not rpc.channel_closed_under_us():
                     raise
                 # A call on the same link followed the cluster to another node and closed the
                 # channel of this stream: follow too.

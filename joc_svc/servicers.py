@@ -411,7 +411,10 @@ class OrderServicer(joc_pb2_grpc.OrderServiceServicer):
         await asyncio.to_thread(self.joc.store.add_order, order, link.id, now)
         await self.joc.audit("add order", f"{order_id} {workflow_path} on {link.id}")
         return joc_pb2.AddOrderResponse(
-            order_id=order_id, workflow_version_id=added.workflow_version_id, controller_id=link.id
+            order_id=order_id,
+            workflow_version_id=added.workflow_version_id,
+            controller_id=link.id,
+            existed=added.existed,
         )
 
     async def CommandOrders(

@@ -856,6 +856,12 @@ def cmd_order_add(args: argparse.Namespace) -> int:
     joc = connect(args)
     response = joc.call(joc.orders.AddOrder, request)
     print(response.order_id, flush=True)
+    if response.existed:
+        print(
+            f"order {response.order_id} was known already (it exists, or ended within the last hour):"
+            " nothing added",
+            file=sys.stderr,
+        )
     if not args.wait:
         return 0
     return wait_for_order(joc, response.order_id)
@@ -1002,6 +1008,30 @@ def run_service(name: str, argv: list[str]) -> int:
 
     module = importlib.import_module(SERVICES[name])
     return int(module.main(argv))
+
+
+def run_witness(argv: list[str]) -> int:
+    """`ostinato witness controller|director --cluster FILE --node NAME ...`: the node of that
+    cluster flagged `witness` in FILE. It votes and keeps the journal, and never becomes active;
+    the other options are the service's own (see `ostinato controller --help`)."""
+    from ostinato.errors import InvalidArgument
+    from ostinato.journal.cluster import Cluster
+
+    p = argparse.ArgumentParser(prog="ostinato witness", description=run_witness.__doc__)
+    p.add_argument("kind", choices=["controller", "director"], help="the kind of cluster it votes in")
+    p.add_argument("--cluster", type=Path, required=True, metavar="FILE")
+    p.add_argument("--node", required=True, metavar="NAME")
+    known, _ = p.parse_known_args(argv)
+    try:
+        member = Cluster.load(known.cluster).member(known.node)
+    except InvalidArgument as e:
+        p.error(f"--{e}")  # "--cluster: cannot read ..." or "--node: no node ..."
+    if not member.witness:
+        p.error(
+            f"--node: node {known.node} is a full node in {known.cluster}; flag it"
+            ' "witness": true there, or run it as ostinato ' + known.kind
+        )
+    return run_service(known.kind, argv[1:])
 
 
 # ---- argument parsing
@@ -1293,6 +1323,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name in SERVICES:
         # Dispatched before parsing (see main); listed here for --help.
         commands.add_parser(name, help=f"run the {name} service in the foreground (its own --help)")
+    commands.add_parser(
+        "witness", help="run the witness node of a controller or director cluster (its own --help)"
+    )
 
     p = commands.add_parser("up", help="start the local topology from a config")
     p.add_argument("--config", type=Path, metavar="FILE")
@@ -1310,6 +1343,8 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] in SERVICES:
             # Before argparse: a service's own options must reach it untouched.
             return run_service(argv[0], argv[1:])
+        if argv and argv[0] == "witness":
+            return run_witness(argv[1:])
         if len(argv) > 1 and argv[0] == "deploy" and argv[1] in DEPLOY_COMMANDS:
             argv = [f"deploy-{argv[1]}", *argv[2:]]
         args = build_parser().parse_args(argv)

@@ -15,6 +15,9 @@ from pathlib import Path
 # Below Linux's ephemeral range (32768-60999): ports the kernel hands out for port-0 binds and
 # outgoing connections would otherwise take a planned port between choosing and binding it.
 PLANNED_PORTS = range(20000, 32000)
+# Handed out by this process: a planned port may stay unbound for a while (a node started later,
+# or restarted after a kill), and must not be planned twice.
+_planned: set[int] = set()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -22,12 +25,15 @@ def free_port(host: str = "127.0.0.1") -> int:
     know their port in advance (pysyncobj's Raft port, cluster nodes). Others bind port 0."""
     for _ in range(100):
         port = random.choice(PLANNED_PORTS)
+        if port in _planned:
+            continue
         with socket.socket() as s:
             try:
                 s.bind((host, port))
             except OSError:
                 continue
-            return port
+        _planned.add(port)
+        return port
     raise OSError(f"no free port in {PLANNED_PORTS} on {host}")
 
 

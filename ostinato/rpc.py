@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Awaitable, Callable, Iterable
+import logging
+import time
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import grpc
@@ -16,9 +18,20 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ostinato import tracing
-from ostinato.errors import NotActive, OstinatoError, Unavailable
+from ostinato.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotActive,
+    NotFound,
+    OstinatoError,
+    PermissionDenied,
+    Unavailable,
+)
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 # Trailing metadata of a passive node's UNAVAILABLE answer: where the active node listens.
 ACTIVE_ADDRESS_KEY = "ostinato-active-address"
@@ -119,6 +132,10 @@ class _ErrorInterceptor(grpc.aio.ServerInterceptor):
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
                 self.guard(method)
+                # Headers at once: a client waiting for the call to be established (a
+                # controller that just followed a fail-over) need not wait for the first
+                # message, which may be a heartbeat a second away.
+                await context.send_initial_metadata(())
                 async for item in behaviour(request, context):
                     yield item
             except OstinatoError as e:
@@ -209,15 +226,38 @@ def active_address_of(error: grpc.aio.AioRpcError) -> str:
     return ""
 
 
+# Codes after which a unary call is tried again at the active node (or the next node).
+FOLLOWED = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+# While nodes answer but none is active (an election), a call waits between tries of a node.
+RETRY_START = 0.1
+RETRY_MAX = 1.0
+# A channel left for another node is closed after this grace: calls still on it may finish.
+CLOSE_GRACE_S = 5.0
+
+
+def answered_passive(error: grpc.aio.AioRpcError) -> bool:
+    """The node answered as a passive node (naming the active one, or none during an election),
+    as opposed to not answering at all."""
+    return any(key == ACTIVE_ADDRESS_KEY for key, _ in error.trailing_metadata() or ())
+
+
+def channel_closed_under_us() -> bool:
+    """Whether the CancelledError being handled came from the call's channel, closed under it (the
+    target followed the cluster to another node), rather than from cancelling the task itself."""
+    task = asyncio.current_task()
+    return task is not None and not task.cancelling()
+
+
 class ClusterTarget:
     """The gRPC addresses of one cluster's nodes, as a client sees them: it dials one at a time and,
     after a failed call, follows the active node the answer names, or else tries the next node."""
 
-    def __init__(self, addresses: list[str]) -> None:
+    def __init__(self, addresses: list[str], name: str = "cluster") -> None:
         if not addresses:
             raise ValueError("a cluster needs at least one address")
         self.addresses = list(addresses)
         self.address = self.addresses[0]
+        self.name = name  # for log lines and errors
         self._channel: grpc.aio.Channel | None = None
 
     def channel(self) -> grpc.aio.Channel:
@@ -226,24 +266,28 @@ class ClusterTarget:
             self._channel = channel(self.address)
         return self._channel
 
-    def follow(self, error: BaseException) -> bool:
-        """After `error` from the current node: switches to the named active node, or to the next
-        node when this one is unreachable or passive. True when it switched."""
+    def follow(self, error: BaseException, address: str | None = None) -> bool:
+        """After `error` from the node at `address` (default: the current one): switches to the
+        named active node, or to the next node when that one is unreachable or passive. True when
+        there is a node to try: it switched, or another task had switched already."""
+        if address is not None and address != self.address:
+            return True
         if not isinstance(error, grpc.aio.AioRpcError):
             target = self._next()
         elif active := active_address_of(error):
             target = active
-        elif error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        elif error.code() in FOLLOWED:
             target = self._next()
         else:
             return False
         if target == self.address:
             return False
+        log.info("%s: following node %s (was %s)", self.name, target, self.address)
         self.address = target
         old, self._channel = self._channel, None
         if old is not None:
-            # Closed in the background: calls on it may still be unwinding.
-            asyncio.get_running_loop().create_task(old.close())
+            # In the background, with a grace: other calls on it may still be finishing.
+            asyncio.get_running_loop().create_task(old.close(CLOSE_GRACE_S))
         return True
 
     def _next(self) -> str:
@@ -251,27 +295,93 @@ class ClusterTarget:
             return self.addresses[0]
         return self.addresses[(self.addresses.index(self.address) + 1) % len(self.addresses)]
 
+    async def call(
+        self, stub_class: Callable[[grpc.aio.Channel], Any], method: str, request: Any, timeout: float
+    ) -> Any:
+        """stub_class(channel).`method`(request) at the active node. After UNAVAILABLE or
+        DEADLINE_EXCEEDED it follows the cluster and tries again until `timeout` is spent; it gives
+        up at once when no node answered at all (the whole cluster is down), and waits a little
+        before a node's second try (while an election goes on).
+
+        Only for idempotent calls: one repeated at another node after an answer was lost must
+        do nothing twice."""
+        deadline = time.monotonic() + timeout
+        tried: set[str] = set()
+        unanswered: set[str] = set()
+        pause = RETRY_START
+        last: grpc.aio.AioRpcError | None = None  # what the nodes said so far tells more than a timeout
+        while True:
+            address = self.address
+            if address in tried:
+                await asyncio.sleep(max(min(pause, deadline - time.monotonic()), 0))
+                pause = min(pause * 2, RETRY_MAX)
+            if last is not None and time.monotonic() >= deadline:
+                raise last
+            tried.add(address)
+            stub = stub_class(self.channel())
+            try:
+                remaining = max(deadline - time.monotonic(), 0.001)
+                return await getattr(stub, method)(request, timeout=remaining)
+            except asyncio.CancelledError:
+                if not channel_closed_under_us() or self.address == address:
+                    raise
+                # Another call moved the target to another node meanwhile: try there.
+            except grpc.aio.AioRpcError as e:
+                if e.code() not in FOLLOWED:
+                    raise
+                if time.monotonic() >= deadline:
+                    if last is not None and e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                        raise last from None
+                    raise
+                last = e
+                passive = answered_passive(e)
+                if passive:
+                    unanswered.discard(address)
+                else:
+                    unanswered.add(address)
+                if set(self.addresses) <= unanswered:
+                    raise
+                if not self.follow(e, address) and not passive:
+                    raise
+
+    def error(self, e: grpc.aio.AioRpcError) -> OstinatoError:
+        """A node's error as the caller's own: the same code and message for the caller's
+        mistakes (unknown workflow or agent), UNAVAILABLE naming the cluster when it cannot be
+        reached, the code's name in the message otherwise."""
+        details = e.details() or e.code().name
+        if e.code() in (
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            grpc.StatusCode.CANCELLED,
+        ):
+            return Unavailable(f"{self.name} at {self.where()} is unreachable: {first_line(details)}")
+        cls = _PASSED_ON.get(e.code())
+        return cls(details) if cls is not None else OstinatoError(f"{self.name}: {e.code().name}: {details}")
+
+    def where(self) -> str:
+        if len(self.addresses) == 1 and self.address in self.addresses:
+            return self.address
+        return f"{self.address} (nodes {', '.join(self.addresses)})"
+
     async def close(self) -> None:
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
 
 
-async def call_following(
-    target: ClusterTarget, call: Callable[[grpc.aio.Channel], Awaitable[T]], what: str = "cluster"
-) -> T:
-    """A unary call at the target's current node, following the active node on UNAVAILABLE; at
-    most two rounds over the nodes. Errors other than unreachability are the caller's."""
-    for attempt in range(2 * len(target.addresses)):
-        try:
-            return await call(target.channel())
-        except grpc.aio.AioRpcError as e:
-            last = e
-            if not target.follow(e) and e.code() != grpc.StatusCode.UNAVAILABLE:
-                raise
-            if not active_address_of(e):
-                await asyncio.sleep(0.1 * attempt)
-    raise Unavailable(f"{what}: no node answered ({last.code().name}: {last.details()})")
+# A neighbour's errors passed on with their own code: the caller's mistakes, not the neighbour's.
+_PASSED_ON: dict[grpc.StatusCode, type[OstinatoError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+}
+
+
+def first_line(details: str) -> str:
+    first = details.splitlines()[0] if details else ""
+    return first if len(first) <= 200 else first[:197] + "..."
 
 
 def parse_cluster_addresses(text: str) -> list[str]:

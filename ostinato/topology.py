@@ -262,6 +262,8 @@ class Topology:
         spawned = []
         for name in names:
             kind, module, args = self._args(name)
+            if name in self.witnesses:
+                module, args = "ostinato.cli", ["witness", kind, *args]
             spawned.append(spawn(kind, module, args, self.data_dir / name, env=self.env))
         for name, launched in zip(names, spawned, strict=True):
             try:

@@ -168,6 +168,15 @@ class JournaledNode(ABC):
             await asyncio.gather(*self._active_tasks, return_exceptions=True)
             self._active_tasks = []
             self.deactivate()
+            # Receivers of this node's events are sent away, to the new active node once it is
+            # known (an election takes about a second; after that, to whichever node they try).
+            await self._leader_known(timeout=self.node.timing.leader_fallback)
+            self.shell.close(self.not_active)
+
+    async def _leader_known(self, timeout: float) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not self.active_address() and (left := deadline - asyncio.get_running_loop().time()) > 0:
+            await self.journal.changed(timeout=min(left, 0.05))
 
     async def _watch_role(self) -> None:
         leader = ""
@@ -196,10 +205,12 @@ class JournaledNode(ABC):
 
     def guard(self, method: str) -> None:
         """Refuses calls to a node that is not active, naming the one that is."""
-        if self.active or method.startswith(OPEN_SERVICES):
-            return
+        if not (self.active or method.startswith(OPEN_SERVICES)):
+            raise self.not_active()
+
+    def not_active(self) -> NotActive:
         active = self.active_address()
-        raise NotActive(
+        return NotActive(
             f"node {self.node.name} of {self.cluster_name} is not active"
             + (f"; the active node is at {active}" if active else "; no node is active yet"),
             active_address=active,
@@ -326,7 +337,8 @@ class ClusterServicer:
         self, request: cluster_pb2.SwitchoverRequest, context: Any
     ) -> cluster_pb2.SwitchoverResponse:
         n = self.n
-        n.guard("switchover")
+        if not n.active:  # only the active node can hand its role on
+            raise n.not_active()
         cluster = n.node.cluster
         if request.to_node:
             target = cluster.member(request.to_node)

@@ -31,6 +31,14 @@ class JournalShell:
         self.committed_id = state.last_event_id
         self._commit_hooks: list[CommitHook] = []
         self._changed = asyncio.Event()
+        # Set when the node stops being active: what to raise to those still watching.
+        self._closed: Callable[[], Exception] | None = None
+
+    def close(self, error: Callable[[], Exception]) -> None:
+        """The node was deposed: watchers get error() at once, so receivers go and look for
+        the active node instead of waiting on heartbeats from one that no longer decides."""
+        self._closed = error
+        self._changed.set()
 
     def on_commit(self, hook: CommitHook) -> None:
         self._commit_hooks.append(hook)
@@ -82,6 +90,8 @@ class JournalShell:
         Raises FailedPrecondition when they were released already."""
         heartbeat_s = heartbeat_s if heartbeat_s > 0 else 5.0
         while True:
+            if self._closed is not None:
+                raise self._closed()
             changed = self._changed
             events = self.state.log.after(after, self.committed_id)
             if events:
@@ -93,4 +103,5 @@ class JournalShell:
             try:
                 await asyncio.wait_for(changed.wait(), heartbeat_s)
             except TimeoutError:
-                yield []
+                if self._closed is None:
+                    yield []

@@ -10,9 +10,11 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import grpc
 import pytest
 
 from gen.ostinato.common.v1 import order_pb2
+from gen.ostinato.controller.v1 import controller_pb2, controller_pb2_grpc
 from gen.ostinato.joc.v1 import joc_pb2
 from ostinato import rpc
 from ostinato.topology import Topology, TopologyConfig
@@ -95,9 +97,9 @@ def witness_cluster(tmp_path: Path) -> Iterator[Topology]:
     config = TopologyConfig.ephemeral(subagents=1)
     config.controller_cluster = "witness"
     topology = Topology(tmp_path / "topology", config)
-    # A password starting with "-" reads as an option to the nodes' argparse (topology.py passes
-    # "--cluster-password VALUE"); keep it a value until that is fixed there.
-    topology.password = "p" + topology.password
+    topology.password = (
+        "-" + topology.password
+    )  # passed as --cluster-password=VALUE, so it may look like a flag
     topology.start()
     try:
         yield topology
@@ -126,10 +128,25 @@ async def test_switchover_of_a_controller_cluster_through_joc(witness_cluster: T
         active = title.rsplit(" ", 1)[1]
         assert nodes[active]["ROLE"] == "active"
         other = "b" if active == "a" else "a"
+        # A receiver of the active node's events (as JOC is) is told to go once the node is deposed.
+        old = rpc.channel(witness_cluster.addresses[f"controller-{active}"])
+        stub = controller_pb2_grpc.ControllerServiceStub(old)
+        overview = await stub.GetOverview(controller_pb2.GetOverviewRequest())
+        watching = stub.WatchEvents(
+            controller_pb2.WatchEventsRequest(after=overview.last_event_id, heartbeat_seconds=0.2)
+        )
+        await watching.read()
 
         code, out, err = await ostinato("cluster", "switchover", "--to", other, *joc)
         assert code == 0, err
         assert out.startswith(f"controller controller: active node now {other} (was {active}; term ")
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            async with asyncio.timeout(5):  # heartbeats every 0.2 s would keep it open for ever
+                while True:
+                    await watching.read()
+        assert ended.value.code() == grpc.StatusCode.UNAVAILABLE, ended.value
+        assert rpc.active_address_of(ended.value) == witness_cluster.addresses[f"controller-{other}"]
+        await old.close()
         order = await client.wait_until_ended("later", timeout=15)
         assert order.state == order_pb2.ORDER_STATE_FINISHED
 

@@ -122,6 +122,15 @@ async def test_kill_9_mid_order_then_restart_finishes_exactly_once(
     added2 = await joc.orders.AddOrder(joc_pb2.AddOrderRequest(workflow_path="/marked"))
     assert (await joc.wait_until_ended(added2.order_id)).state == S.ORDER_STATE_FINISHED
     assert len(marker.read_text().splitlines()) == 2
+    # Adding an ended order again (as a retry does, after a fail-over swallowed the answer)
+    # adds nothing and runs nothing.
+    again = await joc.orders.AddOrder(
+        joc_pb2.AddOrderRequest(workflow_path="/marked", order_id=added2.order_id)
+    )
+    assert again.existed
+    added3 = await joc.orders.AddOrder(joc_pb2.AddOrderRequest(workflow_path="/marked"))
+    await joc.wait_until_ended(added3.order_id)
+    assert len(marker.read_text().splitlines()) == 3, "the ended order ran again"
 
 
 async def test_bad_workflow_rejected_naming_the_field(topology: Topology, joc: Joc, tmp_path: Path) -> None:

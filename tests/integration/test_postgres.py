@@ -1,6 +1,6 @@
-"""JOC's store tests of tests/unit/test_joc_store.py, again on a real PostgreSQL (a database of
-this session's own; see tests/integration/postgres.py). The JOC process runs on PostgreSQL in
-test_deployment.py."""
+"""JOC's store tests of tests/unit/test_joc_store.py and test_joc_cluster.py, again on a real
+PostgreSQL (a database of this session's own; see tests/integration/postgres.py). The JOC process
+runs on PostgreSQL in test_deployment.py."""
 
 from __future__ import annotations
 
@@ -10,6 +10,11 @@ import pytest
 
 from joc_svc.store import Store
 from tests.integration.postgres import pg_server, pg_url  # noqa: F401  (fixtures)
+from tests.unit.test_joc_cluster import (  # noqa: F401  (collected here once more, on PostgreSQL)
+    test_an_order_marked_left_that_has_events_after_all_is_no_longer_marked,
+    test_resync_never_moves_the_cursor_back,
+    test_resync_takes_the_snapshot_and_marks_what_left,
+)
 from tests.unit.test_joc_store import (  # noqa: F401  (collected here once more, on PostgreSQL)
     test_a_database_of_the_first_joc_is_upgraded_with_its_data,
     test_accounts,

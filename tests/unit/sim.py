@@ -106,34 +106,19 @@ class Sim:
         progress = bool(c.wake(self.now))
         for agent, d in self.directors.items():
             committed = 10**12
-            orders = c.orders_to_attach(agent, committed)
-            fresh = [o for o in orders if ("attach", o.id, c.state.order_event_id[o.id]) not in self.sent]
-            if fresh:
+            work = c.agent_work(agent, committed, self.sent)
+            if work.attach:
+                fresh = [o for _, o in work.attach]
                 items = [c.state.signed_items[(o.workflow_path, o.workflow_version_id)] for o in fresh]
                 d.attach_items(items, self.now)
                 d.attach_orders(fresh, self.now, {f"{agent}/s"})
-                self.sent |= {("attach", o.id, c.state.order_event_id[o.id]) for o in fresh}
-                progress = True
-            commands = [
-                cmd
-                for cmd in c.commands_to_forward(agent, committed)
-                if ("command", cmd.order_id, c.state.order_event_id[cmd.order_id]) not in self.sent
-            ]
-            if commands:
-                d.command_orders(commands, self.now, {f"{agent}/s"})
-                self.sent |= {
-                    ("command", cmd.order_id, c.state.order_event_id[cmd.order_id]) for cmd in commands
-                }
-                progress = True
-            detach = [
-                i
-                for i in c.orders_to_detach(agent, committed)
-                if ("detach", i, c.state.order_event_id[i]) not in self.sent
-            ]
-            if detach:
-                d.detach_orders(detach, self.now)
-                self.sent |= {("detach", i, c.state.order_event_id[i]) for i in detach}
-                progress = True
+            if work.commands:
+                d.command_orders([cmd for _, cmd in work.commands], self.now, {f"{agent}/s"})
+            if work.detach:
+                d.detach_orders([i for _, i in work.detach], self.now)
+            for pieces in (work.attach, work.commands, work.detach):
+                self.sent |= {key for key, _ in pieces}
+                progress |= bool(pieces)
             progress |= bool(d.wake(self.now, {f"{agent}/s"}))
             for spec in d.processes_to_start(f"{agent}/s", committed):
                 if spec.process_key in self.running or any(

@@ -93,3 +93,25 @@ def test_describe_events() -> None:
         describe(events_pb2.Event(order_id="o1", order_detachable=events_pb2.OrderDetachable()), order)
         is None
     )
+
+
+def test_witness_runs_only_a_node_flagged_witness(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ostinato.cli import main
+    from ostinato.journal.cluster import Cluster, Member
+
+    file = tmp_path / "cluster.json"
+    members = (Member("a", "h:1", "h:2"), Member("b", "h:3", "h:4"), Member("w", "h:5", "h:6", True))
+    file.write_text(Cluster(members).to_json())
+    for node, says in [
+        (
+            "a",
+            'node a is a full node in {file}; flag it "witness": true there',
+        ),
+        ("x", "--node: no node 'x' in the cluster"),
+    ]:
+        with pytest.raises(SystemExit) as exited:
+            main(
+                ["witness", "controller", "--cluster", str(file), "--node", node, "--data-dir", str(tmp_path)]
+            )
+        assert exited.value.code == 2
+        assert says.format(file=file) in capsys.readouterr().err

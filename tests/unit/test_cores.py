@@ -6,12 +6,13 @@ import copy
 
 import pytest
 
-from controller_svc.core import ControllerCore, ControllerState
+from controller_svc.core import ENDED_ORDER_RETENTION_MS, ControllerCore, ControllerState, WorkKey
 from director_svc.core import DirectorCore, DirectorState
 from gen.ostinato.common.v1 import events_pb2, items_pb2
 from gen.ostinato.controller.v1 import controller_pb2
 from gen.ostinato.subagent.v1 import subagent_pb2
 from ostinato.errors import InvalidArgument, NotFound
+from ostinato.journal import snapshot
 from ostinato.workflow.model import canonical_json, parse_workflow
 from ostinato.workflow.values import parse_cli_value
 
@@ -247,3 +248,64 @@ def test_replaying_the_journal_rebuilds_the_same_state(cores: tuple[ControllerCo
         replayed.apply(copy.deepcopy(e))
     assert replayed.orders == controller.state.orders
     assert replayed.current_version == controller.state.current_version
+
+
+def test_agent_work_keys_each_piece_as_of_when_it_was_chosen(
+    cores: tuple[ControllerCore, DirectorCore],
+) -> None:
+    """A driver awaits between choosing and recording what it sent. If the order moves on in
+    between (here: its whole run at the agent is mirrored back), the attach must still be keyed
+    by the event id it was chosen at, or the detach that follows looks sent already (the
+    orders that stayed detachable after a controller restart)."""
+    controller, director = cores
+    controller.deploy([signed(WORKFLOW)], T0)
+    add(controller)
+    sent: set[WorkKey] = set()
+    work = controller.agent_work("agent-1", controller.state.last_event_id, sent)
+    assert [(key[0], key[1]) for key, _ in work.attach] == [("attach", "o1")] and not work.detach
+
+    # While the attach is on its way, the agent's whole run of the order comes back.
+    director.attach_items([controller.state.signed_items[("/wf", "v1")]], T0)
+    director.subagent_welcome("s1", subagent_pb2.Welcome(run_id="r1"), T0, set())
+    director.attach_orders([o for _, o in work.attach], T0, available={"s1"})
+    for seq in (1, 2):
+        key = director.state.orders["o1"].processing.process_key
+        director.subagent_messages("s1", "r1", [exited(seq, key)], T0, {"s1"})
+    controller.on_agent_events("agent-1", list(director.state.log.after(0, director.state.last_event_id)), T0)
+    sent |= {key for key, _ in work.attach}
+
+    later = controller.agent_work("agent-1", controller.state.last_event_id, sent)
+    assert [i for _, i in later.detach] == ["o1"] and not later.attach
+    assert controller.stale_keys(sent) == {key for key, _ in work.attach}
+
+
+def test_an_order_id_that_ended_is_not_added_again_within_the_retention() -> None:
+    """JOC repeats AddOrders when a fail-over swallowed the answer; by then the order may have
+    run and ended. The repeat must not run it a second time."""
+    controller = ControllerCore(ControllerState(), frozenset({"agent-1"}))
+    # The condition is false, so the order ends at the controller without going to an agent.
+    skipped = '{"instructions": [{"ifElse": {"condition": "false", "then": {"instructions": []}}}]}'
+    controller.deploy([signed(skipped, "/empty")], T0)
+
+    def add_at(order_id: str, at_ms: int) -> tuple[list[str], bool]:
+        new = controller_pb2.NewOrder(id=order_id, workflow_path="/empty")
+        events, [added] = controller.add_orders([new], at_ms)
+        return kinds(events), added.existed
+
+    assert add_at("o1", T0) == (
+        ["order_added", "order_started", "order_moved", "order_finished", "order_deleted"],
+        False,
+    )
+    assert "o1" not in controller.state.orders
+    assert add_at("o1", T0 + 1000) == ([], True)
+
+    # Forgotten once the retention has passed (the next order that ends expires it).
+    later = T0 + ENDED_ORDER_RETENTION_MS + 1
+    add_at("o2", later)
+    assert "o1" not in controller.state.ended_orders and "o2" in controller.state.ended_orders
+    assert add_at("o1", later)[1] is False
+
+    # Kept in snapshots, so a restarted or new node remembers the same ids.
+    restored = snapshot.loads(snapshot.dumps(controller.state), ControllerState)
+    assert restored.ended_orders == controller.state.ended_orders
+    assert list(restored.ended_expiry) == list(controller.state.ended_expiry)

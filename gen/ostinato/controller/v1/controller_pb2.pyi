@@ -182,7 +182,9 @@ class AddedOrder(_message.Message):
     id: _builtins.str
     workflow_version_id: _builtins.str
     existed: _builtins.bool
-    """True when the id was known already and nothing was added."""
+    """True when the id was known already and nothing was added: the order exists, or it ended
+    within the last hour (a repeated request must not run it again).
+    """
     def __init__(
         self,
         *,

@@ -1225,19 +1225,25 @@ class AddOrderResponse(_message.Message):
     ORDER_ID_FIELD_NUMBER: _builtins.int
     WORKFLOW_VERSION_ID_FIELD_NUMBER: _builtins.int
     CONTROLLER_ID_FIELD_NUMBER: _builtins.int
+    EXISTED_FIELD_NUMBER: _builtins.int
     order_id: _builtins.str
     workflow_version_id: _builtins.str
     controller_id: _builtins.str
+    existed: _builtins.bool
+    """True when the controller knew the id already (the order exists, or ended within the last
+    hour) and added nothing: a repeated request is harmless.
+    """
     def __init__(
         self,
         *,
         order_id: _builtins.str = ...,
         workflow_version_id: _builtins.str = ...,
         controller_id: _builtins.str = ...,
+        existed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["controller_id", b"controller_id", "order_id", b"order_id", "workflow_version_id", b"workflow_version_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["controller_id", b"controller_id", "existed", b"existed", "order_id", b"order_id", "workflow_version_id", b"workflow_version_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
