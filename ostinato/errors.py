@@ -46,6 +46,12 @@ class NotActive(Unavailable):
         super().__init__(message)
 
 
+class Deposed(Unavailable):
+    """This node stopped being active while it handled the call (its journal refused the commit,
+    or skipped it as a deposed node's): the caller should ask the active node. The gRPC edge
+    answers like a passive node, naming the active one when it is known."""
+
+
 class PermissionDenied(OstinatoError):
     code_name = "PERMISSION_DENIED"
 

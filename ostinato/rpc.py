@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from ostinato import tracing
 from ostinato.errors import (
     AlreadyExists,
+    Deposed,
     FailedPrecondition,
     InvalidArgument,
     NotActive,
@@ -114,13 +115,24 @@ class _ErrorInterceptor(grpc.aio.ServerInterceptor):
             )
         return handler
 
+    def _as_passive(self, method: str, error: OstinatoError) -> OstinatoError:
+        """A node deposed during the call answers as the passive node it is now (naming the
+        active node when known), so that clients go and try again there."""
+        if not isinstance(error, Deposed):
+            return error
+        try:
+            self.guard(method)
+        except NotActive as now_passive:
+            return now_passive
+        return NotActive(str(error))  # stepping down, not passive yet: no active node known
+
     def _unary(self, method: str, behaviour: Callable[..., Any]) -> Callable[..., Any]:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
                 self.guard(method)
                 return await behaviour(request, context)
             except OstinatoError as e:
-                await _abort(context, e)
+                await _abort(context, self._as_passive(method, e))
 
         return wrapper
 
@@ -139,7 +151,7 @@ class _ErrorInterceptor(grpc.aio.ServerInterceptor):
                 async for item in behaviour(request, context):
                     yield item
             except OstinatoError as e:
-                await _abort(context, e)
+                await _abort(context, self._as_passive(method, e))
 
         return wrapper
 

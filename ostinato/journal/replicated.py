@@ -37,7 +37,7 @@ from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from pysyncobj.node import TCPNode
 
 from gen.ostinato.common.v1 import events_pb2, journal_pb2
-from ostinato.errors import Unavailable
+from ostinato.errors import Deposed, Unavailable
 from ostinato.journal import snapshot
 
 log = logging.getLogger(__name__)
@@ -332,7 +332,7 @@ class Journal:
         Unavailable when this node was deposed."""
         future: asyncio.Future[int] = self._loop.create_future()
         if not self.is_leader():
-            future.set_exception(Unavailable("this node is no longer active"))
+            future.set_exception(Deposed("this node is no longer active"))
             return future
         data = journal_pb2.EventBatch(events=events, term=self.term).SerializeToString()
         self._in_flight += 1
@@ -351,9 +351,9 @@ class Journal:
         if error == FAIL_REASON.SUCCESS and result != REJECTED:
             future.set_result(int(result))
         elif error == FAIL_REASON.SUCCESS:
-            future.set_exception(Unavailable("journal batch of a deposed node was skipped"))
+            future.set_exception(Deposed("journal batch of a deposed node was skipped"))
         else:
-            future.set_exception(Unavailable(f"journal command not committed (pysyncobj reason {error})"))
+            future.set_exception(Deposed(f"journal command not committed (pysyncobj reason {error})"))
 
     def transfer_leadership(self, to_raft_address: str | None) -> asyncio.Future[None]:
         """Asks Raft to hand leadership to the node (None: the most caught-up one); resolves once
