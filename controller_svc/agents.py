@@ -134,6 +134,12 @@ class AgentDriver:
         # Chosen all at once, without awaiting: the keys must be those of this moment. What
         # commits while this sends wakes the driver again.
         work = core.agent_work(self.name, self.controller.shell.committed_id, sent)
+        items = [i for i in core.items_to_attach(self.name) if (i.path, i.version_id) not in sent_items]
+        if items:  # job resources and subagent clusters first: the orders below may need them
+            await stub.AttachItems(
+                director_pb2.AttachItemsRequest(sender=self._sender(), items=items), timeout=30
+            )
+            sent_items.update((i.path, i.version_id) for i in items)
         for start in range(0, len(work.attach), BATCH):
             batch = work.attach[start : start + BATCH]
             needed = {(o.workflow_path, o.workflow_version_id) for _, o in batch} - sent_items

@@ -19,6 +19,7 @@ from gen.ostinato.controller.v1 import controller_pb2
 from ostinato.errors import InvalidArgument, NotFound
 from ostinato.workflow import expressions, model
 from ostinato.workflow.holder import OrderHolder
+from ostinato.workflow.model import item_digest
 from ostinato.workflow.orders import TERMINAL_STATES
 from ostinato.workflow.positions import enter, instruction_at, next_position, text
 from ostinato.workflow.step import ControllerScope, ControllerWork, OrderScope, fail, failed, step
@@ -82,6 +83,12 @@ class ControllerState(OrderHolder):
         # in order of deletion with the deletion's event time, for expiry.
         self.ended_orders: dict[str, str] = {}
         self.ended_expiry: deque[tuple[int, str]] = deque()
+        self.subagent_clusters: dict[str, workflow_pb2.SubagentClusterItem] = {}
+        # Items every agent (job resources) or one agent (its subagent clusters) must hold, as
+        # sent: (ItemDeployed field, path) -> the item, its version_id a digest of its JSON.
+        self.agent_items: dict[tuple[str, str], items_pb2.SignedItem] = {}
+        # What each agent journaled: (agent, ItemDeployed field, path) -> version_id.
+        self.attached: dict[tuple[str, str, str], str] = {}
 
     def apply_to_state(self, event: Event) -> None:
         kind = event.WhichOneof("kind")
@@ -95,6 +102,12 @@ class ControllerState(OrderHolder):
                 return
             if deployed.WhichOneof("item") == "job_resource":
                 self.job_resources[deployed.job_resource.path] = deployed.job_resource
+                self._keep_for_agents(deployed, items_pb2.ITEM_TYPE_JOB_RESOURCE, deployed.job_resource.path)
+                return
+            if deployed.WhichOneof("item") == "subagent_cluster":
+                self.subagent_clusters[deployed.subagent_cluster.path] = deployed.subagent_cluster
+                path = deployed.subagent_cluster.path
+                self._keep_for_agents(deployed, items_pb2.ITEM_TYPE_SUBAGENT_CLUSTER, path)
                 return
             wf = deployed.workflow
             self.signed_items[(wf.path, wf.version_id)] = items_pb2.SignedItem(
@@ -110,6 +123,9 @@ class ControllerState(OrderHolder):
                 self.version_unused((wf.path, previous))
         elif kind == "agent_events_observed":
             self.agent_observed[event.agent_events_observed.agent] = event.agent_events_observed.until_id
+        elif kind == "item_attached":
+            a = event.item_attached
+            self.attached[(a.agent, a.item or "workflow", a.path)] = a.version_id
         elif kind == "order_lock_acquired":
             e = event.order_lock_acquired
             self.lock_holders.setdefault(e.lock_path, {})[event.order_id] = e.count
@@ -121,6 +137,17 @@ class ControllerState(OrderHolder):
             self.lock_holders.get(event.order_lock_released.lock_path, {}).pop(event.order_id, None)
         elif kind in ("order_cancelled", "order_deleted"):
             self._unqueue(event.order_id)
+
+    def _keep_for_agents(self, deployed: events_pb2.ItemDeployed, item_type: int, path: str) -> None:
+        kind = deployed.WhichOneof("item")
+        assert kind is not None
+        self.agent_items[(kind, path)] = items_pb2.SignedItem(
+            type=item_type,  # type: ignore[arg-type]
+            path=path,
+            version_id=item_digest(deployed.signed_json),
+            json=deployed.signed_json,
+            signature=deployed.signature,
+        )
 
     def _remember_ended(self, order_id: str, at_ms: int) -> None:
         # Expiry goes by event time, so every node and every replay forgets the same ids.
@@ -153,6 +180,7 @@ class ControllerCore:
     def deploy(self, items: list[items_pb2.SignedItem], now_ms: int) -> list[Event]:
         locks: dict[str, workflow_pb2.LockItem] = {}
         resources: dict[str, tuple[workflow_pb2.JobResourceItem, items_pb2.SignedItem]] = {}
+        clusters: dict[str, tuple[workflow_pb2.SubagentClusterItem, items_pb2.SignedItem]] = {}
         workflows: list[tuple[workflow_pb2.Workflow, items_pb2.SignedItem, str]] = []
         for i, item in enumerate(items):
             field = f"items[{i}]"
@@ -162,6 +190,8 @@ class ControllerCore:
                 locks[item.path] = _parse_lock(item, field)
             elif item.type == items_pb2.ITEM_TYPE_JOB_RESOURCE:
                 resources[item.path] = (_parse_job_resource(item, field), item)
+            elif item.type == items_pb2.ITEM_TYPE_SUBAGENT_CLUSTER:
+                clusters[item.path] = (self._parse_subagent_cluster(item, field), item)
             elif item.type == items_pb2.ITEM_TYPE_WORKFLOW:
                 workflows.append((self._check_workflow(item, field), item, field))
             else:
@@ -185,6 +215,10 @@ class ControllerCore:
                     job_resource=resource, signed_json=item.json, signature=item.signature
                 )
                 events.append(self.state.emit(now_ms, item_deployed=deployed))
+        for path, (cluster, item) in clusters.items():
+            if self.state.subagent_clusters.get(path) != cluster:
+                deployed = events_pb2.ItemDeployed(subagent_cluster=cluster, signed_json=item.json)
+                events.append(self.state.emit(now_ms, item_deployed=deployed))
         for workflow, item, _ in workflows:
             if (workflow.path, workflow.version_id) in self.state.workflows:
                 continue  # the same version again: idempotent
@@ -193,6 +227,33 @@ class ControllerCore:
             )
             events.append(self.state.emit(now_ms, item_deployed=deployed))
         return events
+
+    def _parse_subagent_cluster(
+        self, item: items_pb2.SignedItem, field: str
+    ) -> workflow_pb2.SubagentClusterItem:
+        cluster = workflow_pb2.SubagentClusterItem()
+        where = f"{field}.json ({item.path})"
+        try:
+            json_format.Parse(item.json, cluster)
+        except json_format.ParseError as e:
+            raise InvalidArgument(str(e).split("\n")[0], field=where) from None
+        cluster.path = item.path
+        if cluster.agent not in self.agents:
+            known = ", ".join(sorted(self.agents)) or "none"
+            raise InvalidArgument(
+                f"unknown agent {cluster.agent!r}; this controller has {known}", field=f"{where}.agent"
+            )
+        if not cluster.subagents:
+            raise InvalidArgument(
+                "a subagent cluster needs at least one subagent", field=f"{where}.subagents"
+            )
+        seen = set()
+        for i, s in enumerate(cluster.subagents):
+            if not s.subagent_id or s.subagent_id in seen:
+                what = "missing" if not s.subagent_id else f"{s.subagent_id!r} given twice"
+                raise InvalidArgument(what, field=f"{where}.subagents[{i}].subagentId")
+            seen.add(s.subagent_id)
+        return cluster
 
     def _check_workflow(self, item: items_pb2.SignedItem, field: str) -> workflow_pb2.Workflow:
         try:
@@ -630,10 +691,8 @@ class ControllerCore:
                 continue
             observed = e.id
             kind = e.WhichOneof("kind")
-            if kind == "item_deployed" and e.item_deployed.WhichOneof("item") == "workflow":
-                wf = e.item_deployed.workflow
-                attached = events_pb2.ItemAttached(agent=agent, path=wf.path, version_id=wf.version_id)
-                events.append(self.state.emit(now_ms, item_attached=attached))
+            if kind == "item_deployed":
+                events.append(self.state.emit(now_ms, item_attached=_attached(agent, e.item_deployed)))
                 continue
             if kind not in MIRRORED_KINDS or e.order_id not in self.state.orders:
                 continue
@@ -672,6 +731,16 @@ class ControllerCore:
             if (key := ("detach", order_id, ids[order_id])) not in sent:
                 work.detach.append((key, order_id))
         return work
+
+    def items_to_attach(self, agent: str) -> list[items_pb2.SignedItem]:
+        """Job resources and the agent's subagent clusters in a version the agent has not
+        journaled (it reports each with an event): sent before orders, which may need them."""
+        return [
+            item
+            for (kind, path), item in self.state.agent_items.items()
+            if (kind == "job_resource" or self.state.subagent_clusters[path].agent == agent)
+            and self.state.attached.get((agent, kind, path)) != item.version_id
+        ]
 
     def stale_keys(self, sent: Set[WorkKey]) -> set[WorkKey]:
         """Keys of orders that moved on or left: a driver may forget them."""
@@ -735,6 +804,17 @@ def _parse_lock(item: items_pb2.SignedItem, field: str) -> workflow_pb2.LockItem
     if lock.limit < 1:
         raise InvalidArgument("a lock needs a limit of at least 1", field=f"{field}.json.limit ({item.path})")
     return lock
+
+
+def _attached(agent: str, deployed: events_pb2.ItemDeployed) -> events_pb2.ItemAttached:
+    kind = deployed.WhichOneof("item")
+    if kind == "workflow":
+        wf = deployed.workflow
+        return events_pb2.ItemAttached(agent=agent, path=wf.path, version_id=wf.version_id, item=kind)
+    item = getattr(deployed, str(kind))
+    return events_pb2.ItemAttached(
+        agent=agent, path=item.path, version_id=item_digest(deployed.signed_json), item=str(kind)
+    )
 
 
 def _parse_job_resource(item: items_pb2.SignedItem, field: str) -> workflow_pb2.JobResourceItem:

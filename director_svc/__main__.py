@@ -22,8 +22,23 @@ def main(argv: list[str] | None = None) -> int:
         metavar="ID=HOST:PORT",
         help="a subagent this director dials (repeatable, in priority order)",
     )
+    p.add_argument(
+        "--subagent-heartbeat",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="heartbeat interval of the subagent sessions (both ways); a subagent silent for four"
+        " intervals is unavailable, and its waiting jobs go to other subagents",
+    )
     args = p.parse_args(argv)
-    config = DirectorConfig(node=node_config(args, p), agent=args.agent_name, subagents=dict(args.subagent))
+    if args.subagent_heartbeat <= 0:
+        p.error("--subagent-heartbeat: must be more than 0")
+    config = DirectorConfig(
+        node=node_config(args, p),
+        agent=args.agent_name,
+        subagents=dict(args.subagent),
+        subagent_heartbeat_s=args.subagent_heartbeat,
+    )
     return service.run("director", lambda stop: serve(config, stop))
 
 

@@ -9,14 +9,18 @@ report back in as stimuli. Every method returns the events it emitted (already a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf import json_format
 
 from gen.ostinato.common.v1 import commands_pb2, events_pb2, items_pb2, order_pb2, workflow_pb2
 from gen.ostinato.subagent.v1 import subagent_pb2
 from ostinato.errors import InvalidArgument
 from ostinato.workflow import model, positions
 from ostinato.workflow.holder import OrderHolder
+from ostinato.workflow.model import item_digest
 from ostinato.workflow.orders import mark_of
-from ostinato.workflow.step import AgentScope, ExecuteJob, fail, failed, job_environment, step
+from ostinato.workflow.step import AgentScope, ExecuteJob, failed, job_environment, step
 
 A = order_pb2.AttachedState
 S = order_pb2.OrderState
@@ -29,6 +33,8 @@ FAILED = workflow_pb2.OUTCOME_KIND_FAILED
 class SubagentRun:
     run_id: str
     observed_seq: int
+    process_limit: int = 0  # 0: none
+    director_timeout_s: float = 0.0
 
 
 class DirectorState(OrderHolder):
@@ -43,18 +49,58 @@ class DirectorState(OrderHolder):
         self.starts = 0
         # Processes running per job (workflow path and job), for jobs' process limits.
         self.running: dict[tuple[str, str], int] = {}
+        # ... and per subagent, for subagents' own process limits.
+        self.subagent_running: dict[str, int] = {}
+        self.subagent_clusters: dict[str, workflow_pb2.SubagentClusterItem] = {}
+        self.job_resources: dict[str, workflow_pb2.JobResourceItem] = {}
+        self.item_versions: dict[tuple[str, str], str] = {}  # (ItemDeployed field, path) -> digest
+        # Jobs started per subagent cluster: its round-robin turns by it, so replay picks the same.
+        self.cluster_starts: dict[str, int] = {}
 
     def apply_to_state(self, event: Event) -> None:
         kind = event.WhichOneof("kind")
-        if kind == "order_processed":  # before the order leaves PROCESSING
-            self._count(self.orders[event.order_id], -1)
+        if kind == "order_processed" and self.orders[event.order_id].state == S.ORDER_STATE_PROCESSING:
+            order = self.orders[event.order_id]  # counted before it leaves PROCESSING
+            self._count(order, -1)
+            self._count_on(order.processing.subagent_id, -1)
         super().apply_to_state(event)
         if kind == "subagent_messages_observed":
             o = event.subagent_messages_observed
-            self.subagent_runs[o.subagent_id] = SubagentRun(o.run_id, o.until_seq)
+            run = self.subagent_runs.get(o.subagent_id)
+            if run is not None and run.run_id == o.run_id:
+                run.observed_seq = o.until_seq
+            else:  # a new run: its Welcome's figures come with it
+                self.subagent_runs[o.subagent_id] = SubagentRun(
+                    o.run_id, o.until_seq, o.process_limit, o.director_timeout_seconds
+                )
         elif kind == "order_processing_started":
             self.starts += 1
-            self._count(self.orders[event.order_id], +1)
+            order = self.orders[event.order_id]
+            self._count(order, +1)
+            self._count_on(order.processing.subagent_id, +1)
+            cluster = self.job_of(order).subagent_cluster_id
+            if cluster:
+                self.cluster_starts[cluster] = self.cluster_starts.get(cluster, 0) + 1
+        elif kind == "item_deployed":
+            deployed = event.item_deployed
+            item = deployed.WhichOneof("item")
+            if item == "subagent_cluster":
+                self.subagent_clusters[deployed.subagent_cluster.path] = deployed.subagent_cluster
+                self.item_versions[(item, deployed.subagent_cluster.path)] = item_digest(deployed.signed_json)
+            elif item == "job_resource":
+                self.job_resources[deployed.job_resource.path] = deployed.job_resource
+                self.item_versions[(item, deployed.job_resource.path)] = item_digest(deployed.signed_json)
+
+    def job_of(self, order: order_pb2.Order) -> workflow_pb2.Job:
+        return _job_at(self.workflow_of(order), order)
+
+    def _count_on(self, subagent_id: str, delta: int) -> None:
+        self.subagent_running[subagent_id] = self.subagent_running.get(subagent_id, 0) + delta
+
+    def has_room(self, subagent_id: str) -> bool:
+        run = self.subagent_runs.get(subagent_id)
+        limit = run.process_limit if run is not None else 0
+        return not limit or self.subagent_running.get(subagent_id, 0) < limit
 
     def job_key(self, order: order_pb2.Order) -> tuple[str, str]:
         instruction = positions.instruction_at(self.workflow_of(order), order.position)
@@ -89,19 +135,41 @@ class DirectorCore:
     subagent_ids: list[str] = field(default_factory=list)  # in configured order
 
     def attach_items(self, items: list[items_pb2.SignedItem], now_ms: int) -> list[Event]:
+        """Workflows, job resources and subagent clusters the controller hands over (each
+        journaled once per version; the controller learns from the event that it arrived)."""
         events = []
         for i, item in enumerate(items):
-            if item.type != items_pb2.ITEM_TYPE_WORKFLOW:
-                raise InvalidArgument("only workflows can be attached yet", field=f"items[{i}].type")
-            try:
-                workflow = model.parse_workflow(item.json)
-            except InvalidArgument as e:
-                raise InvalidArgument(str(e), field=f"items[{i}].json ({item.path})") from None
-            if (workflow.path, workflow.version_id) in self.state.workflows:
-                continue
-            deployed = events_pb2.ItemDeployed(
-                workflow=workflow, signed_json=item.json, signature=item.signature
-            )
+            field = f"items[{i}]"
+            if item.type == items_pb2.ITEM_TYPE_WORKFLOW:
+                try:
+                    workflow = model.parse_workflow(item.json)
+                except InvalidArgument as e:
+                    raise InvalidArgument(str(e), field=f"{field}.json ({item.path})") from None
+                if (workflow.path, workflow.version_id) in self.state.workflows:
+                    continue
+                deployed = events_pb2.ItemDeployed(
+                    workflow=workflow, signed_json=item.json, signature=item.signature
+                )
+            elif item.type == items_pb2.ITEM_TYPE_JOB_RESOURCE:
+                if self.state.item_versions.get(("job_resource", item.path)) == item_digest(item.json):
+                    continue
+                resource = _parse_item(item, workflow_pb2.JobResourceItem(), field)
+                deployed = events_pb2.ItemDeployed(
+                    job_resource=resource, signed_json=item.json, signature=item.signature
+                )
+            elif item.type == items_pb2.ITEM_TYPE_SUBAGENT_CLUSTER:
+                if self.state.item_versions.get(("subagent_cluster", item.path)) == item_digest(item.json):
+                    continue
+                cluster = _parse_item(item, workflow_pb2.SubagentClusterItem(), field)
+                if cluster.agent != self.agent:
+                    raise InvalidArgument(
+                        f"subagent cluster {item.path} is of agent {cluster.agent!r}, not {self.agent!r}",
+                        field=f"{field}.json.agent",
+                    )
+                deployed = events_pb2.ItemDeployed(subagent_cluster=cluster, signed_json=item.json)
+            else:
+                name = items_pb2.ItemType.Name(item.type)
+                raise InvalidArgument(f"an agent does not take {name} items", field=f"{field}.type")
             events.append(self.state.emit(now_ms, item_deployed=deployed))
         return events
 
@@ -139,23 +207,19 @@ class DirectorCore:
             decided = step(order, self.state.workflow_of(order), AgentScope(self.agent), now_ms)
             if isinstance(decided, ExecuteJob):
                 try:
-                    job_environment(order, self.state.workflow_of(order), decided)
+                    job_environment(order, self.state.workflow_of(order), decided, self.state.job_resources)
                 except InvalidArgument as e:  # e.g. a variable the job's env names is missing
-                    decided = fail(
-                        order, self.state.workflow_of(order), failed(f"job environment: {e}"), True
-                    )
-                    assert isinstance(decided, list)
-                    for proto in decided:
-                        kind = proto.WhichOneof("kind")
-                        assert kind is not None
-                        events.append(self.state.emit(now_ms, order_id, **{kind: getattr(proto, kind)}))
+                    events += self._fail(order, f"job environment: {e}", now_ms)
                     continue
                 limit = decided.job.process_limit or 1
                 if self.state.running.get(self.state.job_key(order), 0) >= limit:
                     return events  # stays ready; woken when a process of the job ends
-                subagent = self._pick_subagent(available)
+                subagent = self._pick_subagent(decided.job, available)
+                if isinstance(subagent, InvalidArgument):  # a cluster the agent does not have
+                    events += self._fail(order, str(subagent), now_ms)
+                    continue
                 if subagent is None:
-                    return events  # stays ready; woken when a subagent comes
+                    return events  # stays ready; woken when a subagent comes or has room again
                 processing = order_pb2.Processing(subagent_id=subagent, process_key=process_key(order))
                 processing.started_at.FromMilliseconds(now_ms)
                 started = events_pb2.OrderProcessingStarted(processing=processing)
@@ -164,17 +228,44 @@ class DirectorCore:
             if not decided:
                 return events
             assert isinstance(decided, list), decided  # controller work never reaches an agent
-            for proto in decided:
-                kind = proto.WhichOneof("kind")
-                assert kind is not None
-                events.append(self.state.emit(now_ms, order_id, **{kind: getattr(proto, kind)}))
+            events += self._emit_all(order_id, decided, now_ms)
         raise RuntimeError(f"order {order_id}: no progress after 1000 steps")
 
-    def _pick_subagent(self, available: set[str]) -> str | None:
-        candidates = [s for s in self.subagent_ids if s in available]
+    def _fail(self, order: order_pb2.Order, message: str, now_ms: int) -> list[Event]:
+        """The job cannot start: it is processed with a failed outcome that says why, without a
+        process; the workflow goes on from there (a try catches it, else the order fails)."""
+        processed = events_pb2.OrderProcessed(outcome=failed(message))
+        return [self.state.emit(now_ms, order.id, order_processed=processed)]
+
+    def _emit_all(self, order_id: str, protos: list[Event], now_ms: int) -> list[Event]:
+        """Emits what a workflow step decided (events without id and time yet), in order."""
+        events = []
+        for proto in protos:
+            kind = proto.WhichOneof("kind")
+            assert kind is not None
+            events.append(self.state.emit(now_ms, order_id, **{kind: getattr(proto, kind)}))
+        return events
+
+    def _pick_subagent(self, job: workflow_pb2.Job, available: set[str]) -> str | None | InvalidArgument:
+        """The subagent for the job's next process: by the job's subagent cluster (fixed priority:
+        the first available in priority order; round robin: the available ones in turn), else
+        any of this director's subagents in turn. None while none is available with room."""
+        if not job.subagent_cluster_id:
+            candidates = [s for s in self.subagent_ids if s in available and self.state.has_room(s)]
+            return candidates[self.state.starts % len(candidates)] if candidates else None
+        cluster = self.state.subagent_clusters.get(job.subagent_cluster_id)
+        if cluster is None:
+            return InvalidArgument(
+                f"subagent cluster {job.subagent_cluster_id} is not deployed to agent {self.agent}",
+                field="subagentClusterId",
+            )
+        ranked = [p.subagent_id for p in sorted(cluster.subagents, key=lambda p: -p.priority)]  # stable
+        candidates = [s for s in ranked if s in available and self.state.has_room(s)]
         if not candidates:
             return None
-        return candidates[self.state.starts % len(candidates)]
+        if cluster.scheduling_mode == workflow_pb2.SCHEDULING_MODE_ROUND_ROBIN:
+            return candidates[self.state.cluster_starts.get(cluster.path, 0) % len(candidates)]
+        return candidates[0]
 
     def wake(self, now_ms: int, available: set[str]) -> list[Event]:
         """Orders that may move now: fresh or waiting ones whose time came, ready ones waiting for
@@ -225,9 +316,34 @@ class DirectorCore:
                 events += self.step_order(order.id, now_ms, available)
         if previous is None or restarted:
             observed = events_pb2.SubagentMessagesObserved(
-                subagent_id=subagent_id, run_id=welcome.run_id, until_seq=0
+                subagent_id=subagent_id,
+                run_id=welcome.run_id,
+                until_seq=0,
+                process_limit=welcome.process_limit,
+                director_timeout_seconds=welcome.director_timeout_seconds,
             )
             events.append(self.state.emit(now_ms, subagent_messages_observed=observed))
+        return events
+
+    def subagent_unreachable(
+        self, subagent_id: str, for_s: float, now_ms: int, available: set[str]
+    ) -> list[Event]:
+        """The subagent has been unreachable so long that it has killed its processes (its own
+        watchdog, after its director timeout) or is down: their jobs end disrupted, and the
+        workflow decides (a retry runs the job again, elsewhere if need be). The shell calls this
+        once the subagent's director timeout and the heartbeat silences on both sides passed."""
+        events: list[Event] = []
+        for order in list(self.state.orders.values()):
+            if order.state != S.ORDER_STATE_PROCESSING or order.processing.subagent_id != subagent_id:
+                continue
+            outcome = workflow_pb2.Outcome(
+                kind=workflow_pb2.OUTCOME_KIND_DISRUPTED,
+                message=f"subagent {subagent_id} unreachable for {for_s:.0f} s; its process was killed",
+            )
+            events.append(
+                self.state.emit(now_ms, order.id, order_processed=events_pb2.OrderProcessed(outcome=outcome))
+            )
+            events += self.step_order(order.id, now_ms, available)
         return events
 
     def subagent_messages(
@@ -319,7 +435,8 @@ class DirectorCore:
             "OSTINATO_WORKFLOW_PATH": order.workflow_path,
             "OSTINATO_JOB_NAME": name,
             "OSTINATO_POSITION": positions.text(order.position),
-            **job_environment(order, workflow, run),
+            "OSTINATO_SUBAGENT_ID": order.processing.subagent_id,
+            **job_environment(order, workflow, run, self.state.job_resources),
         }
         return ProcessSpec(
             process_key=order.processing.process_key,
@@ -440,3 +557,12 @@ def outcome_of(
     for k, v in exited.returned_values.items():
         outcome.named_values[k].string = v
     return outcome
+
+
+def _parse_item(item: items_pb2.SignedItem, into: Any, field: str) -> Any:
+    try:
+        json_format.Parse(item.json, into)
+    except json_format.ParseError as e:
+        raise InvalidArgument(str(e).split("\n")[0], field=f"{field}.json ({item.path})") from None
+    into.path = item.path
+    return into

@@ -27,6 +27,8 @@ class DirectorConfig:
     node: NodeConfig
     agent: str = "agent-1"
     subagents: dict[str, str] = field(default_factory=dict)  # id -> address, in priority order
+    # Heartbeats to each subagent at this interval; a subagent silent for 4 of them is lost.
+    subagent_heartbeat_s: float = 1.0
     # Verifies attached items' signatures (--trust). None: not verified, for tests that build a
     # config in code only; the command line always gives one (trusting nothing without --trust).
 

@@ -24,8 +24,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_S = 1.0
-SILENCE_LIMIT_S = HEARTBEAT_S * 4
+# A subagent silent for this many heartbeat intervals is lost (heartbeats go both ways).
+SILENT_HEARTBEATS = 4
 
 
 class SubagentDriver:
@@ -36,6 +36,9 @@ class SubagentDriver:
         self.ready = False
         self.running = 0
         self._wake = asyncio.Event()
+        self.heartbeat_s = director.config.subagent_heartbeat_s
+        # Since when no session with the subagent exists (monotonic), while it has jobs of ours.
+        self._lost_since: float | None = asyncio.get_running_loop().time()
 
     def wake(self) -> None:
         self._wake.set()
@@ -51,9 +54,28 @@ class SubagentDriver:
             finally:
                 if self.ready:
                     self.ready = False
+                    self._lost_since = asyncio.get_running_loop().time()
                     self.director.availability_changed()
                 await channel.close()
+            await self._give_up_jobs_if_lost_too_long()
             await asyncio.sleep(0.2)
+
+    async def _give_up_jobs_if_lost_too_long(self) -> None:
+        """Once the subagent has certainly killed the jobs it had (its director timeout after it
+        noticed us gone, which it does within its heartbeat silence) or is down, those jobs end
+        disrupted; the workflow decides what follows. Until then they may still finish there."""
+        if self._lost_since is None:
+            return
+        run = self.director.core.state.subagent_runs.get(self.subagent_id)
+        if run is None or not self.director.core.processing_keys(self.subagent_id):
+            return
+        lost_for = asyncio.get_running_loop().time() - self._lost_since
+        if lost_for < run.director_timeout_s + 2 * SILENT_HEARTBEATS * self.heartbeat_s:
+            return
+        core = self.director.core
+        await self.director.shell.command(
+            lambda now: core.subagent_unreachable(self.subagent_id, lost_for, now, self.director.available())
+        )
 
     async def _session(self, stub: subagent_pb2_grpc.SubagentServiceStub) -> None:
         outbox: asyncio.Queue[subagent_pb2.SessionRequest | None] = asyncio.Queue()
@@ -61,7 +83,7 @@ class SubagentDriver:
             agent_name=self.director.agent,
             director_id=self.director.director_id,
             term=self.director.term,
-            heartbeat_seconds=HEARTBEAT_S,
+            heartbeat_seconds=self.heartbeat_s,
         )
         outbox.put_nowait(subagent_pb2.SessionRequest(hello=hello))
         call = stub.Session(_drain(outbox))
@@ -79,6 +101,7 @@ class SubagentDriver:
             # Keys the subagent knows are never sent again; the rest that are due, once.
             sent = set(welcome.known_process_keys)
             self.ready = True
+            self._lost_since = None
             self.director.availability_changed()
             inbox: asyncio.Queue[subagent_pb2.SessionResponse] = asyncio.Queue()
             tasks = [
@@ -100,7 +123,7 @@ class SubagentDriver:
         self, call: grpc.aio.StreamStreamCall, inbox: asyncio.Queue[subagent_pb2.SessionResponse]
     ) -> None:
         while True:
-            message = await asyncio.wait_for(call.read(), SILENCE_LIMIT_S)
+            message = await asyncio.wait_for(call.read(), SILENT_HEARTBEATS * self.heartbeat_s)
             if message is grpc.aio.EOF:
                 raise ConnectionError("subagent ended the session")
             if message.seq > 0:
@@ -126,7 +149,7 @@ class SubagentDriver:
     async def _heartbeat(self, outbox: asyncio.Queue[subagent_pb2.SessionRequest | None]) -> None:
         while True:
             outbox.put_nowait(subagent_pb2.SessionRequest(heartbeat=subagent_pb2.Heartbeat()))
-            await asyncio.sleep(HEARTBEAT_S)
+            await asyncio.sleep(self.heartbeat_s)
 
     async def _start_processes(
         self, outbox: asyncio.Queue[subagent_pb2.SessionRequest | None], sent: set[str]

@@ -40,7 +40,9 @@ RELEASABLE_TYPES = frozenset({T.ITEM_TYPE_CALENDAR, T.ITEM_TYPE_SCHEDULE})
 
 # Types controllers accept so far: JOC delivers these. Other deployable objects stay in the
 # inventory and are reported not deployed, without failing the workflows deployed beside them.
-CONTROLLER_TYPES = frozenset({T.ITEM_TYPE_WORKFLOW, T.ITEM_TYPE_JOB_RESOURCE, T.ITEM_TYPE_LOCK})
+CONTROLLER_TYPES = frozenset(
+    {T.ITEM_TYPE_WORKFLOW, T.ITEM_TYPE_JOB_RESOURCE, T.ITEM_TYPE_LOCK, T.ITEM_TYPE_SUBAGENT_CLUSTER}
+)
 
 # Keys JOC sets in the deployed JSON (a workflow's versionId is a field of its proto; the other
 # types are not versioned inside); drafts do not keep them.
@@ -133,11 +135,18 @@ def _check_lock(value: dict[str, Any]) -> None:
 
 
 def _check_subagent_cluster(value: dict[str, Any]) -> None:
-    _expect(value, "agent", str, "the agent's name", False)
-    ids = _expect(value, "subagentIds", list, "a list of subagent ids", False) or []
-    for i, subagent_id in enumerate(ids):
-        if not isinstance(subagent_id, str) or not subagent_id:
-            raise InvalidArgument("must be a subagent id", field=f"subagentIds[{i}]")
+    cluster = workflow_pb2.SubagentClusterItem()
+    _parse_as(value, cluster)
+    if not cluster.agent:
+        raise InvalidArgument("missing; give the agent's name", field="agent")
+    if not cluster.subagents:
+        raise InvalidArgument("missing; give at least one {subagentId, priority}", field="subagents")
+    seen = set()
+    for i, s in enumerate(cluster.subagents):
+        if not s.subagent_id or s.subagent_id in seen:
+            what = "missing" if not s.subagent_id else f"{s.subagent_id!r} given twice"
+            raise InvalidArgument(what, field=f"subagents[{i}].subagentId")
+        seen.add(s.subagent_id)
 
 
 def _check_file_order_source(value: dict[str, Any]) -> None:
@@ -218,6 +227,7 @@ def _walk_references(type: int, value: Any) -> Iterator[tuple[str, int, str, Cal
     if type == T.ITEM_TYPE_WORKFLOW:
         # Workflow-level and job-level jobResourcePaths, wherever jobs are (named or inline).
         yield from _walk_key(value, "", "jobResourcePaths", T.ITEM_TYPE_JOB_RESOURCE)
+        yield from _walk_key(value, "", "subagentClusterId", T.ITEM_TYPE_SUBAGENT_CLUSTER)
     elif type == T.ITEM_TYPE_FILE_ORDER_SOURCE:
         yield from _scalar(value, "workflowPath", "workflowPath", T.ITEM_TYPE_WORKFLOW)
     elif type == T.ITEM_TYPE_SCHEDULE:
@@ -262,7 +272,7 @@ def _walk_key(
         for k, v in value.items():
             field = f"{prefix}.{k}" if prefix else k
             if k == key:
-                yield from _listed(value, k, field, target)
+                yield from (_listed if isinstance(v, list) else _scalar)(value, k, field, target)
             else:
                 yield from _walk_key(v, field, key, target)
     elif isinstance(value, list):

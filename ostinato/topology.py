@@ -33,6 +33,8 @@ class TopologyConfig:
     controller_id: str = "controller"
     agent_name: str = "agent-1"
     director_timeout_s: float = 10.0
+    subagent_heartbeat_s: float = 1.0  # the director's heartbeats to its subagents
+    subagent_process_limit: int = 0  # each subagent's own limit (0: none)
     # Signing (see ostinato/signing.py): JOC's level; the root key JOC signs with at low and
     # medium (default: one made in DATA_DIR/trust/ at first start); more certificates or CAs that
     # controller and director trust besides the root certificate.
@@ -71,6 +73,11 @@ class TopologyConfig:
         if "subagents" in data:
             config.subagents = {s["id"]: s.get("listen", "127.0.0.1:0") for s in data["subagents"]}
         config.director_timeout_s = float(data.get("director_timeout_seconds", config.director_timeout_s))
+        director = data.get("director", {})
+        config.subagent_heartbeat_s = float(
+            director.get("subagent_heartbeat_seconds", config.subagent_heartbeat_s)
+        )
+        config.subagent_process_limit = int(data.get("subagent_process_limit", config.subagent_process_limit))
         joc = data.get("joc", {})
         config.security_level = joc.get("security_level", config.security_level)
         config.require_auth = bool(joc.get("require_auth", config.require_auth))
@@ -195,6 +202,8 @@ class Topology:
                     name,
                     "--director-timeout",
                     str(cfg.director_timeout_s),
+                    "--process-limit",
+                    str(cfg.subagent_process_limit),
                 ],
             )
         if self.kind_of(name) == "director":
@@ -208,6 +217,8 @@ class Topology:
                     d,
                     "--agent-name",
                     cfg.agent_name,
+                    "--subagent-heartbeat",
+                    str(cfg.subagent_heartbeat_s),
                     *subs,
                     *self._trust_args(),
                 ],

@@ -28,7 +28,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=10.0,
         help="kill the processes after this many seconds without a director session",
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--process-limit",
+        type=int,
+        default=0,
+        help="at most this many job processes at once on this subagent (0: no limit); the director"
+        " hands further jobs to other subagents of their cluster, or lets them wait",
+    )
+    args = parser.parse_args(argv)
+    if args.process_limit < 0:
+        parser.error("--process-limit: must be 0 (no limit) or more")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
     async def serve(stop: asyncio.Event) -> None:
         data_dir: Path = args.data_dir.resolve()
-        subagent = Subagent(args.id, data_dir, args.director_timeout)
+        subagent = Subagent(args.id, data_dir, args.director_timeout, args.process_limit)
         for orphan in kill_orphans(subagent.records_dir):
             log.warning("killed orphan left by a previous run: %s", orphan)
         server = await rpc.start_server(

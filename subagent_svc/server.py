@@ -43,8 +43,11 @@ class _Session:
 
 
 class Subagent(subagent_pb2_grpc.SubagentServiceServicer):
-    def __init__(self, subagent_id: str, data_dir: Path, director_timeout: float) -> None:
+    def __init__(
+        self, subagent_id: str, data_dir: Path, director_timeout: float, process_limit: int = 0
+    ) -> None:
         self.subagent_id = subagent_id
+        self.process_limit = process_limit  # the director keeps to it; told in the Welcome
         self.run_id = str(uuid.uuid4())
         self.records_dir = data_dir / "processes"
         self.work_dir = data_dir / "work"
@@ -115,6 +118,7 @@ class Subagent(subagent_pb2_grpc.SubagentServiceServicer):
                     run_id=self.run_id,
                     known_process_keys=self.core.known_process_keys(),
                     director_timeout_seconds=self.core.director_timeout,
+                    process_limit=self.process_limit,
                 )
             )
             session.reader = asyncio.create_task(self._read(stream, session))

@@ -5,6 +5,7 @@ Errors name the field as the user wrote it (JSON names: `jobs.a.executable.shell
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator
 
 from google.protobuf import json_format
@@ -223,3 +224,9 @@ def locks_of(workflow: workflow_pb2.Workflow) -> dict[str, str]:
         for _, instruction, field in walk(workflow)
         if instruction.WhichOneof("kind") == "lock"
     }
+
+
+def item_digest(signed_json: str) -> str:
+    """Version of an item that has none of its own (job resource, subagent cluster): controller
+    and agents compare it to tell whether the agent holds the item as deployed."""
+    return hashlib.sha256(signed_json.encode()).hexdigest()[:16]

@@ -35,7 +35,8 @@ _ALLOWED: dict[str, frozenset[int]] = {
     "order_attachable": frozenset({S.ORDER_STATE_FRESH, S.ORDER_STATE_READY, S.ORDER_STATE_PROCESSED}),
     "order_started": frozenset({S.ORDER_STATE_FRESH}),
     "order_processing_started": frozenset({S.ORDER_STATE_READY}),
-    "order_processed": frozenset({S.ORDER_STATE_PROCESSING}),
+    # From READY: a job that could not start (no such subagent cluster or job resource at the agent).
+    "order_processed": frozenset({S.ORDER_STATE_PROCESSING, S.ORDER_STATE_READY}),
     "order_moved": _MOVABLE,
     "order_failed": frozenset({S.ORDER_STATE_READY, S.ORDER_STATE_PROCESSED}),
     "order_finished": frozenset({S.ORDER_STATE_READY, S.ORDER_STATE_PROCESSED}),

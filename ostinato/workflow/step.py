@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from gen.ostinato.common.v1 import events_pb2, order_pb2, values_pb2, workflow_pb2
+from ostinato.errors import InvalidArgument
 from ostinato.workflow import expressions
 from ostinato.workflow.model import job_of
 from ostinato.workflow.orders import last_outcome, mark_of, succeeded
@@ -380,17 +381,37 @@ class OrderScope:
 
 
 def job_environment(
-    order: order_pb2.Order, workflow: workflow_pb2.Workflow, run: ExecuteJob
+    order: order_pb2.Order,
+    workflow: workflow_pb2.Workflow,
+    run: ExecuteJob,
+    resources: Mapping[str, workflow_pb2.JobResourceItem] | None = None,
 ) -> dict[str, str]:
     """Environment of the job's process: its env expressions evaluated over the Execute's
-    arguments, the order's variables and the job's default arguments, in that order."""
+    arguments, the order's variables and the job's default arguments, in that order; under it
+    the env of the job resources the job and its workflow name (the first named wins, as in
+    JS7), whose variables the expressions see last."""
+    resources = resources or {}
+    named: list[workflow_pb2.JobResourceItem] = []
+    for path in [*run.job.job_resource_paths, *workflow.job_resource_paths]:
+        if path not in resources:
+            raise InvalidArgument(f"job resource {path} is not deployed", field="jobResourcePaths")
+        named.append(resources[path])
     base = OrderScope(order, workflow, defaults=run.job.default_arguments)
+    defaults: dict[str, values_pb2.Value] = {}
+    for resource in reversed(named):  # the first named resource wins
+        defaults.update({k: expressions.evaluate(expr, base) for k, expr in resource.variables.items()})
+    defaults.update(run.job.default_arguments)
+    base = OrderScope(order, workflow, defaults=defaults)
     arguments = {k: expressions.evaluate(expr, base) for k, expr in run.execute.arguments.items()}
-    scope = OrderScope(order, workflow, overrides=arguments, defaults=run.job.default_arguments)
+    scope = OrderScope(order, workflow, overrides=arguments, defaults=defaults)
     executable = run.job.executable
-    env: Mapping[str, str] = (
+    env: dict[str, str] = {}
+    for resource in reversed(named):
+        env.update({k: expressions.evaluate_text(expr, scope) for k, expr in resource.env.items()})
+    own: Mapping[str, str] = (
         executable.shell_script.env
         if executable.WhichOneof("kind") == "shell_script"
         else executable.command_line.env
     )
-    return {k: expressions.evaluate_text(expr, scope) for k, expr in env.items()}
+    env.update({k: expressions.evaluate_text(expr, scope) for k, expr in own.items()})
+    return env

@@ -33,8 +33,11 @@ class Joc:
         )
 
     async def deploy_workflow(self, path: str, workflow: dict) -> joc_pb2.Deployment:
+        return await self.deploy(path, items_pb2.ITEM_TYPE_WORKFLOW, workflow)
+
+    async def deploy(self, path: str, item_type: int, value: dict) -> joc_pb2.Deployment:
         await self.inventory.PutObject(
-            joc_pb2.PutObjectRequest(path=path, type=items_pb2.ITEM_TYPE_WORKFLOW, json=json.dumps(workflow))
+            joc_pb2.PutObjectRequest(path=path, type=item_type, json=json.dumps(value))  # type: ignore[arg-type]
         )
         response = await self.deployment.Deploy(joc_pb2.DeployRequest(paths=[path]))
         assert [d.status for d in response.deployments] == [joc_pb2.DEPLOYMENT_STATUS_DEPLOYED], response

@@ -46,7 +46,13 @@ def test_drafts_per_type() -> None:
         (T.ITEM_TYPE_SCHEDULE, "{}", "workflowPath: missing"),
         (T.ITEM_TYPE_SCHEDULE, '{"workflowPath": "/w", "calendars": [{"x": 1}]}', "calendars[0]"),
         (T.ITEM_TYPE_CALENDAR, '{"type": "SOMETIMES"}', "type: must be WORKING_DAYS"),
-        (T.ITEM_TYPE_SUBAGENT_CLUSTER, '{"subagentIds": ["a", 2]}', "subagentIds[1]"),
+        (T.ITEM_TYPE_SUBAGENT_CLUSTER, '{"agent": "a", "subagents": []}', "subagents: missing"),
+        (
+            T.ITEM_TYPE_SUBAGENT_CLUSTER,
+            '{"agent": "a", "subagents": [{"subagentId": "s"}, {"subagentId": "s"}]}',
+            "subagents[1].subagentId: 's' given twice",
+        ),
+        (T.ITEM_TYPE_SUBAGENT_CLUSTER, '{"agent": "a", "schedulingMode": "SOMETIMES"}', "schedulingMode"),
         (T.ITEM_TYPE_NOTICE_BOARD, "[]", "json: must be a JSON object"),
         (T.ITEM_TYPE_UNSPECIFIED, "{}", "type: give the object's type"),
     ]

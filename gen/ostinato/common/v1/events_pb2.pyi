@@ -234,6 +234,7 @@ class ItemDeployed(_message.Message):
     WORKFLOW_FIELD_NUMBER: _builtins.int
     LOCK_FIELD_NUMBER: _builtins.int
     JOB_RESOURCE_FIELD_NUMBER: _builtins.int
+    SUBAGENT_CLUSTER_FIELD_NUMBER: _builtins.int
     SIGNED_JSON_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
     signed_json: _builtins.str
@@ -245,6 +246,8 @@ class ItemDeployed(_message.Message):
     @_builtins.property
     def job_resource(self) -> _workflow_pb2.JobResourceItem: ...
     @_builtins.property
+    def subagent_cluster(self) -> _workflow_pb2.SubagentClusterItem: ...
+    @_builtins.property
     def signature(self) -> Global___Signature: ...
     def __init__(
         self,
@@ -252,14 +255,15 @@ class ItemDeployed(_message.Message):
         workflow: _workflow_pb2.Workflow | None = ...,
         lock: _workflow_pb2.LockItem | None = ...,
         job_resource: _workflow_pb2.JobResourceItem | None = ...,
+        subagent_cluster: _workflow_pb2.SubagentClusterItem | None = ...,
         signed_json: _builtins.str = ...,
         signature: Global___Signature | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["item", b"item", "job_resource", b"job_resource", "lock", b"lock", "signature", b"signature", "workflow", b"workflow"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["item", b"item", "job_resource", b"job_resource", "lock", b"lock", "signature", b"signature", "subagent_cluster", b"subagent_cluster", "workflow", b"workflow"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["item", b"item", "job_resource", b"job_resource", "lock", b"lock", "signature", b"signature", "signed_json", b"signed_json", "workflow", b"workflow"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item", b"item", "job_resource", b"job_resource", "lock", b"lock", "signature", b"signature", "signed_json", b"signed_json", "subagent_cluster", b"subagent_cluster", "workflow", b"workflow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["workflow", "lock", "job_resource"]  # noqa: Y015
+    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["workflow", "lock", "job_resource", "subagent_cluster"]  # noqa: Y015
     _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
 
@@ -274,19 +278,23 @@ class ItemAttached(_message.Message):
     AGENT_FIELD_NUMBER: _builtins.int
     PATH_FIELD_NUMBER: _builtins.int
     VERSION_ID_FIELD_NUMBER: _builtins.int
+    ITEM_FIELD_NUMBER: _builtins.int
     agent: _builtins.str
     path: _builtins.str
     version_id: _builtins.str
+    item: _builtins.str
+    """Which item: the field name of ItemDeployed's item ("workflow" when empty)."""
     def __init__(
         self,
         *,
         agent: _builtins.str = ...,
         path: _builtins.str = ...,
         version_id: _builtins.str = ...,
+        item: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "path", b"path", "version_id", b"version_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "item", b"item", "path", b"path", "version_id", b"version_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -398,19 +406,28 @@ class SubagentMessagesObserved(_message.Message):
     SUBAGENT_ID_FIELD_NUMBER: _builtins.int
     RUN_ID_FIELD_NUMBER: _builtins.int
     UNTIL_SEQ_FIELD_NUMBER: _builtins.int
+    PROCESS_LIMIT_FIELD_NUMBER: _builtins.int
+    DIRECTOR_TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     subagent_id: _builtins.str
     run_id: _builtins.str
     until_seq: _builtins.int
+    process_limit: _builtins.int
+    """What the subagent's Welcome said (with until_seq 0, at a new run): its own process limit
+    (0: none), and after how long without a director it kills its processes.
+    """
+    director_timeout_seconds: _builtins.float
     def __init__(
         self,
         *,
         subagent_id: _builtins.str = ...,
         run_id: _builtins.str = ...,
         until_seq: _builtins.int = ...,
+        process_limit: _builtins.int = ...,
+        director_timeout_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id", "subagent_id", b"subagent_id", "until_seq", b"until_seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["director_timeout_seconds", b"director_timeout_seconds", "process_limit", b"process_limit", "run_id", b"run_id", "subagent_id", b"subagent_id", "until_seq", b"until_seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

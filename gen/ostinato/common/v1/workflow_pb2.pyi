@@ -21,6 +21,29 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _SchedulingMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SchedulingModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SchedulingMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SCHEDULING_MODE_UNSPECIFIED: _SchedulingMode.ValueType  # 0
+    """Means fixed-priority."""
+    SCHEDULING_MODE_FIXED_PRIORITY: _SchedulingMode.ValueType  # 1
+    """Active-passive: the highest-priority subagent that is available; the next only when it is not."""
+    SCHEDULING_MODE_ROUND_ROBIN: _SchedulingMode.ValueType  # 2
+    """Active-active: each next job on the next available subagent."""
+
+class SchedulingMode(_SchedulingMode, metaclass=_SchedulingModeEnumTypeWrapper): ...
+
+SCHEDULING_MODE_UNSPECIFIED: SchedulingMode.ValueType  # 0
+"""Means fixed-priority."""
+SCHEDULING_MODE_FIXED_PRIORITY: SchedulingMode.ValueType  # 1
+"""Active-passive: the highest-priority subagent that is available; the next only when it is not."""
+SCHEDULING_MODE_ROUND_ROBIN: SchedulingMode.ValueType  # 2
+"""Active-active: each next job on the next available subagent."""
+Global___SchedulingMode: _TypeAlias = SchedulingMode  # noqa: Y015
+
 class _ParameterType:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -165,6 +188,66 @@ class LockItem(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LockItem: _TypeAlias = LockItem  # noqa: Y015
+
+@_typing.final
+class SubagentClusterItem(_message.Message):
+    """A Subagent Cluster object: which subagents of an agent run the jobs that name it, and how the
+    director picks among them. Any number of clusters may select the same subagents.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    AGENT_FIELD_NUMBER: _builtins.int
+    SCHEDULING_MODE_FIELD_NUMBER: _builtins.int
+    SUBAGENTS_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """Inventory path, e.g. "/clusters/fast"; jobs name it in subagent_cluster_id."""
+    agent: _builtins.str
+    """The director agent whose subagents these are."""
+    scheduling_mode: Global___SchedulingMode.ValueType
+    @_builtins.property
+    def subagents(self) -> _containers.RepeatedCompositeFieldContainer[Global___SubagentPriority]: ...
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        agent: _builtins.str = ...,
+        scheduling_mode: Global___SchedulingMode.ValueType = ...,
+        subagents: _abc.Iterable[Global___SubagentPriority] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "path", b"path", "scheduling_mode", b"scheduling_mode", "subagents", b"subagents"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubagentClusterItem: _TypeAlias = SubagentClusterItem  # noqa: Y015
+
+@_typing.final
+class SubagentPriority(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBAGENT_ID_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    subagent_id: _builtins.str
+    priority: _builtins.int
+    """Higher first. Fixed-priority uses the highest available subagent; round-robin takes the
+    available ones in turn, in this order.
+    """
+    def __init__(
+        self,
+        *,
+        subagent_id: _builtins.str = ...,
+        priority: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["priority", b"priority", "subagent_id", b"subagent_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubagentPriority: _TypeAlias = SubagentPriority  # noqa: Y015
 
 @_typing.final
 class JobResourceItem(_message.Message):
@@ -931,7 +1014,9 @@ class Job(_message.Message):
     agent: _builtins.str
     """Name of the director agent that runs the job."""
     subagent_cluster_id: _builtins.str
-    """Subagent cluster the director picks a subagent from; empty means the director's choice."""
+    """Path of the subagent cluster (of the job's agent) the director picks a subagent from; empty
+    means any subagent the director has, in turn.
+    """
     process_limit: _builtins.int
     """How many processes of this job may run at once; 0 means 1."""
     fail_on_stderr: _builtins.bool

@@ -160,11 +160,16 @@ class Welcome(_message.Message):
     RUN_ID_FIELD_NUMBER: _builtins.int
     KNOWN_PROCESS_KEYS_FIELD_NUMBER: _builtins.int
     DIRECTOR_TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    PROCESS_LIMIT_FIELD_NUMBER: _builtins.int
     subagent_id: _builtins.str
     run_id: _builtins.str
     """New for every start of the subagent process: a different run id means processes were lost."""
     director_timeout_seconds: _builtins.float
     """The subagent kills its processes when no director session has existed for this long."""
+    process_limit: _builtins.int
+    """At most this many processes at once on this subagent (0: no limit); the director does not
+    hand it more.
+    """
     @_builtins.property
     def known_process_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Processes of this run the subagent still knows (running, or ended with results unacknowledged)."""
@@ -176,10 +181,11 @@ class Welcome(_message.Message):
         run_id: _builtins.str = ...,
         known_process_keys: _abc.Iterable[_builtins.str] | None = ...,
         director_timeout_seconds: _builtins.float = ...,
+        process_limit: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["director_timeout_seconds", b"director_timeout_seconds", "known_process_keys", b"known_process_keys", "run_id", b"run_id", "subagent_id", b"subagent_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["director_timeout_seconds", b"director_timeout_seconds", "known_process_keys", b"known_process_keys", "process_limit", b"process_limit", "run_id", b"run_id", "subagent_id", b"subagent_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
