@@ -30,6 +30,13 @@ def main(argv: list[str] | None = None) -> int:
         help="heartbeat interval of the subagent sessions (both ways); a subagent silent for four"
         " intervals is unavailable, and its waiting jobs go to other subagents",
     )
+    p.add_argument(
+        "--builtin-subagent",
+        metavar="ID",
+        help="run a subagent with this id inside the director process, first in priority (default:"
+        " none; the director only orchestrates). Single-node directors only: a built-in subagent"
+        " dies with its node, while its jobs would outlive it beside a new active node",
+    )
     args = p.parse_args(argv)
     if args.subagent_heartbeat <= 0:
         p.error("--subagent-heartbeat: must be more than 0")
@@ -38,7 +45,14 @@ def main(argv: list[str] | None = None) -> int:
         agent=args.agent_name,
         subagents=dict(args.subagent),
         subagent_heartbeat_s=args.subagent_heartbeat,
+        builtin_subagent=args.builtin_subagent,
     )
+    if config.builtin_subagent and len(config.node.cluster.members) > 1:
+        p.error(
+            "--builtin-subagent: only for a single-node director; give a director cluster separate subagents"
+        )
+    if config.builtin_subagent in config.subagents:
+        p.error(f"--builtin-subagent: {config.builtin_subagent} is a --subagent already")
     return service.run("director", lambda stop: serve(config, stop))
 
 

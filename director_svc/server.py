@@ -18,8 +18,12 @@ from ostinato import rpc, signing
 from ostinato.errors import FailedPrecondition
 from ostinato.journal.node import JournaledNode, NodeConfig, serve_node
 from ostinato.journal.shell import now_ms
+from subagent_svc import server as subagent_server
 
 log = logging.getLogger(__name__)
+
+# The built-in subagent kills its jobs when its own director has not been in session this long.
+BUILTIN_DIRECTOR_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -29,6 +33,8 @@ class DirectorConfig:
     subagents: dict[str, str] = field(default_factory=dict)  # id -> address, in priority order
     # Heartbeats to each subagent at this interval; a subagent silent for 4 of them is lost.
     subagent_heartbeat_s: float = 1.0
+    # Id of a subagent built into this director process (None: the director only orchestrates).
+    builtin_subagent: str | None = None
     # Verifies attached items' signatures (--trust). None: not verified, for tests that build a
     # config in code only; the command line always gives one (trusting nothing without --trust).
 
@@ -161,10 +167,25 @@ class DirectorServicer(director_pb2_grpc.DirectorServiceServicer):
 
 
 async def serve(config: DirectorConfig, stop: asyncio.Event) -> None:
+    builtin = None
+    if config.builtin_subagent:
+        # A subagent like any other, on a loopback port of its own, that the director dials first.
+        # Its jobs outlive a crashed director; a restart kills them as orphans, as any subagent does.
+        builtin = await subagent_server.start(
+            config.builtin_subagent,
+            config.node.data_dir / "builtin-subagent",
+            "127.0.0.1:0",
+            director_timeout=BUILTIN_DIRECTOR_TIMEOUT_S,
+        )
+        config.subagents = {config.builtin_subagent: builtin.server.address, **config.subagents}
     director = Director(config)
     registration = (
         director_pb2_grpc.add_DirectorServiceServicer_to_server,
         DirectorServicer(director),
         rpc.service_name(director_pb2, "DirectorService"),
     )
-    await serve_node("director", director, DirectorState, registration, stop)
+    try:
+        await serve_node("director", director, DirectorState, registration, stop)
+    finally:
+        if builtin is not None:
+            await builtin.stop()

@@ -35,6 +35,7 @@ class TopologyConfig:
     director_timeout_s: float = 10.0
     subagent_heartbeat_s: float = 1.0  # the director's heartbeats to its subagents
     subagent_process_limit: int = 0  # each subagent's own limit (0: none)
+    builtin_subagent: str | None = None  # id of a subagent inside the director (single node only)
     # Signing (see ostinato/signing.py): JOC's level; the root key JOC signs with at low and
     # medium (default: one made in DATA_DIR/trust/ at first start); more certificates or CAs that
     # controller and director trust besides the root certificate.
@@ -219,6 +220,7 @@ class Topology:
                     cfg.agent_name,
                     "--subagent-heartbeat",
                     str(cfg.subagent_heartbeat_s),
+                    *(["--builtin-subagent", cfg.builtin_subagent] if cfg.builtin_subagent else []),
                     *subs,
                     *self._trust_args(),
                 ],

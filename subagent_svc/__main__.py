@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import socket
 import sys
 from pathlib import Path
 
-from gen.ostinato.subagent.v1 import subagent_pb2, subagent_pb2_grpc
-from ostinato import rpc, service
-from subagent_svc.processes import kill_orphans
-from subagent_svc.server import Subagent
-
-log = logging.getLogger("subagent_svc")
+from ostinato import service
+from subagent_svc.server import start
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -46,26 +41,10 @@ def main(argv: list[str] | None = None) -> int:
 
     async def serve(stop: asyncio.Event) -> None:
         data_dir: Path = args.data_dir.resolve()
-        subagent = Subagent(args.id, data_dir, args.director_timeout, args.process_limit)
-        for orphan in kill_orphans(subagent.records_dir):
-            log.warning("killed orphan left by a previous run: %s", orphan)
-        server = await rpc.start_server(
-            args.listen,
-            [
-                (
-                    subagent_pb2_grpc.add_SubagentServiceServicer_to_server,
-                    subagent,
-                    rpc.service_name(subagent_pb2, "SubagentService"),
-                )
-            ],
-        )
-        log.info("subagent %s run %s listening on %s", args.id, subagent.run_id, server.address)
-        service.announce("subagent", server.address, data_dir)
-        watcher = asyncio.create_task(subagent.watch_director())
+        running = await start(args.id, data_dir, args.listen, args.director_timeout, args.process_limit)
+        service.announce("subagent", running.server.address, data_dir)
         await stop.wait()
-        watcher.cancel()
-        await subagent.shutdown()
-        await server.stop(1.0)
+        await running.stop()
 
     return service.run("subagent", serve)
 

@@ -15,10 +15,11 @@ import grpc
 
 from gen.ostinato.subagent.v1 import subagent_pb2 as pb
 from gen.ostinato.subagent.v1 import subagent_pb2_grpc
+from ostinato import rpc
 from ostinato.errors import InvalidArgument, OstinatoError, Unavailable
 from subagent_svc import convert
 from subagent_svc.core import Exited, Message, SubagentCore
-from subagent_svc.processes import Process
+from subagent_svc.processes import Process, kill_orphans
 
 log = logging.getLogger(__name__)
 
@@ -260,3 +261,38 @@ class Subagent(subagent_pb2_grpc.SubagentServiceServicer):
         if self._tasks:
             # Lets the killed processes be reaped and their records removed.
             await asyncio.wait(set(self._tasks), timeout=5)
+
+
+@dataclass
+class Running:
+    """A subagent serving: as its own process (subagent_svc) or built into a director."""
+
+    subagent: Subagent
+    server: rpc.Server
+    watcher: asyncio.Task[None]
+
+    async def stop(self) -> None:
+        self.watcher.cancel()
+        await self.subagent.shutdown()
+        await self.server.stop(1.0)
+
+
+async def start(
+    subagent_id: str, data_dir: Path, listen: str, director_timeout: float, process_limit: int = 0
+) -> Running:
+    """Kills what a previous run left behind, then serves the SubagentService on `listen`."""
+    subagent = Subagent(subagent_id, data_dir, director_timeout, process_limit)
+    for orphan in kill_orphans(subagent.records_dir):
+        log.warning("killed orphan left by a previous run: %s", orphan)
+    server = await rpc.start_server(
+        listen,
+        [
+            (
+                subagent_pb2_grpc.add_SubagentServiceServicer_to_server,
+                subagent,
+                rpc.service_name(pb, "SubagentService"),
+            )
+        ],
+    )
+    log.info("subagent %s run %s listening on %s", subagent_id, subagent.run_id, server.address)
+    return Running(subagent, server, asyncio.create_task(subagent.watch_director()))

@@ -118,3 +118,74 @@ async def test_fixed_priority_moves_on_when_the_first_is_killed_and_back_when_it
     await eventually(back, timeout=20, what="jobs back on subagent-2")
     await run_orders(joc, "third", 10)
     assert ran_on(three, "third") == {"subagent-2": 10}
+
+
+@pytest.fixture
+def quick_timeout(tmp_path: Path) -> Iterator[Topology]:
+    config = TopologyConfig.ephemeral(subagents=2)
+    config.subagent_heartbeat_s = 0.25
+    config.director_timeout_s = 2.0  # the subagents kill their jobs 2 s after losing the director
+    topology = Topology(tmp_path / "topology", config)
+    topology.start()
+    try:
+        yield topology
+    finally:
+        topology.stop()
+
+
+@pytest.mark.timeout(60)
+async def test_a_job_on_a_subagent_killed_for_good_fails_and_is_not_run_again(
+    quick_timeout: Topology,
+) -> None:
+    """The subagent never comes back: once it has certainly stopped the job (its director timeout
+    plus the heartbeat silences), the job ends disrupted and the order fails; it does not run a
+    second time elsewhere."""
+    topology = quick_timeout
+    record = topology.data_dir / "started.txt"
+    async with rpc.channel(topology.joc_address) as channel:
+        joc = Joc.connect(channel)
+        job = {
+            "agent": "agent-1",
+            "executable": {
+                "shellScript": {
+                    "script": 'echo "$OSTINATO_SUBAGENT_ID" >> "$RECORD"; sleep 30',
+                    "env": {"RECORD": f"'{record}'"},
+                }
+            },
+        }
+        await joc.deploy_workflow(
+            "/long", {"instructions": [{"execute": {"jobName": "j"}}], "jobs": {"j": job}}
+        )
+        await joc.orders.AddOrder(joc_pb2.AddOrderRequest(workflow_path="/long", order_id="long"))
+        await eventually(lambda: record.exists() and record.read_text().strip(), what="the job started")
+        [victim] = record.read_text().split()
+        topology.kill(victim)
+        order = await joc.wait_until_ended("long", timeout=30)
+        assert order.state == order_pb2.ORDER_STATE_FAILED
+        [outcome] = order.historic_outcomes
+        assert f"subagent {victim} unreachable" in outcome.outcome.message, outcome
+        assert record.read_text().split() == [victim], "the job ran again"
+
+
+@pytest.mark.timeout(60)
+async def test_a_director_with_only_its_built_in_subagent_runs_jobs(tmp_path: Path) -> None:
+    config = TopologyConfig.ephemeral(subagents=0)
+    config.builtin_subagent = "inside"
+    topology = Topology(tmp_path / "topology", config)
+    topology.start()
+    try:
+        async with rpc.channel(topology.joc_address) as channel:
+            joc = Joc.connect(channel)
+            job = {
+                "agent": "agent-1",
+                "executable": {"shellScript": {"script": 'echo "on $OSTINATO_SUBAGENT_ID"'}},
+            }
+            await joc.deploy_workflow(
+                "/in", {"instructions": [{"execute": {"jobName": "j"}}], "jobs": {"j": job}}
+            )
+            await joc.orders.AddOrder(joc_pb2.AddOrderRequest(workflow_path="/in", order_id="in"))
+            assert (await joc.wait_until_ended("in")).state == order_pb2.ORDER_STATE_FINISHED
+            chunks = [c async for c in joc.orders.GetOrderLog(joc_pb2.GetOrderLogRequest(order_id="in"))]
+            assert "".join(c.chunk for c in chunks) == "on inside\n"
+    finally:
+        topology.stop()
