@@ -65,9 +65,12 @@ class Timing:
     restart_grace: float = 2.0
     # How soon a lost peer connection is dialled again (pysyncobj's default is 5 s).
     reconnect: float = 0.1
-    # Compaction: a snapshot once the log has this many entries (batches), or this many seconds.
+    # Compaction: a snapshot once the log has this many entries (batches), or this many seconds,
+    # or this many bytes (pysyncobj holds the whole log in memory too: a job's 100 MB of output
+    # must not stay there until the next 5000 entries).
     compaction_entries: int = 5000
     compaction_seconds: float = 600.0
+    compaction_bytes: int = 16 * 1024 * 1024
 
 
 class _Raft(SyncObj):
@@ -78,6 +81,7 @@ class _Raft(SyncObj):
         conf: SyncObjConf,
         new_state: Callable[[], Any],
         witness: bool,
+        compaction_bytes: int,
     ) -> None:
         self.new_state = new_state
         self.witness = witness
@@ -87,6 +91,8 @@ class _Raft(SyncObj):
         self.lock = threading.Lock()
         self.on_applied: Callable[[int], None] = lambda _last: None
         self.on_tick: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self.compaction_bytes = compaction_bytes
+        self.bytes_since_snapshot = 0
         conf.serializer = self._serialize
         conf.deserializer = self._deserialize
         super().__init__(self_address, partners, conf=conf)
@@ -104,6 +110,9 @@ class _Raft(SyncObj):
             for event in batch.events:
                 self.committed.apply(event)
             last = int(self.committed.last_event_id)
+            self.bytes_since_snapshot += len(data)
+            if self.bytes_since_snapshot > self.compaction_bytes:
+                self.forceLogCompaction()  # only sets a flag; the tick thread snapshots
         self.on_applied(last)
         return last
 
@@ -122,6 +131,7 @@ class _Raft(SyncObj):
         with self.lock:
             state = snapshot.encode(self.committed)
             term_applied = self.term_applied
+            self.bytes_since_snapshot = 0
         document = {
             "state": state,
             "term_applied": term_applied,
@@ -235,7 +245,7 @@ class Journal:
             dynamicMembershipChange=False,
             onStateChanged=self._state_changed,
         )
-        self._raft = _Raft(self_address, partners, conf, new_state, witness)
+        self._raft = _Raft(self_address, partners, conf, new_state, witness, timing.compaction_bytes)
         if grace:
             # The timeouts are read anew for each election deadline: back to normal once a
             # leader was heard, or after the grace.
