@@ -1,4 +1,4 @@
-"""Benchmarks of the whole local topology: `python -m bench [--only latency|failover|replication]`.
+"""Benchmarks of the whole local topology: `python -m bench [--only latency|failover|replication|jobs]`.
 
 latency: submit (JOC AddOrder) to the order's OrderFinished event at JOC, one trivial shell job,
 orders one after another. Baseline: spawning `/bin/sh -c true` with subprocess on this machine,
@@ -6,6 +6,8 @@ the floor any job execution pays.
 failover: fail-over time of three-node controller and director clusters under a flow of orders
 (bench/failover.py).
 replication: order throughput with single nodes against three-node clusters (bench/replication.py).
+jobs: trivial jobs/s through JOC, controller, director and three subagents against the bare spawn
+rate, and the director's scheduling latency from order ready to process started (bench/jobs.py).
 
 Figures are printed and written to bench/results/latest.json; a run of some parts only keeps the
 other parts' figures from the file's previous run (see "measured_at").
@@ -25,13 +27,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import failover, replication
+from bench import failover, jobs, replication
 from gen.ostinato.common.v1 import items_pb2
 from gen.ostinato.joc.v1 import joc_pb2, joc_pb2_grpc
 from ostinato import rpc
 from ostinato.topology import ROOT, Topology, TopologyConfig
 
-PARTS = ("latency", "failover", "replication")
+PARTS = ("latency", "failover", "replication", "jobs")
 
 TRIVIAL = {
     "instructions": [{"execute": {"jobName": "true"}}],
@@ -120,6 +122,10 @@ def main() -> int:
     )
     p.add_argument("--orders", type=int, default=200, help="replication: orders per topology")
     p.add_argument("--concurrency", type=int, default=20, help="replication: orders in flight")
+    p.add_argument("--jobs-orders", type=int, default=300, help="jobs: orders per measurement")
+    p.add_argument("--jobs-concurrency", type=int, default=20, help="jobs: orders in flight")
+    p.add_argument("--spawns", type=int, default=300, help="jobs: bare spawns of sh -c true to time")
+    p.add_argument("--spawn-parallel", type=int, default=4, help="jobs: bare spawns at a time")
     p.add_argument(
         "--failover-data-dir",
         type=Path,
@@ -157,6 +163,19 @@ def main() -> int:
             args.orders, args.concurrency, log=lambda line: print(line, flush=True)
         )
         measured_at["replication"] = _now()
+    if "jobs" in parts:
+        print(
+            f"jobs: {args.jobs_orders} orders, {args.jobs_concurrency} in flight, {jobs.SUBAGENTS} subagents;"
+            f" {args.spawns} bare spawns"
+        )
+        result["jobs"] = jobs.run(
+            args.jobs_orders,
+            args.jobs_concurrency,
+            spawns=args.spawns,
+            parallel=args.spawn_parallel,
+            log=lambda line: print(line, flush=True),
+        )
+        measured_at["jobs"] = _now()
     result["bench_runtime_s"] = round(time.perf_counter() - started, 1)
     result["bench_parts"] = parts
     latest.write_text(json.dumps(result, indent=2) + "\n")

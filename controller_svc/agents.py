@@ -115,6 +115,8 @@ class AgentDriver:
             if not response.events:
                 continue
             events = list(response.events)
+            # Flow control: while JOC has not released much output, leave the agent's with it.
+            await self.controller.shell.output_room()
             await self.controller.shell.command(
                 functools.partial(self.controller.core.on_agent_events, self.name, events)
             )

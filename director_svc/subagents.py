@@ -18,6 +18,7 @@ import grpc
 from director_svc.core import ProcessSpec
 from gen.ostinato.subagent.v1 import subagent_pb2, subagent_pb2_grpc
 from ostinato import rpc, tracing
+from ostinato.journal.eventlog import BATCH_BYTES
 
 if TYPE_CHECKING:
     from director_svc.server import Director
@@ -138,8 +139,13 @@ class SubagentDriver:
         core = self.director.core
         while True:
             batch = [await inbox.get()]
-            while not inbox.empty() and len(batch) < 1000:
+            size = len(batch[0].process_output.chunk)
+            # Bounded in bytes too: one journal batch is held in several copies until committed.
+            while not inbox.empty() and len(batch) < 1000 and size < BATCH_BYTES:
                 batch.append(inbox.get_nowait())
+                size += len(batch[-1].process_output.chunk)
+            # Flow control: unacknowledged output stays with the subagent, whose job then waits.
+            await self.director.shell.output_room()
             decide = functools.partial(
                 core.subagent_messages, self.subagent_id, run_id, batch, available=self.director.available()
             )

@@ -24,6 +24,7 @@ from gen.ostinato.controller.v1 import controller_pb2
 from joc_svc.controllers import ControllerLink
 from joc_svc.store import Applied, ControllerBehind, Store
 from ostinato import rpc
+from ostinato.journal.eventlog import output_bytes
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,9 @@ HEARTBEAT_SECONDS = 5.0
 # Releases are throttled to one per interval while events flow; one held back goes out when the
 # interval is over, so the controller drops stored events within about a second.
 RELEASE_INTERVAL = 1.0
+# ... unless this much job output came since the last release: the controller holds it in memory
+# until released, and stops taking more from its agents beyond a bound.
+RELEASE_BYTES = 4 * 1024 * 1024
 BACKOFF_START = 0.2
 BACKOFF_MAX = 5.0
 SNAPSHOT_TIMEOUT = 60.0
@@ -88,6 +92,7 @@ class Ingestion:
         self._last_release = 0.0
         self._release_due = 0
         self._release_later: asyncio.Task[None] | None = None
+        self._output_since_release = 0
         self._behind_since: float | None = None  # when the controller was first found behind JOC
         self._behind_reported = False
 
@@ -163,6 +168,7 @@ class Ingestion:
                 )
                 self.hub.publish(applied)
                 cursor = max(cursor, max(e.id for e in response.events))
+                self._output_since_release += sum(output_bytes(e) for e in response.events)
             await self._release(cursor, idle=not response.events)
             yield None
 
@@ -170,7 +176,7 @@ class Ingestion:
         if until <= self.released_until:
             return
         wait = RELEASE_INTERVAL - (time.monotonic() - self._last_release)
-        if not idle and wait > 0:
+        if not idle and wait > 0 and self._output_since_release < RELEASE_BYTES:
             # Held back, not dropped: sent when the interval is over (or by an earlier release).
             self._release_due = max(self._release_due, until)
             if self._release_later is None or self._release_later.done():
@@ -186,6 +192,7 @@ class Ingestion:
         if until <= self.released_until:
             return
         self._last_release = time.monotonic()
+        self._output_since_release = 0
         try:
             await self.link.call("ReleaseEvents", controller_pb2.ReleaseEventsRequest(until_id=until))
             self.released_until = max(self.released_until, until)

@@ -37,6 +37,8 @@ DEPLOY_WAIT = 5.0
 # Each call of a cluster status waits at most this long; a switch-over this long in all.
 STATUS_TIMEOUT = 5.0
 SWITCHOVER_TIMEOUT = 30.0
+# Chunks of job output read from the database at a time when a log is served.
+LOG_PAGE = 256
 
 
 @dataclass
@@ -521,11 +523,14 @@ class OrderServicer(joc_pb2_grpc.OrderServiceServicer):
         async with self.joc.hub.subscribe(order_id) as queue:
             # The row first: if it is final, every chunk before its end is committed for the read after.
             row = await asyncio.to_thread(self.joc.store.get_order, order_id)
-            logs = await asyncio.to_thread(self.joc.store.order_logs, order_id)
             last_seq = 0
-            for log_row in logs:
-                yield convert.log_pb(log_row)
-                last_seq = log_row.seq
+            while True:  # in pages: a log of gigabytes is not read into memory at once
+                page = await asyncio.to_thread(self.joc.store.order_logs, order_id, last_seq, LOG_PAGE)
+                for log_row in page:
+                    yield convert.log_pb(log_row)
+                    last_seq = log_row.seq
+                if len(page) < LOG_PAGE:
+                    break
             if not request.follow or is_final(row.projected):
                 return
             while True:

@@ -570,10 +570,11 @@ class Store:
         with self.engine.connect() as conn:
             return _order_events(conn, order_id)
 
-    def order_logs(self, order_id: str, after_seq: int = 0) -> list[LogRow]:
+    def order_logs(self, order_id: str, after_seq: int = 0, limit: int = 0) -> list[LogRow]:
+        """The order's output after `after_seq`, at most `limit` chunks (0: all)."""
         with self.engine.connect() as conn:
             _one_order(conn, order_id)
-            return _order_logs(conn, order_id, after_seq)
+            return _order_logs(conn, order_id, after_seq, limit)
 
     def order_history(self, order_id: str) -> tuple[OrderRow, list[events_pb2.Event]]:
         """The order row and all its events with job output as OrderStdWritten events, in id order,
@@ -1028,12 +1029,13 @@ def _order_events(conn: sa.Connection, order_id: str) -> list[events_pb2.Event]:
     return [events_pb2.Event.FromString(r.event) for r in rows]
 
 
-def _order_logs(conn: sa.Connection, order_id: str, after_seq: int) -> list[LogRow]:
-    rows = conn.execute(
+def _order_logs(conn: sa.Connection, order_id: str, after_seq: int, limit: int = 0) -> list[LogRow]:
+    query = (
         sa.select(order_logs)
         .where((order_logs.c.order_id == order_id) & (order_logs.c.seq > after_seq))
         .order_by(order_logs.c.seq)
     )
+    rows = conn.execute(query.limit(limit) if limit else query)
     return [
         LogRow(r.seq, naming.enum_value(events_pb2.StdStream, r.stream), r.chunk, _utc(r.timestamp))
         for r in rows

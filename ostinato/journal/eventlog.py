@@ -10,19 +10,32 @@ from ostinato.errors import FailedPrecondition
 # Bookkeeping of the journal itself; watchers are not served them (a receiver's release would
 # otherwise produce an event for it to release, without end).
 INTERNAL_KINDS = frozenset({"events_released", "agent_events_observed", "subagent_messages_observed"})
+# A batch served to a watcher stops growing past this size: a job's output arrives in chunks of
+# 32 KB, and 1000 of them in one message would be held in several copies on both sides.
+BATCH_BYTES = 1024 * 1024
+
+
+def output_bytes(event: events_pb2.Event) -> int:
+    """Bytes of job output an event carries: what flow control counts."""
+    return len(event.order_std_written.chunk) if event.WhichOneof("kind") == "order_std_written" else 0
 
 
 class EventLog:
+    unreleased_output = 0  # for snapshots written before it was counted
+
     def __init__(self) -> None:
         self.events: deque[events_pb2.Event] = deque()
         self.last_id = 0
         self.released_until = 0
+        # Job output held here until the receiver releases it: producers wait while it is large.
+        self.unreleased_output = 0
 
     def append(self, event: events_pb2.Event) -> None:
         if event.id != self.last_id + 1:
             raise ValueError(f"event id {event.id} does not follow {self.last_id}")
         self.events.append(event)
         self.last_id = event.id
+        self.unreleased_output += output_bytes(event)
 
     def after(self, after_id: int, until_id: int, limit: int = 1000) -> list[events_pb2.Event]:
         """Events with after_id < id <= until_id, at most `limit`."""
@@ -38,16 +51,18 @@ class EventLog:
             return []
         start = after_id - self.events[0].id + 1  # ids are gapless, so the index is arithmetic
         result: list[events_pb2.Event] = []
+        size = 0
         for i in range(max(start, 0), len(self.events)):
             e = self.events[i]
-            if e.id > until_id or len(result) >= limit:
+            if e.id > until_id or len(result) >= limit or size >= BATCH_BYTES:
                 break
             if e.WhichOneof("kind") not in INTERNAL_KINDS:
                 result.append(e)
+                size += output_bytes(e)
         return result
 
     def release(self, until_id: int) -> None:
         until_id = min(until_id, self.last_id)
         while self.events and self.events[0].id <= until_id:
-            self.events.popleft()
+            self.unreleased_output -= output_bytes(self.events.popleft())
         self.released_until = max(self.released_until, until_id)

@@ -43,6 +43,9 @@ from ostinato.journal import snapshot
 log = logging.getLogger(__name__)
 
 MAX_IN_FLIGHT = 400
+# ... and at most this many bytes: each command waits pickled in pysyncobj's queue, so a burst
+# of big batches (job output) would otherwise hold hundreds of megabytes there.
+MAX_BYTES_IN_FLIGHT = 8 * 1024 * 1024
 REJECTED = -1  # apply_batch's result for a batch of a deposed node
 
 
@@ -255,6 +258,7 @@ class Journal:
 
             self._loop.create_task(self._end_grace(grace, end_grace))
         self._in_flight = 0
+        self._bytes_in_flight = 0
         self._room = asyncio.Event()
 
     async def _end_grace(self, grace: float, end: Callable[[], None]) -> None:
@@ -332,7 +336,7 @@ class Journal:
 
     async def room(self) -> None:
         """Waits while too many commands are in flight (an uncapped burst can wedge a follower)."""
-        while self._in_flight >= MAX_IN_FLIGHT:
+        while self._in_flight >= MAX_IN_FLIGHT or self._bytes_in_flight >= MAX_BYTES_IN_FLIGHT:
             self._room.clear()
             await self._room.wait()
 
@@ -346,15 +350,17 @@ class Journal:
             return future
         data = journal_pb2.EventBatch(events=events, term=self.term).SerializeToString()
         self._in_flight += 1
+        self._bytes_in_flight += len(data)
 
         def done(result: Any, error: int) -> None:
-            self._loop.call_soon_threadsafe(self._settle, future, result, error)
+            self._loop.call_soon_threadsafe(self._settle, future, result, error, len(data))
 
         self._raft.apply_batch(data, callback=done)
         return future
 
-    def _settle(self, future: asyncio.Future[int], result: Any, error: int) -> None:
+    def _settle(self, future: asyncio.Future[int], result: Any, error: int, size: int) -> None:
         self._in_flight -= 1
+        self._bytes_in_flight -= size
         self._room.set()
         if future.done():
             return

@@ -17,6 +17,12 @@ log = logging.getLogger(__name__)
 
 CommitHook = Callable[[list[events_pb2.Event]], None]
 
+# Flow control of job output: a service holds at most about this much output that its receiver
+# has not released yet, then stops taking more from its producer (the director stops
+# acknowledging a subagent, whose job then blocks in write(); the controller stops reading its
+# director). Memory stays bounded; while a receiver is away, a job printing more than this waits.
+OUTPUT_BACKLOG = 8 * 1024 * 1024
+
 
 def now_ms() -> int:
     return int(time.time() * 1000)
@@ -39,6 +45,11 @@ class JournalShell:
         the active node instead of waiting on heartbeats from one that no longer decides."""
         self._closed = error
         self._changed.set()
+
+    async def output_room(self, limit: int = OUTPUT_BACKLOG) -> None:
+        """Waits while more than `limit` bytes of job output wait for the receiver's release."""
+        while self.state.log.unreleased_output > limit and self._closed is None:
+            await self._changed.wait()
 
     def on_commit(self, hook: CommitHook) -> None:
         self._commit_hooks.append(hook)
