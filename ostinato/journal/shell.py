@@ -17,11 +17,14 @@ log = logging.getLogger(__name__)
 
 CommitHook = Callable[[list[events_pb2.Event]], None]
 
-# Flow control of job output: a service holds at most about this much output that its receiver
-# has not released yet, then stops taking more from its producer (the director stops
-# acknowledging a subagent, whose job then blocks in write(); the controller stops reading its
-# director). Memory stays bounded; while a receiver is away, a job printing more than this waits.
+# Flow control of job output: while its receiver keeps releasing, a service holds at most about
+# this much output the receiver has not released, then stops taking more from its producer (the
+# director stops acknowledging a subagent, whose job then blocks in write(); the controller stops
+# reading its director), so memory stays bounded. A receiver that released nothing for
+# RECEIVER_PATIENCE_S counts as away: an absent controller or JOC must not stop jobs, so output is
+# then kept without limit (in memory: spilling it to disk is still to do).
 OUTPUT_BACKLOG = 8 * 1024 * 1024
+RECEIVER_PATIENCE_S = 10.0
 
 
 def now_ms() -> int:
@@ -39,17 +42,29 @@ class JournalShell:
         self._changed = asyncio.Event()
         # Set when the node stops being active: what to raise to those still watching.
         self._closed: Callable[[], Exception] | None = None
+        self._released_at = time.monotonic()  # when the receiver last released events
 
     def close(self, error: Callable[[], Exception]) -> None:
         """The node was deposed: watchers get error() at once, so receivers go and look for
         the active node instead of waiting on heartbeats from one that no longer decides."""
         self._closed = error
-        self._changed.set()
+        self._notify()
 
     async def output_room(self, limit: int = OUTPUT_BACKLOG) -> None:
-        """Waits while more than `limit` bytes of job output wait for the receiver's release."""
+        """Waits while more than `limit` bytes of job output wait for the receiver's release, as
+        long as the receiver keeps releasing (one that has gone quiet does not hold jobs up)."""
         while self.state.log.unreleased_output > limit and self._closed is None:
-            await self._changed.wait()
+            patience = RECEIVER_PATIENCE_S - (time.monotonic() - self._released_at)
+            if patience <= 0:
+                return
+            try:
+                await asyncio.wait_for(self._changed.wait(), patience)
+            except TimeoutError:
+                return
+
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
 
     def on_commit(self, hook: CommitHook) -> None:
         self._commit_hooks.append(hook)
@@ -88,8 +103,9 @@ class JournalShell:
             self.on_failure()
             return
         self.committed_id = max(self.committed_id, events[-1].id)
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        if any(e.WhichOneof("kind") == "events_released" for e in events):
+            self._released_at = time.monotonic()
+        self._notify()
         for hook in self._commit_hooks:
             try:
                 hook(events)

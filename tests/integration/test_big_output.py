@@ -198,3 +198,33 @@ async def _overviews(topology: Topology) -> dict[str, tuple[int, int]]:
         "director": (d.last_event_id, d.released_until_id),
         "controller": (c.last_event_id, c.released_until_id),
     }
+
+
+@pytest.mark.timeout(90)
+async def test_a_job_printing_much_while_joc_is_away_is_not_held_up(topology: Topology, joc: Joc) -> None:
+    """Flow control holds producers back only while the receiver keeps releasing: with JOC down,
+    a job printing more than the backlog bound (8 MB) still runs to its end, and JOC gets the
+    whole log when it is back."""
+    size = 24 * MB
+    gate, done = topology.data_dir / "gate", topology.data_dir / "done"
+    script = (
+        f"while [ ! -e {gate} ]; do sleep 0.05; done; yes {'x' * (LINE - 1)} | head -c {size}; touch {done}"
+    )
+    await joc.deploy_workflow(
+        "/away", {"instructions": [{"execute": {"jobName": "j"}}], "jobs": {"j": shell_job(script)}}
+    )
+    added = await joc.orders.AddOrder(joc_pb2.AddOrderRequest(workflow_path="/away"))
+    await joc.wait_for(added.order_id, "order_processing_started")
+    topology.services["joc"].stop()
+    gate.touch()
+    took = await eventually(done.exists, timeout=40, what="the job's end while JOC is down")
+    print(f"\n{size // MB} MiB printed with JOC down in {took:.1f} s")
+    topology.start_service("joc")
+    async with rpc.channel(topology.joc_address) as channel:
+        back = Joc.connect(channel)
+        order = await back.wait_until_ended(added.order_id, timeout=30)
+        assert order.state == order_pb2.ORDER_STATE_FINISHED
+        logged = 0
+        async for chunk in back.orders.GetOrderLog(joc_pb2.GetOrderLogRequest(order_id=added.order_id)):
+            logged += len(chunk.chunk)
+        assert logged == size
