@@ -40,35 +40,67 @@ BACKOFF_MAX = 5.0
 SNAPSHOT_TIMEOUT = 60.0
 # A controller whose journal stays behind JOC's cursor this long is an operator's problem.
 BEHIND_ERROR_AFTER = 30.0
+# Items (events, a job's output in chunks of up to 32 KB) held for one slow reader of an order.
+SUBSCRIBER_BACKLOG = 256
 # Who the audit log names for what JOC does by itself.
 SYSTEM_ACCOUNT = "(joc)"
 
 
-class Hub:
-    """Wakes the streams that watch an order. A subscriber's queue gets every Applied of its order
-    committed after it subscribed; streams subscribe before they read the database, and skip
-    what they already read by event id."""
+class Subscription:
+    """What is applied for one order, for one reader. A reader that falls `limit` items behind
+    (a slow client of a busy order) is not buffered for: it gets None once, and reads what it
+    missed from the database instead."""
 
-    def __init__(self) -> None:
-        self._queues: dict[str, set[asyncio.Queue[Applied]]] = {}
+    def __init__(self, limit: int) -> None:
+        self._queue: asyncio.Queue[Applied | None] = asyncio.Queue()
+        self._limit = limit
+        self._missed = False
+
+    def put(self, item: Applied) -> None:
+        if self._missed:
+            return
+        if self._queue.qsize() >= self._limit:
+            self._missed = True
+            while not self._queue.empty():
+                self._queue.get_nowait()
+            self._queue.put_nowait(None)
+            return
+        self._queue.put_nowait(item)
+
+    async def get(self) -> Applied | None:
+        """The next item, or None: some were dropped; read the database after what you have."""
+        item = await self._queue.get()
+        if item is None:
+            self._missed = False
+        return item
+
+
+class Hub:
+    """Wakes the streams that watch an order. A subscription gets every Applied of its order
+    committed after it subscribed (or None when its reader fell behind); streams subscribe before
+    they read the database, and skip what they already read by event id."""
+
+    def __init__(self, limit: int = SUBSCRIBER_BACKLOG) -> None:
+        self._subscriptions: dict[str, set[Subscription]] = {}
+        self._limit = limit
 
     @contextlib.asynccontextmanager
-    async def subscribe(self, order_id: str) -> AsyncIterator[asyncio.Queue[Applied]]:
-        queue: asyncio.Queue[Applied] = asyncio.Queue()
-        self._queues.setdefault(order_id, set()).add(queue)
+    async def subscribe(self, order_id: str) -> AsyncIterator[Subscription]:
+        subscription = Subscription(self._limit)
+        self._subscriptions.setdefault(order_id, set()).add(subscription)
         try:
-            yield queue
+            yield subscription
         finally:
-            queues = self._queues.get(order_id)
-            if queues is not None:
-                queues.discard(queue)
-                if not queues:
-                    del self._queues[order_id]
+            subscriptions = self._subscriptions.get(order_id)
+            if subscriptions is not None:
+                subscriptions.discard(subscription)
+                if not subscriptions:
+                    del self._subscriptions[order_id]
 
     def publish(self, applied: list[Applied]) -> None:
         for item in applied:
-            for queue in self._queues.get(item.event.order_id, ()):
-                queue.put_nowait(item)
+            for subscription in self._subscriptions.get(item.event.order_id, ()):
+                subscription.put(item)
 
 
 class Ingestion:

@@ -498,52 +498,56 @@ class OrderServicer(joc_pb2_grpc.OrderServiceServicer):
     ) -> AsyncIterator[joc_pb2.WatchOrderResponse]:
         order_id = _order_id(request.order_id)
         # Subscribe before reading, so nothing committed in between is missed.
-        async with self.joc.hub.subscribe(order_id) as queue:
-            row, events = await asyncio.to_thread(self.joc.store.order_history, order_id)
+        async with self.joc.hub.subscribe(order_id) as subscription:
             last_id = 0
-            projected = Projected(None)
-            for event, projected in replay(events, row.projected, row.resynced_at_event):
-                yield convert.watch_pb(event, projected)
-                last_id = event.id
-            if is_final(projected) or is_final(row.projected):
-                return
             while True:
-                applied = await queue.get()
-                if applied.event.id <= last_id:
-                    continue
-                last_id = applied.event.id
-                yield convert.watch_pb(applied.event, applied.projected)
-                if is_final(applied.projected):
+                row, events = await asyncio.to_thread(self.joc.store.order_history, order_id)
+                projected = Projected(None)
+                for event, projected in replay(events, row.projected, row.resynced_at_event):
+                    if event.id > last_id:
+                        yield convert.watch_pb(event, projected)
+                        last_id = event.id
+                if is_final(projected) or is_final(row.projected):
                     return
+                while (applied := await subscription.get()) is not None:
+                    if applied.event.id <= last_id:
+                        continue
+                    last_id = applied.event.id
+                    yield convert.watch_pb(applied.event, applied.projected)
+                    if is_final(applied.projected):
+                        return
+                # Fell behind: the rest from the database, then live again.
 
     async def GetOrderLog(
         self, request: joc_pb2.GetOrderLogRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[joc_pb2.GetOrderLogResponse]:
         order_id = _order_id(request.order_id)
-        async with self.joc.hub.subscribe(order_id) as queue:
-            # The row first: if it is final, every chunk before its end is committed for the read after.
-            row = await asyncio.to_thread(self.joc.store.get_order, order_id)
+        async with self.joc.hub.subscribe(order_id) as subscription:
             last_seq = 0
-            while True:  # in pages: a log of gigabytes is not read into memory at once
-                page = await asyncio.to_thread(self.joc.store.order_logs, order_id, last_seq, LOG_PAGE)
-                for log_row in page:
-                    yield convert.log_pb(log_row)
-                    last_seq = log_row.seq
-                if len(page) < LOG_PAGE:
-                    break
-            if not request.follow or is_final(row.projected):
-                return
             while True:
-                applied = await queue.get()
-                if applied.event.id <= last_seq:
-                    continue
-                if applied.event.WhichOneof("kind") == "order_std_written":
-                    written = applied.event.order_std_written
-                    yield joc_pb2.GetOrderLogResponse(
-                        stream=written.stream, chunk=written.chunk, timestamp=applied.event.timestamp
-                    )
-                if is_final(applied.projected):
+                # The row first: if it is final, every chunk before its end is committed for the read after.
+                row = await asyncio.to_thread(self.joc.store.get_order, order_id)
+                while True:  # in pages: a log of gigabytes is not read into memory at once
+                    page = await asyncio.to_thread(self.joc.store.order_logs, order_id, last_seq, LOG_PAGE)
+                    for log_row in page:
+                        yield convert.log_pb(log_row)
+                        last_seq = log_row.seq
+                    if len(page) < LOG_PAGE:
+                        break
+                if not request.follow or is_final(row.projected):
                     return
+                while (applied := await subscription.get()) is not None:
+                    if applied.event.id <= last_seq:
+                        continue
+                    if applied.event.WhichOneof("kind") == "order_std_written":
+                        written = applied.event.order_std_written
+                        last_seq = applied.event.id
+                        yield joc_pb2.GetOrderLogResponse(
+                            stream=written.stream, chunk=written.chunk, timestamp=applied.event.timestamp
+                        )
+                    if is_final(applied.projected):
+                        return
+                # Fell behind: the rest from the database, then live again.
 
 
 class ClusterServicer(joc_pb2_grpc.ClusterServiceServicer):

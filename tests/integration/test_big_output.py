@@ -228,3 +228,24 @@ async def test_a_job_printing_much_while_joc_is_away_is_not_held_up(topology: To
         async for chunk in back.orders.GetOrderLog(joc_pb2.GetOrderLogRequest(order_id=added.order_id)):
             logged += len(chunk.chunk)
         assert logged == size
+
+
+@pytest.mark.timeout(90)
+async def test_a_slow_follower_of_a_busy_log_gets_all_of_it_in_order(topology: Topology, joc: Joc) -> None:
+    """`order logs -f` by a reader slower than the job: JOC does not buffer for it without end
+    (Hub's SUBSCRIBER_BACKLOG), it reads what it missed from the database, and the log arrives
+    whole and in order."""
+    count = 2_000_000  # numbered lines, about 15 MB: more chunks than JOC holds for a reader
+    await joc.deploy_workflow(
+        "/numbers",
+        {"instructions": [{"execute": {"jobName": "j"}}], "jobs": {"j": shell_job(f"seq 1 {count}")}},
+    )
+    added = await joc.orders.AddOrder(joc_pb2.AddOrderRequest(workflow_path="/numbers"))
+    text = []
+    follow = joc.orders.GetOrderLog(joc_pb2.GetOrderLogRequest(order_id=added.order_id, follow=True))
+    async for chunk in follow:
+        if not text:
+            # Slow at first, so that the job's output piles up behind this reader.
+            await joc.wait_until_ended(added.order_id, timeout=60)
+        text.append(chunk.chunk)
+    assert "".join(text) == "".join(f"{i}\n" for i in range(1, count + 1))
