@@ -68,7 +68,7 @@ class AgentDriver:
                     continue
                 except (grpc.aio.AioRpcError, TimeoutError) as e:
                     if self.connected:
-                        log.warning("agent %s at %s lost: %s", self.name, self.address, _short(e))
+                        log.warning("agent %s at %s lost: %s", self.name, self.address, rpc.short_error(e))
                     named = isinstance(e, grpc.aio.AioRpcError) and rpc.active_address_of(e)
                     if self.target.follow(e) and named:
                         continue  # at once: a passive node named the active one
@@ -167,9 +167,3 @@ class AgentDriver:
                 director_pb2.DetachOrdersRequest(sender=self._sender(), order_ids=ids), timeout=30
             )
             sent.update(key for key, _ in work.detach)
-
-
-def _short(e: BaseException) -> str:
-    if isinstance(e, grpc.aio.AioRpcError):
-        return f"{e.code().name}: {e.details()}"
-    return type(e).__name__

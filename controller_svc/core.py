@@ -12,8 +12,6 @@ from collections import deque
 from collections.abc import Set
 from dataclasses import dataclass, field
 
-from google.protobuf import json_format
-
 from gen.ostinato.common.v1 import commands_pb2, events_pb2, items_pb2, order_pb2, values_pb2, workflow_pb2
 from gen.ostinato.controller.v1 import controller_pb2
 from ostinato.errors import InvalidArgument, NotFound
@@ -231,28 +229,20 @@ class ControllerCore:
     def _parse_subagent_cluster(
         self, item: items_pb2.SignedItem, field: str
     ) -> workflow_pb2.SubagentClusterItem:
-        cluster = workflow_pb2.SubagentClusterItem()
-        where = f"{field}.json ({item.path})"
         try:
-            json_format.Parse(item.json, cluster)
-        except json_format.ParseError as e:
-            raise InvalidArgument(str(e).split("\n")[0], field=where) from None
-        cluster.path = item.path
+            cluster = model.parse_item(item, workflow_pb2.SubagentClusterItem())
+        except InvalidArgument as e:
+            raise e.within(field) from None
+        try:
+            model.check_subagent_cluster(cluster)
+        except InvalidArgument as e:
+            raise e.within(f"{field}.json ({item.path})") from None
         if cluster.agent not in self.agents:
             known = ", ".join(sorted(self.agents)) or "none"
             raise InvalidArgument(
-                f"unknown agent {cluster.agent!r}; this controller has {known}", field=f"{where}.agent"
+                f"unknown agent {cluster.agent!r}; this controller has {known}",
+                field=f"{field}.json ({item.path}).agent",
             )
-        if not cluster.subagents:
-            raise InvalidArgument(
-                "a subagent cluster needs at least one subagent", field=f"{where}.subagents"
-            )
-        seen = set()
-        for i, s in enumerate(cluster.subagents):
-            if not s.subagent_id or s.subagent_id in seen:
-                what = "missing" if not s.subagent_id else f"{s.subagent_id!r} given twice"
-                raise InvalidArgument(what, field=f"{where}.subagents[{i}].subagentId")
-            seen.add(s.subagent_id)
         return cluster
 
     def _check_workflow(self, item: items_pb2.SignedItem, field: str) -> workflow_pb2.Workflow:
@@ -795,12 +785,10 @@ class ControllerCore:
 
 
 def _parse_lock(item: items_pb2.SignedItem, field: str) -> workflow_pb2.LockItem:
-    lock = workflow_pb2.LockItem()
     try:
-        json_format.Parse(item.json, lock)
-    except json_format.ParseError as e:
-        raise InvalidArgument(str(e).split("\n")[0], field=f"{field}.json ({item.path})") from None
-    lock.path = item.path
+        lock = model.parse_item(item, workflow_pb2.LockItem())
+    except InvalidArgument as e:
+        raise e.within(field) from None
     if lock.limit < 1:
         raise InvalidArgument("a lock needs a limit of at least 1", field=f"{field}.json.limit ({item.path})")
     return lock
@@ -818,12 +806,10 @@ def _attached(agent: str, deployed: events_pb2.ItemDeployed) -> events_pb2.ItemA
 
 
 def _parse_job_resource(item: items_pb2.SignedItem, field: str) -> workflow_pb2.JobResourceItem:
-    resource = workflow_pb2.JobResourceItem()
     try:
-        json_format.Parse(item.json, resource)
-    except json_format.ParseError as e:
-        raise InvalidArgument(str(e).split("\n")[0], field=f"{field}.json ({item.path})") from None
-    resource.path = item.path
+        resource = model.parse_item(item, workflow_pb2.JobResourceItem())
+    except InvalidArgument as e:
+        raise e.within(field) from None
     for kind, values in (("variables", resource.variables), ("env", resource.env)):
         for k, expr in values.items():
             expressions.check(expr, f"{field}.json.{kind}.{k} ({item.path})")

@@ -9,9 +9,6 @@ report back in as stimuli. Every method returns the events it emitted (already a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
-
-from google.protobuf import json_format
 
 from gen.ostinato.common.v1 import commands_pb2, events_pb2, items_pb2, order_pb2, workflow_pb2
 from gen.ostinato.subagent.v1 import subagent_pb2
@@ -386,7 +383,7 @@ class DirectorCore:
                 if order_id is None:
                     continue
                 order = self.state.orders[order_id]
-                job = _job_at(self.state.workflow_of(order), order)
+                job = self.state.job_of(order)
                 outcome = outcome_of(exited, job, order.processing.stderr_written)
                 processed = events_pb2.OrderProcessed(outcome=outcome)
                 events.append(self.state.emit(now_ms, order_id, order_processed=processed))
@@ -559,10 +556,8 @@ def outcome_of(
     return outcome
 
 
-def _parse_item(item: items_pb2.SignedItem, into: Any, field: str) -> Any:
+def _parse_item(item: items_pb2.SignedItem, into: model.M, field: str) -> model.M:
     try:
-        json_format.Parse(item.json, into)
-    except json_format.ParseError as e:
-        raise InvalidArgument(str(e).split("\n")[0], field=f"{field}.json ({item.path})") from None
-    into.path = item.path
-    return into
+        return model.parse_item(item, into)
+    except InvalidArgument as e:
+        raise e.within(field) from None

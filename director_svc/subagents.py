@@ -51,7 +51,9 @@ class SubagentDriver:
                 await self._session(subagent_pb2_grpc.SubagentServiceStub(channel))
             except (grpc.aio.AioRpcError, TimeoutError, ConnectionError) as e:
                 if self.ready:
-                    log.warning("subagent %s at %s lost: %s", self.subagent_id, self.address, _short(e))
+                    log.warning(
+                        "subagent %s at %s lost: %s", self.subagent_id, self.address, rpc.short_error(e)
+                    )
             finally:
                 if self.ready:
                     self.ready = False
@@ -218,9 +220,3 @@ def start_request(spec: ProcessSpec) -> subagent_pb2.StartProcess:
     else:
         request.argv.argv.extend(spec.executable.command_line.argv)
     return request
-
-
-def _short(e: BaseException) -> str:
-    if isinstance(e, grpc.aio.AioRpcError):
-        return f"{e.code().name}: {e.details()}"
-    return str(e) or type(e).__name__

@@ -21,7 +21,7 @@ from gen.ostinato.common.v1 import items_pb2, workflow_pb2
 from joc_svc import naming
 from ostinato.errors import InvalidArgument
 from ostinato.workflow import expressions
-from ostinato.workflow.model import canonical_json, parse_workflow
+from ostinato.workflow.model import canonical_json, check_subagent_cluster, parse_workflow
 
 T = items_pb2
 
@@ -137,16 +137,7 @@ def _check_lock(value: dict[str, Any]) -> None:
 def _check_subagent_cluster(value: dict[str, Any]) -> None:
     cluster = workflow_pb2.SubagentClusterItem()
     _parse_as(value, cluster)
-    if not cluster.agent:
-        raise InvalidArgument("missing; give the agent's name", field="agent")
-    if not cluster.subagents:
-        raise InvalidArgument("missing; give at least one {subagentId, priority}", field="subagents")
-    seen = set()
-    for i, s in enumerate(cluster.subagents):
-        if not s.subagent_id or s.subagent_id in seen:
-            what = "missing" if not s.subagent_id else f"{s.subagent_id!r} given twice"
-            raise InvalidArgument(what, field=f"subagents[{i}].subagentId")
-        seen.add(s.subagent_id)
+    check_subagent_cluster(cluster)
 
 
 def _check_file_order_source(value: dict[str, Any]) -> None:

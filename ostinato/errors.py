@@ -10,7 +10,12 @@ class OstinatoError(Exception):
 
     def __init__(self, message: str, *, field: str = "") -> None:
         self.field = field
+        self.message = message
         super().__init__(f"{field}: {message}" if field else message)
+
+    def within(self, outer: str) -> OstinatoError:
+        """The same error for a field named from further out (`outer`.field)."""
+        return type(self)(self.message, field=f"{outer}.{self.field}" if self.field else outer)
 
 
 class InvalidArgument(OstinatoError):

@@ -391,6 +391,13 @@ _PASSED_ON: dict[grpc.StatusCode, type[OstinatoError]] = {
 }
 
 
+def short_error(e: BaseException) -> str:
+    """One line for a log: the gRPC code and details, or the exception."""
+    if isinstance(e, grpc.aio.AioRpcError):
+        return f"{e.code().name}: {first_line(e.details() or '')}"
+    return str(e) or type(e).__name__
+
+
 def first_line(details: str) -> str:
     first = details.splitlines()[0] if details else ""
     return first if len(first) <= 200 else first[:197] + "..."

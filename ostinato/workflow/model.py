@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from gen.ostinato.common.v1 import workflow_pb2
+from gen.ostinato.common.v1 import items_pb2, workflow_pb2
 from ostinato.errors import InvalidArgument
 from ostinato.workflow import expressions, positions
 
 Workflow = workflow_pb2.Workflow
+M = TypeVar("M", bound=Message)
 
 
 def canonical_json(message: Message) -> str:
@@ -230,3 +232,27 @@ def item_digest(signed_json: str) -> str:
     """Version of an item that has none of its own (job resource, subagent cluster): controller
     and agents compare it to tell whether the agent holds the item as deployed."""
     return hashlib.sha256(signed_json.encode()).hexdigest()[:16]
+
+
+def parse_item(item: items_pb2.SignedItem, into: M) -> M:
+    """An item's JSON parsed into its proto, with the item's path; errors name `json (PATH)`."""
+    try:
+        json_format.Parse(item.json, into)
+    except json_format.ParseError as e:
+        raise InvalidArgument(str(e).split("\n")[0], field=f"json ({item.path})") from None
+    into.path = item.path  # type: ignore[attr-defined]
+    return into
+
+
+def check_subagent_cluster(cluster: workflow_pb2.SubagentClusterItem) -> None:
+    """What JOC and controller both require of a subagent cluster; errors name the JSON field."""
+    if not cluster.agent:
+        raise InvalidArgument("missing; give the agent's name", field="agent")
+    if not cluster.subagents:
+        raise InvalidArgument("missing; give at least one {subagentId, priority}", field="subagents")
+    seen = set()
+    for i, s in enumerate(cluster.subagents):
+        if not s.subagent_id or s.subagent_id in seen:
+            what = "missing" if not s.subagent_id else f"{s.subagent_id!r} given twice"
+            raise InvalidArgument(what, field=f"subagents[{i}].subagentId")
+        seen.add(s.subagent_id)
