@@ -2,34 +2,57 @@
 attachment is committed, takes back detachable orders, and mirrors the agent's events.
 
 Everything it sends is idempotent on the director, so after any reconnect it simply sends what
-the state says is pending again.
+the core says is pending again. Both directions batch: what the core has for the agent goes out in
+as few calls as there are kinds of work, and the agent's events that wait in the stream are
+journaled with one command and released to the agent at most every RELEASE_INTERVAL_S, never
+waited for before reading on.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
+import contextlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import grpc
 
-from controller_svc.core import WorkKey
-from gen.ostinato.common.v1 import cluster_pb2_grpc
+from controller_svc.core import AgentEvents, ControllerCore, Stimulus
+from gen.ostinato.common.v1 import cluster_pb2_grpc, events_pb2
 from gen.ostinato.director.v1 import director_pb2, director_pb2_grpc
 from ostinato import rpc
-
-if TYPE_CHECKING:
-    from controller_svc.server import Controller
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 1.0
 BATCH = 500
+# The agent's events the controller journaled are released to it at most this often, or once
+# RELEASE_EVENTS more wait: each release is a commit of the agent's journal.
+RELEASE_INTERVAL_S = 0.05
+RELEASE_EVENTS = 2000
+# Responses of the agent's event stream taken into one journal command, at most.
+DRAIN_RESPONSES = 200
+
+
+class ControllerSide(Protocol):
+    """What a driver needs of its controller node."""
+
+    controller_id: str
+    core: ControllerCore
+
+    @property
+    def term(self) -> int: ...
+
+    @property
+    def committed_id(self) -> int: ...
+
+    async def handle(self, stimulus: Stimulus) -> list[events_pb2.Event]: ...
+
+    async def output_room(self) -> None: ...
 
 
 class AgentDriver:
-    def __init__(self, controller: Controller, name: str, addresses: list[str]) -> None:
+    def __init__(self, controller: ControllerSide, name: str, addresses: list[str]) -> None:
         self.controller = controller
         self.name = name
         # The agent's director nodes: the driver follows the active one.
@@ -79,63 +102,76 @@ class AgentDriver:
             await self.target.close()
 
     async def _session(self, stub: director_pb2_grpc.DirectorServiceStub) -> None:
-        state = self.controller.core.state
-        after = state.agent_observed.get(self.name, 0)
+        core = self.controller.core
+        after = core.state.agent_observed.get(self.name, 0)
         call = stub.WatchEvents(
             director_pb2.WatchEventsRequest(sender=self._sender(), after=after, heartbeat_seconds=HEARTBEAT_S)
         )
         await asyncio.wait_for(call.wait_for_connection(), 5)
         log.info("agent %s at %s connected, events after %d", self.name, self.address, after)
         self.connected = True
-        watching = asyncio.create_task(self._watch(stub, call))
-        sent: set[WorkKey] = set()
-        sent_items: set[tuple[str, str]] = set()
+        core.agent_session(self.name)  # whatever is pending goes out (again) in this session
+        inbox: asyncio.Queue[director_pb2.WatchEventsResponse] = asyncio.Queue()
+        tasks = [
+            asyncio.create_task(self._read(call, inbox)),
+            asyncio.create_task(self._mirror(stub, inbox)),
+            asyncio.create_task(self._push(stub)),
+        ]
         try:
-            while True:
-                self._wake.clear()
-                await self._push(stub, sent, sent_items)
-                waking = asyncio.create_task(self._wake.wait())
-                await asyncio.wait({waking, watching}, return_when=asyncio.FIRST_COMPLETED)
-                waking.cancel()
-                if watching.done():
-                    watching.result()
-                    return
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
         finally:
-            watching.cancel()
+            for task in tasks:
+                task.cancel()
             call.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _watch(
-        self, stub: director_pb2_grpc.DirectorServiceStub, call: grpc.aio.UnaryStreamCall
+    async def _read(
+        self, call: grpc.aio.UnaryStreamCall, inbox: asyncio.Queue[director_pb2.WatchEventsResponse]
     ) -> None:
         while True:
             # Heartbeats arrive every HEARTBEAT_S; silence means the director is frozen or gone.
             response = await asyncio.wait_for(call.read(), HEARTBEAT_S * 4)
             if response is grpc.aio.EOF:
                 return
-            if not response.events:
-                continue
-            events = list(response.events)
-            # Flow control: while JOC has not released much output, leave the agent's with it.
-            await self.controller.shell.output_room()
-            await self.controller.shell.command(
-                functools.partial(self.controller.core.on_agent_events, self.name, events)
-            )
-            await stub.ReleaseEvents(
-                director_pb2.ReleaseEventsRequest(sender=self._sender(), until_id=events[-1].id), timeout=10
-            )
+            if response.events:
+                inbox.put_nowait(response)
 
-    async def _push(
+    async def _mirror(
         self,
         stub: director_pb2_grpc.DirectorServiceStub,
-        sent: set[WorkKey],
-        sent_items: set[tuple[str, str]],
+        inbox: asyncio.Queue[director_pb2.WatchEventsResponse],
+    ) -> None:
+        """Journals what waits in the stream with one command, releases in the background."""
+        releaser = _Releaser(self, stub)
+        try:
+            while True:
+                responses = [await inbox.get()]
+                while not inbox.empty() and len(responses) < DRAIN_RESPONSES:
+                    responses.append(inbox.get_nowait())
+                events = tuple(e for r in responses for e in r.events)
+                # Flow control: while JOC has not released much output, leave the agent's with it.
+                await self.controller.output_room()
+                await self.controller.handle(AgentEvents(self.name, events))
+                releaser.journaled(events[-1].id, len(events))
+        finally:
+            await releaser.close()
+
+    async def _push(self, stub: director_pb2_grpc.DirectorServiceStub) -> None:
+        """Sends what the core has for the agent whenever a commit or a wake may have added some."""
+        sent_items: set[tuple[str, str]] = set()
+        while True:
+            self._wake.clear()
+            await self._send_work(stub, sent_items)
+            await self._wake.wait()
+
+    async def _send_work(
+        self, stub: director_pb2_grpc.DirectorServiceStub, sent_items: set[tuple[str, str]]
     ) -> None:
         core = self.controller.core
-        # Forget what was sent for orders that moved on, so the set stays as small as the work.
-        sent -= core.stale_keys(sent)
-        # Chosen all at once, without awaiting: the keys must be those of this moment. What
-        # commits while this sends wakes the driver again.
-        work = core.agent_work(self.name, self.controller.shell.committed_id, sent)
+        # Taken all at once, without awaiting: what commits while this sends wakes the driver again.
+        work = core.agent_work(self.name, self.controller.committed_id)
         items = [i for i in core.items_to_attach(self.name) if (i.path, i.version_id) not in sent_items]
         if items:  # job resources and subagent clusters first: the orders below may need them
             await stub.AttachItems(
@@ -144,7 +180,7 @@ class AgentDriver:
             sent_items.update((i.path, i.version_id) for i in items)
         for start in range(0, len(work.attach), BATCH):
             batch = work.attach[start : start + BATCH]
-            needed = {(o.workflow_path, o.workflow_version_id) for _, o in batch} - sent_items
+            needed = {(o.workflow_path, o.workflow_version_id) for o in batch} - sent_items
             if needed:
                 items = [core.state.signed_items[key] for key in sorted(needed)]
                 await stub.AttachItems(
@@ -152,18 +188,60 @@ class AgentDriver:
                 )
                 sent_items |= needed
             await stub.AttachOrders(
-                director_pb2.AttachOrdersRequest(sender=self._sender(), orders=[o for _, o in batch]),
-                timeout=30,
+                director_pb2.AttachOrdersRequest(sender=self._sender(), orders=batch), timeout=30
             )
-            sent.update(key for key, _ in batch)
         if work.commands:
-            commands = [c for _, c in work.commands]
-            request = director_pb2.CommandOrdersRequest(sender=self._sender(), commands=commands)
+            request = director_pb2.CommandOrdersRequest(sender=self._sender(), commands=work.commands)
             await stub.CommandOrders(request, timeout=30)
-            sent.update(key for key, _ in work.commands)
         if work.detach:
-            ids = [i for _, i in work.detach]
             await stub.DetachOrders(
-                director_pb2.DetachOrdersRequest(sender=self._sender(), order_ids=ids), timeout=30
+                director_pb2.DetachOrdersRequest(sender=self._sender(), order_ids=work.detach), timeout=30
             )
-            sent.update(key for key, _ in work.detach)
+
+
+class _Releaser:
+    """Releases the agent's events the controller journaled: at most one call in flight, at most
+    every RELEASE_INTERVAL_S unless RELEASE_EVENTS wait, the latest id each time."""
+
+    def __init__(self, driver: AgentDriver, stub: director_pb2_grpc.DirectorServiceStub) -> None:
+        self.driver = driver
+        self.stub = stub
+        self.until = 0
+        self.waiting = 0
+        self._due = asyncio.Event()
+        self._task = asyncio.create_task(self._run())
+
+    def journaled(self, until_id: int, count: int) -> None:
+        self.until = until_id
+        self.waiting += count
+        self._due.set()
+
+    async def _run(self) -> None:
+        released = 0
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._due.wait()
+            self._due.clear()
+            if self.waiting < RELEASE_EVENTS:
+                # Let more arrive: each release is a commit of the agent's journal.
+                with contextlib.suppress(TimeoutError):
+                    deadline = loop.time() + RELEASE_INTERVAL_S
+                    while self.waiting < RELEASE_EVENTS and (left := deadline - loop.time()) > 0:
+                        await asyncio.wait_for(self._due.wait(), left)
+                        self._due.clear()
+            until, self.waiting = self.until, 0
+            if until > released:
+                request = director_pb2.ReleaseEventsRequest(sender=self.driver._sender(), until_id=until)
+                try:
+                    await self.stub.ReleaseEvents(request, timeout=10)
+                    released = until
+                except grpc.aio.AioRpcError as e:
+                    # Harmless: the agent keeps its events; the next batch or session releases them.
+                    log.debug(
+                        "ReleaseEvents(%d) at agent %s failed: %s", until, self.driver.name, e.code().name
+                    )
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(BaseException):
+            await self._task

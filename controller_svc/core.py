@@ -1,19 +1,25 @@
 """The controller's deterministic core: its state and the decisions that change it.
 
-No I/O here: the shell passes time in and carries out what committed events call for (attaching
-orders to agents, detaching them, forwarding commands). Every method returns the events it
-emitted; they are already applied to this (working) state and must be committed by the journal
-before anything acts on them.
+One way in: `handle(stimulus, now_ms)` with one of the frozen stimuli below returns the events it
+emitted (already applied to this working state; the journal must commit them before anything acts
+on them). One way out: `agent_work(agent, committed_id)`, what an agent's driver is to send (orders
+to attach, commands, orders to detach), taken from a queue per agent that the core fills as it
+emits events, each piece once and only once the event that calls for it is committed.
+
+Nothing here scans all orders: timers and the pending work per agent are indexes kept in step with
+every event the core emits, so a stimulus costs the same with ten or a hundred thousand orders
+held. They are rebuilt from the state when a node becomes active.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
-from collections.abc import Set
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from gen.ostinato.common.v1 import commands_pb2, events_pb2, items_pb2, order_pb2, values_pb2, workflow_pb2
-from gen.ostinato.controller.v1 import controller_pb2
 from ostinato.errors import InvalidArgument, NotFound
 from ostinato.workflow import expressions, model
 from ostinato.workflow.holder import OrderHolder
@@ -55,16 +61,82 @@ MIRRORED_KINDS = frozenset(
 # answer (a fail-over between commit and reply) must not run a finished order again.
 ENDED_ORDER_RETENTION_MS = 3_600_000
 
-# What a driver sent an agent: the kind of piece, the order, and the order's last event id
-# when the piece was chosen. The same key is not sent twice in one session.
-WorkKey = tuple[str, str, int]
+
+# --- stimuli: everything that can happen to a controller ---
+
+
+@dataclass(frozen=True, slots=True)
+class NewOrder:
+    id: str
+    workflow_path: str
+    workflow_version_id: str = ""  # "": the current version
+    arguments: Mapping[str, values_pb2.Value] = field(default_factory=dict)
+    scheduled_for_ms: int | None = None
+    trace_parent: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Deploy:
+    items: tuple[items_pb2.SignedItem, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AddOrders:
+    """All or none: a bad order refuses the whole request, before anything is journaled."""
+
+    orders: tuple[NewOrder, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CommandOrder:
+    """One command; a refused one raises InvalidArgument before anything is journaled."""
+
+    command: commands_pb2.OrderCommand
+
+
+@dataclass(frozen=True, slots=True)
+class AgentEvents:
+    """Events of an agent's journal, in id order (some may have been seen already)."""
+
+    agent: str
+    events: tuple[Event, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseEvents:
+    """JOC stored this controller's events up to `until_id`."""
+
+    until_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passed: orders waiting here for their time move on."""
+
+
+Stimulus = Deploy | AddOrders | CommandOrder | AgentEvents | ReleaseEvents | Tick
+
+
+@dataclass(frozen=True, slots=True)
+class Added:
+    """AddOrders' answer for one order: `existed` when the id was known (held, or ended lately)."""
+
+    id: str
+    workflow_version_id: str
+    existed: bool
+
+
+# --- work: what an agent's driver is to send once the events behind it are committed ---
 
 
 @dataclass
 class AgentWork:
-    attach: list[tuple[WorkKey, order_pb2.Order]] = field(default_factory=list)
-    commands: list[tuple[WorkKey, commands_pb2.OrderCommand]] = field(default_factory=list)
-    detach: list[tuple[WorkKey, str]] = field(default_factory=list)
+    attach: list[order_pb2.Order] = field(default_factory=list)
+    commands: list[commands_pb2.OrderCommand] = field(default_factory=list)
+    detach: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.attach or self.commands or self.detach)
 
 
 class ControllerState(OrderHolder):
@@ -168,14 +240,144 @@ class ControllerState(OrderHolder):
         return self.locks[path].limit - sum(self.lock_holders.get(path, {}).values())
 
 
-@dataclass
 class ControllerCore:
-    state: ControllerState
-    agents: frozenset[str]
+    def __init__(self, state: ControllerState, agents: frozenset[str]) -> None:
+        self.state = state
+        self.agents = agents
+        # (due ms, order id, the order's event id then): orders waiting here for a time; stale once
+        # the order has a newer event (a newer entry was pushed if it still waits).
+        self._timers: list[tuple[int, str, int]] = []
+        # Pending work per order: (agent, "attach"|"command"|"detach", id of the event that called
+        # for it); and per agent the queue of those pieces in event order, for its driver.
+        self._pending: dict[str, tuple[str, str, int]] = {}
+        self._queues: dict[str, deque[tuple[int, str, str]]] = {agent: deque() for agent in agents}
+        for order_id in state.orders:
+            self._note_order(order_id, None)
+
+    # --- the one way in ---
+
+    def handle(self, stimulus: Stimulus, now_ms: int) -> list[Event]:
+        if isinstance(stimulus, AgentEvents):
+            return self._agent_events(stimulus.agent, stimulus.events, now_ms)
+        if isinstance(stimulus, AddOrders):
+            return self._add_orders(stimulus.orders, now_ms)
+        if isinstance(stimulus, ReleaseEvents):
+            return self.state.release(stimulus.until_id, now_ms)
+        if isinstance(stimulus, Tick):
+            return self._tick(now_ms)
+        if isinstance(stimulus, CommandOrder):
+            return self._command(stimulus.command, now_ms)
+        if isinstance(stimulus, Deploy):
+            return self._deploy(stimulus.items, now_ms)
+        raise TypeError(f"not a controller stimulus: {stimulus!r}")
+
+    def added(self, stimulus: AddOrders, events: list[Event]) -> list[Added]:
+        """AddOrders' answer, from what handling it emitted: an order it did not add existed."""
+        new = {e.order_id for e in events if e.WhichOneof("kind") == "order_added"}
+        answer = []
+        for o in stimulus.orders:
+            held = self.state.orders.get(o.id)
+            version = held.workflow_version_id if held is not None else self.state.ended_orders.get(o.id, "")
+            answer.append(Added(o.id, version, existed=o.id not in new))
+        return answer
+
+    # --- the one way out ---
+
+    def agent_work(self, agent: str, committed_id: int) -> AgentWork:
+        """What this controller owes `agent` now that events up to `committed_id` are committed,
+        each piece handed out once (after a new session, `agent_session` puts back what is due)."""
+        work = AgentWork()
+        queue = self._queues[agent]
+        while queue and queue[0][0] <= committed_id:
+            event_id, kind, order_id = queue.popleft()
+            if self._pending.get(order_id) != (agent, kind, event_id):
+                continue  # moved on meanwhile
+            order = self.state.orders[order_id]
+            if kind == "attach":
+                work.attach.append(order)
+            elif kind == "detach":
+                work.detach.append(order_id)
+            else:
+                work.commands += _commands_of(order)
+        return work
+
+    def agent_session(self, agent: str) -> None:
+        """A new session with the agent: whatever is pending for it is to be sent (again)."""
+        self._queues[agent] = deque(
+            sorted(
+                (event_id, kind, order_id)
+                for order_id, (a, kind, event_id) in self._pending.items()
+                if a == agent
+            )
+        )
+
+    def items_to_attach(self, agent: str) -> list[items_pb2.SignedItem]:
+        """Job resources and the agent's subagent clusters in a version the agent has not
+        journaled (it reports each with an event): sent before orders, which may need them."""
+        return [
+            item
+            for (kind, path), item in self.state.agent_items.items()
+            if (kind == "job_resource" or self.state.subagent_clusters[path].agent == agent)
+            and self.state.attached.get((agent, kind, path)) != item.version_id
+        ]
+
+    def next_wake_ms(self) -> int | None:
+        timers = self._timers
+        while timers and self.state.order_event_id.get(timers[0][1]) != timers[0][2]:
+            heapq.heappop(timers)  # stale
+        return timers[0][0] if timers else None
+
+    # --- events and indexes ---
+
+    def _emit(self, now_ms: int, order_id: str = "", **kind: Any) -> Event:
+        event = self.state.emit(now_ms, order_id, **kind)
+        if order_id:
+            self._note_order(order_id, event)
+        return event
+
+    def _note_order(self, order_id: str, event: Event | None) -> None:
+        """Brings the indexes in step with the order after `event` (None: as the state has it)."""
+        order = self.state.orders.get(order_id)
+        if order is None:
+            self._pending.pop(order_id, None)
+            return
+        event_id = self.state.order_event_id[order_id]
+        attached = order.attached_state
+        if attached == A.ATTACHED_STATE_DETACHED:
+            self._pending.pop(order_id, None)
+            due = _due_ms(order)
+            if due is not None:
+                heapq.heappush(self._timers, (due, order_id, event_id))
+            return
+        kind = (
+            "attach"
+            if attached == A.ATTACHED_STATE_ATTACHING
+            else "detach"
+            if attached == A.ATTACHED_STATE_DETACHABLE
+            else "command"
+            if order.marks
+            else None
+        )
+        if kind is None:
+            self._pending.pop(order_id, None)
+            return
+        pending = self._pending.get(order_id)
+        # Once per entering a kind of work, and for commands again whenever the marks change: not
+        # for each of the agent's events mirrored meanwhile (its output, say).
+        marks_changed = event is not None and event.WhichOneof("kind") == "order_marked"
+        if pending is not None and pending[:2] == (order.agent, kind) and not marks_changed:
+            return
+        self._pending[order_id] = (order.agent, kind, event_id)
+        self._queues[order.agent].append((event_id, kind, order_id))
+
+    def _emit_like(self, order_id: str, proto: Event, now_ms: int) -> Event:
+        kind = proto.WhichOneof("kind")
+        assert kind is not None
+        return self._emit(now_ms, order_id, **{kind: getattr(proto, kind)})
 
     # --- deployment ---
 
-    def deploy(self, items: list[items_pb2.SignedItem], now_ms: int) -> list[Event]:
+    def _deploy(self, items: tuple[items_pb2.SignedItem, ...], now_ms: int) -> list[Event]:
         locks: dict[str, workflow_pb2.LockItem] = {}
         resources: dict[str, tuple[workflow_pb2.JobResourceItem, items_pb2.SignedItem]] = {}
         clusters: dict[str, tuple[workflow_pb2.SubagentClusterItem, items_pb2.SignedItem]] = {}
@@ -206,24 +408,24 @@ class ControllerCore:
         for path, lock in locks.items():
             known = self.state.locks.get(path)
             if known is None or known.limit != lock.limit:
-                events.append(self.state.emit(now_ms, item_deployed=events_pb2.ItemDeployed(lock=lock)))
+                events.append(self._emit(now_ms, item_deployed=events_pb2.ItemDeployed(lock=lock)))
         for path, (resource, item) in resources.items():
             if self.state.job_resources.get(path) != resource:
                 deployed = events_pb2.ItemDeployed(
                     job_resource=resource, signed_json=item.json, signature=item.signature
                 )
-                events.append(self.state.emit(now_ms, item_deployed=deployed))
+                events.append(self._emit(now_ms, item_deployed=deployed))
         for path, (cluster, item) in clusters.items():
             if self.state.subagent_clusters.get(path) != cluster:
                 deployed = events_pb2.ItemDeployed(subagent_cluster=cluster, signed_json=item.json)
-                events.append(self.state.emit(now_ms, item_deployed=deployed))
+                events.append(self._emit(now_ms, item_deployed=deployed))
         for workflow, item, _ in workflows:
             if (workflow.path, workflow.version_id) in self.state.workflows:
                 continue  # the same version again: idempotent
             deployed = events_pb2.ItemDeployed(
                 workflow=workflow, signed_json=item.json, signature=item.signature
             )
-            events.append(self.state.emit(now_ms, item_deployed=deployed))
+            events.append(self._emit(now_ms, item_deployed=deployed))
         return events
 
     def _parse_subagent_cluster(
@@ -269,11 +471,7 @@ class ControllerCore:
 
     # --- orders ---
 
-    def add_orders(
-        self, new_orders: list[controller_pb2.NewOrder], now_ms: int
-    ) -> tuple[list[Event], list[controller_pb2.AddedOrder]]:
-        events: list[Event] = []
-        added: list[controller_pb2.AddedOrder] = []
+    def _add_orders(self, new_orders: tuple[NewOrder, ...], now_ms: int) -> list[Event]:
         orders: list[order_pb2.Order] = []
         for i, new in enumerate(new_orders):
             field = f"orders[{i}]"
@@ -281,17 +479,8 @@ class ControllerCore:
                 raise InvalidArgument(
                     f"not an order id: {new.id!r} (empty, or with '|')", field=f"{field}.id"
                 )
-            if new.id in self.state.orders:
-                existing = self.state.orders[new.id]
-                added.append(
-                    controller_pb2.AddedOrder(
-                        id=new.id, workflow_version_id=existing.workflow_version_id, existed=True
-                    )
-                )
-                continue
-            if new.id in self.state.ended_orders:  # a repeated request: the order ran already
-                version = self.state.ended_orders[new.id]
-                added.append(controller_pb2.AddedOrder(id=new.id, workflow_version_id=version, existed=True))
+            # Known (held, or ended lately: a repeated request), or twice in this request: added once.
+            if new.id in self.state.orders or new.id in self.state.ended_orders:
                 continue
             version = new.workflow_version_id or self.state.current_version.get(new.workflow_path, "")
             if (new.workflow_path, version) not in self.state.workflows:
@@ -311,14 +500,16 @@ class ControllerCore:
             )
             for k, v in prepared_arguments(workflow, dict(new.arguments), f"{field}.arguments").items():
                 order.arguments[k].CopyFrom(v)
-            if new.HasField("scheduled_for"):
-                order.scheduled_for.CopyFrom(new.scheduled_for)
+            if new.scheduled_for_ms is not None:
+                order.scheduled_for.FromMilliseconds(new.scheduled_for_ms)
             orders.append(order)
-            added.append(controller_pb2.AddedOrder(id=new.id, workflow_version_id=version))
+        events: list[Event] = []
         for order in orders:  # all checked first: a bad order in a request adds none
-            events.append(self.state.emit(now_ms, order.id, order_added=events_pb2.OrderAdded(order=order)))
+            if order.id in self.state.orders:
+                continue  # the same id twice in one request
+            events.append(self._emit(now_ms, order.id, order_added=events_pb2.OrderAdded(order=order)))
             events += self.step_order(order.id, now_ms)
-        return events, added
+        return events
 
     def step_order(self, order_id: str, now_ms: int) -> list[Event]:
         """Runs controller-scope instructions until the order waits, leaves for an agent or ends."""
@@ -343,7 +534,7 @@ class ControllerCore:
 
     def _work(self, order: order_pb2.Order, work: ControllerWork, now_ms: int) -> tuple[list[Event], bool]:
         """Does what involves other orders or locks. Returns events and whether `order` moved on."""
-        emit = self.state.emit
+        emit = self._emit
         if work.kind == "lock":
             return self._lock(order, work, now_ms)
         if work.kind in ("fork", "fork_list"):
@@ -393,15 +584,15 @@ class ControllerCore:
             return [], False
         if queue or self.state.lock_free(lock.lock_path) < count:  # first come, first served
             queued = events_pb2.OrderLockQueued(lock_path=lock.lock_path, count=count)
-            return [self.state.emit(now_ms, order.id, order_lock_queued=queued)], False
+            return [self._emit(now_ms, order.id, order_lock_queued=queued)], False
         return self._acquire(order.id, lock.lock_path, count, now_ms), True
 
     def _acquire(self, order_id: str, lock_path: str, count: int, now_ms: int) -> list[Event]:
         acquired = events_pb2.OrderLockAcquired(lock_path=lock_path, count=count)
         into = enter(self.state.orders[order_id].position, "lock")
         return [
-            self.state.emit(now_ms, order_id, order_lock_acquired=acquired),
-            self.state.emit(now_ms, order_id, order_moved=events_pb2.OrderMoved(to=into)),
+            self._emit(now_ms, order_id, order_lock_acquired=acquired),
+            self._emit(now_ms, order_id, order_moved=events_pb2.OrderMoved(to=into)),
         ]
 
     def _grant(self, lock_path: str, now_ms: int) -> list[Event]:
@@ -445,7 +636,7 @@ class ControllerCore:
                     for k, v in element.object.fields.items():
                         child.arguments[k].CopyFrom(v)
                 children.append(child)
-        events = [self.state.emit(now_ms, order.id, order_forked=events_pb2.OrderForked(children=children))]
+        events = [self._emit(now_ms, order.id, order_forked=events_pb2.OrderForked(children=children))]
         for child in children:
             new = order_pb2.Order(
                 id=child.order_id,
@@ -461,7 +652,7 @@ class ControllerCore:
             for source in (order.arguments, order.variables, child.arguments):
                 for k, v in source.items():
                     new.arguments[k].CopyFrom(v)
-            events.append(self.state.emit(now_ms, new.id, order_added=events_pb2.OrderAdded(order=new)))
+            events.append(self._emit(now_ms, new.id, order_added=events_pb2.OrderAdded(order=new)))
             events += self.step_order(new.id, now_ms)
         if not children:
             events += self._join(order.id, now_ms)
@@ -501,13 +692,11 @@ class ControllerCore:
                 for k, v in child.variables.items():
                     outcome.named_values[k].CopyFrom(v)
         events = [
-            self.state.emit(now_ms, c.id, order_deleted=events_pb2.OrderDeleted())
+            self._emit(now_ms, c.id, order_deleted=events_pb2.OrderDeleted())
             for c in children
             if c is not None
         ]
-        events.append(
-            self.state.emit(now_ms, parent_id, order_joined=events_pb2.OrderJoined(outcome=outcome))
-        )
+        events.append(self._emit(now_ms, parent_id, order_joined=events_pb2.OrderJoined(outcome=outcome)))
         return events + self.step_order(parent_id, now_ms)
 
     def _add_order(
@@ -527,9 +716,7 @@ class ControllerCore:
             return self._fail_here(order, f"addOrder: {e}", now_ms)
         new_id = f"{order.id}|{add.id_suffix or text(order.position)}"
         events = [
-            self.state.emit(
-                now_ms, order.id, order_order_added=events_pb2.OrderOrderAdded(added_order_id=new_id)
-            )
+            self._emit(now_ms, order.id, order_order_added=events_pb2.OrderOrderAdded(added_order_id=new_id))
         ]
         if new_id not in self.state.orders:
             new = order_pb2.Order(
@@ -543,10 +730,10 @@ class ControllerCore:
             )
             for k, v in arguments.items():
                 new.arguments[k].CopyFrom(v)
-            events.append(self.state.emit(now_ms, new_id, order_added=events_pb2.OrderAdded(order=new)))
+            events.append(self._emit(now_ms, new_id, order_added=events_pb2.OrderAdded(order=new)))
             events += self.step_order(new_id, now_ms)
         moved = events_pb2.OrderMoved(to=next_position(order.position))
-        events.append(self.state.emit(now_ms, order.id, order_moved=moved))
+        events.append(self._emit(now_ms, order.id, order_moved=moved))
         return events, True
 
     def _fail_here(self, order: order_pb2.Order, message: str, now_ms: int) -> tuple[list[Event], bool]:
@@ -558,42 +745,17 @@ class ControllerCore:
         events = [self._emit_like(order.id, proto, now_ms) for proto in decided]
         return events + self._grant_released_locks(decided, now_ms), True
 
-    def wake(self, now_ms: int) -> list[Event]:
-        """Orders at the controller whose time has come (fresh ones, sleeping, retry delays)."""
+    def _tick(self, now_ms: int) -> list[Event]:
+        """Orders at the controller whose time has come (scheduled ones, sleeping, retry delays)."""
         events: list[Event] = []
-        for order_id, order in list(self.state.orders.items()):
-            if order.attached_state == A.ATTACHED_STATE_DETACHED and order.state in (
-                S.ORDER_STATE_FRESH,
-                S.ORDER_STATE_WAITING,
-            ):
+        timers = self._timers
+        while timers and timers[0][0] <= now_ms:
+            _, order_id, event_id = heapq.heappop(timers)
+            if self.state.order_event_id.get(order_id) == event_id:
                 events += self.step_order(order_id, now_ms)
         return events
 
-    def next_wake_ms(self) -> int | None:
-        due = []
-        for o in self.state.orders.values():
-            if o.attached_state != A.ATTACHED_STATE_DETACHED:
-                continue
-            if o.state == S.ORDER_STATE_FRESH and o.HasField("scheduled_for"):
-                due.append(o.scheduled_for.ToMilliseconds())
-            elif o.state == S.ORDER_STATE_WAITING and o.HasField("waiting_until"):
-                due.append(o.waiting_until.ToMilliseconds())
-        return min(due) if due else None
-
     # --- commands ---
-
-    def command_orders(
-        self, commands: list[commands_pb2.OrderCommand], now_ms: int
-    ) -> tuple[list[Event], list[commands_pb2.OrderCommandResult]]:
-        events: list[Event] = []
-        results = []
-        for command in commands:
-            try:
-                events += self._command(command, now_ms)
-                results.append(commands_pb2.OrderCommandResult(order_id=command.order_id))
-            except InvalidArgument as e:
-                results.append(commands_pb2.OrderCommandResult(order_id=command.order_id, error=str(e)))
-        return events, results
 
     def _command(self, command: commands_pb2.OrderCommand, now_ms: int) -> list[Event]:
         order = self.state.orders.get(command.order_id)
@@ -643,7 +805,7 @@ class ControllerCore:
             if resume.HasField("position"):
                 resumed.position.CopyFrom(resume.position)
             return [
-                self.state.emit(now_ms, order.id, order_resumed=resumed),
+                self._emit(now_ms, order.id, order_resumed=resumed),
                 *self.step_order(order.id, now_ms),
             ]
         if kind == "answer_prompt":
@@ -651,7 +813,7 @@ class ControllerCore:
                 raise InvalidArgument(f"order is {state_name}, not prompting", field="answer_prompt")
             answered = events_pb2.OrderPromptAnswered()
             return [
-                self.state.emit(now_ms, order.id, order_prompt_answered=answered),
+                self._emit(now_ms, order.id, order_prompt_answered=answered),
                 *self.step_order(order.id, now_ms),
             ]
         raise InvalidArgument("no command given", field="kind")
@@ -659,7 +821,7 @@ class ControllerCore:
     def _mark(self, order: order_pb2.Order, mark: order_pb2.OrderMark, now_ms: int) -> list[Event]:
         kind = mark.WhichOneof("kind")
         marks = [m for m in order.marks if m.WhichOneof("kind") != kind] + [mark]
-        return [self.state.emit(now_ms, order.id, order_marked=events_pb2.OrderMarked(marks=marks))]
+        return [self._emit(now_ms, order.id, order_marked=events_pb2.OrderMarked(marks=marks))]
 
     def cancel_order(self, order_id: str, now_ms: int) -> list[Event]:
         order = self.state.orders.get(order_id)
@@ -671,7 +833,7 @@ class ControllerCore:
 
     # --- agents ---
 
-    def on_agent_events(self, agent: str, agent_events: list[Event], now_ms: int) -> list[Event]:
+    def _agent_events(self, agent: str, agent_events: tuple[Event, ...], now_ms: int) -> list[Event]:
         """Mirrors an agent's order events (each agent event id once) and carries on with orders
         the agent handed back."""
         observed = self.state.agent_observed.get(agent, 0)
@@ -682,106 +844,56 @@ class ControllerCore:
             observed = e.id
             kind = e.WhichOneof("kind")
             if kind == "item_deployed":
-                events.append(self.state.emit(now_ms, item_attached=_attached(agent, e.item_deployed)))
+                events.append(self._emit(now_ms, item_attached=_attached(agent, e.item_deployed)))
                 continue
             if kind not in MIRRORED_KINDS or e.order_id not in self.state.orders:
                 continue
-            mirrored = Event()
-            mirrored.CopyFrom(e)
-            if kind == "order_attached":
-                mirrored.order_attached.ClearField("order")  # the controller has the order already
-            events.append(self._emit_like(e.order_id, mirrored, e.timestamp.ToMilliseconds()))
+            # The event's content, copied once into the controller's own event.
+            content = (
+                events_pb2.OrderAttached(agent=e.order_attached.agent)  # the controller has the order
+                if kind == "order_attached"
+                else getattr(e, kind)
+            )
+            events.append(self._emit(e.timestamp.ToMilliseconds(), e.order_id, **{kind: content}))
             if kind == "order_detached":
                 events += self.step_order(e.order_id, now_ms)
         if observed > self.state.agent_observed.get(agent, 0):
             observed_event = events_pb2.AgentEventsObserved(agent=agent, until_id=observed)
-            events.append(self.state.emit(now_ms, agent_events_observed=observed_event))
+            events.append(self._emit(now_ms, agent_events_observed=observed_event))
         return events
 
-    def _emit_like(self, order_id: str, proto: Event, now_ms: int) -> Event:
-        kind = proto.WhichOneof("kind")
-        assert kind is not None
-        return self.state.emit(now_ms, order_id, **{kind: getattr(proto, kind)})
 
-    def agent_work(self, agent: str, committed_id: int, sent: Set[WorkKey]) -> AgentWork:
-        """What this controller owes `agent` now, minus what `sent` says went out already.
+def _commands_of(order: order_pb2.Order) -> list[commands_pb2.OrderCommand]:
+    """Marks of an order at an agent, as commands for it (it carries them out and reports)."""
+    commands = []
+    for mark in order.marks:
+        kind = mark.WhichOneof("kind")
+        if kind == "cancel":
+            commands.append(
+                commands_pb2.OrderCommand(
+                    order_id=order.id, cancel=commands_pb2.CancelOrder(kill=mark.cancel.kill)
+                )
+            )
+        elif kind == "suspend":
+            commands.append(
+                commands_pb2.OrderCommand(
+                    order_id=order.id, suspend=commands_pb2.SuspendOrder(kill=mark.suspend.kill)
+                )
+            )
+        elif kind == "resume":
+            resume = commands_pb2.ResumeOrder(variables=mark.resume.variables)
+            if mark.resume.HasField("position"):
+                resume.position.CopyFrom(mark.resume.position)
+            commands.append(commands_pb2.OrderCommand(order_id=order.id, resume=resume))
+    return commands
 
-        Each piece's key is taken here, together with the piece: a driver that awaits between
-        sending pieces must not key a piece by the order's event id of a later moment (the
-        order may have moved on meanwhile, and its next piece would look sent already)."""
-        ids = self.state.order_event_id
-        work = AgentWork()
-        for o in self.orders_to_attach(agent, committed_id):
-            if (key := ("attach", o.id, ids[o.id])) not in sent:
-                work.attach.append((key, o))
-        for c in self.commands_to_forward(agent, committed_id):
-            if (key := ("command", c.order_id, ids[c.order_id])) not in sent:
-                work.commands.append((key, c))
-        for order_id in self.orders_to_detach(agent, committed_id):
-            if (key := ("detach", order_id, ids[order_id])) not in sent:
-                work.detach.append((key, order_id))
-        return work
 
-    def items_to_attach(self, agent: str) -> list[items_pb2.SignedItem]:
-        """Job resources and the agent's subagent clusters in a version the agent has not
-        journaled (it reports each with an event): sent before orders, which may need them."""
-        return [
-            item
-            for (kind, path), item in self.state.agent_items.items()
-            if (kind == "job_resource" or self.state.subagent_clusters[path].agent == agent)
-            and self.state.attached.get((agent, kind, path)) != item.version_id
-        ]
-
-    def stale_keys(self, sent: Set[WorkKey]) -> set[WorkKey]:
-        """Keys of orders that moved on or left: a driver may forget them."""
-        return {k for k in sent if self.state.order_event_id.get(k[1]) != k[2]}
-
-    def orders_to_attach(self, agent: str, committed_id: int) -> list[order_pb2.Order]:
-        return [
-            o
-            for o in self.state.orders.values()
-            if o.agent == agent
-            and o.attached_state == A.ATTACHED_STATE_ATTACHING
-            and self.state.order_event_id[o.id] <= committed_id
-        ]
-
-    def orders_to_detach(self, agent: str, committed_id: int) -> list[str]:
-        return [
-            o.id
-            for o in self.state.orders.values()
-            if o.agent == agent
-            and o.attached_state == A.ATTACHED_STATE_DETACHABLE
-            and self.state.order_event_id[o.id] <= committed_id
-        ]
-
-    def commands_to_forward(self, agent: str, committed_id: int) -> list[commands_pb2.OrderCommand]:
-        """Marks of orders at the agent, as commands for it (it carries them out and reports)."""
-        commands = []
-        for o in self.state.orders.values():
-            if o.agent != agent or o.attached_state != A.ATTACHED_STATE_ATTACHED or not o.marks:
-                continue
-            if self.state.order_event_id[o.id] > committed_id:
-                continue
-            for mark in o.marks:
-                kind = mark.WhichOneof("kind")
-                if kind == "cancel":
-                    commands.append(
-                        commands_pb2.OrderCommand(
-                            order_id=o.id, cancel=commands_pb2.CancelOrder(kill=mark.cancel.kill)
-                        )
-                    )
-                elif kind == "suspend":
-                    commands.append(
-                        commands_pb2.OrderCommand(
-                            order_id=o.id, suspend=commands_pb2.SuspendOrder(kill=mark.suspend.kill)
-                        )
-                    )
-                elif kind == "resume":
-                    resume = commands_pb2.ResumeOrder(variables=mark.resume.variables)
-                    if mark.resume.HasField("position"):
-                        resume.position.CopyFrom(mark.resume.position)
-                    commands.append(commands_pb2.OrderCommand(order_id=o.id, resume=resume))
-        return commands
+def _due_ms(order: order_pb2.Order) -> int | None:
+    if order.state == S.ORDER_STATE_FRESH and order.HasField("scheduled_for"):
+        return int(order.scheduled_for.ToMilliseconds())
+    if order.state == S.ORDER_STATE_WAITING and order.HasField("waiting_until"):
+        return int(order.waiting_until.ToMilliseconds())
+    return None
 
 
 def _parse_lock(item: items_pb2.SignedItem, field: str) -> workflow_pb2.LockItem:

@@ -9,12 +9,22 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from controller_svc import convert
 from controller_svc.agents import AgentDriver
-from controller_svc.core import ControllerCore, ControllerState
+from controller_svc.core import (
+    AddOrders,
+    CommandOrder,
+    ControllerCore,
+    ControllerState,
+    Deploy,
+    ReleaseEvents,
+    Stimulus,
+    Tick,
+)
 from gen.ostinato.common.v1 import cluster_pb2, commands_pb2, events_pb2
 from gen.ostinato.controller.v1 import controller_pb2, controller_pb2_grpc
 from ostinato import rpc, signing
-from ostinato.errors import NotFound
+from ostinato.errors import InvalidArgument, NotFound
 from ostinato.journal.node import JournaledNode, NodeConfig, serve_node
 from ostinato.journal.shell import now_ms
 
@@ -49,6 +59,17 @@ class Controller(JournaledNode):
     def deactivate(self) -> None:
         self.drivers = {}
 
+    @property
+    def committed_id(self) -> int:
+        return self.shell.committed_id
+
+    async def output_room(self) -> None:
+        await self.shell.output_room()
+
+    async def handle(self, stimulus: Stimulus) -> list[events_pb2.Event]:
+        """The core decides on the stimulus; returns its events once they are committed."""
+        return await self.shell.command(lambda now: self.core.handle(stimulus, now))
+
     def driver(self, agent: str) -> AgentDriver:
         if agent not in self.drivers:
             raise NotFound(f"unknown agent {agent!r} (agents: {sorted(self.drivers)})", field="agent")
@@ -61,7 +82,7 @@ class Controller(JournaledNode):
     async def _on_wake(self, due: int | None) -> None:
         """Starts fresh orders whose first instruction is the controller's when their time comes."""
         if due is not None and due <= now_ms():
-            await self.shell.command(self.core.wake)
+            await self.handle(Tick())
 
 
 class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
@@ -74,17 +95,18 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
         items = list(request.items)
         # Signatures first, over the exact JSON bytes: the core parses only verified items.
         signing.verify_items(self.c.config.node.trust, items)
-        await self.c.shell.command(lambda now: self.c.core.deploy(items, now))
+        await self.c.handle(Deploy(tuple(items)))
         return controller_pb2.DeployItemsResponse(event_id=self.c.shell.committed_id)
 
     async def AddOrders(
         self, request: controller_pb2.AddOrdersRequest, context: grpc.aio.ServicerContext
     ) -> controller_pb2.AddOrdersResponse:
+        stimulus = AddOrders(tuple(convert.new_order(o) for o in request.orders))
         result: list[controller_pb2.AddedOrder] = []
 
         def decide(now: int) -> list[events_pb2.Event]:
-            events, added = self.c.core.add_orders(list(request.orders), now)
-            result.extend(added)
+            events = self.c.core.handle(stimulus, now)
+            result.extend(convert.added_order(a) for a in self.c.core.added(stimulus, events))
             return events
 
         await self.c.shell.command(decide)
@@ -96,8 +118,14 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
         results: list[commands_pb2.OrderCommandResult] = []
 
         def decide(now: int) -> list[events_pb2.Event]:
-            events, outcome = self.c.core.command_orders(list(request.commands), now)
-            results.extend(outcome)
+            # One at a time, so each is judged on the state the ones before it left.
+            events: list[events_pb2.Event] = []
+            for command in request.commands:
+                try:
+                    events += self.c.core.handle(CommandOrder(command), now)
+                    results.append(commands_pb2.OrderCommandResult(order_id=command.order_id))
+                except InvalidArgument as e:
+                    results.append(commands_pb2.OrderCommandResult(order_id=command.order_id, error=str(e)))
             return events
 
         await self.c.shell.command(decide)
@@ -112,7 +140,7 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
     async def ReleaseEvents(
         self, request: controller_pb2.ReleaseEventsRequest, context: grpc.aio.ServicerContext
     ) -> controller_pb2.ReleaseEventsResponse:
-        await self.c.shell.command(lambda now: self.c.core.state.release(request.until_id, now))
+        await self.c.handle(ReleaseEvents(request.until_id))
         return controller_pb2.ReleaseEventsResponse()
 
     async def GetSnapshot(

@@ -1,18 +1,30 @@
 """The director's deterministic core: orders attached to this agent, and the job executions it
 hands to subagents.
 
-No I/O: the shell passes time and the set of subagents with a live session in; it starts
-processes only for OrderProcessingStarted events that are committed, and feeds what subagents
-report back in as stimuli. Every method returns the events it emitted (already applied here).
+One way in: `handle(stimulus, now_ms)` with one of the frozen stimuli below returns the events it
+emitted (already applied to the working state; the journal must commit them before anything acts
+on them). One way out: `subagent_work(subagent, committed_id)`, the starts and kills a subagent's
+driver is to send, taken from queues the core fills as it emits events, each once and only once
+the event that justifies it is committed.
+
+Nothing here scans all orders: the core keeps indexes beside the state (timers, executions per
+subagent, orders waiting for a job's process slot) and updates them with every event it emits, so
+the cost of a stimulus does not grow with the number of orders held. The indexes are rebuilt from
+the state when a node becomes active; the committed copy of the state (replayed on followers)
+carries none of them.
 """
 
 from __future__ import annotations
 
+import heapq
+from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from gen.ostinato.common.v1 import commands_pb2, events_pb2, items_pb2, order_pb2, workflow_pb2
-from gen.ostinato.subagent.v1 import subagent_pb2
 from ostinato.errors import InvalidArgument
+from ostinato.process import Exited, Message, Output, Stream
 from ostinato.workflow import model, positions
 from ostinato.workflow.holder import OrderHolder
 from ostinato.workflow.model import item_digest
@@ -24,6 +36,124 @@ S = order_pb2.OrderState
 Event = events_pb2.Event
 SUCCEEDED = workflow_pb2.OUTCOME_KIND_SUCCEEDED
 FAILED = workflow_pb2.OUTCOME_KIND_FAILED
+
+
+# --- stimuli: everything that can happen to a director ---
+
+
+@dataclass(frozen=True, slots=True)
+class AttachItems:
+    """Workflows, job resources and subagent clusters the controller hands over."""
+
+    items: tuple[items_pb2.SignedItem, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AttachOrders:
+    orders: tuple[order_pb2.Order, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DetachOrders:
+    order_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CommandOrders:
+    commands: tuple[commands_pb2.OrderCommand, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseEvents:
+    """The controller journaled the agent's events up to `until_id`."""
+
+    until_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class SubagentWelcomed:
+    """A session with the subagent began; `known_process_keys` are the executions of its run that
+    it knows (running, or ended with results it still holds)."""
+
+    subagent_id: str
+    run_id: str
+    known_process_keys: frozenset[str] = frozenset()
+    process_limit: int = 0
+    director_timeout_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class SubagentMessages:
+    """Numbered messages of a subagent run, `(seq, message)` in seq order."""
+
+    subagent_id: str
+    run_id: str
+    messages: tuple[tuple[int, Message], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SubagentLost:
+    """The session with the subagent ended; its processes may still run there."""
+
+    subagent_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SubagentUnreachable:
+    """The subagent has been unreachable so long (its director timeout and the heartbeat silences
+    on both sides) that it has killed its processes or is down."""
+
+    subagent_id: str
+    for_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passed: orders whose time came move on."""
+
+
+Stimulus = (
+    AttachItems
+    | AttachOrders
+    | DetachOrders
+    | CommandOrders
+    | ReleaseEvents
+    | SubagentWelcomed
+    | SubagentMessages
+    | SubagentLost
+    | SubagentUnreachable
+    | Tick
+)
+
+
+# --- work: what the shell is to do once the events behind it are committed ---
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSpec:
+    """What a subagent needs to start a job execution."""
+
+    process_key: str
+    order_id: str
+    job_name: str
+    subagent_id: str
+    executable: workflow_pb2.Executable
+    env: dict[str, str]
+    timeout_s: float
+    sigkill_delay_s: float
+    trace_parent: str
+
+
+@dataclass(frozen=True, slots=True)
+class SubagentWork:
+    starts: tuple[ProcessSpec, ...] = ()
+    kills: tuple[str, ...] = ()  # process keys
+
+    def __bool__(self) -> bool:
+        return bool(self.starts or self.kills)
+
+
+# --- state ---
 
 
 @dataclass
@@ -110,30 +240,130 @@ class DirectorState(OrderHolder):
         self.running[key] = self.running.get(key, 0) + delta
 
 
-@dataclass(frozen=True)
-class ProcessSpec:
-    """What a subagent needs to start a job execution."""
-
-    process_key: str
-    order_id: str
-    job_name: str
-    subagent_id: str
-    executable: workflow_pb2.Executable
-    env: dict[str, str]
-    timeout_s: float
-    sigkill_delay_s: float
-    trace_parent: str
+# --- indexes of the working state ---
 
 
 @dataclass
-class DirectorCore:
-    state: DirectorState
-    agent: str
-    subagent_ids: list[str] = field(default_factory=list)  # in configured order
+class _Index:
+    """What the core finds without scanning: kept in step with every event the core emits."""
 
-    def attach_items(self, items: list[items_pb2.SignedItem], now_ms: int) -> list[Event]:
-        """Workflows, job resources and subagent clusters the controller hands over (each
-        journaled once per version; the controller learns from the event that it arrived)."""
+    # (due ms, order id, the order's event id then): fresh orders scheduled for later, waiting ones.
+    # An entry is stale once the order has a newer event (a newer entry was pushed if still due).
+    timers: list[tuple[int, str, int]] = field(default_factory=list)
+    # Executions per subagent: process key -> order id.
+    processing: dict[str, dict[str, str]] = field(default_factory=dict)
+    processing_at: dict[str, tuple[str, str]] = field(default_factory=dict)  # order -> (subagent, key)
+    # Orders ready at a job that had no process slot or subagent: FIFO per job, (order, event id).
+    blocked: dict[tuple[str, str], deque[tuple[str, int]]] = field(default_factory=dict)
+    # Work not yet taken by the subagents' drivers: (event id, order id, process key), per subagent.
+    starts: dict[str, deque[tuple[int, str, str]]] = field(default_factory=dict)
+    kills: dict[str, deque[tuple[int, str, str]]] = field(default_factory=dict)
+    # Environments computed when a job was found able to start, for its start (not computed twice).
+    env: dict[str, dict[str, str]] = field(default_factory=dict)
+    # Orders that may move without a stimulus of their own: on a node that just became active,
+    # those ready or processed when the previous node stopped (stepped before any queue).
+    restep: list[str] = field(default_factory=list)
+
+
+class DirectorCore:
+    def __init__(self, state: DirectorState, agent: str, subagent_ids: Iterable[str] = ()) -> None:
+        self.state = state
+        self.agent = agent
+        self.subagent_ids = list(subagent_ids)  # in configured order
+        # Subagents with a live session: jobs go only there. Not journaled: the shell's knowledge.
+        self.available: set[str] = set()
+        self._index = _Index()
+        for order_id, order in state.orders.items():
+            self._note_order(order_id, None)
+            attached = order.attached_state == A.ATTACHED_STATE_ATTACHED
+            if attached and order.state in _MAY_MOVE and _due_ms(order) is None:
+                self._index.restep.append(order_id)
+
+    # --- the one way in ---
+
+    def handle(self, stimulus: Stimulus, now_ms: int) -> list[Event]:
+        if isinstance(stimulus, SubagentMessages):
+            return self._subagent_messages(stimulus, now_ms)
+        if isinstance(stimulus, AttachOrders):
+            return self._attach_orders(stimulus.orders, now_ms)
+        if isinstance(stimulus, ReleaseEvents):
+            return self.state.release(stimulus.until_id, now_ms)
+        if isinstance(stimulus, DetachOrders):
+            return self._detach_orders(stimulus.order_ids, now_ms)
+        if isinstance(stimulus, Tick):
+            return self._tick(now_ms)
+        if isinstance(stimulus, AttachItems):
+            return self._attach_items(stimulus.items, now_ms)
+        if isinstance(stimulus, CommandOrders):
+            return self._command_orders(stimulus.commands, now_ms)
+        if isinstance(stimulus, SubagentWelcomed):
+            return self._subagent_welcomed(stimulus, now_ms)
+        if isinstance(stimulus, SubagentLost):
+            self.available.discard(stimulus.subagent_id)
+            return []
+        if isinstance(stimulus, SubagentUnreachable):
+            return self._subagent_unreachable(stimulus, now_ms)
+        raise TypeError(f"not a director stimulus: {stimulus!r}")
+
+    def command_results(self, stimulus: CommandOrders) -> list[commands_pb2.OrderCommandResult]:
+        """The answer to CommandOrders: a command for an order not here is refused, each alone."""
+        return [
+            commands_pb2.OrderCommandResult(
+                order_id=c.order_id, error="" if c.order_id in self.state.orders else "not at this agent"
+            )
+            for c in stimulus.commands
+        ]
+
+    # --- the one way out ---
+
+    def subagent_work(self, subagent_id: str, committed_id: int) -> SubagentWork:
+        """Starts and kills for the subagent whose events are committed, each handed out once
+        (after a new session, `subagent_session` puts back what the subagent does not know)."""
+        starts = []
+        queue = self._index.starts.get(subagent_id)
+        while queue and queue[0][0] <= committed_id:
+            _, order_id, key = queue.popleft()
+            if self._processing_key(order_id) == key:
+                starts.append(self._process_spec(self.state.orders[order_id]))
+        kills = []
+        queue = self._index.kills.get(subagent_id)
+        while queue and queue[0][0] <= committed_id:
+            _, order_id, key = queue.popleft()
+            if self._processing_key(order_id) == key:
+                kills.append(key)
+        return SubagentWork(tuple(starts), tuple(kills))
+
+    def subagent_session(self, subagent_id: str, known_process_keys: frozenset[str]) -> None:
+        """A new session: what was handed out before may not have arrived. Every execution on the
+        subagent it does not know is to be started (once the order's events are committed), and
+        every kill asked for is to be sent again."""
+        starts: list[tuple[int, str, str]] = []
+        kills: list[tuple[int, str, str]] = []
+        for key, order_id in self._index.processing.get(subagent_id, {}).items():
+            order = self.state.orders[order_id]
+            event_id = self.state.order_event_id[order_id]
+            if key not in known_process_keys:
+                starts.append((event_id, order_id, key))
+            if order.processing.kill_requested:
+                kills.append((event_id, order_id, key))
+        self._index.starts[subagent_id] = deque(sorted(starts))
+        self._index.kills[subagent_id] = deque(sorted(kills))
+
+    def processing_keys(self, subagent_id: str) -> set[str]:
+        """Keys of every execution on this subagent, committed or not."""
+        return set(self._index.processing.get(subagent_id, {}))
+
+    def next_wake_ms(self) -> int | None:
+        timers = self._index.timers
+        while timers and self.state.order_event_id.get(timers[0][1]) != timers[0][2]:
+            heapq.heappop(timers)  # stale
+        return timers[0][0] if timers else None
+
+    # --- stimuli ---
+
+    def _attach_items(self, items: tuple[items_pb2.SignedItem, ...], now_ms: int) -> list[Event]:
+        """Each item is journaled once per version; the controller learns from the event that it
+        arrived."""
         events = []
         for i, item in enumerate(items):
             field = f"items[{i}]"
@@ -167,10 +397,10 @@ class DirectorCore:
             else:
                 name = items_pb2.ItemType.Name(item.type)
                 raise InvalidArgument(f"an agent does not take {name} items", field=f"{field}.type")
-            events.append(self.state.emit(now_ms, item_deployed=deployed))
+            events.append(self._emit(now_ms, item_deployed=deployed))
         return events
 
-    def attach_orders(self, orders: list[order_pb2.Order], now_ms: int, available: set[str]) -> list[Event]:
+    def _attach_orders(self, orders: tuple[order_pb2.Order, ...], now_ms: int) -> list[Event]:
         for i, order in enumerate(orders):
             if (order.workflow_path, order.workflow_version_id) not in self.state.workflows:
                 raise InvalidArgument(
@@ -182,71 +412,238 @@ class DirectorCore:
             if order.id in self.state.orders:
                 continue  # attached already: the controller repeats itself after reconnecting
             attached = events_pb2.OrderAttached(agent=self.agent, order=order)
-            events.append(self.state.emit(now_ms, order.id, order_attached=attached))
-            events += self.step_order(order.id, now_ms, available)
+            events.append(self._emit(now_ms, order.id, order_attached=attached))
+            events += self._step(order.id, now_ms)
         return events
 
-    def detach_orders(self, order_ids: list[str], now_ms: int) -> list[Event]:
+    def _detach_orders(self, order_ids: tuple[str, ...], now_ms: int) -> list[Event]:
         events = []
         for order_id in order_ids:
             order = self.state.orders.get(order_id)
             if order is not None and order.attached_state == A.ATTACHED_STATE_DETACHABLE:
-                events.append(self.state.emit(now_ms, order_id, order_detached=events_pb2.OrderDetached()))
+                events.append(self._emit(now_ms, order_id, order_detached=events_pb2.OrderDetached()))
         return events
 
-    def step_order(self, order_id: str, now_ms: int, available: set[str]) -> list[Event]:
-        """Runs agent-scope instructions until the order waits, processes or leaves."""
+    def _tick(self, now_ms: int) -> list[Event]:
+        """Orders whose time came (scheduled, sleeping, retry delays, cycles), then orders waiting
+        for a process slot (a safety net: slots and subagents free up through other stimuli)."""
+        events: list[Event] = []
+        timers = self._index.timers
+        while timers and timers[0][0] <= now_ms:
+            _, order_id, event_id = heapq.heappop(timers)
+            if self.state.order_event_id.get(order_id) == event_id:
+                events += self._step(order_id, now_ms)
+        return events + self._unblock(now_ms)
+
+    def _command_orders(self, commands: tuple[commands_pb2.OrderCommand, ...], now_ms: int) -> list[Event]:
+        """Commands the controller forwards for orders here. Repeating one changes nothing:
+        marks are replaced, a kill is asked for once."""
+        events: list[Event] = []
+        for command in commands:
+            order = self.state.orders.get(command.order_id)
+            if order is not None:
+                events += self._command(order, command, now_ms)
+        return events
+
+    def _command(
+        self, order: order_pb2.Order, command: commands_pb2.OrderCommand, now_ms: int
+    ) -> list[Event]:
+        kind = command.WhichOneof("kind")
+        events: list[Event] = []
+        if kind in ("cancel", "suspend"):
+            kill = command.cancel.kill if kind == "cancel" else command.suspend.kill
+            mark = (
+                order_pb2.OrderMark(cancel=order_pb2.CancelMark(kill=kill))
+                if kind == "cancel"
+                else order_pb2.OrderMark(suspend=order_pb2.SuspendMark(kill=kill))
+            )
+            if mark_of(order, kind) != mark:
+                marks = [m for m in order.marks if m.WhichOneof("kind") != kind] + [mark]
+                events.append(self._emit(now_ms, order.id, order_marked=events_pb2.OrderMarked(marks=marks)))
+            if kill and order.state == S.ORDER_STATE_PROCESSING and not order.processing.kill_requested:
+                events.append(
+                    self._emit(now_ms, order.id, order_kill_requested=events_pb2.OrderKillRequested())
+                )
+        elif kind == "resume":
+            if order.state in (S.ORDER_STATE_SUSPENDED, S.ORDER_STATE_FAILED):
+                resumed = events_pb2.OrderResumed(variables=command.resume.variables)
+                if command.resume.HasField("position"):
+                    resumed.position.CopyFrom(command.resume.position)
+                events.append(self._emit(now_ms, order.id, order_resumed=resumed))
+            elif mark_of(order, "suspend") is not None:  # not suspended yet: the suspension is called off
+                marks = [m for m in order.marks if m.WhichOneof("kind") not in ("suspend", "resume")]
+                events.append(self._emit(now_ms, order.id, order_marked=events_pb2.OrderMarked(marks=marks)))
+        return events + self._step(order.id, now_ms)
+
+    def _subagent_welcomed(self, welcome: SubagentWelcomed, now_ms: int) -> list[Event]:
+        """A session began. A different run id means the subagent restarted: processes it no
+        longer knows are lost, and their orders get a disrupted outcome rather than a second run.
+        With the same run (or the first ever session) a key it does not know was never received,
+        so it stays processing and is sent again (see `subagent_session`)."""
+        subagent_id = welcome.subagent_id
+        previous = self.state.subagent_runs.get(subagent_id)
+        restarted = previous is not None and previous.run_id != welcome.run_id
+        events: list[Event] = []
+        if restarted:
+            lost = [
+                order_id
+                for key, order_id in self._index.processing.get(subagent_id, {}).items()
+                if key not in welcome.known_process_keys
+            ]
+            message = f"subagent {subagent_id} restarted; the process was lost"
+            events += self._disrupt(lost, message, now_ms)
+        if previous is None or restarted:
+            observed = events_pb2.SubagentMessagesObserved(
+                subagent_id=subagent_id,
+                run_id=welcome.run_id,
+                until_seq=0,
+                process_limit=welcome.process_limit,
+                director_timeout_seconds=welcome.director_timeout_s,
+            )
+            events.append(self._emit(now_ms, subagent_messages_observed=observed))
+        self.available.add(subagent_id)
+        self.subagent_session(subagent_id, welcome.known_process_keys)
+        return events + self._unblock(now_ms)
+
+    def _subagent_unreachable(self, lost: SubagentUnreachable, now_ms: int) -> list[Event]:
+        """Its jobs end disrupted, and the workflow decides (a retry runs the job again, elsewhere
+        if need be)."""
+        self.available.discard(lost.subagent_id)
+        order_ids = list(self._index.processing.get(lost.subagent_id, {}).values())
+        message = f"subagent {lost.subagent_id} unreachable for {lost.for_s:.0f} s; its process was killed"
+        return self._disrupt(order_ids, message, now_ms) + self._unblock(now_ms)
+
+    def _disrupt(self, order_ids: list[str], message: str, now_ms: int) -> list[Event]:
+        events: list[Event] = []
+        outcome = workflow_pb2.Outcome(kind=workflow_pb2.OUTCOME_KIND_DISRUPTED, message=message)
+        for order_id in order_ids:
+            processed = events_pb2.OrderProcessed(outcome=outcome)
+            events.append(self._emit(now_ms, order_id, order_processed=processed))
+            events += self._step(order_id, now_ms)
+        return events
+
+    def _subagent_messages(self, stimulus: SubagentMessages, now_ms: int) -> list[Event]:
+        """Applies each numbered message once (seq above what the journal has observed)."""
+        subagent_id, run_id = stimulus.subagent_id, stimulus.run_id
+        run = self.state.subagent_runs.get(subagent_id)
+        observed = run.observed_seq if run is not None and run.run_id == run_id else 0
+        events: list[Event] = []
+        ended = False
+        by_key = self._index.processing.get(subagent_id, {})
+        for seq, message in stimulus.messages:
+            if seq <= observed:
+                continue
+            observed = seq
+            if isinstance(message, Output):
+                order_id = by_key.get(message.process_key)
+                if order_id is not None and message.chunk:
+                    stream = (
+                        events_pb2.STD_STREAM_STDERR
+                        if message.stream == Stream.STDERR
+                        else events_pb2.STD_STREAM_STDOUT
+                    )
+                    written = events_pb2.OrderStdWritten(stream=stream, chunk=message.chunk)
+                    events.append(self._emit(now_ms, order_id, order_std_written=written))
+            elif isinstance(message, Exited):
+                order_id = by_key.get(message.process_key)
+                if order_id is None:
+                    continue
+                order = self.state.orders[order_id]
+                outcome = outcome_of(message, self.state.job_of(order), order.processing.stderr_written)
+                events.append(
+                    self._emit(now_ms, order_id, order_processed=events_pb2.OrderProcessed(outcome=outcome))
+                )
+                events += self._step(order_id, now_ms)
+                ended = True
+        if run is None or run.run_id != run_id or observed > run.observed_seq:
+            mark = events_pb2.SubagentMessagesObserved(
+                subagent_id=subagent_id, run_id=run_id, until_seq=observed
+            )
+            events.append(self._emit(now_ms, subagent_messages_observed=mark))
+        if ended:
+            events += self._unblock(now_ms)  # orders held back by a job's or subagent's process limit
+        return events
+
+    # --- moving orders ---
+
+    def _step(self, order_id: str, now_ms: int, queued: bool = False) -> list[Event]:
+        """Runs agent-scope instructions until the order waits, processes or leaves. An order that
+        cannot start its job now joins its job's queue (`queued`: it is that queue's head)."""
         events: list[Event] = []
         for _ in range(1000):
             order = self.state.orders.get(order_id)
             if order is None:
                 return events
-            decided = step(order, self.state.workflow_of(order), AgentScope(self.agent), now_ms)
+            workflow = self.state.workflow_of(order)
+            decided = step(order, workflow, AgentScope(self.agent), now_ms)
             if isinstance(decided, ExecuteJob):
-                try:
-                    job_environment(order, self.state.workflow_of(order), decided, self.state.job_resources)
-                except InvalidArgument as e:  # e.g. a variable the job's env names is missing
-                    events += self._fail(order, f"job environment: {e}", now_ms)
-                    continue
-                limit = decided.job.process_limit or 1
-                if self.state.running.get(self.state.job_key(order), 0) >= limit:
-                    return events  # stays ready; woken when a process of the job ends
-                subagent = self._pick_subagent(decided.job, available)
+                job_key = self.state.job_key(order)
+                subagent: str | None | InvalidArgument = None
+                if self.state.running.get(job_key, 0) < (decided.job.process_limit or 1):
+                    subagent = self._pick_subagent(decided.job)
                 if isinstance(subagent, InvalidArgument):  # a cluster the agent does not have
-                    events += self._fail(order, str(subagent), now_ms)
+                    events.append(self._cannot_start(order, str(subagent), now_ms))
                     continue
-                if subagent is None:
-                    return events  # stays ready; woken when a subagent comes or has room again
-                processing = order_pb2.Processing(subagent_id=subagent, process_key=process_key(order))
+                if subagent is None:  # stays ready; retried when a slot or a subagent frees up
+                    if not queued:
+                        entry = (order_id, self.state.order_event_id[order_id])
+                        self._index.blocked.setdefault(job_key, deque()).append(entry)
+                    return events
+                # Only now, for a job that can start: expressions cost, and a queue may be long.
+                try:
+                    env = job_environment(order, workflow, decided, self.state.job_resources)
+                except InvalidArgument as e:  # e.g. a variable the job's env names is missing
+                    events.append(self._cannot_start(order, f"job environment: {e}", now_ms))
+                    continue
+                key = process_key(order)
+                self._index.env[key] = env
+                processing = order_pb2.Processing(subagent_id=subagent, process_key=key)
                 processing.started_at.FromMilliseconds(now_ms)
                 started = events_pb2.OrderProcessingStarted(processing=processing)
-                events.append(self.state.emit(now_ms, order_id, order_processing_started=started))
+                events.append(self._emit(now_ms, order_id, order_processing_started=started))
                 return events
             if not decided:
                 return events
             assert isinstance(decided, list), decided  # controller work never reaches an agent
-            events += self._emit_all(order_id, decided, now_ms)
+            for proto in decided:
+                kind = proto.WhichOneof("kind")
+                assert kind is not None
+                events.append(self._emit(now_ms, order_id, **{kind: getattr(proto, kind)}))
         raise RuntimeError(f"order {order_id}: no progress after 1000 steps")
 
-    def _fail(self, order: order_pb2.Order, message: str, now_ms: int) -> list[Event]:
+    def _unblock(self, now_ms: int) -> list[Event]:
+        """Starts queued orders, first come first served per job, while slots and subagents allow.
+        Orders of one job wait for the same things, so a head that still cannot start holds back
+        the rest of its queue: the cost is the number of jobs, not of orders waiting."""
+        events: list[Event] = []
+        restep, self._index.restep = self._index.restep, []
+        for order_id in restep:
+            events += self._step(order_id, now_ms)
+        for job_key, queue in list(self._index.blocked.items()):
+            while queue:
+                order_id, event_id = queue[0]
+                if self.state.order_event_id.get(order_id) != event_id:
+                    queue.popleft()  # moved on meanwhile (cancelled, suspended, ...)
+                    continue
+                events += self._step(order_id, now_ms, queued=True)
+                if self.state.order_event_id.get(order_id) == event_id:
+                    break  # still waiting
+                queue.popleft()
+            if not queue:
+                del self._index.blocked[job_key]
+        return events
+
+    def _cannot_start(self, order: order_pb2.Order, message: str, now_ms: int) -> Event:
         """The job cannot start: it is processed with a failed outcome that says why, without a
         process; the workflow goes on from there (a try catches it, else the order fails)."""
         processed = events_pb2.OrderProcessed(outcome=failed(message))
-        return [self.state.emit(now_ms, order.id, order_processed=processed)]
+        return self._emit(now_ms, order.id, order_processed=processed)
 
-    def _emit_all(self, order_id: str, protos: list[Event], now_ms: int) -> list[Event]:
-        """Emits what a workflow step decided (events without id and time yet), in order."""
-        events = []
-        for proto in protos:
-            kind = proto.WhichOneof("kind")
-            assert kind is not None
-            events.append(self.state.emit(now_ms, order_id, **{kind: getattr(proto, kind)}))
-        return events
-
-    def _pick_subagent(self, job: workflow_pb2.Job, available: set[str]) -> str | None | InvalidArgument:
+    def _pick_subagent(self, job: workflow_pb2.Job) -> str | None | InvalidArgument:
         """The subagent for the job's next process: by the job's subagent cluster (fixed priority:
         the first available in priority order; round robin: the available ones in turn), else
         any of this director's subagents in turn. None while none is available with room."""
+        available = self.available
         if not job.subagent_cluster_id:
             candidates = [s for s in self.subagent_ids if s in available and self.state.has_room(s)]
             return candidates[self.state.starts % len(candidates)] if candidates else None
@@ -264,258 +661,85 @@ class DirectorCore:
             return candidates[self.state.cluster_starts.get(cluster.path, 0) % len(candidates)]
         return candidates[0]
 
-    def wake(self, now_ms: int, available: set[str]) -> list[Event]:
-        """Orders that may move now: fresh or waiting ones whose time came, ready ones waiting for
-        a subagent or for a job's process limit."""
-        movable = (S.ORDER_STATE_FRESH, S.ORDER_STATE_READY, S.ORDER_STATE_PROCESSED, S.ORDER_STATE_WAITING)
-        events: list[Event] = []
-        for order_id, order in list(self.state.orders.items()):
-            if order.state in movable:
-                events += self.step_order(order_id, now_ms, available)
-        return events
+    # --- events and indexes ---
 
-    def next_wake_ms(self) -> int | None:
-        due = []
-        for o in self.state.orders.values():
-            if o.state == S.ORDER_STATE_FRESH and o.HasField("scheduled_for"):
-                due.append(o.scheduled_for.ToMilliseconds())
-            elif o.state == S.ORDER_STATE_WAITING and o.HasField("waiting_until"):
-                due.append(o.waiting_until.ToMilliseconds())
-        return min(due) if due else None
+    def _emit(self, now_ms: int, order_id: str = "", **kind: Any) -> Event:
+        event = self.state.emit(now_ms, order_id, **kind)
+        if order_id:
+            self._note_order(order_id, event)
+        return event
 
-    # --- subagents ---
+    def _note_order(self, order_id: str, event: Event | None) -> None:
+        """Brings the indexes in step with the order after `event` (None: as the state has it)."""
+        index = self._index
+        order = self.state.orders.get(order_id)
+        was = index.processing_at.pop(order_id, None)
+        if was is not None:
+            index.processing[was[0]].pop(was[1], None)
+            if order is None or order.processing.process_key != was[1]:
+                index.env.pop(was[1], None)  # never started (disrupted before it was handed out)
+        if order is None:
+            return
+        event_id = self.state.order_event_id[order_id]
+        if order.state == S.ORDER_STATE_PROCESSING:
+            subagent, key = order.processing.subagent_id, order.processing.process_key
+            index.processing.setdefault(subagent, {})[key] = order_id
+            index.processing_at[order_id] = (subagent, key)
+            kind = event.WhichOneof("kind") if event is not None else None
+            if kind == "order_processing_started":
+                index.starts.setdefault(subagent, deque()).append((event_id, order_id, key))
+            elif kind == "order_kill_requested":
+                index.kills.setdefault(subagent, deque()).append((event_id, order_id, key))
+        elif order.attached_state == A.ATTACHED_STATE_ATTACHED:
+            due = _due_ms(order)
+            if due is not None:
+                heapq.heappush(index.timers, (due, order_id, event_id))
 
-    def subagent_welcome(
-        self, subagent_id: str, welcome: subagent_pb2.Welcome, now_ms: int, available: set[str]
-    ) -> list[Event]:
-        """A session began. A different run id means the subagent restarted: processes it no
-        longer knows are lost, and their orders get a disrupted outcome rather than a second run.
-        With the same run (or the first ever session) a key it does not know was never received,
-        so it stays processing and the shell sends it (`processes_to_start` minus known keys).
-        """
-        previous = self.state.subagent_runs.get(subagent_id)
-        known = set(welcome.known_process_keys)
-        events: list[Event] = []
-        restarted = previous is not None and previous.run_id != welcome.run_id
-        for order in list(self.state.orders.values()):
-            if order.state != S.ORDER_STATE_PROCESSING or order.processing.subagent_id != subagent_id:
-                continue
-            key = order.processing.process_key
-            if key in known:
-                continue
-            if restarted:
-                outcome = workflow_pb2.Outcome(
-                    kind=workflow_pb2.OUTCOME_KIND_DISRUPTED,
-                    message=f"subagent {subagent_id} restarted; the process was lost",
-                )
-                processed = events_pb2.OrderProcessed(outcome=outcome)
-                events.append(self.state.emit(now_ms, order.id, order_processed=processed))
-                events += self.step_order(order.id, now_ms, available)
-        if previous is None or restarted:
-            observed = events_pb2.SubagentMessagesObserved(
-                subagent_id=subagent_id,
-                run_id=welcome.run_id,
-                until_seq=0,
-                process_limit=welcome.process_limit,
-                director_timeout_seconds=welcome.director_timeout_seconds,
-            )
-            events.append(self.state.emit(now_ms, subagent_messages_observed=observed))
-        return events
+    def _processing_key(self, order_id: str) -> str | None:
+        at = self._index.processing_at.get(order_id)
+        return at[1] if at is not None else None
 
-    def subagent_unreachable(
-        self, subagent_id: str, for_s: float, now_ms: int, available: set[str]
-    ) -> list[Event]:
-        """The subagent has been unreachable so long that it has killed its processes (its own
-        watchdog, after its director timeout) or is down: their jobs end disrupted, and the
-        workflow decides (a retry runs the job again, elsewhere if need be). The shell calls this
-        once the subagent's director timeout and the heartbeat silences on both sides passed."""
-        events: list[Event] = []
-        for order in list(self.state.orders.values()):
-            if order.state != S.ORDER_STATE_PROCESSING or order.processing.subagent_id != subagent_id:
-                continue
-            outcome = workflow_pb2.Outcome(
-                kind=workflow_pb2.OUTCOME_KIND_DISRUPTED,
-                message=f"subagent {subagent_id} unreachable for {for_s:.0f} s; its process was killed",
-            )
-            events.append(
-                self.state.emit(now_ms, order.id, order_processed=events_pb2.OrderProcessed(outcome=outcome))
-            )
-            events += self.step_order(order.id, now_ms, available)
-        return events
-
-    def subagent_messages(
-        self,
-        subagent_id: str,
-        run_id: str,
-        messages: list[subagent_pb2.SessionResponse],
-        now_ms: int,
-        available: set[str],
-    ) -> list[Event]:
-        """Applies each numbered message once (seq above what the journal has observed)."""
-        run = self.state.subagent_runs.get(subagent_id)
-        observed = run.observed_seq if run is not None and run.run_id == run_id else 0
-        events: list[Event] = []
-        ended = False
-        by_key = {
-            o.processing.process_key: o.id
-            for o in self.state.orders.values()
-            if o.state == S.ORDER_STATE_PROCESSING and o.processing.subagent_id == subagent_id
-        }
-        for message in messages:
-            if message.seq <= observed:
-                continue
-            observed = message.seq
-            kind = message.WhichOneof("kind")
-            if kind == "process_output":
-                out = message.process_output
-                order_id = by_key.get(out.process_key)
-                if order_id is not None and out.chunk:
-                    stream = (
-                        events_pb2.STD_STREAM_STDERR
-                        if out.stream == subagent_pb2.OUTPUT_STREAM_STDERR
-                        else events_pb2.STD_STREAM_STDOUT
-                    )
-                    written = events_pb2.OrderStdWritten(stream=stream, chunk=out.chunk)
-                    events.append(self.state.emit(now_ms, order_id, order_std_written=written))
-            elif kind == "process_exited":
-                exited = message.process_exited
-                order_id = by_key.pop(exited.process_key, None)
-                if order_id is None:
-                    continue
-                order = self.state.orders[order_id]
-                job = self.state.job_of(order)
-                outcome = outcome_of(exited, job, order.processing.stderr_written)
-                processed = events_pb2.OrderProcessed(outcome=outcome)
-                events.append(self.state.emit(now_ms, order_id, order_processed=processed))
-                events += self.step_order(order_id, now_ms, available)
-                ended = True
-        if run is None or run.run_id != run_id or observed > run.observed_seq:
-            mark = events_pb2.SubagentMessagesObserved(
-                subagent_id=subagent_id, run_id=run_id, until_seq=observed
-            )
-            events.append(self.state.emit(now_ms, subagent_messages_observed=mark))
-        if ended:
-            events += self.wake(now_ms, available)  # orders held back by a job's process limit
-        return events
-
-    def processes_to_start(self, subagent_id: str, committed_id: int) -> list[ProcessSpec]:
-        """Job executions on this subagent whose start is committed (the shell sends each once
-        per session)."""
-        specs = []
-        for order in self.state.orders.values():
-            if (
-                order.state == S.ORDER_STATE_PROCESSING
-                and order.processing.subagent_id == subagent_id
-                and self.state.order_event_id[order.id] <= committed_id
-            ):
-                specs.append(self.process_spec(order))
-        return specs
-
-    def processing_keys(self, subagent_id: str) -> set[str]:
-        """Keys of every execution on this subagent, committed or not."""
-        return {
-            o.processing.process_key
-            for o in self.state.orders.values()
-            if o.state == S.ORDER_STATE_PROCESSING and o.processing.subagent_id == subagent_id
-        }
-
-    def process_spec(self, order: order_pb2.Order) -> ProcessSpec:
+    def _process_spec(self, order: order_pb2.Order) -> ProcessSpec:
         workflow = self.state.workflow_of(order)
         instruction = positions.instruction_at(workflow, order.position)
         assert instruction is not None and instruction.WhichOneof("kind") == "execute"
         name, job = model.job_of(workflow, instruction.execute)
-        run = ExecuteJob(name, job, instruction.execute)
-        # Checked before the job started (step_order), and the order's variables have not changed.
-        env = {
-            "OSTINATO_ORDER_ID": order.id,
-            "JS7_ORDER_ID": order.id,  # what JS7 jobs read
-            "OSTINATO_WORKFLOW_PATH": order.workflow_path,
-            "OSTINATO_JOB_NAME": name,
-            "OSTINATO_POSITION": positions.text(order.position),
-            "OSTINATO_SUBAGENT_ID": order.processing.subagent_id,
-            **job_environment(order, workflow, run, self.state.job_resources),
-        }
+        key = order.processing.process_key
+        env = self._index.env.pop(key, None)
+        if env is None:  # started by an earlier active node: computed again, as it was then
+            env = job_environment(
+                order, workflow, ExecuteJob(name, job, instruction.execute), self.state.job_resources
+            )
         return ProcessSpec(
-            process_key=order.processing.process_key,
+            process_key=key,
             order_id=order.id,
             job_name=name or f"@{positions.text(order.position)}",
             subagent_id=order.processing.subagent_id,
             executable=job.executable,
-            env=env,
+            env={
+                "OSTINATO_ORDER_ID": order.id,
+                "JS7_ORDER_ID": order.id,  # what JS7 jobs read
+                "OSTINATO_WORKFLOW_PATH": order.workflow_path,
+                "OSTINATO_JOB_NAME": name,
+                "OSTINATO_POSITION": positions.text(order.position),
+                "OSTINATO_SUBAGENT_ID": order.processing.subagent_id,
+                **env,
+            },
             timeout_s=job.timeout.ToNanoseconds() / 1e9,
             sigkill_delay_s=job.sigkill_delay.ToNanoseconds() / 1e9,
             trace_parent=order.trace_parent,
         )
 
-    def command_orders(
-        self, commands: list[commands_pb2.OrderCommand], now_ms: int, available: set[str]
-    ) -> tuple[list[Event], list[commands_pb2.OrderCommandResult]]:
-        """Commands the controller forwards for orders here. Repeating one changes nothing:
-        marks are replaced, a kill is asked for once."""
-        events: list[Event] = []
-        results = []
-        for command in commands:
-            order = self.state.orders.get(command.order_id)
-            if order is None:
-                results.append(
-                    commands_pb2.OrderCommandResult(order_id=command.order_id, error="not at this agent")
-                )
-                continue
-            events += self._command(order, command, now_ms, available)
-            results.append(commands_pb2.OrderCommandResult(order_id=command.order_id))
-        return events, results
 
-    def _command(
-        self, order: order_pb2.Order, command: commands_pb2.OrderCommand, now_ms: int, available: set[str]
-    ) -> list[Event]:
-        kind = command.WhichOneof("kind")
-        events: list[Event] = []
-        if kind in ("cancel", "suspend"):
-            kill = command.cancel.kill if kind == "cancel" else command.suspend.kill
-            mark = (
-                order_pb2.OrderMark(cancel=order_pb2.CancelMark(kill=kill))
-                if kind == "cancel"
-                else order_pb2.OrderMark(suspend=order_pb2.SuspendMark(kill=kill))
-            )
-            if mark_of(order, kind) != mark:
-                marks = [m for m in order.marks if m.WhichOneof("kind") != kind] + [mark]
-                events.append(
-                    self.state.emit(now_ms, order.id, order_marked=events_pb2.OrderMarked(marks=marks))
-                )
-            if kill and order.state == S.ORDER_STATE_PROCESSING and not order.processing.kill_requested:
-                events.append(
-                    self.state.emit(now_ms, order.id, order_kill_requested=events_pb2.OrderKillRequested())
-                )
-        elif kind == "resume":
-            if order.state in (S.ORDER_STATE_SUSPENDED, S.ORDER_STATE_FAILED):
-                resumed = events_pb2.OrderResumed(variables=command.resume.variables)
-                if command.resume.HasField("position"):
-                    resumed.position.CopyFrom(command.resume.position)
-                events.append(self.state.emit(now_ms, order.id, order_resumed=resumed))
-            elif mark_of(order, "suspend") is not None:  # not suspended yet: the suspension is called off
-                marks = [m for m in order.marks if m.WhichOneof("kind") not in ("suspend", "resume")]
-                events.append(
-                    self.state.emit(now_ms, order.id, order_marked=events_pb2.OrderMarked(marks=marks))
-                )
-        return events + self.step_order(order.id, now_ms, available)
+_MAY_MOVE = frozenset({S.ORDER_STATE_FRESH, S.ORDER_STATE_READY, S.ORDER_STATE_PROCESSED})
 
-    def processes_to_kill(self, subagent_id: str, committed_id: int) -> list[str]:
-        return [
-            o.processing.process_key
-            for o in self.state.orders.values()
-            if o.state == S.ORDER_STATE_PROCESSING
-            and o.processing.subagent_id == subagent_id
-            and o.processing.kill_requested
-            and self.state.order_event_id[o.id] <= committed_id
-        ]
 
-    def orders_detachable(self, committed_id: int) -> list[str]:
-        return [
-            o.id
-            for o in self.state.orders.values()
-            if o.attached_state == A.ATTACHED_STATE_DETACHABLE
-            and self.state.order_event_id[o.id] <= committed_id
-        ]
+def _due_ms(order: order_pb2.Order) -> int | None:
+    if order.state == S.ORDER_STATE_FRESH and order.HasField("scheduled_for"):
+        return int(order.scheduled_for.ToMilliseconds())
+    if order.state == S.ORDER_STATE_WAITING and order.HasField("waiting_until"):
+        return int(order.waiting_until.ToMilliseconds())
+    return None
 
 
 def process_key(order: order_pb2.Order) -> str:
@@ -529,9 +753,7 @@ def _job_at(workflow: workflow_pb2.Workflow, order: order_pb2.Order) -> workflow
     return model.job_of(workflow, instruction.execute)[1]
 
 
-def outcome_of(
-    exited: subagent_pb2.ProcessExited, job: workflow_pb2.Job, stderr_written: bool = False
-) -> workflow_pb2.Outcome:
+def outcome_of(exited: Exited, job: workflow_pb2.Job, stderr_written: bool = False) -> workflow_pb2.Outcome:
     success_codes = set(job.success_return_codes) or {0}
     if exited.signal:
         reason = "timed out" if exited.timed_out else f"killed by signal {exited.signal}"
@@ -551,7 +773,7 @@ def outcome_of(
         )
     else:
         outcome = workflow_pb2.Outcome(kind=SUCCEEDED, return_code=exited.return_code)
-    for k, v in exited.returned_values.items():
+    for k, v in exited.returned_values:
         outcome.named_values[k].string = v
     return outcome
 

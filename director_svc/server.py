@@ -10,9 +10,19 @@ from typing import Any
 
 import grpc
 
-from director_svc.core import DirectorCore, DirectorState
+from director_svc.core import (
+    AttachItems,
+    AttachOrders,
+    CommandOrders,
+    DetachOrders,
+    DirectorCore,
+    DirectorState,
+    ReleaseEvents,
+    Stimulus,
+    Tick,
+)
 from director_svc.subagents import SubagentDriver
-from gen.ostinato.common.v1 import commands_pb2
+from gen.ostinato.common.v1 import commands_pb2, events_pb2
 from gen.ostinato.director.v1 import director_pb2, director_pb2_grpc
 from ostinato import rpc, signing
 from ostinato.errors import FailedPrecondition
@@ -47,14 +57,12 @@ class Director(JournaledNode):
         self.director_id = f"{config.agent}@{config.node.member.raft}"
         self.drivers: dict[str, SubagentDriver] = {}
         self.highest_controller_term = 0
-        self._available_before: set[str] = set()
 
     def activate(self, state: DirectorState) -> None:
-        self.core = DirectorCore(state, self.agent, list(self.config.subagents))
+        self.core = DirectorCore(state, self.agent, self.config.subagents)
         log.info("director of %s: %d orders", self.agent, len(state.orders))
-        self._available_before = set()
         for subagent_id, address in self.config.subagents.items():
-            driver = SubagentDriver(self, subagent_id, address)
+            driver = SubagentDriver(self, subagent_id, address, self.config.subagent_heartbeat_s)
             self.drivers[subagent_id] = driver
             self.spawn(driver.run(), f"subagent-{subagent_id}")
         self.spawn(self.wake_loop(self.core.next_wake_ms, self._on_wake), "timer")
@@ -62,11 +70,16 @@ class Director(JournaledNode):
     def deactivate(self) -> None:
         self.drivers = {}
 
-    def available(self) -> set[str]:
-        return {d.subagent_id for d in self.drivers.values() if d.ready}
+    @property
+    def committed_id(self) -> int:
+        return self.shell.committed_id
 
-    def availability_changed(self) -> None:
-        self.wake()
+    async def output_room(self) -> None:
+        await self.shell.output_room()
+
+    async def handle(self, stimulus: Stimulus) -> list[events_pb2.Event]:
+        """The core decides on the stimulus; returns its events once they are committed."""
+        return await self.shell.command(lambda now: self.core.handle(stimulus, now))
 
     def check_sender(self, sender: director_pb2.Sender) -> None:
         """Fencing: a controller node with an older term than one already heard is deposed."""
@@ -82,11 +95,9 @@ class Director(JournaledNode):
             driver.wake()
 
     async def _on_wake(self, due: int | None) -> None:
-        """Starts fresh orders at their time and hands ready orders to subagents that came."""
-        available = self.available()
-        if (due is not None and due <= now_ms()) or (available - self._available_before):
-            await self.shell.command(lambda now: self.core.wake(now, available))
-        self._available_before = available
+        """Starts orders whose time came (scheduled, sleeping, retry delays)."""
+        if due is not None and due <= now_ms():
+            await self.handle(Tick())
 
 
 class DirectorServicer(director_pb2_grpc.DirectorServiceServicer):
@@ -100,35 +111,33 @@ class DirectorServicer(director_pb2_grpc.DirectorServiceServicer):
         items = list(request.items)
         # Signatures first, over the exact JSON bytes: the core parses only verified items.
         signing.verify_items(self.d.config.node.trust, items)
-        await self.d.shell.command(lambda now: self.d.core.attach_items(items, now))
+        await self.d.handle(AttachItems(tuple(items)))
         return director_pb2.AttachItemsResponse()
 
     async def AttachOrders(
         self, request: director_pb2.AttachOrdersRequest, context: grpc.aio.ServicerContext
     ) -> director_pb2.AttachOrdersResponse:
         self.d.check_sender(request.sender)
-        orders = list(request.orders)
-        await self.d.shell.command(lambda now: self.d.core.attach_orders(orders, now, self.d.available()))
+        await self.d.handle(AttachOrders(tuple(request.orders)))
         return director_pb2.AttachOrdersResponse()
 
     async def DetachOrders(
         self, request: director_pb2.DetachOrdersRequest, context: grpc.aio.ServicerContext
     ) -> director_pb2.DetachOrdersResponse:
         self.d.check_sender(request.sender)
-        ids = list(request.order_ids)
-        await self.d.shell.command(lambda now: self.d.core.detach_orders(ids, now))
+        await self.d.handle(DetachOrders(tuple(request.order_ids)))
         return director_pb2.DetachOrdersResponse()
 
     async def CommandOrders(
         self, request: director_pb2.CommandOrdersRequest, context: grpc.aio.ServicerContext
     ) -> director_pb2.CommandOrdersResponse:
         self.d.check_sender(request.sender)
+        stimulus = CommandOrders(tuple(request.commands))
         results: list[commands_pb2.OrderCommandResult] = []
 
-        def decide(now: int) -> list[Any]:
-            events, outcome = self.d.core.command_orders(list(request.commands), now, self.d.available())
-            results.extend(outcome)
-            return events
+        def decide(now: int) -> list[events_pb2.Event]:
+            results.extend(self.d.core.command_results(stimulus))
+            return self.d.core.handle(stimulus, now)
 
         await self.d.shell.command(decide)
         return director_pb2.CommandOrdersResponse(results=results)
@@ -144,7 +153,7 @@ class DirectorServicer(director_pb2_grpc.DirectorServiceServicer):
         self, request: director_pb2.ReleaseEventsRequest, context: grpc.aio.ServicerContext
     ) -> director_pb2.ReleaseEventsResponse:
         self.d.check_sender(request.sender)
-        await self.d.shell.command(lambda now: self.d.core.state.release(request.until_id, now))
+        await self.d.handle(ReleaseEvents(request.until_id))
         return director_pb2.ReleaseEventsResponse()
 
     async def GetOverview(
@@ -159,7 +168,10 @@ class DirectorServicer(director_pb2_grpc.DirectorServiceServicer):
             term=self.d.term,
             subagents=[
                 director_pb2.SubagentOverview(
-                    id=d.subagent_id, address=d.address, connected=d.ready, running_processes=d.running
+                    id=d.subagent_id,
+                    address=d.address,
+                    connected=d.ready,
+                    running_processes=len(self.d.core.processing_keys(d.subagent_id)),
                 )
                 for d in self.d.drivers.values()
             ],

@@ -1,27 +1,27 @@
 """The director's link to one subagent: one Session stream with heartbeats both ways.
 
-It starts processes only for job executions whose start is committed, applies what the subagent
-reports through the core (each numbered message once) and acknowledges only after that commit, so
-the subagent keeps and re-sends whatever the journal does not have yet.
+It starts processes only for job executions whose start is committed (the core hands each out
+once, see `DirectorCore.subagent_work`), applies what the subagent reports through the core (each
+numbered message once, everything waiting in the stream with one journal command) and
+acknowledges only after that commit, so the subagent keeps and re-sends whatever the journal does
+not have yet.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import grpc
 
-from director_svc.core import ProcessSpec
+from director_svc import convert
+from director_svc.core import DirectorCore, Stimulus, SubagentLost, SubagentUnreachable
+from gen.ostinato.common.v1 import events_pb2
 from gen.ostinato.subagent.v1 import subagent_pb2, subagent_pb2_grpc
 from ostinato import rpc, tracing
 from ostinato.journal.eventlog import BATCH_BYTES
-
-if TYPE_CHECKING:
-    from director_svc.server import Director
 
 log = logging.getLogger(__name__)
 
@@ -29,15 +29,32 @@ log = logging.getLogger(__name__)
 SILENT_HEARTBEATS = 4
 
 
+class DirectorSide(Protocol):
+    """What a driver needs of its director node."""
+
+    agent: str
+    director_id: str
+    core: DirectorCore
+
+    @property
+    def term(self) -> int: ...
+
+    @property
+    def committed_id(self) -> int: ...
+
+    async def handle(self, stimulus: Stimulus) -> list[events_pb2.Event]: ...
+
+    async def output_room(self) -> None: ...
+
+
 class SubagentDriver:
-    def __init__(self, director: Director, subagent_id: str, address: str) -> None:
+    def __init__(self, director: DirectorSide, subagent_id: str, address: str, heartbeat_s: float) -> None:
         self.director = director
         self.subagent_id = subagent_id
         self.address = address
         self.ready = False
-        self.running = 0
         self._wake = asyncio.Event()
-        self.heartbeat_s = director.config.subagent_heartbeat_s
+        self.heartbeat_s = heartbeat_s
         # Since when no session with the subagent exists (monotonic), while it has jobs of ours.
         self._lost_since: float | None = asyncio.get_running_loop().time()
 
@@ -58,7 +75,8 @@ class SubagentDriver:
                 if self.ready:
                     self.ready = False
                     self._lost_since = asyncio.get_running_loop().time()
-                    self.director.availability_changed()
+                    # Nothing to journal (no jobs go there any more), so no commit to wait for.
+                    assert not self.director.core.handle(SubagentLost(self.subagent_id), 0)
                 await channel.close()
             await self._give_up_jobs_if_lost_too_long()
             await asyncio.sleep(0.2)
@@ -69,16 +87,14 @@ class SubagentDriver:
         disrupted; the workflow decides what follows. Until then they may still finish there."""
         if self._lost_since is None:
             return
-        run = self.director.core.state.subagent_runs.get(self.subagent_id)
-        if run is None or not self.director.core.processing_keys(self.subagent_id):
+        core = self.director.core
+        run = core.state.subagent_runs.get(self.subagent_id)
+        if run is None or not core.processing_keys(self.subagent_id):
             return
         lost_for = asyncio.get_running_loop().time() - self._lost_since
         if lost_for < run.director_timeout_s + 2 * SILENT_HEARTBEATS * self.heartbeat_s:
             return
-        core = self.director.core
-        await self.director.shell.command(
-            lambda now: core.subagent_unreachable(self.subagent_id, lost_for, now, self.director.available())
-        )
+        await self.director.handle(SubagentUnreachable(self.subagent_id, lost_for))
 
     async def _session(self, stub: subagent_pb2_grpc.SubagentServiceStub) -> None:
         outbox: asyncio.Queue[subagent_pb2.SessionRequest | None] = asyncio.Queue()
@@ -95,23 +111,17 @@ class SubagentDriver:
             first = await asyncio.wait_for(call.read(), 5)
             if first is grpc.aio.EOF or first.WhichOneof("kind") != "welcome":
                 raise ConnectionError(f"subagent {self.subagent_id} did not welcome the session")
-            welcome = first.welcome
-            core = self.director.core
-            await self.director.shell.command(
-                lambda now: core.subagent_welcome(self.subagent_id, welcome, now, self.director.available())
-            )
+            welcome = convert.welcomed(self.subagent_id, first.welcome)
+            await self.director.handle(welcome)
             log.info("subagent %s at %s connected (run %s)", self.subagent_id, self.address, welcome.run_id)
-            # Keys the subagent knows are never sent again; the rest that are due, once.
-            sent = set(welcome.known_process_keys)
             self.ready = True
             self._lost_since = None
-            self.director.availability_changed()
             inbox: asyncio.Queue[subagent_pb2.SessionResponse] = asyncio.Queue()
             tasks = [
                 asyncio.create_task(self._read(call, inbox)),
                 asyncio.create_task(self._apply(welcome.run_id, inbox, outbox)),
                 asyncio.create_task(self._heartbeat(outbox)),
-                asyncio.create_task(self._start_processes(outbox, sent)),
+                asyncio.create_task(self._send_work(outbox)),
             ]
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
@@ -138,7 +148,6 @@ class SubagentDriver:
         inbox: asyncio.Queue[subagent_pb2.SessionResponse],
         outbox: asyncio.Queue[subagent_pb2.SessionRequest | None],
     ) -> None:
-        core = self.director.core
         while True:
             batch = [await inbox.get()]
             size = len(batch[0].process_output.chunk)
@@ -147,11 +156,8 @@ class SubagentDriver:
                 batch.append(inbox.get_nowait())
                 size += len(batch[-1].process_output.chunk)
             # Flow control: unacknowledged output stays with the subagent, whose job then waits.
-            await self.director.shell.output_room()
-            decide = functools.partial(
-                core.subagent_messages, self.subagent_id, run_id, batch, available=self.director.available()
-            )
-            await self.director.shell.command(decide)
+            await self.director.output_room()
+            await self.director.handle(convert.messages(self.subagent_id, run_id, batch))
             outbox.put_nowait(subagent_pb2.SessionRequest(ack=subagent_pb2.Ack(until_seq=batch[-1].seq)))
 
     async def _heartbeat(self, outbox: asyncio.Queue[subagent_pb2.SessionRequest | None]) -> None:
@@ -159,39 +165,27 @@ class SubagentDriver:
             outbox.put_nowait(subagent_pb2.SessionRequest(heartbeat=subagent_pb2.Heartbeat()))
             await asyncio.sleep(self.heartbeat_s)
 
-    async def _start_processes(
-        self, outbox: asyncio.Queue[subagent_pb2.SessionRequest | None], sent: set[str]
-    ) -> None:
-        killed: set[str] = set()
+    async def _send_work(self, outbox: asyncio.Queue[subagent_pb2.SessionRequest | None]) -> None:
         while True:
             self._wake.clear()
-            core = self.director.core
-            # Prune by every execution still on this subagent, committed or not: pruning by the
-            # committed ones only would forget a key while a newer event of its order is in flight.
-            sent.intersection_update(core.processing_keys(self.subagent_id))
-            self.running = len(sent)
-            specs = core.processes_to_start(self.subagent_id, self.director.shell.committed_id)
-            for key in core.processes_to_kill(self.subagent_id, self.director.shell.committed_id):
-                if key in sent and key not in killed:
-                    killed.add(key)
-                    kill = subagent_pb2.KillProcess(process_key=key)
-                    outbox.put_nowait(subagent_pb2.SessionRequest(kill_process=kill))
-            killed.intersection_update(sent)
-            for spec in specs:
-                if spec.process_key not in sent:
-                    sent.add(spec.process_key)
-                    # The order carries its trace through the journals; this span puts the
-                    # hand-over to the subagent into it.
-                    with tracing.span_from_traceparent(
-                        "job start",
-                        spec.trace_parent,
-                        order_id=spec.order_id,
-                        job=spec.job_name,
-                        subagent=self.subagent_id,
-                    ):
-                        request = start_request(spec)
-                        request.trace_parent = tracing.current_traceparent() or spec.trace_parent
-                    outbox.put_nowait(subagent_pb2.SessionRequest(start_process=request))
+            work = self.director.core.subagent_work(self.subagent_id, self.director.committed_id)
+            for spec in work.starts:
+                # The order carries its trace through the journals; this span puts the hand-over
+                # to the subagent into it.
+                with tracing.span_from_traceparent(
+                    "job start",
+                    spec.trace_parent,
+                    order_id=spec.order_id,
+                    job=spec.job_name,
+                    subagent=self.subagent_id,
+                ):
+                    request = convert.start_process(spec)
+                    request.trace_parent = tracing.current_traceparent() or spec.trace_parent
+                outbox.put_nowait(subagent_pb2.SessionRequest(start_process=request))
+            for key in work.kills:
+                outbox.put_nowait(
+                    subagent_pb2.SessionRequest(kill_process=subagent_pb2.KillProcess(process_key=key))
+                )
             await self._wake.wait()
 
 
@@ -203,20 +197,3 @@ async def _drain(
         if item is None:
             return
         yield item
-
-
-def start_request(spec: ProcessSpec) -> subagent_pb2.StartProcess:
-    request = subagent_pb2.StartProcess(
-        process_key=spec.process_key,
-        order_id=spec.order_id,
-        job_name=spec.job_name,
-        env=spec.env,
-        timeout_seconds=spec.timeout_s,
-        sigkill_delay_seconds=spec.sigkill_delay_s,
-        trace_parent=spec.trace_parent,
-    )
-    if spec.executable.WhichOneof("kind") == "shell_script":
-        request.shell_script = spec.executable.shell_script.script
-    else:
-        request.argv.argv.extend(spec.executable.command_line.argv)
-    return request

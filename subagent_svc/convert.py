@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gen.ostinato.subagent.v1 import subagent_pb2 as pb
-from subagent_svc.core import Exited, Message, Output, Started, Stream
+from ostinato.process import Exited, Message, Output, Started, Stream
 from subagent_svc.processes import ProcessSpec
 
 _STREAMS = {Stream.STDOUT: pb.OUTPUT_STREAM_STDOUT, Stream.STDERR: pb.OUTPUT_STREAM_STDERR}

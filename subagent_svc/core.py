@@ -7,47 +7,16 @@ director learns from that id that the old run's processes are gone.
 
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from ostinato.errors import FailedPrecondition, InvalidArgument
+from ostinato.process import Exited, Message, Output
 
 # Output is merged into the newest message while that one is unsent (never after: a resent message
 # must equal the first sending), because each gRPC message costs far more than its bytes.
 MAX_CHUNK_CHARS = 32 * 1024
 # Counted per buffered output message beside its text, so many tiny chunks also fill the bound.
 MESSAGE_OVERHEAD = 100
-
-
-class Stream(enum.Enum):
-    STDOUT = 1
-    STDERR = 2
-
-
-@dataclass(frozen=True, slots=True)
-class Started:
-    process_key: str
-    pid: int
-
-
-@dataclass(frozen=True, slots=True)
-class Output:
-    process_key: str
-    stream: Stream
-    chunk: str
-
-
-@dataclass(frozen=True, slots=True)
-class Exited:
-    process_key: str
-    return_code: int = 0
-    signal: int = 0
-    message: str = ""
-    timed_out: bool = False
-    returned_values: tuple[tuple[str, str], ...] = ()
-
-
-Message = Started | Output | Exited
 
 
 def _size(message: Message) -> int:

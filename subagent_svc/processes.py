@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ostinato import tracing
-from subagent_svc.core import Exited, Message, Output, Started, Stream
+from ostinato.process import Exited, Message, Output, Started, Stream
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,9 @@ from gen.ostinato.subagent.v1 import subagent_pb2 as pb
 from gen.ostinato.subagent.v1 import subagent_pb2_grpc
 from ostinato import rpc
 from ostinato.errors import InvalidArgument, OstinatoError, Unavailable
+from ostinato.process import Exited, Message
 from subagent_svc import convert
-from subagent_svc.core import Exited, Message, SubagentCore
+from subagent_svc.core import SubagentCore
 from subagent_svc.processes import Process, kill_orphans
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,7 @@
 """The whole system's cores in memory: a controller, a director per agent, scripted subagents
-and a clock the test moves. Messages between them follow the same rules as the real shells
-(only committed state acts; every hand-over is idempotent), but deterministically."""
+and a clock the test moves. The cores are driven only through their stimulus API (`handle`) and
+their work (`agent_work`, `subagent_work`), as the real shells drive them (only committed state
+acts; every hand-over is idempotent), but deterministically."""
 
 from __future__ import annotations
 
@@ -8,16 +9,18 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from controller_svc.core import ControllerCore, ControllerState
-from director_svc.core import DirectorCore, DirectorState, ProcessSpec
+from controller_svc import core as c
+from director_svc import core as d
+from director_svc.core import ProcessSpec
 from gen.ostinato.common.v1 import commands_pb2, events_pb2, items_pb2, order_pb2
-from gen.ostinato.controller.v1 import controller_pb2
-from gen.ostinato.subagent.v1 import subagent_pb2
+from ostinato.errors import InvalidArgument
+from ostinato.process import Exited, Message, Output, Stream
 from ostinato.workflow.model import canonical_json, parse_workflow
 from ostinato.workflow.values import to_value
 
 T0 = 1_700_000_000_000
 HANG = "hang"
+ALL = 10**12  # every event is committed at once here
 
 
 @dataclass
@@ -36,17 +39,17 @@ Script = Callable[[ProcessSpec], Result]
 class Sim:
     def __init__(self, agents: tuple[str, ...] = ("agent-1",), script: Script | None = None) -> None:
         self.now = T0
-        self.controller = ControllerCore(ControllerState(), frozenset(agents))
-        self.directors = {a: DirectorCore(DirectorState(), a, [f"{a}/s"]) for a in agents}
+        self.controller = c.ControllerCore(c.ControllerState(), frozenset(agents))
+        self.directors = {a: d.DirectorCore(d.DirectorState(), a, [f"{a}/s"]) for a in agents}
         self.script: Script = script or (lambda spec: Result())
         self.started: list[ProcessSpec] = []  # every process start, in order
         self.running: dict[str, ProcessSpec] = {}
         self.seq = {a: 0 for a in agents}
         self.observed = {a: 0 for a in agents}
-        self.sent: set[tuple[str, str, int]] = set()
         self.versions = 0
         for agent, director in self.directors.items():
-            director.subagent_welcome(f"{agent}/s", subagent_pb2.Welcome(run_id="run-1"), self.now, set())
+            director.handle(d.SubagentWelcomed(f"{agent}/s", "run-1"), self.now)
+            self.controller.agent_session(agent)
 
     # --- set-up ---
 
@@ -64,24 +67,25 @@ class Sim:
                 type=items_pb2.ITEM_TYPE_WORKFLOW, path=path, version_id=version, json=canonical_json(wf)
             )
         )
-        self.controller.deploy(items, self.now)
+        self.controller.handle(c.Deploy(tuple(items)), self.now)
         return version
 
     def add(self, order_id: str, path: str = "/wf", at: int | None = None, **arguments: object) -> None:
-        new = controller_pb2.NewOrder(id=order_id, workflow_path=path)
-        for k, v in arguments.items():
-            new.arguments[k].CopyFrom(to_value(v))
-        if at is not None:
-            new.scheduled_for.FromMilliseconds(at)
-        self.controller.add_orders([new], self.now)
+        new = c.NewOrder(
+            order_id, path, arguments={k: to_value(v) for k, v in arguments.items()}, scheduled_for_ms=at
+        )
+        self.controller.handle(c.AddOrders((new,)), self.now)
         self.run()
 
     def command(self, order_id: str, **kind: object) -> commands_pb2.OrderCommandResult:
-        _, results = self.controller.command_orders(
-            [commands_pb2.OrderCommand(order_id=order_id, **kind)], self.now
-        )  # type: ignore[arg-type]
+        command = commands_pb2.OrderCommand(order_id=order_id, **kind)  # type: ignore[arg-type]
+        try:
+            self.controller.handle(c.CommandOrder(command), self.now)
+            result = commands_pb2.OrderCommandResult(order_id=order_id)
+        except InvalidArgument as e:
+            result = commands_pb2.OrderCommandResult(order_id=order_id, error=str(e))
         self.run()
-        return results[0]
+        return result
 
     # --- running ---
 
@@ -102,68 +106,53 @@ class Sim:
         raise AssertionError("no quiet state after 10000 rounds")
 
     def _round(self) -> bool:
-        c = self.controller
-        progress = bool(c.wake(self.now))
-        for agent, d in self.directors.items():
-            committed = 10**12
-            work = c.agent_work(agent, committed, self.sent)
+        controller = self.controller
+        progress = bool(controller.handle(c.Tick(), self.now))
+        for agent, director in self.directors.items():
+            work = controller.agent_work(agent, ALL)
             if work.attach:
-                fresh = [o for _, o in work.attach]
-                items = [c.state.signed_items[(o.workflow_path, o.workflow_version_id)] for o in fresh]
-                d.attach_items(items, self.now)
-                d.attach_orders(fresh, self.now, {f"{agent}/s"})
+                keys = sorted({(o.workflow_path, o.workflow_version_id) for o in work.attach})
+                items = tuple(controller.state.signed_items[key] for key in keys)
+                director.handle(d.AttachItems(items), self.now)
+                director.handle(d.AttachOrders(tuple(work.attach)), self.now)
             if work.commands:
-                d.command_orders([cmd for _, cmd in work.commands], self.now, {f"{agent}/s"})
+                director.handle(d.CommandOrders(tuple(work.commands)), self.now)
             if work.detach:
-                d.detach_orders([i for _, i in work.detach], self.now)
-            for pieces in (work.attach, work.commands, work.detach):
-                self.sent |= {key for key, _ in pieces}
-                progress |= bool(pieces)
-            progress |= bool(d.wake(self.now, {f"{agent}/s"}))
-            for spec in d.processes_to_start(f"{agent}/s", committed):
-                if spec.process_key in self.running or any(
-                    s.process_key == spec.process_key for s in self.started
-                ):
-                    continue
+                director.handle(d.DetachOrders(tuple(work.detach)), self.now)
+            progress |= bool(work)
+            progress |= bool(director.handle(d.Tick(), self.now))
+            subagent_work = director.subagent_work(f"{agent}/s", ALL)
+            for spec in subagent_work.starts:
+                assert all(s.process_key != spec.process_key for s in self.started), f"{spec} twice"
                 self.started.append(spec)
                 result = self.script(spec)
                 if result.rc == HANG:
                     self.running[spec.process_key] = spec
                 else:
                     self._report(spec, result)
-                progress = True
-            for key in d.processes_to_kill(f"{agent}/s", committed):
+            for key in subagent_work.kills:
                 if key in self.running:
                     self._report(self.running.pop(key), Result(rc=128 + 15), signal=15)
-                    progress = True
-            new = d.state.log.after(self.observed[agent], d.state.last_event_id)
+            progress |= bool(subagent_work)
+            new = director.state.log.after(self.observed[agent], director.state.last_event_id)
             if new:
                 self.observed[agent] = new[-1].id
-                c.on_agent_events(agent, list(new), self.now)
+                controller.handle(c.AgentEvents(agent, tuple(new)), self.now)
                 progress = True
         return progress
 
     def _report(self, spec: ProcessSpec, result: Result, signal: int = 0) -> None:
         agent = spec.subagent_id.split("/")[0]
-        d = self.directors[agent]
-        messages = []
-        for stream, text in (
-            (subagent_pb2.OUTPUT_STREAM_STDOUT, result.stdout),
-            (subagent_pb2.OUTPUT_STREAM_STDERR, result.stderr),
-        ):
+        messages: list[tuple[int, Message]] = []
+        for stream, text in ((Stream.STDOUT, result.stdout), (Stream.STDERR, result.stderr)):
             if text:
                 self.seq[agent] += 1
-                out = subagent_pb2.ProcessOutput(process_key=spec.process_key, stream=stream, chunk=text)
-                messages.append(subagent_pb2.SessionResponse(seq=self.seq[agent], process_output=out))
+                messages.append((self.seq[agent], Output(spec.process_key, stream, text)))
         self.seq[agent] += 1
-        exited = subagent_pb2.ProcessExited(
-            process_key=spec.process_key,
-            return_code=int(result.rc),
-            signal=signal,
-            returned_values=result.returned,
-        )
-        messages.append(subagent_pb2.SessionResponse(seq=self.seq[agent], process_exited=exited))
-        d.subagent_messages(spec.subagent_id, "run-1", messages, self.now, {spec.subagent_id})
+        returned = tuple(sorted(result.returned.items()))
+        exited = Exited(spec.process_key, return_code=int(result.rc), signal=signal, returned_values=returned)
+        messages.append((self.seq[agent], exited))
+        self.directors[agent].handle(d.SubagentMessages(spec.subagent_id, "run-1", tuple(messages)), self.now)
 
     # --- looking ---
 

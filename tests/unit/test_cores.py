@@ -6,13 +6,14 @@ import copy
 
 import pytest
 
-from controller_svc.core import ENDED_ORDER_RETENTION_MS, ControllerCore, ControllerState, WorkKey
+from controller_svc import core as c
+from controller_svc.core import ENDED_ORDER_RETENTION_MS, ControllerCore, ControllerState
+from director_svc import core as d
 from director_svc.core import DirectorCore, DirectorState
-from gen.ostinato.common.v1 import events_pb2, items_pb2
-from gen.ostinato.controller.v1 import controller_pb2
-from gen.ostinato.subagent.v1 import subagent_pb2
+from gen.ostinato.common.v1 import events_pb2, items_pb2, order_pb2
 from ostinato.errors import InvalidArgument, NotFound
 from ostinato.journal import snapshot
+from ostinato.process import Exited, Output, Stream
 from ostinato.workflow.model import canonical_json, parse_workflow
 from ostinato.workflow.values import parse_cli_value
 
@@ -41,19 +42,16 @@ def signed(json_text: str, path: str = "/wf", version: str = "v1") -> items_pb2.
     )
 
 
-def exited(seq: int, key: str, rc: int = 0, signal: int = 0) -> subagent_pb2.SessionResponse:
-    return subagent_pb2.SessionResponse(
-        seq=seq, process_exited=subagent_pb2.ProcessExited(process_key=key, return_code=rc, signal=signal)
-    )
+def exited(key: str, rc: int = 0, signal: int = 0) -> Exited:
+    return Exited(key, return_code=rc, signal=signal)
 
 
-def output(seq: int, key: str, text: str) -> subagent_pb2.SessionResponse:
-    return subagent_pb2.SessionResponse(
-        seq=seq,
-        process_output=subagent_pb2.ProcessOutput(
-            process_key=key, stream=subagent_pb2.OUTPUT_STREAM_STDOUT, chunk=text
-        ),
-    )
+def output(key: str, text: str) -> Output:
+    return Output(key, Stream.STDOUT, text)
+
+
+def messages(subagent: str, run: str, *numbered: tuple[int, Exited | Output]) -> d.SubagentMessages:
+    return d.SubagentMessages(subagent, run, tuple(numbered))
 
 
 @pytest.fixture
@@ -64,34 +62,67 @@ def cores() -> tuple[ControllerCore, DirectorCore]:
 
 
 def add(controller: ControllerCore, order_id: str = "o1", **args: str) -> list[events_pb2.Event]:
-    new = controller_pb2.NewOrder(id=order_id, workflow_path="/wf")
-    for k, v in args.items():
-        new.arguments[k].CopyFrom(parse_cli_value(v))
-    events, _ = controller.add_orders([new], T0)
-    return events
+    new = c.NewOrder(order_id, "/wf", arguments={k: parse_cli_value(v) for k, v in args.items()})
+    return controller.handle(c.AddOrders((new,)), T0)
+
+
+def deploy(controller: ControllerCore, *items: items_pb2.SignedItem) -> list[events_pb2.Event]:
+    return controller.handle(c.Deploy(items), T0)
+
+
+def attach(director: DirectorCore, controller: ControllerCore, *order_ids: str) -> list[events_pb2.Event]:
+    orders = tuple(controller.state.orders[i] for i in order_ids)
+    return director.handle(d.AttachOrders(orders), T0)
+
+
+def welcome(
+    director: DirectorCore, subagent: str, run: str, known: frozenset[str] = frozenset()
+) -> list[events_pb2.Event]:
+    return director.handle(d.SubagentWelcomed(subagent, run, known), T0)
+
+
+def mirror(controller: ControllerCore, events: list[events_pb2.Event]) -> list[events_pb2.Event]:
+    return controller.handle(c.AgentEvents("agent-1", tuple(events)), T0)
+
+
+def mirror_all(controller: ControllerCore, director: DirectorCore) -> None:
+    """Every agent event the controller has not seen, in watch-sized batches."""
+    while batch := director.state.log.after(controller.state.agent_observed.get("agent-1", 0), ALL):
+        mirror(controller, batch)
+
+
+ALL = 10**9
+PROCESSING = order_pb2.ORDER_STATE_PROCESSING
 
 
 def test_order_runs_through_both_cores(cores: tuple[ControllerCore, DirectorCore]) -> None:
     controller, director = cores
-    assert kinds(controller.deploy([signed(WORKFLOW)], T0)) == ["item_deployed"]
-    assert controller.deploy([signed(WORKFLOW)], T0) == []  # same version again: nothing
+    assert kinds(deploy(controller, signed(WORKFLOW))) == ["item_deployed"]
+    assert deploy(controller, signed(WORKFLOW)) == []  # same version again: nothing
 
-    assert kinds(add(controller, greeting="hello")) == ["order_added", "order_attachable"]
-    assert controller.orders_to_attach("agent-1", controller.state.last_event_id)[0].id == "o1"
+    controller.agent_session("agent-1")
+    added = add(controller, greeting="hello")
+    assert kinds(added) == ["order_added", "order_attachable"]
+    # Work only once the events that call for it are committed, and each piece once.
+    assert not controller.agent_work("agent-1", added[0].id)
+    work = controller.agent_work("agent-1", added[-1].id)
+    assert [o.id for o in work.attach] == ["o1"] and not work.commands and not work.detach
+    assert not controller.agent_work("agent-1", ALL)
 
-    director.attach_items([controller.state.signed_items[("/wf", "v1")]], T0)
-    welcome_events = director.subagent_welcome("s1", subagent_pb2.Welcome(run_id="r1"), T0, set())
-    assert kinds(welcome_events) == ["subagent_messages_observed"]
-    attach = director.attach_orders([controller.state.orders["o1"]], T0, available={"s1"})
-    assert kinds(attach) == ["order_attached", "order_started", "order_processing_started"]
-    assert director.attach_orders([controller.state.orders["o1"]], T0, {"s1"}) == []  # idempotent
+    director.handle(d.AttachItems((controller.state.signed_items[("/wf", "v1")],)), T0)
+    assert kinds(welcome(director, "s1", "r1")) == ["subagent_messages_observed"]
+    attached = director.handle(d.AttachOrders(tuple(work.attach)), T0)
+    assert kinds(attached) == ["order_attached", "order_started", "order_processing_started"]
+    assert director.handle(d.AttachOrders(tuple(work.attach)), T0) == []  # idempotent
 
-    spec = director.processes_to_start("s1", director.state.last_event_id)[0]
+    assert not director.subagent_work("s1", attached[-2].id)  # the start is not committed yet
+    [spec] = director.subagent_work("s1", attached[-1].id).starts
     assert spec.env["GREETING"] == "hello" and spec.env["OSTINATO_ORDER_ID"] == "o1"
     assert spec.process_key == "o1@0#0"
+    assert not director.subagent_work("s1", ALL)  # handed out once
 
-    first = director.subagent_messages(
-        "s1", "r1", [output(1, spec.process_key, "hello\n"), exited(2, spec.process_key)], T0, {"s1"}
+    first = director.handle(
+        messages("s1", "r1", (1, output(spec.process_key, "hello\n")), (2, exited(spec.process_key))), T0
     )
     assert kinds(first) == [
         "order_std_written",
@@ -101,20 +132,19 @@ def test_order_runs_through_both_cores(cores: tuple[ControllerCore, DirectorCore
         "subagent_messages_observed",
     ]
     # The same messages again (a resend after reconnect) change nothing.
-    assert director.subagent_messages("s1", "r1", [exited(2, spec.process_key)], T0, {"s1"}) == []
+    assert director.handle(messages("s1", "r1", (2, exited(spec.process_key))), T0) == []
 
     key2 = director.state.orders["o1"].processing.process_key
-    second = director.subagent_messages("s1", "r1", [exited(3, key2)], T0, {"s1"})
+    second = director.handle(messages("s1", "r1", (3, exited(key2))), T0)
     assert kinds(second) == [
         "order_processed",
         "order_moved",
         "order_detachable",
         "subagent_messages_observed",
     ]
-    assert director.orders_detachable(director.state.last_event_id) == ["o1"]
 
     agent_log = list(director.state.log.after(0, director.state.last_event_id))
-    mirrored = controller.on_agent_events("agent-1", agent_log, T0)
+    mirrored = mirror(controller, agent_log)
     assert kinds(mirrored) == [
         "item_attached",  # the agent journaled the workflow: its deployment is complete there
         "order_attached",
@@ -129,31 +159,31 @@ def test_order_runs_through_both_cores(cores: tuple[ControllerCore, DirectorCore
         "order_detachable",
         "agent_events_observed",
     ]
-    assert controller.orders_to_detach("agent-1", controller.state.last_event_id) == ["o1"]
+    assert controller.agent_work("agent-1", ALL).detach == ["o1"]
 
-    detached = director.detach_orders(["o1"], T0)
+    detached = director.handle(d.DetachOrders(("o1",)), T0)
     assert kinds(detached) == ["order_detached"] and "o1" not in director.state.orders
-    final = controller.on_agent_events("agent-1", detached, T0)
+    final = mirror(controller, detached)
     assert kinds(final) == ["order_detached", "order_finished", "order_deleted", "agent_events_observed"]
     assert controller.state.orders == {}
     # Agent events already observed are not applied twice.
-    assert controller.on_agent_events("agent-1", detached, T0) == []
+    assert mirror(controller, detached) == []
 
 
 def test_failed_job_fails_order_at_controller(cores: tuple[ControllerCore, DirectorCore]) -> None:
     controller, director = cores
-    controller.deploy([signed(WORKFLOW)], T0)
+    deploy(controller, signed(WORKFLOW))
     add(controller)
-    director.attach_items([controller.state.signed_items[("/wf", "v1")]], T0)
-    director.subagent_welcome("s1", subagent_pb2.Welcome(run_id="r1"), T0, set())
-    director.attach_orders([controller.state.orders["o1"]], T0, {"s1"})
+    director.handle(d.AttachItems((controller.state.signed_items[("/wf", "v1")],)), T0)
+    welcome(director, "s1", "r1")
+    attach(director, controller, "o1")
     key = director.state.orders["o1"].processing.process_key
-    events = director.subagent_messages("s1", "r1", [exited(1, key, rc=3)], T0, {"s1"})
+    events = director.handle(messages("s1", "r1", (1, exited(key, rc=3))), T0)
     assert kinds(events) == ["order_processed", "order_detachable", "subagent_messages_observed"]
     assert events[0].order_processed.outcome.return_code == 3
-    mirrored = controller.on_agent_events("agent-1", director.state.log.after(0, 10**9), T0)
-    detached = director.detach_orders(["o1"], T0)
-    final = controller.on_agent_events("agent-1", detached, T0)
+    mirrored = mirror(controller, director.state.log.after(0, ALL))
+    detached = director.handle(d.DetachOrders(("o1",)), T0)
+    final = mirror(controller, detached)
     assert kinds(final) == ["order_detached", "order_failed", "agent_events_observed"]
     assert mirrored  # the failed order stays at the controller, to be resumed or cancelled
     assert controller.state.orders["o1"].state == 8  # FAILED
@@ -163,23 +193,20 @@ def test_restarted_subagent_disrupts_lost_process_but_resends_unsent(
     cores: tuple[ControllerCore, DirectorCore],
 ) -> None:
     controller, director = cores
-    controller.deploy([signed(WORKFLOW)], T0)
+    deploy(controller, signed(WORKFLOW))
     add(controller, "o1")
     add(controller, "o2")
-    director.attach_items([controller.state.signed_items[("/wf", "v1")]], T0)
-    director.subagent_welcome("s1", subagent_pb2.Welcome(run_id="r1"), T0, set())
-    director.attach_orders([controller.state.orders["o1"], controller.state.orders["o2"]], T0, {"s1"})
-    k1 = director.state.orders["o1"].processing.process_key
+    director.handle(d.AttachItems((controller.state.signed_items[("/wf", "v1")],)), T0)
+    welcome(director, "s1", "r1")
+    attach(director, controller, "o1", "o2")
+    k1, k2 = (director.state.orders[o].processing.process_key for o in ("o1", "o2"))
+    assert {s.process_key for s in director.subagent_work("s1", ALL).starts} == {k1, k2}
     # Same run, o1's start known to the subagent, o2's never arrived: o2's is sent again.
-    assert (
-        director.subagent_welcome("s1", subagent_pb2.Welcome(run_id="r1", known_process_keys=[k1]), T0, set())
-        == []
-    )
-    to_send = {s.process_key for s in director.processes_to_start("s1", director.state.last_event_id)} - {k1}
-    assert to_send == {director.state.orders["o2"].processing.process_key}
+    assert welcome(director, "s1", "r1", known=frozenset({k1})) == []
+    assert [s.process_key for s in director.subagent_work("s1", ALL).starts] == [k2]
     # Another run: both processes are lost, and neither runs a second time.
-    events = director.subagent_welcome("s1", subagent_pb2.Welcome(run_id="r2"), T0, set())
-    assert director.processes_to_start("s1", director.state.last_event_id) == []
+    events = welcome(director, "s1", "r2")
+    assert director.subagent_work("s1", ALL) == d.SubagentWork()
     assert kinds(events) == [
         "order_processed",
         "order_detachable",
@@ -192,55 +219,114 @@ def test_restarted_subagent_disrupts_lost_process_but_resends_unsent(
 
 def test_round_robin_over_available_subagents(cores: tuple[ControllerCore, DirectorCore]) -> None:
     controller, director = cores
-    controller.deploy([signed(WORKFLOW)], T0)
-    director.attach_items([controller.state.signed_items[("/wf", "v1")]], T0)
+    deploy(controller, signed(WORKFLOW))
+    director.handle(d.AttachItems((controller.state.signed_items[("/wf", "v1")],)), T0)
+    welcome(director, "s1", "r1")
+    welcome(director, "s2", "r2")
     for i in range(4):
         add(controller, f"o{i}")
-    director.attach_orders([controller.state.orders[f"o{i}"] for i in range(4)], T0, {"s1", "s2"})
+    attach(director, controller, *(f"o{i}" for i in range(4)))
     picked = [director.state.orders[f"o{i}"].processing.subagent_id for i in range(4)]
     assert picked == ["s1", "s2", "s1", "s2"]
 
 
 def test_no_subagent_keeps_order_ready_until_one_comes(cores: tuple[ControllerCore, DirectorCore]) -> None:
     controller, director = cores
-    controller.deploy([signed(WORKFLOW)], T0)
-    director.attach_items([controller.state.signed_items[("/wf", "v1")]], T0)
+    deploy(controller, signed(WORKFLOW))
+    director.handle(d.AttachItems((controller.state.signed_items[("/wf", "v1")],)), T0)
     add(controller)
-    assert kinds(director.attach_orders([controller.state.orders["o1"]], T0, set())) == [
-        "order_attached",
-        "order_started",
-    ]
-    assert kinds(director.wake(T0, {"s2"})) == ["order_processing_started"]
+    assert kinds(attach(director, controller, "o1")) == ["order_attached", "order_started"]
+    assert director.handle(d.Tick(), T0) == []
+    assert kinds(welcome(director, "s2", "r2")) == ["subagent_messages_observed", "order_processing_started"]
     assert director.state.orders["o1"].processing.subagent_id == "s2"
+
+
+def test_orders_wait_for_a_process_slot_first_come_first_served(
+    cores: tuple[ControllerCore, DirectorCore],
+) -> None:
+    controller, director = cores
+    one_at_a_time = WORKFLOW.replace('"processLimit": 10', '"processLimit": 1')
+    deploy(controller, signed(one_at_a_time))
+    director.handle(d.AttachItems((controller.state.signed_items[("/wf", "v1")],)), T0)
+    welcome(director, "s1", "r1")
+    for i in range(4):
+        add(controller, f"o{i}")
+    attach(director, controller, "o0", "o1", "o2", "o3")
+    processing = [o for o in ("o0", "o1", "o2", "o3") if director.state.orders[o].state == PROCESSING]
+    assert processing == ["o0"]  # PROCESSING; the others wait, ready
+    # o2 is cancelled while waiting: it leaves the queue, and o1, o3 start in turn.
+    director.handle(d.CommandOrders((c.commands_pb2.OrderCommand(order_id="o2", cancel={}),)), T0)
+    started = []
+    for seq in range(1, 4):
+        running = next(
+            o
+            for o in director.state.orders.values()
+            if o.state == PROCESSING and o.processing.process_key.startswith(o.id + "@0#")
+        )
+        started.append(running.id)
+        director.handle(messages("s1", "r1", (seq, exited(running.processing.process_key))), T0)
+    assert started == ["o0", "o1", "o3"]
 
 
 def test_scheduled_order_starts_at_its_time_on_the_agent(cores: tuple[ControllerCore, DirectorCore]) -> None:
     controller, director = cores
-    controller.deploy([signed(WORKFLOW)], T0)
-    director.attach_items([controller.state.signed_items[("/wf", "v1")]], T0)
-    new = controller_pb2.NewOrder(id="later", workflow_path="/wf")
-    new.scheduled_for.FromMilliseconds(T0 + 60_000)
-    events, _ = controller.add_orders([new], T0)
+    deploy(controller, signed(WORKFLOW))
+    director.handle(d.AttachItems((controller.state.signed_items[("/wf", "v1")],)), T0)
+    welcome(director, "s1", "r1")
+    events = controller.handle(c.AddOrders((c.NewOrder("later", "/wf", scheduled_for_ms=T0 + 60_000),)), T0)
     assert kinds(events) == ["order_added", "order_attachable"]
-    assert kinds(director.attach_orders([controller.state.orders["later"]], T0, {"s1"})) == ["order_attached"]
+    assert kinds(attach(director, controller, "later")) == ["order_attached"]
     assert director.next_wake_ms() == T0 + 60_000
-    assert director.wake(T0 + 59_999, {"s1"}) == []
-    assert kinds(director.wake(T0 + 60_000, {"s1"})) == ["order_started", "order_processing_started"]
+    assert director.handle(d.Tick(), T0 + 59_999) == []
+    assert kinds(director.handle(d.Tick(), T0 + 60_000)) == ["order_started", "order_processing_started"]
+    assert director.next_wake_ms() is None
+
+
+def test_a_stimulus_visits_only_the_orders_it_concerns(
+    cores: tuple[ControllerCore, DirectorCore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Per-order cost must not grow with the orders held: with 2,000 orders waiting for
+    tomorrow, one order's job ending steps that order alone, at either core."""
+    controller, director = cores
+    deploy(controller, signed(WORKFLOW))
+    director.handle(d.AttachItems((controller.state.signed_items[("/wf", "v1")],)), T0)
+    welcome(director, "s1", "r1")
+    tomorrow = T0 + 86_400_000
+    held = tuple(c.NewOrder(f"h{i}", "/wf", scheduled_for_ms=tomorrow) for i in range(2000))
+    controller.handle(c.AddOrders(held), T0)
+    director.handle(d.AttachOrders(tuple(controller.agent_work("agent-1", ALL).attach)), T0)
+    add(controller, "now")
+    attach(director, controller, "now")
+    mirror_all(controller, director)
+    stepped: list[str] = []
+    for module in (c, d):
+        real = module.step
+        monkeypatch.setattr(
+            module, "step", lambda order, *a, real=real: stepped.append(order.id) or real(order, *a)
+        )
+    key = director.state.orders["now"].processing.process_key
+    events = director.handle(messages("s1", "r1", (1, exited(key))), T0)
+    mirror(controller, events)
+    director.handle(d.Tick(), T0 + 1000)
+    controller.handle(c.Tick(), T0 + 1000)
+    assert set(stepped) == {"now"}
+    assert director.next_wake_ms() == tomorrow  # the held orders wait at the agent
+    assert controller.next_wake_ms() is None
 
 
 def test_bad_input_named(cores: tuple[ControllerCore, DirectorCore]) -> None:
     controller, _ = cores
     with pytest.raises(NotFound, match="orders\\[0\\].workflow_path: unknown workflow '/nope'"):
-        controller.add_orders([controller_pb2.NewOrder(id="x", workflow_path="/nope")], T0)
+        controller.handle(c.AddOrders((c.NewOrder("x", "/nope"),)), T0)
     other_agent = WORKFLOW.replace('"agent-1"', '"agent-9"')
     with pytest.raises(InvalidArgument, match="unknown agent\\(s\\) agent-9"):
-        controller.deploy([signed(other_agent)], T0)
+        deploy(controller, signed(other_agent))
     assert controller.state.last_event_id == 0  # nothing journaled for rejected input
 
 
 def test_replaying_the_journal_rebuilds_the_same_state(cores: tuple[ControllerCore, DirectorCore]) -> None:
     controller, director = cores
-    controller.deploy([signed(WORKFLOW)], T0)
+    deploy(controller, signed(WORKFLOW))
     for i in range(3):
         add(controller, f"o{i}")
     replayed = ControllerState()
@@ -250,33 +336,59 @@ def test_replaying_the_journal_rebuilds_the_same_state(cores: tuple[ControllerCo
     assert replayed.current_version == controller.state.current_version
 
 
-def test_agent_work_keys_each_piece_as_of_when_it_was_chosen(
+def test_agent_work_is_handed_out_as_of_the_event_that_called_for_it(
     cores: tuple[ControllerCore, DirectorCore],
 ) -> None:
-    """A driver awaits between choosing and recording what it sent. If the order moves on in
-    between (here: its whole run at the agent is mirrored back), the attach must still be keyed
-    by the event id it was chosen at, or the detach that follows looks sent already (the
-    orders that stayed detachable after a controller restart)."""
+    """A driver awaits between taking work and sending it. If the order moves on in between
+    (here: its whole run at the agent is mirrored back), the detach that follows must still be
+    handed out (the orders that stayed detachable after a controller restart); and a new session
+    hands out again whatever is pending, once."""
     controller, director = cores
-    controller.deploy([signed(WORKFLOW)], T0)
+    deploy(controller, signed(WORKFLOW))
+    controller.agent_session("agent-1")
     add(controller)
-    sent: set[WorkKey] = set()
-    work = controller.agent_work("agent-1", controller.state.last_event_id, sent)
-    assert [(key[0], key[1]) for key, _ in work.attach] == [("attach", "o1")] and not work.detach
+    work = controller.agent_work("agent-1", controller.state.last_event_id)
+    assert [o.id for o in work.attach] == ["o1"] and not work.detach
 
     # While the attach is on its way, the agent's whole run of the order comes back.
-    director.attach_items([controller.state.signed_items[("/wf", "v1")]], T0)
-    director.subagent_welcome("s1", subagent_pb2.Welcome(run_id="r1"), T0, set())
-    director.attach_orders([o for _, o in work.attach], T0, available={"s1"})
+    director.handle(d.AttachItems((controller.state.signed_items[("/wf", "v1")],)), T0)
+    welcome(director, "s1", "r1")
+    director.handle(d.AttachOrders(tuple(work.attach)), T0)
     for seq in (1, 2):
         key = director.state.orders["o1"].processing.process_key
-        director.subagent_messages("s1", "r1", [exited(seq, key)], T0, {"s1"})
-    controller.on_agent_events("agent-1", list(director.state.log.after(0, director.state.last_event_id)), T0)
-    sent |= {key for key, _ in work.attach}
+        director.handle(messages("s1", "r1", (seq, exited(key))), T0)
+    mirror(controller, list(director.state.log.after(0, director.state.last_event_id)))
 
-    later = controller.agent_work("agent-1", controller.state.last_event_id, sent)
-    assert [i for _, i in later.detach] == ["o1"] and not later.attach
-    assert controller.stale_keys(sent) == {key for key, _ in work.attach}
+    later = controller.agent_work("agent-1", controller.state.last_event_id)
+    assert later.detach == ["o1"] and not later.attach
+    assert not controller.agent_work("agent-1", ALL)
+    controller.agent_session("agent-1")  # the session broke: the detach goes out again
+    assert controller.agent_work("agent-1", ALL).detach == ["o1"]
+
+
+def test_commands_go_to_the_agent_when_marks_change_not_with_every_event(
+    cores: tuple[ControllerCore, DirectorCore],
+) -> None:
+    controller, director = cores
+    deploy(controller, signed(WORKFLOW))
+    director.handle(d.AttachItems((controller.state.signed_items[("/wf", "v1")],)), T0)
+    welcome(director, "s1", "r1")
+    controller.agent_session("agent-1")
+    add(controller)
+    director.handle(d.AttachOrders(tuple(controller.agent_work("agent-1", ALL).attach)), T0)
+    mirror(controller, director.state.log.after(0, ALL))
+    controller.handle(c.CommandOrder(c.commands_pb2.OrderCommand(order_id="o1", cancel={"kill": True})), T0)
+    [command] = controller.agent_work("agent-1", ALL).commands
+    assert command.order_id == "o1" and command.cancel.kill
+    # The job's output mirrored meanwhile does not send the command again.
+    key = director.state.orders["o1"].processing.process_key
+    mirror(controller, director.handle(messages("s1", "r1", (1, output(key, "x"))), T0))
+    assert not controller.agent_work("agent-1", ALL)
+    results = director.command_results(d.CommandOrders((command,)))
+    kills = director.handle(d.CommandOrders((command,)), T0)
+    assert [r.error for r in results] == [""] and kinds(kills) == ["order_marked", "order_kill_requested"]
+    work = director.subagent_work("s1", ALL)  # the start was never taken here: it goes first
+    assert [s.process_key for s in work.starts] == [key] and work.kills == (key,)
 
 
 def test_an_order_id_that_ended_is_not_added_again_within_the_retention() -> None:
@@ -285,11 +397,12 @@ def test_an_order_id_that_ended_is_not_added_again_within_the_retention() -> Non
     controller = ControllerCore(ControllerState(), frozenset({"agent-1"}))
     # The condition is false, so the order ends at the controller without going to an agent.
     skipped = '{"instructions": [{"ifElse": {"condition": "false", "then": {"instructions": []}}}]}'
-    controller.deploy([signed(skipped, "/empty")], T0)
+    deploy(controller, signed(skipped, "/empty"))
 
     def add_at(order_id: str, at_ms: int) -> tuple[list[str], bool]:
-        new = controller_pb2.NewOrder(id=order_id, workflow_path="/empty")
-        events, [added] = controller.add_orders([new], at_ms)
+        stimulus = c.AddOrders((c.NewOrder(order_id, "/empty"),))
+        events = controller.handle(stimulus, at_ms)
+        [added] = controller.added(stimulus, events)
         return kinds(events), added.existed
 
     assert add_at("o1", T0) == (

@@ -8,7 +8,7 @@ import copy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller_svc.core import ControllerState
+from controller_svc.core import AddOrders, ControllerState, NewOrder
 from director_svc.core import DirectorState
 from gen.ostinato.common.v1 import commands_pb2, order_pb2
 from ostinato.workflow.positions import parse_text
@@ -619,7 +619,6 @@ def test_running_orders_keep_their_workflow_version() -> None:
 def test_arguments_are_checked_against_declared_parameters() -> None:
     import pytest
 
-    from gen.ostinato.controller.v1 import controller_pb2
     from ostinato.errors import InvalidArgument
 
     sim = Sim()
@@ -640,11 +639,9 @@ def test_arguments_are_checked_against_declared_parameters() -> None:
         ({"n": "x"}, "arguments.n: must be a number"),
         ({"n": 1, "zz": 2}, "not a parameter of /wf: zz"),
     ):
-        new = controller_pb2.NewOrder(id="bad", workflow_path="/wf")
-        for k, v in arguments.items():
-            new.arguments[k].CopyFrom(to_value(v))
+        new = NewOrder("bad", "/wf", arguments={k: to_value(v) for k, v in arguments.items()})
         with pytest.raises(InvalidArgument, match=message):
-            sim.controller.add_orders([new], sim.now)
+            sim.controller.handle(AddOrders((new,)), sim.now)
     sim.add("good", n=5)
     assert {k: sim.started[0].env[k] for k in ("N", "MODE")} == {"N": "5", "MODE": "quick"}
 

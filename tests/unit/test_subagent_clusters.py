@@ -8,11 +8,9 @@ from collections import Counter
 
 import pytest
 
-from controller_svc.core import ControllerCore, ControllerState
-from director_svc.core import DirectorCore, DirectorState
+from controller_svc import core as c
+from director_svc import core as d
 from gen.ostinato.common.v1 import items_pb2, workflow_pb2
-from gen.ostinato.controller.v1 import controller_pb2
-from gen.ostinato.subagent.v1 import subagent_pb2
 from ostinato.errors import InvalidArgument
 from tests.unit.test_cores import T0, exited, kinds, signed
 
@@ -56,40 +54,49 @@ class Agent:
     """A controller and one director, with items handed over as the controller's driver does."""
 
     def __init__(self) -> None:
-        self.controller = ControllerCore(ControllerState(), frozenset({"agent-1"}))
-        self.director = DirectorCore(DirectorState(), "agent-1", SUBAGENTS)
+        self.controller = c.ControllerCore(c.ControllerState(), frozenset({"agent-1"}))
+        self.director = d.DirectorCore(d.DirectorState(), "agent-1", SUBAGENTS)
         self.n = 0
 
-    def deploy(self, *items: items_pb2.SignedItem) -> None:
-        self.controller.deploy(list(items), T0)
+    def deploy(self, *items: items_pb2.SignedItem) -> list[c.Event]:
+        events = self.controller.handle(c.Deploy(items), T0)
         self.sync_items()
+        return events
 
     def sync_items(self) -> None:
         items = self.controller.items_to_attach("agent-1")
         items += [self.controller.state.signed_items[k] for k in self.controller.state.signed_items]
-        deployed = self.director.attach_items(items, T0)
-        self.controller.on_agent_events("agent-1", deployed, T0)
+        deployed = self.director.handle(d.AttachItems(tuple(items)), T0)
+        self.controller.handle(c.AgentEvents("agent-1", tuple(deployed)), T0)
 
     def welcome(self, subagent_id: str, process_limit: int = 0) -> None:
-        welcome = subagent_pb2.Welcome(run_id=f"run-{subagent_id}", process_limit=process_limit)
-        self.director.subagent_welcome(subagent_id, welcome, T0, set())
+        welcome = d.SubagentWelcomed(subagent_id, f"run-{subagent_id}", process_limit=process_limit)
+        self.director.handle(welcome, T0)
+
+    def make_available(self, available: set[str]) -> None:
+        for s in SUBAGENTS:
+            if s in available and s not in self.director.available:
+                self.director.handle(d.SubagentWelcomed(s, self.director.state.subagent_runs[s].run_id), T0)
+            elif s not in available and s in self.director.available:
+                self.director.handle(d.SubagentLost(s), T0)
 
     def run_orders(self, n: int, available: set[str]) -> list[str]:
         """Adds n orders; returns the subagent each one's job went to ("" while none)."""
+        self.make_available(available)
         ids = []
         for _ in range(n):
             self.n += 1
             order_id = f"o{self.n}"
-            self.controller.add_orders([controller_pb2.NewOrder(id=order_id, workflow_path="/wf")], T0)
-            self.director.attach_orders([self.controller.state.orders[order_id]], T0, available)
+            self.controller.handle(c.AddOrders((c.NewOrder(order_id, "/wf"),)), T0)
+            self.director.handle(d.AttachOrders((self.controller.state.orders[order_id],)), T0)
             ids.append(order_id)
         return [self.director.state.orders[i].processing.subagent_id for i in ids]
 
     def finish(self, order_id: str, seq: int) -> None:
         order = self.director.state.orders[order_id]
-        run = f"run-{order.processing.subagent_id}"
-        exit_message = exited(seq, order.processing.process_key)
-        self.director.subagent_messages(order.processing.subagent_id, run, [exit_message], T0, set(SUBAGENTS))
+        subagent_id = order.processing.subagent_id
+        messages = ((seq, exited(order.processing.process_key)),)
+        self.director.handle(d.SubagentMessages(subagent_id, f"run-{subagent_id}", messages), T0)
 
 
 @pytest.fixture
@@ -144,20 +151,20 @@ def test_a_job_naming_a_cluster_the_agent_lacks_fails_its_order_with_a_clear_mes
 
 def test_items_reach_the_agent_once_per_version(agent: Agent) -> None:
     first = cluster_item("/c", "SCHEDULING_MODE_ROUND_ROBIN", {"s1": 1})
-    agent.controller.deploy([first, resource_item("/r", {"A": "'1'"})], T0)
+    agent.controller.handle(c.Deploy((first, resource_item("/r", {"A": "'1'"}))), T0)
     assert sorted(i.path for i in agent.controller.items_to_attach("agent-1")) == ["/c", "/r"]
     agent.sync_items()
     assert agent.controller.items_to_attach("agent-1") == []
-    assert agent.controller.deploy([first], T0) == []  # unchanged: nothing to do
+    assert agent.controller.handle(c.Deploy((first,)), T0) == []  # unchanged: nothing to do
     changed = cluster_item("/c", "SCHEDULING_MODE_ROUND_ROBIN", {"s1": 1, "s2": 1})
-    assert kinds(agent.controller.deploy([changed], T0)) == ["item_deployed"]
+    assert kinds(agent.controller.handle(c.Deploy((changed,)), T0)) == ["item_deployed"]
     assert [i.path for i in agent.controller.items_to_attach("agent-1")] == ["/c"]
     agent.sync_items()
     assert [s.subagent_id for s in agent.director.state.subagent_clusters["/c"].subagents] == ["s1", "s2"]
 
 
 def test_bad_clusters_are_refused_naming_the_field() -> None:
-    controller = ControllerCore(ControllerState(), frozenset({"agent-1"}))
+    controller = c.ControllerCore(c.ControllerState(), frozenset({"agent-1"}))
     cases = [
         (cluster_item("/c", "SCHEDULING_MODE_ROUND_ROBIN", {"s1": 1}, agent="agent-9"), "json (/c).agent"),
         (cluster_item("/c", "SCHEDULING_MODE_ROUND_ROBIN", {}), "json (/c).subagents"),
@@ -165,7 +172,7 @@ def test_bad_clusters_are_refused_naming_the_field() -> None:
     ]
     for item, field in cases:
         with pytest.raises(InvalidArgument) as info:
-            controller.deploy([item], T0)
+            controller.handle(c.Deploy((item,)), T0)
         assert info.value.field == f"items[0].{field}", str(info.value)
 
 
@@ -176,7 +183,9 @@ def test_job_resources_give_env_and_variables_under_the_jobs_own(agent: Agent) -
         signed(workflow(resources=["/first", "/second"], env={"C": "'own'"})),
     )
     agent.run_orders(1, set(SUBAGENTS))
-    spec = agent.director.process_spec(agent.director.state.orders["o1"])
+    [spec] = agent.director.subagent_work(
+        agent.director.state.orders["o1"].processing.subagent_id, 10**9
+    ).starts
     # The first named resource wins; the job's own env wins over every resource.
     assert (spec.env["A"], spec.env["B"], spec.env["C"]) == ("from first", "https://x", "own")
 
@@ -191,8 +200,8 @@ def test_a_job_resource_the_agent_lacks_fails_the_order(agent: Agent) -> None:
 def test_jobs_of_a_subagent_unreachable_too_long_end_disrupted(agent: Agent) -> None:
     agent.deploy(signed(workflow()))
     [picked] = agent.run_orders(1, set(SUBAGENTS))
-    events = agent.director.subagent_unreachable(picked, 42.0, T0, set())
+    events = agent.director.handle(d.SubagentUnreachable(picked, 42.0), T0)
     assert kinds(events)[0] == "order_processed"
     outcome = events[0].order_processed.outcome
     assert outcome.kind == workflow_pb2.OUTCOME_KIND_DISRUPTED and "unreachable for 42 s" in outcome.message
-    assert agent.director.subagent_unreachable(picked, 50.0, T0, set()) == []  # once
+    assert agent.director.handle(d.SubagentUnreachable(picked, 50.0), T0) == []  # once

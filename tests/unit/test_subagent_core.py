@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from ostinato.errors import FailedPrecondition, InvalidArgument
-from subagent_svc.core import MAX_CHUNK_CHARS, MESSAGE_OVERHEAD, Exited, Output, Started, Stream, SubagentCore
+from ostinato.process import Exited, Output, Started, Stream
+from subagent_svc.core import MAX_CHUNK_CHARS, MESSAGE_OVERHEAD, SubagentCore
 
 
 def drain(core: SubagentCore, session: int) -> list[tuple[int, object]]:
