@@ -9,8 +9,15 @@ Fencing inside the log: a batch carries the term its node decided it in and must
 committed ids exactly. A deposed node's batch (pysyncobj forwards commands of a follower to the
 leader) is therefore skipped on every node alike, and its submitter learns it was deposed.
 
-Snapshots are explicit (ostinato/journal/snapshot.py), written by pysyncobj's log compaction on
-the tick thread, so the state is exactly the one at the last applied entry.
+Snapshots are explicit (ostinato/journal/snapshot.py), made when pysyncobj's log compaction asks,
+in a forked child: the child holds the state exactly as of the last applied entry while the node
+goes on (pysyncobj forks only for its own pickle; serialising 100,000 orders on the tick thread
+would stop replication for seconds). Their cadence grows with their size, so the cost of snapshots
+per journaled byte stays the same however many orders are held.
+
+The tick: pysyncobj's thread wakes every `tick` seconds while commands are in flight, and every
+`idle_tick` seconds otherwise (an idle 2 ms tick burns CPU for nothing); a submitted command wakes
+it at once, and a single node commits in the next tick rather than a tick period later.
 
 Facts this follows (shared/DEPENDENCIES.md): never sync=True from asyncio; results come back by
 callback on the tick thread; cap commands in flight; always set the password, since the peer
@@ -24,6 +31,7 @@ import base64
 import copy
 import json
 import logging
+import os
 import queue
 import secrets
 import threading
@@ -34,7 +42,9 @@ from pathlib import Path
 from typing import Any
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+from pysyncobj.config import SERIALIZER_STATE
 from pysyncobj.node import TCPNode
+from pysyncobj.pipe_notifier import PipeNotifier
 
 from gen.ostinato.common.v1 import events_pb2, journal_pb2
 from ostinato.errors import Deposed, Unavailable
@@ -56,6 +66,8 @@ class Timing:
     paused or cut-off active node stops acting soon after the others elected a new one)."""
 
     tick: float = 0.002
+    # The tick while nothing is in flight: a leader's heartbeats go at least this often.
+    idle_tick: float = 0.05
     append_entries: float = 0.01
     raft_min: float = 0.3
     raft_max: float = 0.6
@@ -96,10 +108,17 @@ class _Raft(SyncObj):
         self.on_tick: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self.compaction_bytes = compaction_bytes
         self.bytes_since_snapshot = 0
+        self.snapshot_bytes = 0  # of the last snapshot: the next one waits for as much journal
+        self.snapshot_pid = 0  # the child writing a snapshot
+        self.single = not partners
+        self.settings = conf  # pysyncobj has a read-only `conf` of its own
+        self.min_compaction_entries = conf.logCompactionMinEntries
         conf.serializer = self._serialize
         conf.deserializer = self._deserialize
+        conf.serializeChecker = self._snapshot_state
         super().__init__(self_address, partners, conf=conf)
         self._SyncObj__raftLog = _ConflictAwareLog(getattr(self, "_SyncObj__raftLog"))  # noqa: B009
+        self.notifier = PipeNotifier(self._poller)
         self.addOnTickCallback(self._run_on_tick)
 
     @replicated
@@ -114,7 +133,7 @@ class _Raft(SyncObj):
                 self.committed.apply(event)
             last = int(self.committed.last_event_id)
             self.bytes_since_snapshot += len(data)
-            if self.bytes_since_snapshot > self.compaction_bytes:
+            if self.bytes_since_snapshot > max(self.compaction_bytes, self.snapshot_bytes):
                 self.forceLogCompaction()  # only sets a flag; the tick thread snapshots
         self.on_applied(last)
         return last
@@ -123,6 +142,9 @@ class _Raft(SyncObj):
         # pysyncobj's own calls (transferLeadership) are not thread-safe: they run here.
         while not self.on_tick.empty():
             self.on_tick.get_nowait()()
+        if self.single and self._SyncObj__raftCommitIndex < self._SyncObj__raftLog[-1][1]:
+            # Commands were just added to a single node's log: commit them in the next tick at once.
+            self.notifier.notify()
         # A witness that won an election hands leadership on, as soon as a full node has caught
         # up (Raft refuses a transfer to a node behind the leader's log).
         if self.witness and self._isLeader() and time.monotonic() - self.handed_on_at > 0.05:
@@ -130,18 +152,41 @@ class _Raft(SyncObj):
             self.transferLeadership()
 
     def _serialize(self, filename: str, raft_data: tuple[Any, Any, Any]) -> None:
-        last_entry, previous_entry, cluster = raft_data
+        """Starts a child that writes the snapshot (see `_snapshot_state`). On the tick thread,
+        between two applied entries: the child's copy of the state is exactly the one at the
+        entry pysyncobj compacts to. pysyncobj renames `filename` (its .tmp) to the snapshot when
+        this returns; the child writes a name of its own and renames it when it is complete."""
+        final = filename.removesuffix(".tmp")
+        parent = os.getpid()
         with self.lock:
-            state = snapshot.encode(self.committed)
-            term_applied = self.term_applied
+            pid = os.fork()
+            if pid == 0:  # the child: only this thread exists here
+                status = 1
+                try:
+                    size = _write_snapshot(final, self.committed, self.term_applied, raft_data, parent)
+                    # Read by the parent from the file's size once the child is done.
+                    status = 0 if size else 1
+                finally:
+                    os._exit(status)
             self.bytes_since_snapshot = 0
-        document = {
-            "state": state,
-            "term_applied": term_applied,
-            "entries": [_entry_json(last_entry), _entry_json(previous_entry)],
-            "cluster": sorted(node.address for node in cluster),
-        }
-        Path(filename).write_text(json.dumps(document, separators=(",", ":")))
+        self.snapshot_pid = pid
+
+    def _snapshot_state(self) -> int:
+        """pysyncobj asks on every tick whether the snapshot child is done."""
+        if not self.snapshot_pid:
+            return int(SERIALIZER_STATE.NOT_SERIALIZING)
+        pid, status = os.waitpid(self.snapshot_pid, os.WNOHANG)
+        if pid == 0:
+            return int(SERIALIZER_STATE.SERIALIZING)
+        self.snapshot_pid = 0
+        if status != 0:
+            log.warning("journal snapshot failed (child exit status %d)", status)
+            return int(SERIALIZER_STATE.FAILED)
+        # The next snapshot waits for about as much journal as this one took, in bytes and in
+        # entries: its cost per journaled byte is then the same whatever the state's size.
+        self.snapshot_bytes = os.path.getsize(self.settings.fullDumpFile)
+        self.settings.logCompactionMinEntries = max(self.min_compaction_entries, self.snapshot_bytes // 1000)
+        return int(SERIALIZER_STATE.SUCCESS)
 
     def _deserialize(self, filename: str) -> tuple[Any, Any, Any]:
         document = json.loads(Path(filename).read_text())
@@ -191,6 +236,28 @@ class _ConflictAwareLog:
         return getattr(self.inner, name)
 
 
+def _write_snapshot(
+    path: str, state: Any, term_applied: int, raft_data: tuple[Any, Any, Any], parent: int
+) -> int:
+    """Writes the snapshot document (in the forked child) and returns its size, or 0 when the
+    node that forked it has gone meanwhile: a later run of the node may have written a newer one."""
+    last_entry, previous_entry, cluster = raft_data
+    document = {
+        "state": snapshot.encode(state),
+        "term_applied": term_applied,
+        "entries": [_entry_json(last_entry), _entry_json(previous_entry)],
+        "cluster": sorted(node.address for node in cluster),
+    }
+    text = json.dumps(document, separators=(",", ":"))
+    partial = Path(f"{path}.{os.getpid()}.partial")
+    partial.write_text(text)
+    if os.getppid() != parent:
+        partial.unlink()
+        return 0
+    partial.replace(path)
+    return len(text)
+
+
 def _entry_json(entry: tuple[bytes, int, int]) -> list[Any]:
     command, index, term = entry
     return [base64.b64encode(command).decode(), index, term]
@@ -236,7 +303,7 @@ class Journal:
             journalFile=str(data_dir / "journal.raft"),
             fullDumpFile=str(data_dir / "journal.snapshot"),
             password=password,
-            autoTickPeriod=timing.tick,
+            autoTickPeriod=timing.idle_tick,
             appendEntriesPeriod=timing.append_entries,
             raftMinTimeout=timing.raft_min * factor + grace,
             raftMaxTimeout=timing.raft_max * factor + grace,
@@ -248,6 +315,7 @@ class Journal:
             dynamicMembershipChange=False,
             onStateChanged=self._state_changed,
         )
+        self._timing = timing
         self._raft = _Raft(self_address, partners, conf, new_state, witness, timing.compaction_bytes)
         if grace:
             # The timeouts are read anew for each election deadline: back to normal once a
@@ -356,12 +424,17 @@ class Journal:
             self._loop.call_soon_threadsafe(self._settle, future, result, error, len(data))
 
         self._raft.apply_batch(data, callback=done)
+        # pysyncobj takes commands on its tick: wake it now, and tick fast while this is in flight.
+        self._raft.settings.autoTickPeriod = self._timing.tick
+        self._raft.notifier.notify()
         return future
 
     def _settle(self, future: asyncio.Future[int], result: Any, error: int, size: int) -> None:
         self._in_flight -= 1
         self._bytes_in_flight -= size
         self._room.set()
+        if not self._in_flight:
+            self._raft.settings.autoTickPeriod = self._timing.idle_tick
         if future.done():
             return
         if error == FAIL_REASON.SUCCESS and result != REJECTED:
@@ -388,6 +461,7 @@ class Journal:
             self._loop.call_soon_threadsafe(settle)
 
         self._raft.on_tick.put(lambda: self._raft.transferLeadership(to_raft_address, done))
+        self._raft.notifier.notify()
         return future
 
     def close(self) -> None:
