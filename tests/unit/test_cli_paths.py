@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from gen.ostinato.common.v1 import events_pb2, items_pb2, order_pb2, workflow_pb2
-from ostinato.cli import CliError, collect_objects, describe, inventory_path, object_type
+from ostinato.cli.client import CliError
+from ostinato.cli.inventory import collect_objects, inventory_path, object_type
+from ostinato.cli.render import describe
 
 WF = items_pb2.ITEM_TYPE_WORKFLOW
 

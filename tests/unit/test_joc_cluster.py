@@ -268,7 +268,7 @@ async def test_a_call_gives_up_at_once_when_no_node_answers() -> None:
 
 def test_the_cli_tells_orders_jocs_view_of_which_is_incomplete() -> None:
     from gen.ostinato.joc.v1 import joc_pb2
-    from ostinato.cli import describe, summary_state
+    from ostinato.cli.render import describe, summary_state
 
     marker = events_pb2.Event(id=7, order_id="o1")
     assert describe(marker, order("o1", S.ORDER_STATE_WAITING)) == (

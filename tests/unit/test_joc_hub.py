@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from gen.ostinato.common.v1 import events_pb2
 from joc_svc.events import Hub
-from joc_svc.store import Applied, Projected
+from joc_svc.projection import Projected
+from joc_svc.store import Applied
 
 
 def applied(event_id: int, order_id: str = "o") -> Applied:

@@ -15,7 +15,8 @@ from gen.ostinato.common.v1 import events_pb2, items_pb2, order_pb2, workflow_pb
 from gen.ostinato.joc.v1 import joc_pb2
 from joc_svc import auth, migrations, naming
 from joc_svc.projection import Projected, replay
-from joc_svc.store import DeploymentRow, Store, metadata
+from joc_svc.schema import metadata
+from joc_svc.store import DeploymentRow, Store
 from ostinato.errors import AlreadyExists, InvalidArgument, NotFound
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)

@@ -1,0 +1,165 @@
+"""The orders projection as JOC shows it: order rows, their events and job output."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from gen.ostinato.common.v1 import events_pb2, order_pb2
+from joc_svc import naming
+from joc_svc.projection import Projected
+from joc_svc.schema import order_events, order_logs, orders
+from joc_svc.store.base import StoreBase, utc
+from ostinato.errors import NotFound
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRow:
+    order: order_pb2.Order
+    controller_id: str
+    added_at: datetime
+    updated_at: datetime
+    deleted: bool
+    # The snapshot event id JOC first resynchronised the order from (0: never): its stored
+    # history has a gap before it.
+    resynced_at_event: int = 0
+    # The order left its controller while JOC was away (its end is unknown): the state JOC saw last.
+    left_unseen_state: int | None = None
+
+    @property
+    def projected(self) -> Projected:
+        return Projected(self.order, self.deleted)
+
+
+@dataclass(frozen=True, slots=True)
+class LogRow:
+    seq: int
+    stream: int  # events_pb2.StdStream
+    chunk: str
+    timestamp: datetime
+
+
+class OrderStore(StoreBase):
+    def add_order(self, order: order_pb2.Order, controller_id: str, now: datetime) -> bool:
+        """Records an order the controller accepted, unless its events got here first."""
+        with self._write() as conn:
+            if conn.execute(sa.select(orders.c.order_id).where(orders.c.order_id == order.id)).first():
+                return False
+            conn.execute(
+                orders.insert().values(
+                    order_id=order.id,
+                    controller_id=controller_id,
+                    workflow_path=order.workflow_path,
+                    state=naming.enum_word(order_pb2.OrderState, order.state),
+                    order=order.SerializeToString(),
+                    added_at=now,
+                    updated_at=now,
+                )
+            )
+            return True
+
+    def list_orders(
+        self, state: int = order_pb2.ORDER_STATE_UNSPECIFIED, workflow_path: str = "", limit: int = 0
+    ) -> list[OrderRow]:
+        query = sa.select(orders).order_by(orders.c.added_at.desc(), orders.c.order_id)
+        if state:
+            query = query.where(orders.c.state == naming.enum_word(order_pb2.OrderState, state))
+        if workflow_path:
+            query = query.where(orders.c.workflow_path == workflow_path)
+        if limit > 0:
+            query = query.limit(limit)
+        with self.engine.connect() as conn:
+            return [order_row(r) for r in conn.execute(query)]
+
+    def order_controllers(self, order_ids: Iterable[str]) -> dict[str, str]:
+        """order id -> the controller holding it, for the orders JOC knows."""
+        ids = list(dict.fromkeys(order_ids))
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(orders.c.order_id, orders.c.controller_id).where(orders.c.order_id.in_(ids))
+            )
+            return {r.order_id: r.controller_id for r in rows}
+
+    def get_order(self, order_id: str) -> OrderRow:
+        with self.engine.connect() as conn:
+            return _one_order(conn, order_id)
+
+    def order_events(self, order_id: str) -> list[events_pb2.Event]:
+        """The order's events, job output excluded."""
+        with self.engine.connect() as conn:
+            return _order_events(conn, order_id)
+
+    def order_logs(self, order_id: str, after_seq: int = 0, limit: int = 0) -> list[LogRow]:
+        """The order's output after `after_seq`, at most `limit` chunks (0: all)."""
+        with self.engine.connect() as conn:
+            _one_order(conn, order_id)
+            return _order_logs(conn, order_id, after_seq, limit)
+
+    def order_history(self, order_id: str) -> tuple[OrderRow, list[events_pb2.Event]]:
+        """The order row and all its events with job output as OrderStdWritten events, in id order,
+        read in one transaction so that it matches the row."""
+        with self.engine.begin() as conn:
+            row = _one_order(conn, order_id)
+            events = _order_events(conn, order_id)
+            events += [log_event(order_id, r) for r in _order_logs(conn, order_id, 0)]
+        events.sort(key=lambda e: e.id)
+        return row, events
+
+
+def log_event(order_id: str, row: LogRow) -> events_pb2.Event:
+    """A stored log chunk as the OrderStdWritten event it came from."""
+    event = events_pb2.Event(id=row.seq, order_id=order_id)
+    event.timestamp.FromDatetime(row.timestamp)
+    event.order_std_written.stream = row.stream  # type: ignore[assignment]
+    event.order_std_written.chunk = row.chunk
+    return event
+
+
+def order_row(r: Any) -> OrderRow:
+    return OrderRow(
+        order_pb2.Order.FromString(r.order),
+        r.controller_id,
+        utc(r.added_at),
+        utc(r.updated_at),
+        r.deleted_at is not None,
+        int(r.resynced_at_event or 0),
+        naming.enum_value(order_pb2.OrderState, r.left_unseen_state) if r.left_unseen_state else None,
+    )
+
+
+def find_order(conn: sa.Connection, order_id: str) -> OrderRow | None:
+    r = conn.execute(sa.select(orders).where(orders.c.order_id == order_id)).first()
+    return order_row(r) if r else None
+
+
+def _one_order(conn: sa.Connection, order_id: str) -> OrderRow:
+    row = find_order(conn, order_id)
+    if row is None:
+        raise NotFound(f"no order {order_id}", field="order_id")
+    return row
+
+
+def _order_events(conn: sa.Connection, order_id: str) -> list[events_pb2.Event]:
+    rows = conn.execute(
+        sa.select(order_events.c.event)
+        .where(order_events.c.order_id == order_id)
+        .order_by(order_events.c.event_id)
+    )
+    return [events_pb2.Event.FromString(r.event) for r in rows]
+
+
+def _order_logs(conn: sa.Connection, order_id: str, after_seq: int, limit: int = 0) -> list[LogRow]:
+    query = (
+        sa.select(order_logs)
+        .where((order_logs.c.order_id == order_id) & (order_logs.c.seq > after_seq))
+        .order_by(order_logs.c.seq)
+    )
+    rows = conn.execute(query.limit(limit) if limit else query)
+    return [
+        LogRow(r.seq, naming.enum_value(events_pb2.StdStream, r.stream), r.chunk, utc(r.timestamp))
+        for r in rows
+    ]

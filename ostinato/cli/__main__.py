@@ -1,0 +1,7 @@
+"""`python -m ostinato.cli`: the `ostinato` command."""
+
+import sys
+
+from ostinato.cli import main
+
+sys.exit(main())
