@@ -22,6 +22,7 @@ from typing import Any
 from gen.ostinato.common.v1 import commands_pb2, events_pb2, items_pb2, order_pb2, values_pb2, workflow_pb2
 from ostinato.errors import InvalidArgument, NotFound
 from ostinato.workflow import expressions, model
+from ostinato.workflow.events import MIRRORED_KINDS
 from ostinato.workflow.holder import OrderHolder
 from ostinato.workflow.model import item_digest
 from ostinato.workflow.orders import TERMINAL_STATES
@@ -31,31 +32,6 @@ from ostinato.workflow.step import ControllerScope, ControllerWork, OrderScope, 
 A = order_pb2.AttachedState
 S = order_pb2.OrderState
 Event = events_pb2.Event
-
-# Agent events that change the controller's copy of an order; the rest is the agent's own business.
-MIRRORED_KINDS = frozenset(
-    {
-        "order_attached",
-        "order_started",
-        "order_processing_started",
-        "order_std_written",
-        "order_processed",
-        "order_moved",
-        "order_detachable",
-        "order_detached",
-        "order_caught",
-        "order_retrying",
-        "order_awoke",
-        "order_sleeping",
-        "order_cycle_started",
-        "order_cycle_finished",
-        "order_marked",
-        "order_suspended",
-        "order_resumed",
-        "order_kill_requested",
-    }
-)
-
 
 # Ids of orders that left are remembered this long: AddOrders repeated by a client that lost the
 # answer (a fail-over between commit and reply) must not run a finished order again.

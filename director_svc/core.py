@@ -26,6 +26,7 @@ from gen.ostinato.common.v1 import commands_pb2, events_pb2, items_pb2, order_pb
 from ostinato.errors import InvalidArgument
 from ostinato.process import Exited, Message, Output, Stream
 from ostinato.workflow import model, positions
+from ostinato.workflow.events import LEAVING_AGENT_KINDS
 from ostinato.workflow.holder import OrderHolder
 from ostinato.workflow.model import item_digest
 from ostinato.workflow.orders import mark_of
@@ -165,8 +166,7 @@ class SubagentRun:
 
 
 class DirectorState(OrderHolder):
-    # An order leaves the agent when the controller detaches it.
-    leaving_kinds = frozenset({"order_detached", "order_deleted"})
+    leaving_kinds = LEAVING_AGENT_KINDS
     snapshot_classes = (*OrderHolder.snapshot_classes, SubagentRun)
 
     def __init__(self) -> None:

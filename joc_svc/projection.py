@@ -4,32 +4,19 @@ the order after it. Order semantics themselves live in ostinato.workflow.orders 
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from gen.ostinato.common.v1 import events_pb2, order_pb2
+from ostinato.workflow.events import Route, kind_of
 from ostinato.workflow.orders import END_STATES, TERMINAL_STATES, apply_order_event
 
 log = logging.getLogger(__name__)
 
 
-class Route(enum.Enum):
-    IGNORE = "ignore"  # not about an order (deployments, releases, agent bookkeeping)
-    ITEM = "item"  # an agent confirmed a deployed item: the deployment history
-    LOG = "log"  # job output: the order log, not the event history
-    ORDER = "order"  # changes the order: event history and the orders projection
-
-
 def route(event: events_pb2.Event) -> Route:
-    if event.WhichOneof("kind") == "item_attached":
-        return Route.ITEM
-    if not event.order_id:
-        return Route.IGNORE
-    if event.WhichOneof("kind") == "order_std_written":
-        return Route.LOG
-    return Route.ORDER
+    return kind_of(event).route
 
 
 def events_after(cursor: int, events: Iterable[events_pb2.Event]) -> list[events_pb2.Event]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from ostinato.cli.client import connect
-from ostinato.cli.render import print_table, time_text
+from ostinato.cli.render import print_table
+from ostinato.workflow.events import time_text
 
 
 def cmd_audit(args: argparse.Namespace) -> int:

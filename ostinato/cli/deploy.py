@@ -10,7 +10,8 @@ from typing import Any
 from ostinato.cli.archives import archive_members, read_archive, signed_items, suffix_of, write_archive
 from ostinato.cli.client import CliError, connect
 from ostinato.cli.inventory import put_files
-from ostinato.cli.render import print_table, time_text, type_text
+from ostinato.cli.render import print_table, type_text
+from ostinato.workflow.events import time_text
 
 # `ostinato deploy WORD ...` for these words is the command deploy-WORD (deploy's own arguments are
 # files and folders, so they cannot be subcommands of one parser).

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from gen.ostinato.common.v1 import items_pb2
 from ostinato.cli.client import CliError, JocClient, connect
-from ostinato.cli.render import print_table, time_text, type_text
+from ostinato.cli.render import print_table, type_text
+from ostinato.workflow.events import time_text
 
 # File name suffix -> inventory object type.
 SUFFIXES: dict[str, int] = {

@@ -10,15 +10,9 @@ from typing import Any
 
 from gen.ostinato.common.v1 import events_pb2, order_pb2
 from ostinato.cli.client import CliError, JocClient, connect
-from ostinato.cli.render import (
-    STATE_PREFIX,
-    describe,
-    outcome_text,
-    position_text,
-    state_word,
-    summary_state,
-    time_text,
-)
+from ostinato.cli.render import STATE_PREFIX, describe, state_word, summary_state
+from ostinato.workflow.events import outcome_text, time_text
+from ostinato.workflow.positions import text as position_text
 
 # A --wait outlives a JOC restart: it reconnects this long, then gives up.
 WATCH_RECONNECT_SECONDS = 30.0

@@ -6,10 +6,8 @@ from collections import deque
 
 from gen.ostinato.common.v1 import events_pb2
 from ostinato.errors import FailedPrecondition
+from ostinato.workflow.events import INTERNAL_KINDS
 
-# Bookkeeping of the journal itself; watchers are not served them (a receiver's release would
-# otherwise produce an event for it to release, without end).
-INTERNAL_KINDS = frozenset({"events_released", "agent_events_observed", "subagent_messages_observed"})
 # A batch served to a watcher stops growing past this size: a job's output arrives in chunks of
 # 32 KB, and 1000 of them in one message would be held in several copies on both sides.
 BATCH_BYTES = 1024 * 1024
@@ -56,6 +54,8 @@ class EventLog:
             e = self.events[i]
             if e.id > until_id or len(result) >= limit or size >= BATCH_BYTES:
                 break
+            # The journal's bookkeeping is not served: a receiver's release would otherwise produce
+            # an event for it to release, without end.
             if e.WhichOneof("kind") not in INTERNAL_KINDS:
                 result.append(e)
                 size += output_bytes(e)

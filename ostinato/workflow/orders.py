@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from gen.ostinato.common.v1 import events_pb2, order_pb2, workflow_pb2
 from ostinato.errors import OstinatoError
+from ostinato.workflow.events import KINDS
 from ostinato.workflow.positions import enclosing, next_position
 
 S = order_pb2.OrderState
@@ -28,37 +29,6 @@ class InvalidTransition(OstinatoError):
         self.event_kind = event_kind
 
 
-_MOVABLE = frozenset({S.ORDER_STATE_READY, S.ORDER_STATE_PROCESSED, S.ORDER_STATE_WAITING})
-_LIVE = frozenset(set(S.values()) - {S.ORDER_STATE_UNSPECIFIED, *TERMINAL_STATES})
-# Which states each event applies in; events not listed apply in any state.
-_ALLOWED: dict[str, frozenset[int]] = {
-    "order_attachable": frozenset({S.ORDER_STATE_FRESH, S.ORDER_STATE_READY, S.ORDER_STATE_PROCESSED}),
-    "order_started": frozenset({S.ORDER_STATE_FRESH}),
-    "order_processing_started": frozenset({S.ORDER_STATE_READY}),
-    # From READY: a job that could not start (no such subagent cluster or job resource at the agent).
-    "order_processed": frozenset({S.ORDER_STATE_PROCESSING, S.ORDER_STATE_READY}),
-    "order_moved": _MOVABLE,
-    "order_failed": frozenset({S.ORDER_STATE_READY, S.ORDER_STATE_PROCESSED}),
-    "order_finished": frozenset({S.ORDER_STATE_READY, S.ORDER_STATE_PROCESSED}),
-    "order_forked": frozenset({S.ORDER_STATE_READY}),
-    "order_joined": frozenset({S.ORDER_STATE_FORKED}),
-    "order_caught": frozenset({S.ORDER_STATE_READY, S.ORDER_STATE_PROCESSED}),
-    "order_retrying": frozenset({S.ORDER_STATE_READY}),
-    "order_awoke": frozenset({S.ORDER_STATE_WAITING}),
-    "order_lock_acquired": frozenset({S.ORDER_STATE_READY, S.ORDER_STATE_WAITING}),
-    "order_lock_queued": frozenset({S.ORDER_STATE_READY}),
-    "order_prompted": frozenset({S.ORDER_STATE_READY}),
-    "order_prompt_answered": frozenset({S.ORDER_STATE_PROMPTING}),
-    "order_sleeping": frozenset({S.ORDER_STATE_READY}),
-    "order_cycle_started": frozenset({S.ORDER_STATE_READY}),
-    "order_cycle_finished": frozenset({S.ORDER_STATE_READY}),
-    "order_cancelled": _LIVE,
-    "order_suspended": frozenset({S.ORDER_STATE_FRESH, S.ORDER_STATE_READY, S.ORDER_STATE_WAITING}),
-    "order_resumed": frozenset({S.ORDER_STATE_SUSPENDED, S.ORDER_STATE_FAILED}),
-    "order_kill_requested": frozenset({S.ORDER_STATE_PROCESSING}),
-}
-
-
 def apply_order_event(order: order_pb2.Order | None, event: events_pb2.Event) -> order_pb2.Order | None:
     """The order after `event`; mutates and returns `order` (a new one for OrderAdded/Attached)."""
     kind = event.WhichOneof("kind") or ""
@@ -75,7 +45,7 @@ def apply_order_event(order: order_pb2.Order | None, event: events_pb2.Event) ->
         return attached
     if order is None:
         raise InvalidTransition(event.order_id, S.ORDER_STATE_UNSPECIFIED, kind)
-    allowed = _ALLOWED.get(kind)
+    allowed = KINDS[kind].applies_in
     if allowed is not None and order.state not in allowed:
         raise InvalidTransition(order.id, order.state, kind)
     _apply(order, kind, getattr(event, kind) if kind else None)
