@@ -1,7 +1,7 @@
 """Explicit serialisation of a journaled state for snapshots: JSON with typed leaves. Pure.
 
 pysyncobj's default would pickle the live object (and loading a pickle runs code). Here a state is
-its attributes, and each value is plain data: numbers, strings, lists, tuples, dicts (keys may be
+its attributes, and each value is plain data: numbers, strings, bytes, lists, tuples, dicts (keys may be
 tuples), protobuf messages (by full name, as bytes) and instances of the few classes the state
 declares (`JournaledState.snapshot_classes`). Anything else is refused at once, when the snapshot
 is made, so a state that grows an unserialisable attribute fails its tests, not a fail-over.
@@ -44,6 +44,7 @@ def decode(data: dict[str, Any], new_state: Callable[[], Any]) -> Any:
     if unknown:
         raise SnapshotError(f"snapshot has attributes this version does not know: {sorted(unknown)}")
     vars(state).update(attributes)
+    state.restored()
     return state
 
 
@@ -58,6 +59,8 @@ def loads(data: bytes, new_state: Callable[[], Any]) -> Any:
 def _encode(value: Any, classes: dict[str, type]) -> Any:
     if value is None or isinstance(value, bool | int | float | str):
         return value
+    if isinstance(value, bytes):
+        return {"$y": base64.b64encode(value).decode()}
     if isinstance(value, Message):
         return {
             "$pb": value.DESCRIPTOR.full_name,
@@ -85,6 +88,8 @@ def _decode(value: Any, classes: dict[str, type]) -> Any:
     if "$pb" in value:
         descriptor = descriptor_pool.Default().FindMessageTypeByName(value["$pb"])
         return message_factory.GetMessageClass(descriptor).FromString(base64.b64decode(value["b"]))
+    if "$y" in value:
+        return base64.b64decode(value["$y"])
     if "$t" in value:
         return tuple(_decode(v, classes) for v in value["$t"])
     if "$q" in value:

@@ -31,6 +31,9 @@ class JournaledState(ABC):
         else:
             self.apply_to_state(event)
 
+    def restored(self) -> None:  # noqa: B027 - a hook; most states need nothing here
+        """Called once a snapshot's attributes are in place: the place to take in an older form."""
+
     @abstractmethod
     def apply_to_state(self, event: events_pb2.Event) -> None:
         """What an event means for this service's state."""

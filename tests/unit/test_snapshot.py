@@ -97,3 +97,31 @@ def test_a_snapshot_of_another_state_or_with_unknown_values_is_refused() -> None
     state.agent_observed["x"] = object()  # type: ignore[assignment]
     with pytest.raises(snapshot.SnapshotError, match="cannot snapshot a object"):
         snapshot.dumps(state)
+
+
+def test_orders_waiting_for_their_time_are_kept_as_bytes_and_survive_a_snapshot() -> None:
+    """A daily plan holds days of orders: those that wait for their start are not protobuf
+    objects (1.7 KB each in Python) but their bytes, in both cores and in snapshots."""
+    sim = Sim()
+    sim.deploy({"instructions": [ex("a")], "jobs": {"a": job()}})
+    tomorrow = sim.now + 86_400_000
+    for i in range(3):
+        sim.add(f"held{i}", at=tomorrow)
+    sim.add("now")
+    for state in (sim.controller.state, sim.directors["agent-1"].state):
+        assert set(state.orders.kept) == {"held0", "held1", "held2"}
+        assert state.orders["held1"].scheduled_for.ToMilliseconds() == tomorrow
+        again = snapshot.loads(snapshot.dumps(state), type(state))
+        assert set(again.orders.kept) == set(state.orders.kept) and again.orders == state.orders
+    sim.advance(86_400_000)
+    assert "held0" not in sim.controller.state.orders  # ran, ended and went
+    assert sim.jobs() == ["now:a", "held0:a", "held1:a", "held2:a"]
+
+
+def test_a_snapshot_of_a_version_that_held_orders_in_a_dict_is_taken_in() -> None:
+    state = busy_sim().controller.state
+    data = snapshot.encode(state)
+    orders = {"$d": [[k, snapshot._encode(v, {})] for k, v in state.orders.items()]}
+    data["attributes"]["$d"] = [[k, orders if k == "orders" else v] for k, v in data["attributes"]["$d"]]
+    restored = snapshot.decode(data, ControllerState)
+    assert restored.orders == state.orders and len(restored.orders.live) == len(state.orders)
