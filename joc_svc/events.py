@@ -1,5 +1,10 @@
-"""Event ingestion: one task per controller follows its journal (WatchEvents), applies each batch to
-the database in one transaction, releases what is stored, and wakes the streams watching orders.
+"""Event ingestion: one task per controller follows its journal (WatchEvents), applies what arrived
+to the database in one transaction, releases what is stored, and wakes the streams watching orders.
+
+Reading, applying and releasing overlap: a reader task reads responses ahead into a bounded buffer
+while the applier stores everything buffered so far in ONE transaction (a transaction costs JOC
+about the same whatever its size), and releases go out in the background, never waited for. So the
+controller's events do not queue up in gRPC's buffers behind one transaction per response.
 
 The controller keeps events until JOC releases them, so JOC may be down or the controller restarted
 at any time: the task reconnects forever (following the controller cluster's active node) and
@@ -11,11 +16,12 @@ snapshot: see `Ingestion._resync` and `Store.resync`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from datetime import UTC, datetime
 
 import grpc
@@ -29,11 +35,18 @@ from ostinato.journal.eventlog import output_bytes
 log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 5.0
+# Responses read ahead of the applier: beyond this the reader waits, and gRPC's flow control holds
+# the controller back.
+READ_AHEAD_BYTES = 16 * 1024 * 1024
+# One transaction takes at most this much of what was read ahead (at least one response).
+BATCH_EVENTS = 5000
+BATCH_BYTES = 4 * 1024 * 1024
 # Releases are throttled to one per interval while events flow; one held back goes out when the
 # interval is over, so the controller drops stored events within about a second.
 RELEASE_INTERVAL = 1.0
-# ... unless this much job output came since the last release: the controller holds it in memory
-# until released, and stops taking more from its agents beyond a bound.
+# ... unless this many events or this much job output came since the last release: the controller
+# holds them in memory until released, and stops taking output from its agents beyond a bound.
+RELEASE_EVENTS = 10_000
 RELEASE_BYTES = 4 * 1024 * 1024
 BACKOFF_START = 0.2
 BACKOFF_MAX = 5.0
@@ -103,6 +116,78 @@ class Hub:
                 subscription.put(item)
 
 
+class ReadAhead:
+    """WatchEvents responses read ahead of the applier, at most `limit` bytes (one response more
+    than fits is taken when the buffer is empty). The reader's end comes after what it read."""
+
+    def __init__(self, limit: int = READ_AHEAD_BYTES) -> None:
+        self._limit = limit
+        self._items: collections.deque[tuple[controller_pb2.WatchEventsResponse, int]] = collections.deque()
+        self._bytes = 0
+        self._events = 0
+        self._ended = False
+        self._error: BaseException | None = None
+        self._changed = asyncio.Condition()
+
+    @property
+    def events(self) -> int:
+        """Events read and not taken yet."""
+        return self._events
+
+    async def put(self, response: controller_pb2.WatchEventsResponse) -> None:
+        size = response.ByteSize()
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._bytes < self._limit)
+            self._items.append((response, size))
+            self._bytes += size
+            self._events += len(response.events)
+            self._changed.notify_all()
+
+    async def end(self, error: BaseException | None = None) -> None:
+        """The stream ended (with `error`): `take` returns what is buffered first."""
+        async with self._changed:
+            self._ended, self._error = True, error
+            self._changed.notify_all()
+
+    async def take(self, max_events: int, max_bytes: int) -> list[controller_pb2.WatchEventsResponse]:
+        """What is buffered, within the bounds; waits for one response. [] when the stream ended
+        normally; raises its error once everything before it was taken."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._items or self._ended)
+            taken: list[controller_pb2.WatchEventsResponse] = []
+            events = size = 0
+            while self._items:
+                response, n = self._items[0]
+                if taken and (events + len(response.events) > max_events or size + n > max_bytes):
+                    break
+                self._items.popleft()
+                taken.append(response)
+                events += len(response.events)
+                size += n
+            self._bytes -= size
+            self._events -= events
+            self._changed.notify_all()
+            if not taken and self._error is not None:
+                raise self._error
+            return taken
+
+    async def fill(self, responses: AsyncIterable[controller_pb2.WatchEventsResponse]) -> None:
+        """Reads the stream into the buffer until it ends (the reader task)."""
+        try:
+            async for response in responses:
+                await self.put(response)
+        except asyncio.CancelledError:
+            if not rpc.channel_closed_under_us():
+                raise  # the applier is done with the stream
+            # The link followed the cluster to another node and closed the channel under the
+            # stream: the applier raises this in its own task, where Ingestion handles it.
+            await self.end(asyncio.CancelledError())
+        except Exception as e:
+            await self.end(e)
+        else:
+            await self.end()
+
+
 class Ingestion:
     """Follows one controller's events forever (until cancelled), at its active node."""
 
@@ -121,19 +206,24 @@ class Ingestion:
         # Called when a stream from the controller is up: pending deployments need not wait.
         self.on_connected = on_connected
         self.released_until = 0
+        self.read_ahead = ReadAhead()  # of the stream followed now
         self._last_release = 0.0
         self._release_due = 0
-        self._release_later: asyncio.Task[None] | None = None
+        self._release_now = False  # idle, or enough held since the last release
+        self._release_wanted = asyncio.Event()
+        self._events_since_release = 0
         self._output_since_release = 0
         self._behind_since: float | None = None  # when the controller was first found behind JOC
         self._behind_reported = False
 
     async def run(self) -> None:
+        releaser = asyncio.create_task(self._releaser(), name=f"release-{self.link.id}")
         try:
             await self._run()
         finally:
-            if self._release_later is not None:
-                self._release_later.cancel()
+            releaser.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await releaser
 
     async def _run(self) -> None:
         backoff = BACKOFF_START
@@ -185,52 +275,75 @@ class Ingestion:
             backoff = min(backoff * 2, BACKOFF_MAX)
 
     async def _follow(self) -> AsyncIterator[None]:
-        """One WatchEvents stream; yields after each response that was handled."""
+        """One WatchEvents stream; yields after each batch of responses that was handled."""
         cursor = await asyncio.to_thread(self.store.cursor, self.link.id)
         request = controller_pb2.WatchEventsRequest(after=cursor, heartbeat_seconds=HEARTBEAT_SECONDS)
-        first = True
-        async for response in self.link.stub.WatchEvents(request):
-            if first:
-                first = False
-                self._behind_since, self._behind_reported = None, False
-                self.on_connected()
-            if response.events:
-                applied = await asyncio.to_thread(
-                    self.store.apply_events, self.link.id, list(response.events), self.clock()
-                )
-                self.hub.publish(applied)
-                cursor = max(cursor, max(e.id for e in response.events))
-                self._output_since_release += sum(output_bytes(e) for e in response.events)
-            await self._release(cursor, idle=not response.events)
-            yield None
+        call = self.link.stub.WatchEvents(request)
+        self.read_ahead = ReadAhead()
+        reader = asyncio.create_task(self.read_ahead.fill(call), name=f"events-{self.link.id}-reader")
+        try:
+            first = True
+            while responses := await self.read_ahead.take(BATCH_EVENTS, BATCH_BYTES):
+                if first:
+                    first = False
+                    self._behind_since, self._behind_reported = None, False
+                    self.on_connected()
+                events = [e for response in responses for e in response.events]
+                if events:
+                    applied = await asyncio.to_thread(
+                        self.store.apply_events, self.link.id, events, self.clock()
+                    )
+                    self.hub.publish(applied)
+                    cursor = max(cursor, max(e.id for e in events))
+                    self._events_since_release += len(events)
+                    self._output_since_release += sum(output_bytes(e) for e in events)
+                self._release(cursor, idle=not events)
+                yield None
+        finally:
+            reader.cancel()
+            call.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
 
-    async def _release(self, until: int, idle: bool) -> None:
-        if until <= self.released_until:
-            return
-        wait = RELEASE_INTERVAL - (time.monotonic() - self._last_release)
-        if not idle and wait > 0 and self._output_since_release < RELEASE_BYTES:
-            # Held back, not dropped: sent when the interval is over (or by an earlier release).
-            self._release_due = max(self._release_due, until)
-            if self._release_later is None or self._release_later.done():
-                self._release_later = asyncio.create_task(self._send_release_after(wait))
-            return
-        await self._send_release(until)
+    def _release(self, until: int, idle: bool) -> None:
+        """Asks the releaser to release until `until`: at once when idle or when much is held,
+        else once the interval since the last release is over."""
+        self._release_due = max(self._release_due, until)
+        self._release_now = (
+            idle
+            or self._events_since_release >= RELEASE_EVENTS
+            or self._output_since_release >= RELEASE_BYTES
+        )
+        self._release_wanted.set()
 
-    async def _send_release_after(self, delay: float) -> None:
-        await asyncio.sleep(delay)
-        await self._send_release(self._release_due)
+    async def _releaser(self) -> None:
+        """Sends releases in the background of reading, one at a time."""
+        while True:
+            await self._release_wanted.wait()
+            self._release_wanted.clear()
+            while self._release_due > self.released_until:
+                wait = RELEASE_INTERVAL - (time.monotonic() - self._last_release)
+                if wait > 0 and not self._release_now:
+                    # Held back, not dropped: sent when the interval is over, sooner if it gets urgent.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._release_wanted.wait(), wait)
+                    self._release_wanted.clear()
+                    continue
+                if not await self._send_release(self._release_due):
+                    break  # the next response or heartbeat tries again
 
-    async def _send_release(self, until: int) -> None:
-        if until <= self.released_until:
-            return
+    async def _send_release(self, until: int) -> bool:
         self._last_release = time.monotonic()
+        self._release_now = False
+        self._events_since_release = 0
         self._output_since_release = 0
         try:
             await self.link.call("ReleaseEvents", controller_pb2.ReleaseEventsRequest(until_id=until))
-            self.released_until = max(self.released_until, until)
         except grpc.aio.AioRpcError as e:
-            # Harmless: the next response or heartbeat tries again.
             log.debug("ReleaseEvents(%d) on controller %s failed: %s", until, self.link.id, e.code().name)
+            return False
+        self.released_until = max(self.released_until, until)
+        return True
 
     async def _resync(self, e: grpc.aio.AioRpcError) -> bool:
         """WatchEvents refused JOC's cursor: the events after it were released before JOC stored

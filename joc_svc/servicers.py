@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 import grpc
 
-from gen.ostinato.common.v1 import cluster_pb2, commands_pb2, items_pb2, order_pb2
+from gen.ostinato.common.v1 import cluster_pb2, commands_pb2, items_pb2
 from gen.ostinato.controller.v1 import controller_pb2
 from gen.ostinato.joc.v1 import joc_pb2, joc_pb2_grpc
 from joc_svc import auth, convert, inventory, naming
@@ -24,8 +24,10 @@ from joc_svc.auth import AccountStore, Authenticator, Permission
 from joc_svc.controllers import CALL_TIMEOUT, ControllerLink
 from joc_svc.deployer import Deployer
 from joc_svc.events import Hub
+from joc_svc.order_batcher import OrderBatcher
 from joc_svc.projection import Projected, is_final, replay
 from joc_svc.store import DeploymentRow, ObjectRow, Store
+from joc_svc.store.audit import AuditEntry
 from ostinato import signing, tracing
 from ostinato.errors import FailedPrecondition, InvalidArgument, NotFound, OstinatoError
 
@@ -373,6 +375,7 @@ class DeploymentServicer(joc_pb2_grpc.DeploymentServiceServicer):
 class OrderServicer(joc_pb2_grpc.OrderServiceServicer):
     def __init__(self, joc: Joc) -> None:
         self.joc = joc
+        self.batcher = OrderBatcher(joc.store)
 
     async def AddOrder(
         self, request: joc_pb2.AddOrderRequest, context: grpc.aio.ServicerContext
@@ -380,6 +383,7 @@ class OrderServicer(joc_pb2_grpc.OrderServiceServicer):
         workflow_path = naming.check_path(request.workflow_path, "workflow_path")
         link = self.joc.controller(request.controller_id)
         now = self.joc.clock()
+        # The id first: a caller that retries after a lost answer asks for the same order again.
         order_id = request.order_id or naming.new_order_id(now)
         new_order = controller_pb2.NewOrder(
             id=order_id,
@@ -389,29 +393,16 @@ class OrderServicer(joc_pb2_grpc.OrderServiceServicer):
         )
         if request.HasField("scheduled_for"):
             new_order.scheduled_for.CopyFrom(request.scheduled_for)
-        try:
-            response = await link.call(
-                "AddOrders", controller_pb2.AddOrdersRequest(orders=[new_order]), _budget(context)
-            )
-        except grpc.aio.AioRpcError as e:
-            error = link.error(e)
-            if isinstance(error, NotFound) and workflow_path not in str(error):
-                raise NotFound(f"workflow {workflow_path}: {error}") from None
-            raise error from None
-        added = response.orders[0] if response.orders else controller_pb2.AddedOrder(id=order_id)
-        # FRESH until the controller's events tell more; its OrderAdded replaces this row's order.
-        order = order_pb2.Order(
-            id=order_id,
-            workflow_path=workflow_path,
-            workflow_version_id=added.workflow_version_id,
-            arguments=dict(request.arguments),
-            state=order_pb2.ORDER_STATE_FRESH,
-            trace_parent=new_order.trace_parent,
+        caller = auth.current()
+        audit = AuditEntry(
+            caller.shown_as, "add order", f"{order_id} {workflow_path} on {link.id}", caller.reason, now
         )
-        if request.HasField("scheduled_for"):
-            order.scheduled_for.CopyFrom(request.scheduled_for)
-        await asyncio.to_thread(self.joc.store.add_order, order, link.id, now)
-        await self.joc.audit("add order", f"{order_id} {workflow_path} on {link.id}")
+        try:
+            added = await self.batcher.add(link, new_order, now, audit, _budget(context))
+        except NotFound as error:
+            if workflow_path not in str(error):
+                raise NotFound(f"workflow {workflow_path}: {error}") from None
+            raise
         return joc_pb2.AddOrderResponse(
             order_id=order_id,
             workflow_version_id=added.workflow_version_id,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -21,14 +23,21 @@ class AuditRow:
     at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """A line of the audit log to write."""
+
+    account: str
+    action: str
+    object: str
+    reason: str
+    at: datetime
+
+
 class AuditStore(StoreBase):
     def audit(self, account: str, action: str, object: str, reason: str, now: datetime) -> None:
         with self._write() as conn:
-            conn.execute(
-                audit_log.insert().values(
-                    account=account, action=action, object=object, reason=reason, at=now
-                )
-            )
+            write_audit(conn, [AuditEntry(account, action, object, reason, now)])
 
     def audit_entries(self, limit: int = 100, account: str = "", action: str = "") -> list[AuditRow]:
         query = sa.select(audit_log).order_by(audit_log.c.id.desc()).limit(limit if limit > 0 else 100)
@@ -39,3 +48,12 @@ class AuditStore(StoreBase):
         with self.engine.connect() as conn:
             rows = conn.execute(query)
             return [AuditRow(r.id, r.account, r.action, r.object, r.reason, utc(r.at)) for r in rows]
+
+
+_INSERT_AUDIT = audit_log.insert()
+
+
+def write_audit(conn: sa.Connection, entries: Sequence[AuditEntry]) -> None:
+    """Audit lines in the caller's transaction: they commit with what they tell."""
+    if entries:
+        conn.execute(_INSERT_AUDIT, [dataclasses.asdict(e) for e in entries])

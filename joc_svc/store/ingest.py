@@ -16,7 +16,7 @@ from joc_svc.projection import Projected, Route, events_after, next_order, resyn
 from joc_svc.schema import cursors, order_events, order_logs, orders
 from joc_svc.store.base import StoreBase
 from joc_svc.store.deployments import record_attached
-from joc_svc.store.orders import find_order, order_row
+from joc_svc.store.orders import find_order, find_orders, order_row
 from ostinato.errors import FailedPrecondition
 from ostinato.workflow.orders import TERMINAL_STATES
 
@@ -59,18 +59,23 @@ class IngestStore(StoreBase):
         self, controller_id: str, events: Iterable[events_pb2.Event], now: datetime
     ) -> list[Applied]:
         """Applies one batch of a controller's events in ONE transaction: orders projection, event
-        history, logs and the cursor commit together, so each event counts exactly once."""
+        history, logs and the cursor commit together, so each event counts exactly once. A batch
+        costs a fixed number of statements (rows go by executemany), whatever its size."""
         applied: list[Applied] = []
         with self._write() as conn:
-            cursor = _cursor(conn, controller_id)
-            fresh = events_after(cursor, events)
+            cursor = _stored_cursor(conn, controller_id)
+            fresh = events_after(cursor or 0, events)
             if not fresh:
                 return applied
-            # Per order touched: whether its row exists, and its projection so far in this batch.
-            orders_seen: dict[str, tuple[bool, Projected]] = {}
+            routed = [(event, route(event)) for event in fresh]
+            # Per order touched: its row as stored (None: none yet), and its projection so far.
+            touched = {e.order_id for e, r in routed if r in _ORDER_ROUTES}
+            stored = find_orders(conn, touched)
+            projections = {i: stored[i].projected if i in stored else Projected(None) for i in touched}
             dirty: dict[str, tuple[datetime, datetime]] = {}  # first and last event time
-            for event in fresh:
-                where_to = route(event)
+            event_rows: list[dict[str, Any]] = []
+            log_rows: list[dict[str, Any]] = []
+            for event, where_to in routed:
                 if where_to is Route.ITEM:
                     attached = event.item_attached
                     record_attached(
@@ -84,41 +89,53 @@ class IngestStore(StoreBase):
                     continue
                 if where_to is Route.IGNORE:
                     continue
-                if event.order_id not in orders_seen:
-                    row = find_order(conn, event.order_id)
-                    orders_seen[event.order_id] = (row is not None, row.projected if row else Projected(None))
-                exists, prior = orders_seen[event.order_id]
+                prior = projections[event.order_id]
                 at = _event_time(event, now)
                 if where_to is Route.LOG:
                     written = event.order_std_written
-                    conn.execute(
-                        order_logs.insert().values(
-                            order_id=event.order_id,
-                            seq=event.id,
-                            stream=naming.enum_word(events_pb2.StdStream, written.stream),
-                            chunk=written.chunk,
-                            timestamp=at,
-                        )
+                    log_rows.append(
+                        {
+                            "order_id": event.order_id,
+                            "seq": event.id,
+                            "stream": _STREAM_WORDS[written.stream],
+                            "chunk": written.chunk,
+                            "timestamp": at,
+                        }
                     )
                     applied.append(Applied(event, prior))
                     continue
-                conn.execute(
-                    order_events.insert().values(
-                        controller_id=controller_id,
-                        event_id=event.id,
-                        order_id=event.order_id,
-                        event=event.SerializeToString(),
-                    )
+                event_rows.append(
+                    {
+                        "controller_id": controller_id,
+                        "event_id": event.id,
+                        "order_id": event.order_id,
+                        "event": event.SerializeToString(),
+                    }
                 )
                 projected = next_order(prior.order, event)
-                orders_seen[event.order_id] = (exists, projected)
+                projections[event.order_id] = projected
                 applied.append(Applied(event, projected))
                 if projected.order is not None:
                     dirty[event.order_id] = (dirty.get(event.order_id, (at, at))[0], at)
+            if event_rows:
+                conn.execute(_INSERT_EVENT, event_rows)
+            if log_rows:
+                conn.execute(_INSERT_LOG, log_rows)
+            inserts: list[dict[str, Any]] = []
+            updates: list[dict[str, Any]] = []
             for order_id, (first_at, last_at) in dirty.items():
-                exists, projected = orders_seen[order_id]
-                _save_order(conn, controller_id, order_id, exists, projected, first_at, last_at)
-            _set_cursor(conn, controller_id, fresh[-1].id)
+                values = _order_values(projections[order_id], last_at)
+                if order_id not in stored:
+                    inserts.append(
+                        {"order_id": order_id, "controller_id": controller_id, "added_at": first_at, **values}
+                    )
+                else:
+                    updates.append({"b_order_id": order_id, **values})
+            if inserts:
+                conn.execute(_INSERT_ORDER, inserts)
+            if updates:
+                conn.execute(_UPDATE_ORDER, updates)
+            _store_cursor(conn, controller_id, fresh[-1].id, exists=cursor is not None)
         return applied
 
     def resync(
@@ -205,17 +222,23 @@ class IngestStore(StoreBase):
         return Resynced(event_id, cursor, taken, left, gone, applied)
 
 
-def _save_order(
-    conn: sa.Connection,
-    controller_id: str,
-    order_id: str,
-    exists: bool,
-    projected: Projected,
-    first_at: datetime,
-    last_at: datetime,
-) -> None:
+# Statements built once: building a statement (and its cache key) costs JOC more CPU than the
+# database spends running it.
+_SELECT_CURSOR = sa.select(cursors.c.last_event_id).where(cursors.c.controller_id == sa.bindparam("id"))
+_INSERT_CURSOR = cursors.insert()
+_UPDATE_CURSOR = cursors.update().where(cursors.c.controller_id == sa.bindparam("b_controller_id"))
+_INSERT_ORDER = orders.insert()
+_UPDATE_ORDER = orders.update().where(orders.c.order_id == sa.bindparam("b_order_id"))
+_INSERT_EVENT = order_events.insert()
+_INSERT_LOG = order_logs.insert()
+_ORDER_ROUTES = (Route.ORDER, Route.LOG)
+_STREAM_WORDS = {v: naming.enum_word(events_pb2.StdStream, v) for v in events_pb2.StdStream.values()}
+
+
+def _order_values(projected: Projected, last_at: datetime) -> dict[str, Any]:
+    """The columns an event changes in the order's row."""
     assert projected.order is not None
-    values: dict[str, Any] = {
+    return {
         "workflow_path": projected.order.workflow_path,
         "state": naming.enum_word(order_pb2.OrderState, projected.order.state),
         "order": projected.order.SerializeToString(),
@@ -224,34 +247,27 @@ def _save_order(
         # An event after a resynchronisation marked the order gone: the controller holds it.
         "left_unseen_state": None,
     }
-    if not exists:
-        conn.execute(
-            orders.insert().values(
-                order_id=order_id, controller_id=controller_id, added_at=first_at, **values
-            )
-        )
-    else:
-        conn.execute(orders.update().where(orders.c.order_id == order_id).values(**values))
+
+
+def _stored_cursor(conn: sa.Connection, controller_id: str) -> int | None:
+    """The last event id stored from the controller; None before its first."""
+    value = conn.execute(_SELECT_CURSOR, {"id": controller_id}).scalar_one_or_none()
+    return None if value is None else int(value)
 
 
 def _cursor(conn: sa.Connection, controller_id: str) -> int:
-    value = conn.execute(
-        sa.select(cursors.c.last_event_id).where(cursors.c.controller_id == controller_id)
-    ).scalar_one_or_none()
-    return int(value or 0)
+    return _stored_cursor(conn, controller_id) or 0
+
+
+def _store_cursor(conn: sa.Connection, controller_id: str, last_event_id: int, exists: bool) -> None:
+    if exists:
+        conn.execute(_UPDATE_CURSOR, {"b_controller_id": controller_id, "last_event_id": last_event_id})
+    else:
+        conn.execute(_INSERT_CURSOR, {"controller_id": controller_id, "last_event_id": last_event_id})
 
 
 def _set_cursor(conn: sa.Connection, controller_id: str, last_event_id: int) -> None:
-    if conn.execute(
-        sa.select(cursors.c.controller_id).where(cursors.c.controller_id == controller_id)
-    ).first():
-        conn.execute(
-            cursors.update()
-            .where(cursors.c.controller_id == controller_id)
-            .values(last_event_id=last_event_id)
-        )
-    else:
-        conn.execute(cursors.insert().values(controller_id=controller_id, last_event_id=last_event_id))
+    _store_cursor(conn, controller_id, last_event_id, _stored_cursor(conn, controller_id) is not None)
 
 
 def _event_time(event: events_pb2.Event, now: datetime) -> datetime:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -13,6 +13,7 @@ from gen.ostinato.common.v1 import events_pb2, order_pb2
 from joc_svc import naming
 from joc_svc.projection import Projected
 from joc_svc.schema import order_events, order_logs, orders
+from joc_svc.store.audit import AuditEntry, write_audit
 from joc_svc.store.base import StoreBase, utc
 from ostinato.errors import NotFound
 
@@ -44,23 +45,39 @@ class LogRow:
 
 
 class OrderStore(StoreBase):
-    def add_order(self, order: order_pb2.Order, controller_id: str, now: datetime) -> bool:
-        """Records an order the controller accepted, unless its events got here first."""
+    def add_orders(
+        self,
+        added: Sequence[tuple[order_pb2.Order, datetime]],
+        controller_id: str,
+        audit: Sequence[AuditEntry] = (),
+    ) -> list[bool]:
+        """Records orders the controller accepted, each with the time it was asked for, unless its
+        events got here first (False for those), and the audit lines of the request, in ONE
+        transaction."""
         with self._write() as conn:
-            if conn.execute(sa.select(orders.c.order_id).where(orders.c.order_id == order.id)).first():
-                return False
-            conn.execute(
-                orders.insert().values(
-                    order_id=order.id,
-                    controller_id=controller_id,
-                    workflow_path=order.workflow_path,
-                    state=naming.enum_word(order_pb2.OrderState, order.state),
-                    order=order.SerializeToString(),
-                    added_at=now,
-                    updated_at=now,
+            known = set(find_orders(conn, {order.id for order, _ in added}))
+            rows = []
+            recorded = []
+            for order, at in added:
+                recorded.append(order.id not in known)
+                if order.id in known:
+                    continue
+                known.add(order.id)
+                rows.append(
+                    {
+                        "order_id": order.id,
+                        "controller_id": controller_id,
+                        "workflow_path": order.workflow_path,
+                        "state": naming.enum_word(order_pb2.OrderState, order.state),
+                        "order": order.SerializeToString(),
+                        "added_at": at,
+                        "updated_at": at,
+                    }
                 )
-            )
-            return True
+            if rows:
+                conn.execute(_INSERT_ORDER, rows)
+            write_audit(conn, audit)
+            return recorded
 
     def list_orders(
         self, state: int = order_pb2.ORDER_STATE_UNSPECIFIED, workflow_path: str = "", limit: int = 0
@@ -129,6 +146,24 @@ def order_row(r: Any) -> OrderRow:
         int(r.resynced_at_event or 0),
         naming.enum_value(order_pb2.OrderState, r.left_unseen_state) if r.left_unseen_state else None,
     )
+
+
+# Statements built once: building a statement (and its cache key) costs JOC more CPU than the
+# database spends running it.
+_SELECT_ORDERS = sa.select(orders).where(orders.c.order_id.in_(sa.bindparam("ids", expanding=True)))
+_INSERT_ORDER = orders.insert()
+# Order ids per SELECT ... IN: well below the bound parameters SQLite and PostgreSQL take.
+_IDS_PER_SELECT = 500
+
+
+def find_orders(conn: sa.Connection, order_ids: set[str]) -> dict[str, OrderRow]:
+    """The stored rows of the orders JOC has, in one query per 500 ids."""
+    found: dict[str, OrderRow] = {}
+    ids = sorted(order_ids)
+    for i in range(0, len(ids), _IDS_PER_SELECT):
+        for r in conn.execute(_SELECT_ORDERS, {"ids": ids[i : i + _IDS_PER_SELECT]}):
+            found[r.order_id] = order_row(r)
+    return found
 
 
 def find_order(conn: sa.Connection, order_id: str) -> OrderRow | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -168,6 +169,29 @@ async def test_unknown_workflow_path_rejected(topology: Topology, joc: Joc) -> N
     assert "/no/such/workflow" in (e.value.details() or "")
     result = cli(topology.joc_address, "order", "add", "/no/such/workflow")
     assert result.returncode == 1 and "/no/such/workflow" in result.stderr
+
+
+async def test_orders_added_at_once_each_get_their_own_answer(topology: Topology, joc: Joc) -> None:
+    # JOC sends concurrent AddOrder calls to the controller together, and the controller refuses
+    # a whole request for one bad order: the bad ones fail alone, the others run.
+    await joc.deploy_workflow(
+        "/many", {"instructions": [{"execute": {"jobName": "j"}}], "jobs": {"j": shell_job("true")}}
+    )
+    paths = ["/many"] * 12
+    paths[3] = paths[8] = "/missing"
+    answers = await asyncio.gather(
+        *(joc.orders.AddOrder(joc_pb2.AddOrderRequest(workflow_path=p)) for p in paths),
+        return_exceptions=True,
+    )
+    for path, answer in zip(paths, answers, strict=True):
+        if path == "/missing":
+            assert isinstance(answer, grpc.aio.AioRpcError), answer
+            assert answer.code() == grpc.StatusCode.NOT_FOUND and "/missing" in (answer.details() or "")
+        else:
+            assert isinstance(answer, joc_pb2.AddOrderResponse), answer
+            assert (await joc.wait_until_ended(answer.order_id)).state == S.ORDER_STATE_FINISHED
+    listed = await joc.orders.ListOrders(joc_pb2.ListOrdersRequest(workflow_path="/many"))
+    assert len(listed.orders) == 10
 
 
 def test_reflection_lists_every_service(topology: Topology) -> None:

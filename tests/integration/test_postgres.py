@@ -16,6 +16,7 @@ from tests.unit.test_joc_cluster import (  # noqa: F401  (collected here once mo
     test_resync_takes_the_snapshot_and_marks_what_left,
 )
 from tests.unit.test_joc_store import (  # noqa: F401  (collected here once more, on PostgreSQL)
+    test_a_batch_of_many_orders_applies_as_its_events_one_by_one,
     test_a_database_of_the_first_joc_is_upgraded_with_its_data,
     test_accounts,
     test_audit,
@@ -28,6 +29,7 @@ from tests.unit.test_joc_store import (  # noqa: F401  (collected here once more
     test_list_orders_filters,
     test_migrations_make_the_schema_the_code_uses,
     test_move_follows_references_and_release,
+    test_orders_added_together_are_recorded_in_one_go,
     test_pending_deliveries,
     test_placeholder_then_events,
 )

@@ -93,7 +93,7 @@ def test_resync_takes_the_snapshot_and_marks_what_left(store: Store) -> None:  #
 
 def test_an_order_marked_left_that_has_events_after_all_is_no_longer_marked(store: Store) -> None:  # noqa: F811
     # JOC's AddOrder recorded the order after the snapshot was taken: its events come after it.
-    store.add_order(order("late", S.ORDER_STATE_FRESH), "main", T0)
+    store.add_orders([(order("late", S.ORDER_STATE_FRESH), T0)], "main")
     done = store.resync("main", 10, [], T0)
     assert done.left_unseen == ["late"] and store.get_order("late").deleted
     store.apply_events("main", order_stream("late", start=11)[:2], T0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,10 +14,11 @@ import sqlalchemy as sa
 
 from gen.ostinato.common.v1 import events_pb2, items_pb2, order_pb2, workflow_pb2
 from gen.ostinato.joc.v1 import joc_pb2
-from joc_svc import auth, migrations, naming
+from joc_svc import auth, migrations, naming, schema
 from joc_svc.projection import Projected, replay
 from joc_svc.schema import metadata
 from joc_svc.store import DeploymentRow, Store
+from joc_svc.store.audit import AuditEntry
 from ostinato.errors import AlreadyExists, InvalidArgument, NotFound
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -202,8 +204,8 @@ def test_event_projection_applies_each_event_once(store: Store) -> None:
 
 def test_placeholder_then_events(store: Store) -> None:
     placeholder = order_pb2.Order(id="o2", workflow_path="/w", state=order_pb2.ORDER_STATE_FRESH)
-    assert store.add_order(placeholder, "main", T0)
-    assert not store.add_order(placeholder, "main", T0)  # same id again: nothing twice
+    assert store.add_orders([(placeholder, T0)], "main") == [True]
+    assert store.add_orders([(placeholder, T0)], "main") == [False]  # same id again: nothing twice
     assert store.list_orders(state=order_pb2.ORDER_STATE_FRESH)[0].order.id == "o2"
     store.apply_events("main", order_stream("o2")[:4], T0)
     row = store.get_order("o2")
@@ -212,8 +214,101 @@ def test_placeholder_then_events(store: Store) -> None:
     assert row.added_at == T0  # when JOC accepted it
     # Events that got in before AddOrder recorded its row: the placeholder does not overwrite them.
     store.apply_events("main", order_stream("o3", start=5)[:2], T0)
-    assert not store.add_order(order_pb2.Order(id="o3", state=order_pb2.ORDER_STATE_FRESH), "main", T0)
+    fresh = order_pb2.Order(id="o3", state=order_pb2.ORDER_STATE_FRESH)
+    assert store.add_orders([(fresh, T0)], "main") == [False]
     assert store.get_order("o3").order.state == order_pb2.ORDER_STATE_READY
+
+
+def interleaved(prefix: str, orders: int = 30, in_flight: int = 7) -> list[events_pb2.Event]:
+    """The events of `orders` orders, `in_flight` at a time, interleaved as a controller journals
+    them (ids from 1), with an agent's item confirmation and an event about no order among them."""
+    rng = random.Random(5)
+    waiting = [order_stream(f"{prefix}{i}") for i in range(orders)]
+    active: list[list[events_pb2.Event]] = []
+    events: list[events_pb2.Event] = []
+    while waiting or active:
+        while len(active) < in_flight and waiting:
+            active.append(waiting.pop(0))
+        stream = rng.choice(active)
+        events.append(stream.pop(0))
+        if not stream:
+            active.remove(stream)
+        if len(events) == 40:
+            attached = events_pb2.ItemAttached(agent="agent-1", path="/w", version_id="v1")
+            stray = events_pb2.ItemDeleted(path="/x")
+            events += [event(0, "", item_attached=attached), event(0, "", item_deleted=stray)]
+    for i, e in enumerate(events, 1):
+        e.id = i
+    return events
+
+
+def test_a_batch_of_many_orders_applies_as_its_events_one_by_one(store: Store) -> None:
+    # The same controller history twice, under two controllers and order id prefixes: once in
+    # one batch, once an event at a time; a few orders known beforehand from AddOrder.
+    for prefix in ("b", "s"):
+        store.add_orders(
+            [(order_pb2.Order(id=f"{prefix}{i}", state=order_pb2.ORDER_STATE_FRESH), T0) for i in (0, 5)],
+            prefix,
+        )
+    batch = interleaved("b")
+    applied_batch = store.apply_events("b", batch, T0)
+    applied_single = [a for e in interleaved("s") for a in store.apply_events("s", [e], T0)]
+
+    assert [(a.event.id, a.projected) for a in applied_batch] == [
+        (a.event.id, _renamed(a.projected, "b")) for a in applied_single
+    ]
+    assert len(applied_batch) == len(batch) - 2  # all but the item confirmation and the stray event
+    assert store.cursor("b") == store.cursor("s") == len(batch)
+    rows = {r.order.id: r for r in store.list_orders()}
+    assert len(rows) == 60
+    for i in range(30):
+        b, s = rows[f"b{i}"], rows[f"s{i}"]
+        assert (b.order, b.added_at, b.updated_at, b.deleted) == (
+            _renamed(s.projected, "b").order,
+            s.added_at,
+            s.updated_at,
+            s.deleted,
+        )
+        assert store.order_events(f"b{i}") == [_renamed_event(e, "b") for e in store.order_events(f"s{i}")]
+        assert store.order_logs(f"b{i}") == store.order_logs(f"s{i}")
+    assert rows["b0"].added_at == T0  # the AddOrder row's time stays
+    with store.engine.connect() as conn:
+        confirmations = conn.execute(sa.select(schema.deployment_agents.c.controller_id)).scalars().all()
+    assert sorted(confirmations) == ["b", "s"]
+    # Again: nothing twice.
+    assert store.apply_events("b", batch, T0) == []
+
+
+def _renamed(projected: Projected, prefix: str) -> Projected:
+    if projected.order is None:
+        return projected
+    order = order_pb2.Order()
+    order.CopyFrom(projected.order)
+    order.id = prefix + order.id[1:]
+    return Projected(order, projected.deleted)
+
+
+def _renamed_event(e: events_pb2.Event, prefix: str) -> events_pb2.Event:
+    renamed = events_pb2.Event()
+    renamed.CopyFrom(e)
+    renamed.order_id = prefix + e.order_id[1:]
+    if renamed.HasField("order_added"):
+        renamed.order_added.order.id = renamed.order_id
+    return renamed
+
+
+def test_orders_added_together_are_recorded_in_one_go(store: Store) -> None:
+    store.apply_events("main", order_stream("known")[:2], T0)
+    fresh = [
+        order_pb2.Order(id=i, workflow_path="/w", state=order_pb2.ORDER_STATE_FRESH)
+        for i in ("a", "known", "b")
+    ]
+    audit = [AuditEntry("alice", "add order", f"{o.id} /w on main", "why", T0) for o in fresh]
+    at = [T0 + timedelta(seconds=i) for i in range(3)]
+    assert store.add_orders(list(zip(fresh, at, strict=True)), "main", audit) == [True, False, True]
+    assert store.get_order("a").added_at == T0 and store.get_order("b").added_at == T0 + timedelta(seconds=2)
+    assert store.get_order("known").order.state == order_pb2.ORDER_STATE_READY  # its events came first
+    assert [e.object for e in store.audit_entries()] == ["b /w on main", "known /w on main", "a /w on main"]
 
 
 def test_event_that_does_not_apply_does_not_wedge_ingestion(store: Store) -> None:
@@ -232,7 +327,7 @@ def test_list_orders_filters(store: Store) -> None:
     store.apply_events("main", order_stream("o1", start=1), T0)
     store.apply_events("main", order_stream("o2", start=11)[:4], T0)
     b = order_pb2.Order(id="o3", workflow_path="/b", state=order_pb2.ORDER_STATE_FRESH)
-    store.add_order(b, "main", T0 + timedelta(days=1))
+    store.add_orders([(b, T0 + timedelta(days=1))], "main")
     assert [r.order.id for r in store.list_orders()] == ["o3", "o2", "o1"]  # newest first
     assert [r.order.id for r in store.list_orders(order_pb2.ORDER_STATE_FINISHED)] == ["o1"]
     assert [r.order.id for r in store.list_orders(workflow_path="/w")] == ["o2", "o1"]
