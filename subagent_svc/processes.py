@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import functools
 import hashlib
 import logging
 import os
@@ -60,7 +61,9 @@ def read_returned_values(path: Path) -> tuple[tuple[str, str], ...]:
     return tuple(values.items())
 
 
+@functools.cache
 def _boot_id() -> str:
+    """Read once: it changes only with a reboot, and every job's record names it."""
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
