@@ -555,7 +555,10 @@ class DirectorCore:
                 )
                 events += self._step(order_id, now_ms)
                 ended = True
-        if run is None or run.run_id != run_id or observed > run.observed_seq:
+        # Recorded with what the messages changed. Messages that changed nothing (a process
+        # started: its exit is what counts) cost no journal entry: acknowledging them lets the
+        # subagent drop them, and a new node skips past them by seq all the same.
+        if run is None or run.run_id != run_id or (events and observed > run.observed_seq):
             mark = events_pb2.SubagentMessagesObserved(
                 subagent_id=subagent_id, run_id=run_id, until_seq=observed
             )

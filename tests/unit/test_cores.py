@@ -13,7 +13,7 @@ from director_svc.core import DirectorCore, DirectorState
 from gen.ostinato.common.v1 import events_pb2, items_pb2, order_pb2
 from ostinato.errors import InvalidArgument, NotFound
 from ostinato.journal import snapshot
-from ostinato.process import Exited, Output, Stream
+from ostinato.process import Exited, Output, Started, Stream
 from ostinato.workflow.model import canonical_json, parse_workflow
 from ostinato.workflow.values import parse_cli_value
 
@@ -168,6 +168,22 @@ def test_order_runs_through_both_cores(cores: tuple[ControllerCore, DirectorCore
     assert len(controller.state.orders) == 0
     # Agent events already observed are not applied twice.
     assert mirror(controller, detached) == []
+
+
+def test_a_process_start_alone_is_not_journaled(cores: tuple[ControllerCore, DirectorCore]) -> None:
+    """The director journals what subagents report only when it changes something: a start is
+    acknowledged without a journal entry; the exit that follows records the seq past both."""
+    controller, director = cores
+    deploy(controller, signed(WORKFLOW))
+    add(controller)
+    director.handle(d.AttachItems((controller.state.signed_items[("/wf", "v1")],)), T0)
+    welcome(director, "s1", "r1")
+    attach(director, controller, "o1")
+    key = director.state.orders["o1"].processing.process_key
+    assert director.handle(messages("s1", "r1", (1, Started(key, 4242))), T0) == []
+    events = director.handle(messages("s1", "r1", (2, exited(key))), T0)
+    assert events[-1].subagent_messages_observed.until_seq == 2
+    assert director.handle(messages("s1", "r1", (1, Started(key, 4242)), (2, exited(key))), T0) == []
 
 
 def test_failed_job_fails_order_at_controller(cores: tuple[ControllerCore, DirectorCore]) -> None:
