@@ -341,10 +341,10 @@ def parse_frequencies(value: Any, field: str) -> tuple[Rule, ...]:
     value = F.obj(value, field, _FREQUENCY_KEYS)
     rules: list[Rule] = []
     if value.get("dates") is not None:
-        rules.append(_dates(value, F.join(field, "dates")))
+        rules.append(_dates(value, F.join(field, "dates"), F.join(field, "dates")))
     for path, holiday in F.items(value, "holidays", field):
         holiday = F.obj(holiday, path, ("dates", "nationalCalendar"))
-        rules.append(_dates(holiday, F.join(path, "dates")))
+        rules.append(_dates(holiday, F.join(path, "dates"), path))
     rules += _inner_rules(value, field)
     for path, months in F.items(value, "months", field):
         months = F.obj(
@@ -392,11 +392,11 @@ def _inner_rules(value: Mapping[str, Any], field: str) -> list[Rule]:
     return rules
 
 
-def _dates(value: Mapping[str, Any], field: str) -> DatesRule:
+def _dates(value: Mapping[str, Any], field: str, rule: str) -> DatesRule:
     found = value.get("dates")
     if not isinstance(found, list):
         raise InvalidArgument("must be a list of dates YYYY-MM-DD", field=field)
-    return DatesRule(field, frozenset(F.day(d, f"{field}[{i}]") for i, d in enumerate(found)))
+    return DatesRule(rule, frozenset(F.day(d, f"{field}[{i}]") for i, d in enumerate(found)))
 
 
 def _weekday(js7: int) -> int:
