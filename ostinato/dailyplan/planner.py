@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -147,15 +147,27 @@ def order_id(
 ) -> str:
     """`2026-03-29#P<hash>-<name>`, cyclic `2026-03-29#C<hash>-<nnnnn>-<count>-<name>`: the hash
     (64 bits) covers everything that makes the order distinct, the rest is for people."""
-    key = (
-        "".join(f"{len(part)}:{part}" for part in (controller_id, schedule_path, workflow_path, order_name))
-        + f"{instant}/{submission}"
+    return _OrderIds(controller_id, schedule_path, workflow_path, order_name).make(
+        instant, submission, plan_date.isoformat(), cycle
     )
-    digest = hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
-    name = order_name[:ORDER_NAME_CHARS].replace("|", "_")
-    if cycle is None:
-        return f"{plan_date.isoformat()}#P{digest}-{name}"
-    return f"{plan_date.isoformat()}#C{digest}-{cycle[0]:05d}-{cycle[1]}-{name}"
+
+
+class _OrderIds:
+    """Order ids of one (controller, schedule, workflow, order name): the hash of those is taken
+    once, each start only adds its instant and submission number."""
+
+    def __init__(self, controller_id: str, schedule_path: str, workflow_path: str, order_name: str) -> None:
+        parts = (controller_id, schedule_path, workflow_path, order_name)
+        # Length-prefixed, so no two different tuples make the same text.
+        self._hash = hashlib.blake2b("".join(f"{len(p)}:{p}" for p in parts).encode(), digest_size=8)
+        self._name = order_name[:ORDER_NAME_CHARS].replace("|", "_")
+
+    def make(self, instant: int, submission: int, plan_date: str, cycle: tuple[int, int] | None) -> str:
+        hashed = self._hash.copy()
+        hashed.update(f"{instant}/{submission}".encode())
+        if cycle is None:
+            return f"{plan_date}#P{hashed.hexdigest()}-{self._name}"
+        return f"{plan_date}#C{hashed.hexdigest()}-{cycle[0]:05d}-{cycle[1]}-{self._name}"
 
 
 # ---- the machinery
@@ -187,6 +199,8 @@ class Planner:
         self.submissions = submissions or {}
         self._bases: dict[str, BaseDays] = {}
         self._exists: dict[tuple[str, date], bool] = {}
+        # Schedules share zones and periods (02:30, hourly...): each is resolved once per run.
+        self._starts: dict[tuple[str, date, int | None, int, int, int, Gap, Fold, Cycle], Starts] = {}
 
     # -- calendars
 
@@ -260,6 +274,23 @@ class Planner:
         return found
 
     def period_starts(self, z: ZoneInfo, day: date, period: Period, schedule: Schedule) -> Starts:
+        key = (
+            z.key,
+            day,
+            period.single_start,
+            period.begin,
+            period.end,
+            period.repeat,
+            schedule.gap,
+            schedule.fold,
+            schedule.cycle,
+        )
+        found = self._starts.get(key)
+        if found is None:
+            found = self._starts[key] = self._period_starts(z, day, period, schedule)
+        return found
+
+    def _period_starts(self, z: ZoneInfo, day: date, period: Period, schedule: Schedule) -> Starts:
         if not self.exists(z, day):
             return Starts((), False, (("DATE_MISSING", f"{day} does not exist in {z.key}"),))
         notes: list[tuple[str, str]] = []
@@ -363,8 +394,13 @@ class Planner:
         if last < first:
             return []
         bounds = self.bounds(first, last)
-        names = self.order_names(path, schedule)
+        orders = [
+            (workflow, name, variables, _OrderIds(self.controller_id, path, workflow, name))
+            for workflow in schedule.workflow_paths
+            for name, variables in self.order_names(path, schedule)
+        ]
         holidays = self.holidays(path, schedule)
+        dates = [(d, d.isoformat(), self.submissions.get(d, 0)) for d in _days(first, last)]
         seen: set[tuple[str, str, int]] = set()
         found: list[PlannedStart] = []
         for entry in schedule.entries:
@@ -381,48 +417,30 @@ class Planner:
                     for number, instant in enumerate(starts.instants, 1):
                         if not bounds[0] <= instant < bounds[-1]:
                             continue
-                        plan_date = first + timedelta(days=bisect.bisect_right(bounds, instant) - 1)
+                        plan_date, date_text, submission = dates[bisect.bisect_right(bounds, instant) - 1]
                         cycle = (number, count) if starts.numbered else None
-                        found += self._orders(
-                            path, schedule, names, entry, day, plan_date, instant, cycle, seen
-                        )
+                        scheduled_for = datetime.fromtimestamp(instant, UTC)
+                        for workflow, name, variables, ids in orders:
+                            key = (workflow, name, instant)
+                            if key in seen:
+                                continue
+                            seen.add(key)
+                            found.append(
+                                PlannedStart(
+                                    plan_date,
+                                    scheduled_for,
+                                    ids.make(instant, submission, date_text, cycle),
+                                    workflow,
+                                    name,
+                                    path,
+                                    entry.calendar_path,
+                                    day,
+                                    variables,
+                                    *(cycle or (0, 0)),
+                                )
+                            )
         return found
 
-    def _orders(
-        self,
-        path: str,
-        schedule: Schedule,
-        names: Iterable[tuple[str, Mapping[str, str]]],
-        entry: CalendarEntry,
-        day: date,
-        plan_date: date,
-        instant: int,
-        cycle: tuple[int, int] | None,
-        seen: set[tuple[str, str, int]],
-    ) -> list[PlannedStart]:
-        submission = self.submissions.get(plan_date, 0)
-        scheduled_for = datetime.fromtimestamp(instant, UTC)
-        made = []
-        for workflow in schedule.workflow_paths:
-            for name, variables in names:
-                key = (workflow, name, instant)
-                if key in seen:
-                    continue
-                seen.add(key)
-                made.append(
-                    PlannedStart(
-                        plan_date,
-                        scheduled_for,
-                        order_id(
-                            self.controller_id, path, workflow, name, instant, submission, plan_date, cycle
-                        ),
-                        workflow,
-                        name,
-                        path,
-                        entry.calendar_path,
-                        day,
-                        variables,
-                        *(cycle or (0, 0)),
-                    )
-                )
-        return made
+
+def _days(first: date, last: date) -> list[date]:
+    return [first + timedelta(days=i) for i in range((last - first).days + 1)]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib.resources
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from functools import cache
 from zoneinfo import ZoneInfo
 
@@ -55,7 +55,7 @@ def wall_seconds(day: date, seconds: int) -> int:
 
 
 def offset(z: ZoneInfo, instant: int) -> int:
-    found = datetime.fromtimestamp(instant, UTC).astimezone(z).utcoffset()
+    found = datetime.fromtimestamp(instant, z).utcoffset()
     assert found is not None  # a ZoneInfo always has one
     return int(found.total_seconds())
 
@@ -90,11 +90,9 @@ class Wall:
 
 def resolve(z: ZoneInfo, day: date, seconds: int) -> Wall:
     wall = wall_seconds(day, seconds)
-    naive = _NAIVE_EPOCH + timedelta(seconds=wall)
     # zoneinfo (PEP 495): fold=0 takes the offset from before a transition, fold=1 the one after;
     # they differ only at a transition, and the sign tells a gap from a fold.
-    before = _utcoffset(naive.replace(tzinfo=z))
-    after = _utcoffset(naive.replace(tzinfo=z, fold=1))
+    before, after = _offsets(z, wall)
     if before == after:
         return Wall((wall - before,), wall - before)
     if before > after:
@@ -111,10 +109,7 @@ def first_at_or_after(z: ZoneInfo, day: date, seconds: int) -> int:
     wall = wall_seconds(day, seconds)
     # The jump lies between the time read with the later offset (still before it) and the
     # shifted time (after it): find it by bisection.
-    low, high = (
-        wall - _utcoffset((_NAIVE_EPOCH + timedelta(seconds=wall)).replace(tzinfo=z, fold=1)),
-        found.shifted,
-    )
+    low, high = wall - _offsets(z, wall)[1], found.shifted
     while high - low > 1:
         middle = (low + high) // 2
         if middle + offset(z, middle) >= wall:
@@ -129,7 +124,10 @@ def exists(z: ZoneInfo, day: date) -> bool:
     return local_date(z, first_at_or_after(z, day, 0)) == day
 
 
-def _utcoffset(aware: datetime) -> int:
-    found = aware.utcoffset()
-    assert found is not None
-    return int(found.total_seconds())
+def _offsets(z: ZoneInfo, wall: int) -> tuple[int, int]:
+    """The zone's offsets for a wall time read with fold=0 and fold=1 (naive datetimes: the
+    fastest way through zoneinfo)."""
+    naive = _NAIVE_EPOCH + timedelta(seconds=wall)
+    before, after = z.utcoffset(naive), z.utcoffset(naive.replace(fold=1))
+    assert before is not None and after is not None  # a ZoneInfo always has them
+    return int(before.total_seconds()), int(after.total_seconds())
