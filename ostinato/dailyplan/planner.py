@@ -18,9 +18,10 @@ What ostinato does, and why:
 - Wall times follow the schedule's DST policy: `dst.gap` SHIFT (the time read with the offset
   from before the jump: 02:30 -> 03:30) or SKIP; `dst.fold` FIRST, SECOND or BOTH; a date that
   does not exist in the zone plans nothing. `cycle` ELAPSED (default) steps begin + k x repeat in
-  real time up to end (begin and end resolved like single starts, SHIFT for a gap, FOLD picking
-  the first occurrence for begin and, with SECOND or BOTH, the second for end, i.e. the widest
-  span BOTH can mean); WALL steps wall times and resolves each like a single start.
+  real time up to end: a boundary in a gap is shifted whatever `dst.gap` says (a boundary is no
+  start to skip); in a fold begin is the first occurrence (the second with SECOND) and end the
+  second (the first with FIRST), so BOTH spans both passes. WALL steps wall times and resolves
+  each like a single start.
 - whenHoliday moves a period to the next/previous date that is not in any of the schedule's
   non-working-day calendars, looking at most MAX_MOVE_DAYS days (beyond: nothing planned).
 - One order per (workflow, order name, instant): starts that coincide (two periods, a moved
