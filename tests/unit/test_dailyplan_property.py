@@ -43,7 +43,7 @@ class Grid:
     """Every grid instant of [first, last] days (UTC) with its wall time in a zone."""
 
     def __init__(self, name: str, first: date, last: date) -> None:
-        z = ZoneInfo.from_file(Z._PACKAGE.joinpath("zoneinfo", *name.split("/")).open("rb"), key=name)
+        z = Z.zone(name)
         start, end = wall_of(first, 0), wall_of(last, 0)
         hourly = {self._offset(z, t) for t in range(start, end, 3600)}
         self.step = 60 if all(o % 60 == 0 for o in hourly) else 30
