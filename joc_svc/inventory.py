@@ -2,9 +2,10 @@
 objects (resolved at validation, followed on moves), and the exact JSON that is deployed and signed.
 
 Workflows are proto messages (canonical protobuf JSON). Locks and job resources are checked against
-their protos (LockItem, JobResourceItem: what the controller parses). The other types have no proto
-yet: their drafts are JSON objects with a few checked fields (below). All but workflows are stored
-with sorted keys.
+their protos (LockItem, JobResourceItem: what the controller parses). Calendars and schedules are
+checked by the daily plan's own parsers (ostinato/dailyplan), the ones the planner uses. The other
+types have no proto yet: their drafts are JSON objects with a few checked fields (below). All but
+workflows are stored with sorted keys.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from google.protobuf.message import Message
 
 from gen.ostinato.common.v1 import items_pb2, workflow_pb2
 from joc_svc import naming
+from ostinato.dailyplan.calendars import parse_calendar
+from ostinato.dailyplan.schedules import parse_schedule
 from ostinato.errors import InvalidArgument
 from ostinato.workflow import expressions
 from ostinato.workflow.model import canonical_json, check_subagent_cluster, parse_workflow
@@ -148,27 +151,13 @@ def _check_file_order_source(value: dict[str, Any]) -> None:
 
 
 def _check_calendar(value: dict[str, Any]) -> None:
-    kind = _expect(value, "type", str, "WORKING_DAYS or NON_WORKING_DAYS", False)
-    if kind is not None and kind not in ("WORKING_DAYS", "NON_WORKING_DAYS"):
-        raise InvalidArgument("must be WORKING_DAYS or NON_WORKING_DAYS", field="type")
+    parse_calendar(value)
 
 
 def _check_schedule(value: dict[str, Any]) -> None:
-    single = _expect(value, "workflowPath", str, "the workflow's path", False)
-    several = _expect(value, "workflowPaths", list, "a list of workflow paths", False)
-    if single is None and not several:
-        raise InvalidArgument("missing; give workflowPath (or workflowPaths)", field="workflowPath")
-    if single is not None:
-        _check_path_field(single, "workflowPath")
-    for i, path in enumerate(several or []):
-        if not isinstance(path, str):
-            raise InvalidArgument("must be a workflow's path", field=f"workflowPaths[{i}]")
-        _check_path_field(path, f"workflowPaths[{i}]")
-    calendars = _expect(value, "calendars", list, "a list of {calendarPath: ...}", False) or []
-    for i, calendar in enumerate(calendars):
-        if not isinstance(calendar, dict) or not isinstance(calendar.get("calendarPath"), str):
-            raise InvalidArgument("must be an object with a calendarPath", field=f"calendars[{i}]")
-        _check_path_field(calendar["calendarPath"], f"calendars[{i}].calendarPath")
+    parse_schedule(value)
+    for field, _, path, _ in _walk_references(T.ITEM_TYPE_SCHEDULE, value):
+        _check_path_field(path, field)
 
 
 _CHECKS: dict[int, Callable[[dict[str, Any]], None]] = {
@@ -224,10 +213,12 @@ def _walk_references(type: int, value: Any) -> Iterator[tuple[str, int, str, Cal
     elif type == T.ITEM_TYPE_SCHEDULE:
         yield from _scalar(value, "workflowPath", "workflowPath", T.ITEM_TYPE_WORKFLOW)
         yield from _listed(value, "workflowPaths", "workflowPaths", T.ITEM_TYPE_WORKFLOW)
-        for i, calendar in enumerate(value.get("calendars") or []):
-            if isinstance(calendar, dict):
-                field = f"calendars[{i}].calendarPath"
-                yield from _scalar(calendar, "calendarPath", field, T.ITEM_TYPE_CALENDAR)
+        for key in ("calendars", "nonWorkingDayCalendars"):
+            entries = value.get(key)
+            for i, calendar in enumerate(entries if isinstance(entries, list) else []):
+                if isinstance(calendar, dict):
+                    field = f"{key}[{i}].calendarPath"
+                    yield from _scalar(calendar, "calendarPath", field, T.ITEM_TYPE_CALENDAR)
 
 
 def _scalar(
@@ -272,10 +263,17 @@ def _walk_key(
 
 
 def problems(objects: Iterable[tuple[str, int, str]], exists: Callable[[int, str], bool]) -> list[Problem]:
-    """Unresolved references of (path, type, json) drafts; `exists(type, path)` says whether the
-    inventory has that object."""
+    """Unresolved references of (path, type, json) drafts, and calendars and schedules that the
+    daily plan's rules (which may have changed since the draft was stored) refuse; `exists(type,
+    path)` says whether the inventory has that object."""
     found = []
     for path, type, text in objects:
+        if type in RELEASABLE_TYPES:
+            try:
+                canonical_draft(type, text, path)
+            except InvalidArgument as e:
+                found.append(Problem(path, type, e.field or "json", e.message))
+                continue
         for ref in references(type, text):
             if not ref.path.startswith("/"):
                 found.append(Problem(path, type, ref.field, f"{ref.path!r} is not an absolute path"))

@@ -45,7 +45,7 @@ def test_drafts_per_type() -> None:
         ),
         (T.ITEM_TYPE_SCHEDULE, "{}", "workflowPath: missing"),
         (T.ITEM_TYPE_SCHEDULE, '{"workflowPath": "/w", "calendars": [{"x": 1}]}', "calendars[0]"),
-        (T.ITEM_TYPE_CALENDAR, '{"type": "SOMETIMES"}', "type: must be WORKING_DAYS"),
+        (T.ITEM_TYPE_CALENDAR, '{"type": "SOMETIMES"}', "type: 'SOMETIMES' is not WORKINGDAYSCALENDAR"),
         (T.ITEM_TYPE_SUBAGENT_CLUSTER, '{"agent": "a", "subagents": []}', "subagents: missing"),
         (
             T.ITEM_TYPE_SUBAGENT_CLUSTER,
@@ -92,6 +92,49 @@ def test_references_problems_and_moves() -> None:
     assert inventory.rewrite_references(T.ITEM_TYPE_SCHEDULE, schedule, {}, "/s") is None
     # A workflow named like the moved job resource is not one.
     assert inventory.rewrite_references(WF, workflow, {(WF, "/r/a"): "/x"}, "/w") is None
+
+
+def test_calendars_and_schedules_follow_the_daily_plan_rules() -> None:
+    cal, sched = T.ITEM_TYPE_CALENDAR, T.ITEM_TYPE_SCHEDULE
+    bad = [
+        (
+            cal,
+            '{"includes": {"monthdays": [{"days": [1, 2, 32]}]}}',
+            "includes.monthdays[0].days[2]: 32 is not a day",
+        ),
+        (
+            sched,
+            '{"workflowPaths": ["/w"], "calendars": [{"calendarPath": "/c", "timeZone": "Europe/Berln"}]}',
+            "calendars[0].timeZone: unknown time zone 'Europe/Berln'",
+        ),
+        (
+            sched,
+            '{"workflowPaths": ["/w"], "nonWorkingDayCalendars": [{"calendarPath": "c"}]}',
+            "nonWorkingDayCalendars[0].calendarPath: 'c' is not an absolute object path",
+        ),
+    ]
+    for item_type, text, message in bad:
+        with pytest.raises(InvalidArgument) as info:
+            inventory.canonical_draft(item_type, text, "/x")
+        assert message in str(info.value), str(info.value)
+    holidays = '{"type": "NONWORKINGDAYSCALENDAR", "includes": {"holidays": [{"dates": ["2026-12-25"]}]}}'
+    assert json.loads(inventory.canonical_draft(cal, holidays, "/h"))["type"] == "NONWORKINGDAYSCALENDAR"
+
+    schedule = '{"workflowPath": "/w", "nonWorkingDayCalendars": [{"calendarPath": "/h"}]}'
+    assert [(r.field, r.path) for r in inventory.references(sched, schedule)] == [
+        ("workflowPath", "/w"),
+        ("nonWorkingDayCalendars[0].calendarPath", "/h"),
+    ]
+    assert [str(p) for p in inventory.problems([("/s", sched, schedule)], lambda t, p: p == "/w")] == [
+        "schedule /s: nonWorkingDayCalendars[0].calendarPath: no calendar /h in the inventory"
+    ]
+    moved = inventory.rewrite_references(sched, schedule, {(cal, "/h"): "/cal/h"}, "/s")
+    assert moved is not None and json.loads(moved)["nonWorkingDayCalendars"] == [{"calendarPath": "/cal/h"}]
+    # A draft stored under older rules is refused when it is released.
+    stale = '{"workflowPath": "/w", "cycle": "SOMETIMES"}'
+    assert [str(p) for p in inventory.problems([("/s", sched, stale)], lambda t, p: True)] == [
+        "schedule /s: cycle: 'SOMETIMES' is not one of ELAPSED or WALL"
+    ]
 
 
 def test_deployable_and_imported() -> None:

@@ -10,6 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PURE = [
     "ostinato/workflow",
+    "ostinato/dailyplan",
     "ostinato/journal/eventlog.py",
     "ostinato/journal/state.py",
     "controller_svc/core.py",
