@@ -10,24 +10,24 @@ what holding them costs. JOC still follows the controller's events and so projec
 order, as it will the daily plan's. The flow of jobs goes through JOC exactly as in bench/jobs.py.
 
 In one run, in this order:
-1. none held: jobs/s (bench/jobs.py's throughput: `orders` trivial orders through JOC, at most
-   `concurrency` in flight) and CPU ms per order per process.
-2. due at once: `due` orders of a job that records its first line (bench/jobs.py's mark_script),
-   all scheduled for the same whole second T, far enough ahead (`due_lead_s`) to add them and have
-   the director hold them all first. all_started_s: T until the last of their jobs recorded its
-   first line. Against `due` bare spawns of `sh -c true`, one after another and `parallel` at a
-   time, timed before the topology starts.
-3. For each N of `sizes`, ascending: held orders (scheduledFor now + 24 h) added until N are held
-   (each size adds the difference to the one before); the controller's and the director's VmRSS
-   just before and after, divided by the orders added; then jobs/s and CPU per order with N held,
-   and the ratio of jobs/s to step 1's.
+1. `due` bare spawns of `sh -c true`, one after another and `parallel` at a time.
+2. A topology: none held: jobs/s (bench/jobs.py's throughput: `orders` trivial orders through JOC,
+   at most `concurrency` in flight) and CPU ms per order per process.
+3. The same topology, for each N of `sizes`, ascending: held orders (scheduledFor now + 24 h)
+   added until N are held (each size adds the difference to the one before); the controller's and
+   the director's VmRSS just before and after, divided by the orders added; then jobs/s and CPU
+   per order with N held, and the ratio of jobs/s to step 2's (ratio_N_to_0).
+4. A fresh topology, due at once: `due` orders of a job that records its first line
+   (bench/jobs.py's mark_script), all scheduled for the same whole second T, far enough ahead
+   (`lead_s`) to add them and have the director hold them all first. all_started_s: T until the
+   last of their jobs recorded its first line; against step 1's spawns.
 
 The controller and the director count the orders they hold (GetOverview.order_count): before
-each size and after the due orders, the part waits until they hold nothing but the held orders,
-so that memory and the next figures see no leftovers; after adding, until both hold all N. Each
-wait is limited to `timeout_s`, and jobs/s to `jobs_budget_s` (orders not finished then count as
-not finished). A size that overruns a limit is reported as such and ends the part: larger ones
-would overrun it too.
+each size the part waits until they hold nothing but the held orders, so that memory and the next
+figures see no leftovers; after adding, until both hold all N. Each wait is limited to
+`timeout_s`, and each jobs/s measurement to `jobs_budget_s` (orders not finished then count as
+not finished). A size whose adding or holding overruns its limit is reported as such and ends the
+held steps: larger ones would overrun it too.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ import asyncio
 import math
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,101 @@ async def until(check: Callable[[], Awaitable[bool]], timeout_s: float) -> float
     return time.monotonic() - started
 
 
+@asynccontextmanager
+async def connected(topology: Topology, work: Path) -> AsyncIterator[Services]:
+    """Clients of JOC, the controller and the director; the trivial and the recording workflow
+    deployed."""
+    joc = rpc.channel(topology.joc_address)
+    controller = rpc.channel(topology.addresses["controller"])
+    director = rpc.channel(topology.addresses["director"])
+    services = Services(
+        topology,
+        joc_pb2_grpc.OrderServiceStub(joc),
+        controller_pb2_grpc.ControllerServiceStub(controller),
+        director_pb2_grpc.DirectorServiceStub(director),
+        work / "job-starts.txt",
+    )
+    services.starts.touch()
+    try:
+        await jobs.deploy(joc, jobs.TRUE_PATH, "true")
+        await jobs.deploy(joc, jobs.MARK_PATH, jobs.mark_script(services.starts))
+        yield services
+    finally:
+        for channel in (joc, controller, director):
+            await channel.close()
+
+
+async def measure_held(
+    services: Services,
+    sizes: Sequence[int],
+    orders: int,
+    concurrency: int,
+    timeout_s: float,
+    jobs_budget_s: float,
+    log: Any,
+) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    await services.settle(jobs_budget_s)
+    none_held = await services.jobs_per_s(orders, concurrency, jobs_budget_s)
+    base = none_held["throughput"]["jobs_per_s"]
+    result["none_held"] = none_held
+    log(f"  none held: {base} jobs/s; CPU ms per order: {procstat.format_cpu(none_held['cpu_ms_per_order'])}")
+    held = 0
+    for n in sorted(sizes):
+        step = await held_step(services, held, n, orders, concurrency, timeout_s, jobs_budget_s)
+        if "throughput" in step:
+            ratio = round(step["throughput"]["jobs_per_s"] / base, 3) if base else None
+            step["ratio_to_none_held"] = result[f"ratio_{n}_to_0"] = ratio
+        result[str(n)] = step
+        log(f"  {n} held: {_brief(step)}")
+        if step.get("over_limit"):
+            break
+        held = n
+    started = {order_id for order_id in jobs.read_starts(services.starts) if order_id.startswith("held-")}
+    result["held_orders_started"] = len(started)
+    return result
+
+
+async def held_step(
+    services: Services,
+    held: int,
+    n: int,
+    orders: int,
+    concurrency: int,
+    timeout_s: float,
+    jobs_budget_s: float,
+) -> dict[str, Any]:
+    step: dict[str, Any] = {"held": n, "added": n - held}
+    if await services.holding(held, timeout_s) is None:
+        counts = await services.held_counts()
+        step["over_limit"] = f"controller and director still held {counts} orders after {timeout_s} s"
+        return step
+    rss_before = services.rss()
+    ids = [f"held-{i:07d}" for i in range(held, n)]
+    started = time.monotonic()
+    try:
+        await asyncio.wait_for(
+            services.add(ids, jobs.MARK_PATH, int((time.time() + TOMORROW_S) * 1000)), timeout_s
+        )
+    except (TimeoutError, grpc.aio.AioRpcError) as e:
+        step["over_limit"] = f"adding: {rpc.short_error(e)} after {time.monotonic() - started:.0f} s"
+        return step
+    step["add_s"] = round(time.monotonic() - started, 2)
+    if await services.holding(n, timeout_s) is None:
+        counts = await services.held_counts()
+        step["over_limit"] = f"controller and director held {counts} orders after {timeout_s} s"
+        return step
+    step["held_by_director_s"] = round(time.monotonic() - started, 2)
+    await services.settle(jobs_budget_s)
+    rss_after = services.rss()
+    step["rss_bytes_per_held_order"] = {
+        name: round((rss_after[name] - rss_before[name]) / (n - held)) for name in rss_after
+    }
+    step["rss_mb"] = {name: round(rss / 2**20, 1) for name, rss in rss_after.items()}
+    step.update(await services.jobs_per_s(orders, concurrency, jobs_budget_s))
+    return step
+
+
 async def due_at_once(services: Services, due: int, lead_s: float, timeout_s: float) -> dict[str, Any]:
     ids = [f"due-{i:06d}" for i in range(due)]
     wanted = set(ids)
@@ -162,107 +258,25 @@ async def due_at_once(services: Services, due: int, lead_s: float, timeout_s: fl
         figures["last_started_s"] = round(times[-1], 3)
     if len(times) == due:
         figures["all_started_s"] = round(times[-1], 3)
-    drained = await services.holding(0, timeout_s)
-    figures["ended_and_removed_s"] = None if drained is None else round(drained, 2)
+    else:
+        figures["over_limit"] = f"{len(times)} of {due} started within {timeout_s} s after they were due"
     return figures
 
 
-async def measure(
-    topology: Topology,
-    work: Path,
-    sizes: Sequence[int],
-    due: int,
-    orders: int,
-    concurrency: int,
-    timeout_s: float,
-    jobs_budget_s: float,
-    lead_s: float,
-    log: Any,
-) -> dict[str, Any]:
-    joc = rpc.channel(topology.joc_address)
-    controller = rpc.channel(topology.addresses["controller"])
-    director = rpc.channel(topology.addresses["director"])
-    services = Services(
-        topology,
-        joc_pb2_grpc.OrderServiceStub(joc),
-        controller_pb2_grpc.ControllerServiceStub(controller),
-        director_pb2_grpc.DirectorServiceStub(director),
-        work / "job-starts.txt",
-    )
-    services.starts.touch()
-    result: dict[str, Any] = {}
-    try:
-        await jobs.deploy(joc, jobs.TRUE_PATH, "true")
-        await jobs.deploy(joc, jobs.MARK_PATH, jobs.mark_script(services.starts))
-        await services.settle(jobs_budget_s)
-        none_held = await services.jobs_per_s(orders, concurrency, jobs_budget_s)
-        base = none_held["throughput"]["jobs_per_s"]
-        result["none_held"] = none_held
-        log(
-            f"  none held: {base} jobs/s;"
-            f" CPU ms per order: {procstat.format_cpu(none_held['cpu_ms_per_order'])}"
-        )
-        if due:
-            result["due_at_once"] = await due_at_once(services, due, lead_s, timeout_s)
-            log(f"  {due} due at once: {_brief(result['due_at_once'])}")
-        held = 0
-        for n in sorted(sizes):
-            step = await held_step(services, held, n, orders, concurrency, timeout_s, jobs_budget_s)
-            if "throughput" in step:
-                ratio = round(step["throughput"]["jobs_per_s"] / base, 3) if base else None
-                step["ratio_to_none_held"] = result[f"ratio_{n}_to_0"] = ratio
-            result[str(n)] = step
-            log(f"  {n} held: {_brief(step)}")
-            if step.get("over_limit"):
-                break
-            held = n
-    finally:
-        for channel in (joc, controller, director):
-            await channel.close()
-    started = {order_id for order_id in jobs.read_starts(services.starts) if order_id.startswith("held-")}
-    result["held_orders_started"] = len(started)
-    return result
+def in_topology(measure: Callable[[Services], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+    """Runs `measure` against a fresh topology (bench/jobs.py's, single nodes)."""
+    with tempfile.TemporaryDirectory(prefix="ostinato-bench-held-") as tmp:
+        work = Path(tmp)
+        topology, startup_s = jobs.start_topology("single", work / "topology")
+        try:
 
+            async def connected_measure() -> dict[str, Any]:
+                async with connected(topology, work) as services:
+                    return await measure(services)
 
-async def held_step(
-    services: Services,
-    held: int,
-    n: int,
-    orders: int,
-    concurrency: int,
-    timeout_s: float,
-    jobs_budget_s: float,
-) -> dict[str, Any]:
-    step: dict[str, Any] = {"held": n, "added": n - held}
-    if await services.holding(held, timeout_s) is None:
-        step["over_limit"] = f"leftovers of the step before still held after {timeout_s} s"
-        return step
-    rss_before = services.rss()
-    ids = [f"held-{i:07d}" for i in range(held, n)]
-    started = time.monotonic()
-    try:
-        await asyncio.wait_for(
-            services.add(ids, jobs.MARK_PATH, int((time.time() + TOMORROW_S) * 1000)), timeout_s
-        )
-    except (TimeoutError, grpc.aio.AioRpcError) as e:
-        step["over_limit"] = f"adding: {rpc.short_error(e)} after {time.monotonic() - started:.0f} s"
-        return step
-    step["add_s"] = round(time.monotonic() - started, 2)
-    if await services.holding(n, timeout_s) is None:
-        counts = await services.held_counts()
-        step["over_limit"] = f"controller and director held {counts} after {timeout_s} s"
-        return step
-    step["held_by_director_s"] = round(time.monotonic() - started, 2)
-    await services.settle(jobs_budget_s)
-    rss_after = services.rss()
-    step["rss_bytes_per_held_order"] = {
-        name: round((rss_after[name] - rss_before[name]) / (n - held)) for name in rss_after
-    }
-    step["rss_mb"] = {name: round(rss / 2**20, 1) for name, rss in rss_after.items()}
-    step.update(await services.jobs_per_s(orders, concurrency, jobs_budget_s))
-    if step["throughput"]["not_finished"]:
-        step["over_limit"] = f"jobs not finished within {jobs_budget_s} s"
-    return step
+            return {"topology_startup_s": round(startup_s, 2), **asyncio.run(connected_measure())}
+        finally:
+            topology.stop()
 
 
 def _brief(figures: dict[str, Any]) -> str:
@@ -295,31 +309,18 @@ def run(
             f"  {due} bare spawns of sh -c true: {sequential_s:.1f} s one by one,"
             f" {parallel_s:.1f} s {parallel} at a time"
         )
-    with tempfile.TemporaryDirectory(prefix="ostinato-bench-held-") as tmp:
-        topology, startup_s = jobs.start_topology("single", Path(tmp) / "topology")
-        result["topology_startup_s"] = round(startup_s, 2)
-        try:
-            result.update(
-                asyncio.run(
-                    measure(
-                        topology,
-                        Path(tmp),
-                        sizes,
-                        due,
-                        orders,
-                        concurrency,
-                        timeout_s,
-                        jobs_budget_s,
-                        due_lead_s(due) if lead_s is None else lead_s,
-                        log,
-                    )
-                )
-            )
-        finally:
-            topology.stop()
-    due_figures = result.get("due_at_once")
-    if due_figures and "all_started_s" in due_figures:
-        due_figures["ratio_to_bare_spawns_sequential"] = round(
-            due_figures["all_started_s"] / result["bare_spawns"]["sequential_s"], 2
+    result.update(
+        in_topology(
+            lambda services: measure_held(services, sizes, orders, concurrency, timeout_s, jobs_budget_s, log)
         )
+    )
+    if due:
+        lead = due_lead_s(due) if lead_s is None else lead_s
+        figures = in_topology(lambda services: due_at_once(services, due, lead, timeout_s))
+        if "all_started_s" in figures:
+            figures["ratio_to_bare_spawns_sequential"] = round(
+                figures["all_started_s"] / result["bare_spawns"]["sequential_s"], 2
+            )
+        result["due_at_once"] = figures
+        log(f"  {due} due at once: {_brief(figures)}")
     return result

@@ -67,7 +67,6 @@ def test_held_bench_measures_jobs_per_s_memory_and_orders_due_at_once() -> None:
     # Each due order started once, none before its time (1 ms of clock reading aside).
     assert due["started"] == 30 and due["held_by_director_s"] is not None, due
     assert -0.001 <= due["first_started_s"] <= due["all_started_s"] < 30, due
-    assert due["ended_and_removed_s"] is not None, due
     for n in (20, 60):
         step = result[str(n)]
         assert "over_limit" not in step, step
