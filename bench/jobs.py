@@ -7,8 +7,8 @@ subprocess.run call to the time `sh -c 'date +%s%N'` records, the same first lin
 
 throughput: JOC, controller, director and three subagents on ephemeral ports; a one-job workflow
 (trivial shell job `true`, processLimit 50); `orders` orders submitted through JOC with at most
-`concurrency` in flight, each followed (WatchOrder) until it finished. jobs/s = orders / (first
-submit .. last finish); the ratios divide it by the bare spawn rates. The same again with
+`concurrency` in flight, each followed (WatchOrder) until it finished. jobs/s = orders finished /
+(first submit .. last finish); the ratios divide it by the bare spawn rates. The same again with
 three-node controller and director clusters (`cluster`); cluster_ratio = their jobs/s / single
 nodes' jobs/s.
 

@@ -61,18 +61,21 @@ class CpuWindow:
         return cls(pids, {name: cpu_seconds(pid) for name, pid in pids.items()}, machine_busy_ticks())
 
     def stop(self, orders: int) -> dict[str, object]:
-        """Per process, CPU ms per order over the window; the machine's busy share (every
-        process on it, other users' too)."""
+        """Per process, CPU ms per order over the window (None without orders); the CPU seconds
+        of all of them; the machine's busy share (every process on it, other users' too)."""
         spent = {name: cpu_seconds(pid) - self.before[name] for name, pid in self.pids.items()}
         busy, total = machine_busy_ticks()
         busy_delta, total_delta = busy - self.machine_before[0], total - self.machine_before[1]
-        per_order = {name: round(s * 1000 / max(orders, 1), 2) for name, s in spent.items()}
+        per_order = {name: round(s * 1000 / orders, 2) for name, s in spent.items()} if orders else None
         return {
             "cpu_ms_per_order": per_order,
-            "cpu_ms_per_order_all_services": round(sum(per_order.values()), 2),
+            "cpu_ms_per_order_all_services": round(sum(per_order.values()), 2) if per_order else None,
+            "cpu_s_all_services": round(sum(spent.values()), 2),
             "machine_busy_pct": round(100 * busy_delta / total_delta, 1) if total_delta else None,
         }
 
 
-def format_cpu(cpu_ms_per_order: Mapping[str, float]) -> str:
+def format_cpu(cpu_ms_per_order: Mapping[str, float] | None) -> str:
+    if not cpu_ms_per_order:
+        return "none finished"
     return ", ".join(f"{name} {ms}" for name, ms in cpu_ms_per_order.items())
