@@ -1,5 +1,5 @@
-"""Jobs per second through the whole topology against the bare spawn rate of this machine, and the
-director's scheduling latency, measured in one run.
+"""Jobs per second through the whole topology against the bare spawn rate of this machine, what
+each process spends per order, and the director's scheduling latency, measured in one run.
 
 spawn: `spawns` runs of `/bin/sh -c true` with subprocess.run, one after another and `parallel` at
 a time (threads); processes/s = runs / elapsed. Also the floor of the latency below: from the
@@ -7,16 +7,21 @@ subprocess.run call to the time `sh -c 'date +%s%N'` records, the same first lin
 
 throughput: JOC, controller, director and three subagents on ephemeral ports; a one-job workflow
 (trivial shell job `true`, processLimit 50); `orders` orders submitted through JOC with at most
-`concurrency` in flight, each followed (WatchOrder) until it finished. jobs/s = orders / (first
-submit .. last finish); the ratios divide it by the bare spawn rates.
+`concurrency` in flight, each followed (WatchOrder) until it finished. jobs/s = orders finished /
+(first submit .. last finish); the ratios divide it by the bare spawn rates. The same again with
+three-node controller and director clusters (`cluster`); cluster_ratio = their jobs/s / single
+nodes' jobs/s.
 
-scheduling latency: the same topology, a job whose first line appends `date +%s%N` and its order
-id to a file. Ready is the timestamp of the order's event just before its OrderProcessingStarted:
-the director's OrderStarted, OrderAttached or OrderMoved, after which the order waits for its job
-at the agent. Started is the time the job recorded. Both are this machine's wall clock. Event
-timestamps have millisecond resolution (floored), so each latency reads up to 1 ms high. Measured
-under load (`orders` orders, `concurrency` in flight, below the process limit: no order waits for
-a slot) and one order at a time (`idle` orders).
+CPU: per service process (JOC, each controller and director node, each subagent), utime + stime
+over the throughput window (first submit .. last finish) divided by the orders (bench/procstat.py).
+
+scheduling latency (single nodes): the same topology, a job whose first line appends
+`date +%s%N` and its order id to a file. Ready is the timestamp of the order's event just before
+its OrderProcessingStarted: the director's OrderStarted, OrderAttached or OrderMoved, after which
+the order waits for its job at the agent. Started is the time the job recorded. Both are this
+machine's wall clock. Event timestamps have millisecond resolution (floored), so each latency
+reads up to 1 ms high. Measured under load (`orders` orders, `concurrency` in flight, below the
+process limit: no order waits for a slot) and one order at a time (`idle` orders).
 """
 
 from __future__ import annotations
@@ -34,10 +39,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
+
+from bench import procstat, replication
 from gen.ostinato.common.v1 import items_pb2
 from gen.ostinato.joc.v1 import joc_pb2, joc_pb2_grpc
 from ostinato import rpc
-from ostinato.topology import Topology, TopologyConfig
+from ostinato.topology import Topology
 
 SUBAGENTS = 3
 PROCESS_LIMIT = 50
@@ -75,17 +83,23 @@ def _spawn_true(_: int = 0) -> None:
     subprocess.run(["/bin/sh", "-c", "true"], check=True)
 
 
-def spawn_rates(n: int, parallel: int) -> dict[str, Any]:
+def spawn_seconds(n: int, parallel: int) -> tuple[float, float]:
+    """Seconds for `n` runs of `sh -c true`: one after another, and `parallel` at a time."""
     _spawn_true()  # page cache, first fork
     started = time.perf_counter()
     for _ in range(n):
         _spawn_true()
-    sequential = n / (time.perf_counter() - started)
+    sequential = time.perf_counter() - started
     with ThreadPoolExecutor(parallel) as pool:
         list(pool.map(_spawn_true, range(parallel)))  # threads up before the clock starts
         started = time.perf_counter()
         list(pool.map(_spawn_true, range(n)))
-        in_parallel = n / (time.perf_counter() - started)
+        in_parallel = time.perf_counter() - started
+    return sequential, in_parallel
+
+
+def spawn_rates(n: int, parallel: int) -> dict[str, Any]:
+    sequential_s, parallel_s = spawn_seconds(n, parallel)
     to_first_line = []
     for _ in range(n):
         called = time.time_ns()
@@ -93,9 +107,9 @@ def spawn_rates(n: int, parallel: int) -> dict[str, Any]:
         to_first_line.append((int(out.stdout) - called) / 1e6)
     return {
         "runs": n,
-        "sequential_per_s": round(sequential, 1),
+        "sequential_per_s": round(n / sequential_s, 1),
         "parallel": parallel,
-        "parallel_per_s": round(in_parallel, 1),
+        "parallel_per_s": round(n / parallel_s, 1),
         "call_to_first_line_ms": summary(to_first_line),
     }
 
@@ -106,7 +120,9 @@ def spawn_rates(n: int, parallel: int) -> dict[str, Any]:
 @dataclass
 class Pass:
     seconds: float = 0.0
+    finished: int = 0
     not_finished: list[str] = field(default_factory=list)
+    not_submitted: int = 0  # the deadline came before their turn
     # order id -> (timestamp in ms of the event before OrderProcessingStarted, that event's kind)
     ready: dict[str, tuple[int, str]] = field(default_factory=dict)
 
@@ -123,28 +139,51 @@ async def deploy(channel: Any, path: str, script: str) -> None:
     assert [d.status for d in deployed.deployments] == [joc_pb2.DEPLOYMENT_STATUS_DEPLOYED], deployed
 
 
-async def drive(stub: joc_pb2_grpc.OrderServiceStub, path: str, orders: int, concurrency: int) -> Pass:
-    """Submits `orders` orders, at most `concurrency` in flight, and follows each to its end."""
+async def drive(
+    stub: joc_pb2_grpc.OrderServiceStub,
+    path: str,
+    orders: int,
+    concurrency: int,
+    budget_s: float | None = None,
+) -> Pass:
+    """Submits `orders` orders, at most `concurrency` in flight, and follows each to its end.
+    With a budget, orders not finished when it is spent count as not finished (those not yet
+    submitted as not submitted), and the pass ends then."""
     room = asyncio.Semaphore(concurrency)
     result = Pass()
+    deadline = None if budget_s is None else time.monotonic() + budget_s
+
+    def time_left() -> float:
+        return ORDER_TIMEOUT_S if deadline is None else min(ORDER_TIMEOUT_S, deadline - time.monotonic())
 
     async def one() -> None:
         async with room:
-            added = await stub.AddOrder(joc_pb2.AddOrderRequest(workflow_path=path), timeout=30)
-            before: tuple[int, str] | None = None
-            async for r in stub.WatchOrder(
-                joc_pb2.WatchOrderRequest(order_id=added.order_id), timeout=ORDER_TIMEOUT_S
-            ):
-                kind = r.event.WhichOneof("kind")
-                if kind == "order_processing_started" and before is not None:
-                    result.ready[added.order_id] = before
-                elif kind in ("order_finished", "order_failed"):
-                    if kind != "order_finished":
-                        result.not_finished.append(added.order_id)
+            if time_left() <= 0:
+                result.not_submitted += 1
+                return
+            order_id = ""
+            try:
+                added = await stub.AddOrder(joc_pb2.AddOrderRequest(workflow_path=path), timeout=30)
+                order_id = added.order_id
+                if await follow(order_id):
+                    result.finished += 1
                     return
-                if kind != "order_std_written":  # output is no step of the order
-                    before = (r.event.timestamp.ToMilliseconds(), kind or "")
-            result.not_finished.append(added.order_id)
+            except grpc.aio.AioRpcError as e:
+                if e.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise
+            result.not_finished.append(order_id)
+
+    async def follow(order_id: str) -> bool:
+        before: tuple[int, str] | None = None
+        async for r in stub.WatchOrder(joc_pb2.WatchOrderRequest(order_id=order_id), timeout=time_left()):
+            kind = r.event.WhichOneof("kind")
+            if kind == "order_processing_started" and before is not None:
+                result.ready[order_id] = before
+            elif kind in ("order_finished", "order_failed"):
+                return kind == "order_finished"
+            if kind != "order_std_written":  # output is no step of the order
+                before = (r.event.timestamp.ToMilliseconds(), kind or "")
+        return False
 
     started = time.perf_counter()
     await asyncio.gather(*(one() for _ in range(orders)))
@@ -197,37 +236,65 @@ def summary(values: list[float]) -> dict[str, Any]:
     }
 
 
-async def measure(joc_address: str, work: Path, orders: int, concurrency: int, idle: int) -> dict[str, Any]:
-    channel = rpc.channel(joc_address)
+def throughput(done: Pass, orders: int, concurrency: int) -> dict[str, Any]:
+    return {
+        "orders": orders,
+        "concurrency": concurrency,
+        "subagents": SUBAGENTS,
+        "process_limit": PROCESS_LIMIT,
+        "seconds": round(done.seconds, 2),
+        "jobs_per_s": round(done.finished / done.seconds, 1),
+        "not_finished": len(done.not_finished) + done.not_submitted,
+    }
+
+
+async def measure(
+    topology: Topology, work: Path, orders: int, concurrency: int, idle: int | None
+) -> dict[str, Any]:
+    """Throughput and CPU per order; with `idle` (a number of orders), scheduling latency too."""
+    channel = rpc.channel(topology.joc_address)
     stub = joc_pb2_grpc.OrderServiceStub(channel)
     starts = work / "job-starts.txt"
     starts.touch()
     try:
         await deploy(channel, TRUE_PATH, "true")
-        await deploy(channel, MARK_PATH, mark_script(starts))
         await drive(stub, TRUE_PATH, WARM_UP, WARM_UP)  # connections, caches, first processes
-        throughput = await drive(stub, TRUE_PATH, orders, concurrency)
-        await drive(stub, MARK_PATH, WARM_UP, WARM_UP)
-        loaded = await drive(stub, MARK_PATH, orders, concurrency)
-        one_by_one = await drive(stub, MARK_PATH, idle, 1)
+        window = procstat.CpuWindow.start(procstat.pids(topology))
+        done = await drive(stub, TRUE_PATH, orders, concurrency)
+        figures: dict[str, Any] = {"throughput": throughput(done, orders, concurrency)}
+        figures.update(window.stop(done.finished))
+        if idle is not None:
+            await deploy(channel, MARK_PATH, mark_script(starts))
+            await drive(stub, MARK_PATH, WARM_UP, WARM_UP)
+            loaded = await drive(stub, MARK_PATH, orders, concurrency)
+            one_by_one = await drive(stub, MARK_PATH, idle, 1)
+            recorded = read_starts(starts)
+            figures["scheduling_latency"] = {
+                "loaded": {"concurrency": concurrency, **latencies(loaded, recorded)},
+                "idle": {"concurrency": 1, **latencies(one_by_one, recorded)},
+            }
     finally:
         await channel.close()
-    recorded = read_starts(starts)
-    return {
-        "throughput": {
-            "orders": orders,
-            "concurrency": concurrency,
-            "subagents": SUBAGENTS,
-            "process_limit": PROCESS_LIMIT,
-            "seconds": round(throughput.seconds, 2),
-            "jobs_per_s": round(orders / throughput.seconds, 1),
-            "not_finished": len(throughput.not_finished),
-        },
-        "scheduling_latency": {
-            "loaded": {"concurrency": concurrency, **latencies(loaded, recorded)},
-            "idle": {"concurrency": 1, **latencies(one_by_one, recorded)},
-        },
-    }
+    return figures
+
+
+def start_topology(shape: str, data_dir: Path) -> tuple[Topology, float]:
+    """JOC, the controller and the director of this cluster shape (bench/replication.py) and
+    SUBAGENTS subagents, started; and how long starting took."""
+    topology = Topology(data_dir, replication.config(shape, SUBAGENTS))
+    started = time.perf_counter()
+    topology.start()
+    return topology, time.perf_counter() - started
+
+
+def measure_shape(shape: str, orders: int, concurrency: int, idle: int | None) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix=f"ostinato-bench-jobs-{shape}-") as tmp:
+        topology, startup_s = start_topology(shape, Path(tmp) / "topology")
+        try:
+            figures = asyncio.run(measure(topology, Path(tmp), orders, concurrency, idle))
+        finally:
+            topology.stop()
+    return {**figures, "topology_startup_s": round(startup_s, 2)}
 
 
 def run(
@@ -236,6 +303,7 @@ def run(
     spawns: int = 300,
     parallel: int = 4,
     idle: int = 20,
+    clusters: bool = True,
     log: Any = print,
 ) -> dict[str, Any]:
     spawn = spawn_rates(spawns, parallel)
@@ -243,26 +311,31 @@ def run(
         f"  bare spawn of sh -c true: {spawn['sequential_per_s']}/s one by one,"
         f" {spawn['parallel_per_s']}/s {parallel} at a time"
     )
-    with tempfile.TemporaryDirectory(prefix="ostinato-bench-jobs-") as tmp:
-        topology = Topology(Path(tmp) / "topology", TopologyConfig.ephemeral(subagents=SUBAGENTS))
-        started = time.perf_counter()
-        topology.start()
-        startup_s = time.perf_counter() - started
-        try:
-            figures = asyncio.run(measure(topology.joc_address, Path(tmp), orders, concurrency, idle))
-        finally:
-            topology.stop()
-    jobs_per_s = figures["throughput"]["jobs_per_s"]
-    loaded = figures["scheduling_latency"]["loaded"]
+    single = measure_shape("single", orders, concurrency, idle)
+    jobs_per_s = single["throughput"]["jobs_per_s"]
+    result: dict[str, Any] = {
+        "spawn": spawn,
+        **single,
+        "ratio_to_spawn_sequential": round(jobs_per_s / spawn["sequential_per_s"], 4),
+        "ratio_to_spawn_parallel": round(jobs_per_s / spawn["parallel_per_s"], 4),
+    }
+    loaded = single["scheduling_latency"]["loaded"]
     log(
-        f"  {jobs_per_s} jobs/s ({orders} orders, {concurrency} in flight, {SUBAGENTS} subagents);"
+        f"  single nodes: {jobs_per_s} jobs/s ({orders} orders, {concurrency} in flight, {SUBAGENTS}"
+        f" subagents), {result['ratio_to_spawn_sequential']}x the sequential spawn rate;"
         f" scheduling latency p50 {loaded.get('p50_ms')} ms, p99 {loaded.get('p99_ms')} ms,"
         f" max {loaded.get('max_ms')} ms"
     )
-    return {
-        "spawn": spawn,
-        **figures,
-        "ratio_jobs_to_spawn_sequential": round(jobs_per_s / spawn["sequential_per_s"], 4),
-        "ratio_jobs_to_spawn_parallel": round(jobs_per_s / spawn["parallel_per_s"], 4),
-        "topology_startup_s": round(startup_s, 2),
-    }
+    log(f"    CPU ms per order: {procstat.format_cpu(single['cpu_ms_per_order'])}")
+    if clusters:
+        cluster = measure_shape("three", orders, concurrency, None)
+        cluster_jobs_per_s = cluster["throughput"]["jobs_per_s"]
+        cluster["ratio_to_spawn_sequential"] = round(cluster_jobs_per_s / spawn["sequential_per_s"], 4)
+        result["cluster"] = cluster
+        result["cluster_ratio"] = round(cluster_jobs_per_s / jobs_per_s, 2)
+        log(
+            f"  three-node controller and director clusters: {cluster_jobs_per_s} jobs/s,"
+            f" {result['cluster_ratio']}x single nodes"
+        )
+        log(f"    CPU ms per order: {procstat.format_cpu(cluster['cpu_ms_per_order'])}")
+    return result

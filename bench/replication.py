@@ -79,11 +79,16 @@ async def throughput(joc_address: str, orders: int, concurrency: int) -> dict[st
     }
 
 
-def measure(shape: str, orders: int, concurrency: int, data_dir: Path) -> dict[str, Any]:
-    config = TopologyConfig.ephemeral()
+def config(shape: str, subagents: int = 2) -> TopologyConfig:
+    """Ephemeral ports, the controller and the director both of this cluster shape."""
+    config = TopologyConfig.ephemeral(subagents=subagents)
     config.controller_cluster = shape
     config.director_cluster = shape
-    topology = Topology(data_dir, config)
+    return config
+
+
+def measure(shape: str, orders: int, concurrency: int, data_dir: Path) -> dict[str, Any]:
+    topology = Topology(data_dir, config(shape))
     topology.start()
     try:
         return asyncio.run(throughput(topology.joc_address, orders, concurrency))
