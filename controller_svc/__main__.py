@@ -7,7 +7,7 @@ import sys
 
 from controller_svc.server import ControllerConfig, serve
 from ostinato import rpc, service
-from ostinato.journal.node import add_node_arguments, node_config
+from ostinato.cluster.config import add_node_arguments, node_config
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@ import sys
 
 from director_svc.server import DirectorConfig, serve
 from ostinato import service
-from ostinato.journal.node import add_node_arguments, node_config
+from ostinato.cluster.config import add_node_arguments, node_config
 
 
 def main(argv: list[str] | None = None) -> int:

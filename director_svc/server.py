@@ -15,8 +15,10 @@ from director_svc.subagents import SubagentDriver
 from gen.ostinato.common.v1 import commands_pb2
 from gen.ostinato.director.v1 import director_pb2, director_pb2_grpc
 from ostinato import rpc, signing
+from ostinato.cluster.config import NodeConfig
+from ostinato.cluster.node import JournaledNode
+from ostinato.cluster.serve import serve_node
 from ostinato.errors import FailedPrecondition
-from ostinato.journal.node import JournaledNode, NodeConfig, serve_node
 from ostinato.journal.shell import now_ms
 from subagent_svc import server as subagent_server
 

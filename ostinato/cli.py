@@ -1014,8 +1014,8 @@ def run_witness(argv: list[str]) -> int:
     """`ostinato witness controller|director --cluster FILE --node NAME ...`: the node of that
     cluster flagged `witness` in FILE. It votes and keeps the journal, and never becomes active;
     the other options are the service's own (see `ostinato controller --help`)."""
+    from ostinato.cluster.members import Cluster
     from ostinato.errors import InvalidArgument
-    from ostinato.journal.cluster import Cluster
 
     p = argparse.ArgumentParser(prog="ostinato witness", description=run_witness.__doc__)
     p.add_argument("kind", choices=["controller", "director"], help="the kind of cluster it votes in")

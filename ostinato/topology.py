@@ -129,7 +129,7 @@ class Topology:
             self._plan_cluster(kind, CLUSTER_SHAPES[shape], listen.rsplit(":", 1)[0])
 
     def _plan_cluster(self, kind: str, suffixes: tuple[str, ...], host: str) -> None:
-        from ostinato.journal.cluster import Cluster, Member
+        from ostinato.cluster.members import Cluster, Member
 
         members = []
         for suffix in suffixes:
