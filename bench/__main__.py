@@ -1,13 +1,15 @@
 """Benchmarks of the whole local topology: `python -m bench [--only latency|failover|replication|jobs]`.
 
 latency: submit (JOC AddOrder) to the order's OrderFinished event at JOC, one trivial shell job,
-orders one after another. Baseline: spawning `/bin/sh -c true` with subprocess on this machine,
-the floor any job execution pays.
+orders one after another, with mutual TLS between all services (the default) and in plain text
+(--insecure). Baseline: spawning `/bin/sh -c true` with subprocess on this machine, the floor any
+job execution pays.
 failover: fail-over time of three-node controller and director clusters under a flow of orders
 (bench/failover.py).
 replication: order throughput with single nodes against three-node clusters (bench/replication.py).
 jobs: trivial jobs/s through JOC, controller, director and three subagents against the bare spawn
-rate, and the director's scheduling latency from order ready to process started (bench/jobs.py).
+rate, and the director's scheduling latency from order ready to process started (bench/jobs.py);
+with mutual TLS, then again in plain text.
 
 Figures are printed and written to bench/results/latest.json; a run of some parts only keeps the
 other parts' figures from the file's previous run (see "measured_at").
@@ -30,7 +32,6 @@ from typing import Any
 from bench import failover, jobs, replication
 from gen.ostinato.common.v1 import items_pb2
 from gen.ostinato.joc.v1 import joc_pb2, joc_pb2_grpc
-from ostinato import rpc
 from ostinato.topology import ROOT, Topology, TopologyConfig
 
 PARTS = ("latency", "failover", "replication", "jobs")
@@ -50,8 +51,8 @@ def spawn_baseline(n: int) -> list[float]:
     return times
 
 
-async def order_latencies(joc_address: str, n: int) -> list[float]:
-    channel = rpc.channel(joc_address)
+async def order_latencies(topology: Topology, n: int) -> list[float]:
+    channel = topology.channel(topology.joc_address)
     inventory = joc_pb2_grpc.InventoryServiceStub(channel)
     deployment = joc_pb2_grpc.DeploymentServiceStub(channel)
     orders = joc_pb2_grpc.OrderServiceStub(channel)
@@ -87,21 +88,31 @@ def summary(times: list[float]) -> dict[str, float]:
 
 def latency(n: int) -> dict[str, Any]:
     baseline = summary(spawn_baseline(n))
+    order, startup_s = topology_latency(n, insecure=False)
+    plain, _ = topology_latency(n, insecure=True)
+    return {
+        "baseline_spawn_sh_true": baseline,
+        "order_submit_to_finished_one_trivial_job": order,
+        "order_submit_to_finished_plain_text": plain,
+        "ratio_median_order_to_spawn": round(order["median_ms"] / baseline["median_ms"], 1),
+        "ratio_median_tls_to_plain_text": round(order["median_ms"] / plain["median_ms"], 2),
+        "topology_startup_s": round(startup_s, 2),
+    }
+
+
+def topology_latency(n: int, insecure: bool) -> tuple[dict[str, float], float]:
+    """Order latencies, and how long the topology took to start (making its certificates)."""
     with tempfile.TemporaryDirectory(prefix="ostinato-bench-") as tmp:
-        topology = Topology(Path(tmp), TopologyConfig.ephemeral())
+        config = TopologyConfig.ephemeral()
+        config.insecure = insecure
+        topology = Topology(Path(tmp), config)
         t = time.perf_counter()
         topology.start()
         startup_s = time.perf_counter() - t
         try:
-            order = summary(asyncio.run(order_latencies(topology.joc_address, n)))
+            return summary(asyncio.run(order_latencies(topology, n))), startup_s
         finally:
             topology.stop()
-    return {
-        "baseline_spawn_sh_true": baseline,
-        "order_submit_to_finished_one_trivial_job": order,
-        "ratio_median_order_to_spawn": round(order["median_ms"] / baseline["median_ms"], 1),
-        "topology_startup_s": round(startup_s, 2),
-    }
 
 
 def main() -> int:
@@ -168,12 +179,19 @@ def main() -> int:
             f"jobs: {args.jobs_orders} orders, {args.jobs_concurrency} in flight, {jobs.SUBAGENTS} subagents;"
             f" {args.spawns} bare spawns"
         )
-        result["jobs"] = jobs.run(
-            args.jobs_orders,
-            args.jobs_concurrency,
-            spawns=args.spawns,
-            parallel=args.spawn_parallel,
-            log=lambda line: print(line, flush=True),
+        for key, insecure in (("jobs", False), ("jobs_plain_text", True)):
+            result[key] = jobs.run(
+                args.jobs_orders,
+                args.jobs_concurrency,
+                spawns=args.spawns,
+                parallel=args.spawn_parallel,
+                log=lambda line: print(line, flush=True),
+                insecure=insecure,
+            )
+        result["jobs"]["ratio_jobs_tls_to_plain_text"] = round(
+            result["jobs"]["throughput"]["jobs_per_s"]
+            / result["jobs_plain_text"]["throughput"]["jobs_per_s"],
+            3,
         )
         measured_at["jobs"] = _now()
     result["bench_runtime_s"] = round(time.perf_counter() - started, 1)

@@ -36,7 +36,6 @@ from typing import Any
 
 from gen.ostinato.common.v1 import items_pb2
 from gen.ostinato.joc.v1 import joc_pb2, joc_pb2_grpc
-from ostinato import rpc
 from ostinato.topology import Topology, TopologyConfig
 
 SUBAGENTS = 3
@@ -197,8 +196,8 @@ def summary(values: list[float]) -> dict[str, Any]:
     }
 
 
-async def measure(joc_address: str, work: Path, orders: int, concurrency: int, idle: int) -> dict[str, Any]:
-    channel = rpc.channel(joc_address)
+async def measure(topology: Topology, work: Path, orders: int, concurrency: int, idle: int) -> dict[str, Any]:
+    channel = topology.channel(topology.joc_address)
     stub = joc_pb2_grpc.OrderServiceStub(channel)
     starts = work / "job-starts.txt"
     starts.touch()
@@ -237,25 +236,30 @@ def run(
     parallel: int = 4,
     idle: int = 20,
     log: Any = print,
+    insecure: bool = False,
 ) -> dict[str, Any]:
+    """`insecure`: plain text between the services instead of mutual TLS."""
     spawn = spawn_rates(spawns, parallel)
     log(
         f"  bare spawn of sh -c true: {spawn['sequential_per_s']}/s one by one,"
         f" {spawn['parallel_per_s']}/s {parallel} at a time"
     )
     with tempfile.TemporaryDirectory(prefix="ostinato-bench-jobs-") as tmp:
-        topology = Topology(Path(tmp) / "topology", TopologyConfig.ephemeral(subagents=SUBAGENTS))
+        config = TopologyConfig.ephemeral(subagents=SUBAGENTS)
+        config.insecure = insecure
+        topology = Topology(Path(tmp) / "topology", config)
         started = time.perf_counter()
         topology.start()
         startup_s = time.perf_counter() - started
         try:
-            figures = asyncio.run(measure(topology.joc_address, Path(tmp), orders, concurrency, idle))
+            figures = asyncio.run(measure(topology, Path(tmp), orders, concurrency, idle))
         finally:
             topology.stop()
     jobs_per_s = figures["throughput"]["jobs_per_s"]
     loaded = figures["scheduling_latency"]["loaded"]
     log(
-        f"  {jobs_per_s} jobs/s ({orders} orders, {concurrency} in flight, {SUBAGENTS} subagents);"
+        f"  {'plain text' if insecure else 'mutual TLS'}:"
+        f" {jobs_per_s} jobs/s ({orders} orders, {concurrency} in flight, {SUBAGENTS} subagents);"
         f" scheduling latency p50 {loaded.get('p50_ms')} ms, p99 {loaded.get('p99_ms')} ms,"
         f" max {loaded.get('max_ms')} ms"
     )

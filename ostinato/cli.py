@@ -24,6 +24,7 @@ from typing import Any
 
 import ostinato  # noqa: F401  (sets grpc's process environment before grpc is imported)
 from gen.ostinato.common.v1 import events_pb2, items_pb2, order_pb2, workflow_pb2
+from ostinato import cli_security
 
 DEFAULT_JOC = "127.0.0.1:4446"
 
@@ -345,16 +346,16 @@ def _time_text(ts: Any) -> str:
 class JocClient:
     """Blocking stubs on one channel; every gRPC error becomes a CliError with its message."""
 
-    def __init__(self, address: str, token: str = "", reason: str = "") -> None:
+    def __init__(self, address: str, security: Any, token: str = "", reason: str = "") -> None:
         import grpc
 
         from gen.ostinato.joc.v1 import joc_pb2_grpc
-        from ostinato.rpc import CHANNEL_OPTIONS
+        from ostinato import rpc
 
         self.address = address
         _check_reachable(address)
         self._grpc = grpc
-        self.channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.channel = rpc.sync_channel(address, security)
         self.inventory = joc_pb2_grpc.InventoryServiceStub(self.channel)
         self.deployment = joc_pb2_grpc.DeploymentServiceStub(self.channel)
         self.orders = joc_pb2_grpc.OrderServiceStub(self.channel)
@@ -383,10 +384,12 @@ class JocClient:
     def error(self, e: Any, what: str = "") -> CliError:
         # grpc's own text for a connection JOC refused; JOC's messages (e.g. about an unreachable
         # controller, which may quote this text) never start with it.
-        if e.code() == self._grpc.StatusCode.UNAVAILABLE and (e.details() or "").startswith(
-            "failed to connect"
-        ):
-            return CliError(f"cannot reach JOC at {self.address}")
+        details = e.details() or ""
+        if e.code() == self._grpc.StatusCode.UNAVAILABLE and details.startswith("failed to connect"):
+            # It listens (checked before): a TLS handshake failed, on either side (a refused
+            # client certificate shows here as a closed socket).
+            last = details.partition("last error: ")[2] or details
+            return CliError(f"cannot connect to JOC at {self.address} (TLS handshake?): {last}")
         message = e.details() or e.code().name
         return CliError(f"{what}: {message}" if what else message)
 
@@ -401,7 +404,11 @@ def connect(args: argparse.Namespace) -> JocClient:
             token = Path(token_file).read_text().strip()
         except OSError as e:
             raise CliError(f"OSTINATO_TOKEN_FILE: {e}") from None
-    return JocClient(args.joc, token, args.reason or "")
+    try:
+        security = cli_security.client_security(args)
+    except cli_security.SecurityError as e:
+        raise CliError(str(e)) from None
+    return JocClient(args.joc, security, token, args.reason or "")
 
 
 def _split_address(address: str) -> tuple[str, int]:
@@ -994,7 +1001,7 @@ def cmd_order_logs(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from ostinato import topology
 
-    return int(topology.run_up(args.config, args.data_dir))
+    return int(topology.run_up(args.config, args.data_dir, args.insecure))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -1117,6 +1124,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the account's token (default: $OSTINATO_TOKEN, else the file $OSTINATO_TOKEN_FILE names)",
     )
     joc_option.add_argument("--reason", metavar="TEXT", help="why: recorded in the audit log")
+    cli_security.add_client_arguments(joc_option)
     controllers = argparse.ArgumentParser(add_help=False)
     controllers.add_argument(
         "--controller", action="append", metavar="ID", help="to this controller only (repeatable)"
@@ -1330,7 +1338,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("up", help="start the local topology from a config")
     p.add_argument("--config", type=Path, metavar="FILE")
     p.add_argument("--data-dir", type=Path, metavar="DIR")
+    p.add_argument(
+        "--insecure", action="store_true", help="plain text between all services (default: mutual TLS)"
+    )
     p.set_defaults(func=cmd_up)
+    cli_security.add_pki_commands(commands)
 
     p = commands.add_parser("demo", help="start a local topology, run an example workflow, show it")
     p.set_defaults(func=cmd_demo)
@@ -1349,7 +1361,7 @@ def main(argv: list[str] | None = None) -> int:
             argv = [f"deploy-{argv[1]}", *argv[2:]]
         args = build_parser().parse_args(argv)
         return int(args.func(args))
-    except CliError as e:
+    except (CliError, cli_security.SecurityError) as e:
         print(f"ostinato: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

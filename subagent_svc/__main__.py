@@ -8,7 +8,7 @@ import socket
 import sys
 from pathlib import Path
 
-from ostinato import service
+from ostinato import service, tls
 from subagent_svc.server import start
 
 
@@ -30,9 +30,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="at most this many job processes at once on this subagent (0: no limit); the director"
         " hands further jobs to other subagents of their cluster, or lets them wait",
     )
+    tls.add_arguments(parser, peers="the nodes of its director (their certificates' identities)")
     args = parser.parse_args(argv)
     if args.process_limit < 0:
         parser.error("--process-limit: must be 0 (no limit) or more")
+    args.security = tls.from_args(args, parser, peers_required=True)
     return args
 
 
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         await stop.wait()
         await running.stop()
 
-    return service.run("subagent", serve)
+    return service.run("subagent", serve, args.security)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import grpc
 
 from gen.ostinato.subagent.v1 import subagent_pb2 as pb
 from gen.ostinato.subagent.v1 import subagent_pb2_grpc
-from ostinato import rpc
+from ostinato import rpc, tls
 from ostinato.errors import InvalidArgument, OstinatoError, Unavailable
 from subagent_svc import convert
 from subagent_svc.core import Exited, Message, SubagentCore
@@ -278,9 +278,15 @@ class Running:
 
 
 async def start(
-    subagent_id: str, data_dir: Path, listen: str, director_timeout: float, process_limit: int = 0
+    subagent_id: str,
+    data_dir: Path,
+    listen: str,
+    director_timeout: float,
+    process_limit: int = 0,
+    security: tls.Security | None = None,
 ) -> Running:
-    """Kills what a previous run left behind, then serves the SubagentService on `listen`."""
+    """Kills what a previous run left behind, then serves the SubagentService on `listen` (with
+    the process's security unless given one)."""
     subagent = Subagent(subagent_id, data_dir, director_timeout, process_limit)
     for orphan in kill_orphans(subagent.records_dir):
         log.warning("killed orphan left by a previous run: %s", orphan)
@@ -293,6 +299,8 @@ async def start(
                 rpc.service_name(pb, "SubagentService"),
             )
         ],
+        security=security,
+        service=f"subagent {subagent_id}",
     )
     log.info("subagent %s run %s listening on %s", subagent_id, subagent.run_id, server.address)
     return Running(subagent, server, asyncio.create_task(subagent.watch_director()))

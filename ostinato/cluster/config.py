@@ -6,7 +6,7 @@ import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ostinato import signing
+from ostinato import signing, tls
 from ostinato.cluster.members import Cluster, Member
 from ostinato.errors import InvalidArgument
 from ostinato.journal.replicated import Timing
@@ -30,7 +30,8 @@ class NodeConfig:
         return self.cluster.member(self.name)
 
 
-def add_node_arguments(parser: argparse.ArgumentParser) -> None:
+def add_node_arguments(parser: argparse.ArgumentParser, peers: str) -> None:
+    """The flags of a controller or director node; `peers` says which clients it accepts."""
     parser.add_argument("--listen", default="127.0.0.1:0", help="gRPC address of a single node (port 0: any)")
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument(
@@ -55,6 +56,7 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
         help="PEM certificates (signers' or CAs') whose signatures deployed items may carry (repeatable);"
         " without any, every signed item is rejected",
     )
+    tls.add_arguments(parser, peers=f"{peers} and the other nodes of its cluster")
 
 
 def node_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> NodeConfig:

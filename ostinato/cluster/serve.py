@@ -33,7 +33,9 @@ async def serve_node(
     ]
     if registration is not None:
         registrations.append(registration)
-    server = await rpc.start_server(node.node.member.address, registrations, guard=node.guard)
+    server = await rpc.start_server(
+        node.node.member.address, registrations, guard=node.guard, service=f"{name} {node.cluster_name}"
+    )
     node.address = server.address
     await node.role_known()
     service.announce(name, server.address, node.node.data_dir)

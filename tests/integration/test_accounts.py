@@ -16,6 +16,7 @@ from gen.ostinato.common.v1 import items_pb2
 from gen.ostinato.joc.v1 import joc_pb2, joc_pb2_grpc
 from ostinato import rpc, signing
 from ostinato.launch import Launched, launch
+from tests.integration.certificates import Certificates
 from tests.integration.pki import Pki, make_pki
 from tests.integration.test_joc import HELLO, TestController, run_cli, serve_controller
 
@@ -25,15 +26,16 @@ WF = items_pb2.ITEM_TYPE_WORKFLOW
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[tuple[TestController, rpc.Server]]:
+async def fake(certificates: Certificates) -> AsyncIterator[tuple[TestController, rpc.Server]]:
     c = TestController()
-    server = await serve_controller(c)
+    server = await serve_controller(c, certificates)
     yield c, server
     await server.stop(0)
 
 
-def start_joc(data_dir: Path, controller: str) -> Launched:
+def start_joc(data_dir: Path, controller: str, certificates: Certificates) -> Launched:
     args = ["--listen", "127.0.0.1:0", "--data-dir", str(data_dir), "--controller", f"main={controller}"]
+    args += certificates.args("joc")
     return launch("joc", "joc_svc", [*args, "--security-level", "medium", "--require-auth"], data_dir)
 
 
@@ -42,15 +44,15 @@ def bearer(token: str) -> tuple[tuple[str, str], ...]:
 
 
 async def test_tokens_roles_and_signing_with_each_accounts_key(
-    fake: tuple[TestController, rpc.Server], tmp_path: Path
+    fake: tuple[TestController, rpc.Server], tmp_path: Path, certificates: Certificates
 ) -> None:
     controller, server = fake
     pki: Pki = await asyncio.to_thread(make_pki, tmp_path / "pki")
-    joc = await asyncio.to_thread(start_joc, tmp_path / "joc", server.address)
+    joc = await asyncio.to_thread(start_joc, tmp_path / "joc", server.address, certificates)
     root = (tmp_path / "joc/root.token").read_text().strip()
     assert oct((tmp_path / "joc/root.token").stat().st_mode & 0o777) == "0o600"
     try:
-        async with rpc.channel(joc.address) as channel:
+        async with certificates.channel(joc.address) as channel:
             inventory = joc_pb2_grpc.InventoryServiceStub(channel)
             accounts = joc_pb2_grpc.AccountServiceStub(channel)
             put = joc_pb2.PutObjectRequest(path="/signed/hello", type=WF, json=HELLO)

@@ -18,6 +18,7 @@ from gen.ostinato.director.v1 import director_pb2, director_pb2_grpc
 from ostinato import signing
 from ostinato.errors import InvalidArgument, SignatureRejected
 from ostinato.launch import Launched, launch
+from tests.integration.certificates import Certificates
 from tests.integration.pki import Pki, make_pki, sign_file
 
 pytestmark = pytest.mark.integration
@@ -180,7 +181,9 @@ def test_signer_and_openssl_agree(pki: Pki, tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def services(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Launched]]:
+def services(
+    pki: Pki, tmp_path_factory: pytest.TempPathFactory, certificates: Certificates
+) -> Iterator[dict[str, Launched]]:
     base = tmp_path_factory.mktemp("services")
     trust = [a for name in ("rsa", "ecdsa", "root") for a in ("--trust", str(pki.cert(name)))]
     started: dict[str, Launched] = {}
@@ -196,19 +199,34 @@ def services(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dic
                 "--agent",
                 "agent-1=127.0.0.1:1",
                 *trust,
+                *certificates.args("controller", peers=["joc"]),
             ],
             base / "c",
         )
         started["director"] = launch(
             "director",
             "director_svc",
-            ["--listen", "127.0.0.1:0", "--data-dir", str(base / "d"), "--agent-name", "agent-1", *trust],
+            [
+                *[
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--data-dir",
+                    str(base / "d"),
+                    "--agent-name",
+                    "agent-1",
+                    *trust,
+                ],
+                *certificates.args("director", peers=["controller"]),
+            ],
             base / "d",
         )
         started["trusting nothing"] = launch(
             "controller",
             "controller_svc",
-            ["--listen", "127.0.0.1:0", "--data-dir", str(base / "n"), "--agent", "agent-1=127.0.0.1:1"],
+            [
+                *["--listen", "127.0.0.1:0", "--data-dir", str(base / "n"), "--agent", "agent-1=127.0.0.1:1"],
+                *certificates.args("controller", peers=["joc"]),
+            ],
             base / "n",
         )
         yield started
@@ -220,12 +238,12 @@ def services(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dic
 
 
 def test_controller_and_director_verify_every_item(
-    services: dict[str, Launched], pki: Pki, tmp_path: Path
+    services: dict[str, Launched], pki: Pki, tmp_path: Path, certificates: Certificates
 ) -> None:
     with (
-        grpc.insecure_channel(services["controller"].address) as c_channel,
-        grpc.insecure_channel(services["director"].address) as d_channel,
-        grpc.insecure_channel(services["trusting nothing"].address) as n_channel,
+        certificates.sync_channel(services["controller"].address, as_name="joc") as c_channel,
+        certificates.sync_channel(services["director"].address, as_name="controller") as d_channel,
+        certificates.sync_channel(services["trusting nothing"].address, as_name="joc") as n_channel,
     ):
         controller = controller_pb2_grpc.ControllerServiceStub(c_channel)
         director = director_pb2_grpc.DirectorServiceStub(d_channel)
@@ -267,10 +285,12 @@ def test_controller_and_director_verify_every_item(
         assert "trusts no certificate" in info.value.details()
 
 
-def test_a_signature_survives_the_journal(services: dict[str, Launched], pki: Pki, tmp_path: Path) -> None:
+def test_a_signature_survives_the_journal(
+    services: dict[str, Launched], pki: Pki, tmp_path: Path, certificates: Certificates
+) -> None:
     """The controller keeps the exact signed JSON and signature: what it hands agents verifies."""
     item = openssl_signed(pki, tmp_path, workflow_json("/sig/kept", "v7"), "leaf", pki.chain_pem)
-    with grpc.insecure_channel(services["controller"].address) as channel:
+    with certificates.sync_channel(services["controller"].address, as_name="joc") as channel:
         controller = controller_pb2_grpc.ControllerServiceStub(channel)
         deployed = controller.DeployItems(controller_pb2.DeployItemsRequest(items=[item]), timeout=10)
         watched = controller.WatchEvents(controller_pb2.WatchEventsRequest(after=0, heartbeat_seconds=0.2))

@@ -15,9 +15,10 @@ import pytest
 
 from gen.ostinato.subagent.v1 import subagent_pb2 as pb
 from gen.ostinato.subagent.v1 import subagent_pb2_grpc
-from ostinato import rpc
+from ostinato import rpc, tls
 from ostinato.launch import Launched, launch
 from subagent_svc.processes import record_text
+from tests.integration.certificates import Certificates
 from tests.integration.support import eventually
 
 pytestmark = pytest.mark.integration
@@ -26,6 +27,12 @@ WAIT = 10.0  # deadline for any single expected message
 
 
 _open_directors: list[Director] = []
+
+
+@pytest.fixture(autouse=True)
+def as_director(certificates: Certificates) -> None:
+    """The test process plays the director: it shows the certificate the subagent accepts."""
+    Director.default_security = certificates.security("director")
 
 
 @pytest.fixture(autouse=True)
@@ -39,8 +46,19 @@ async def close_directors() -> AsyncIterator[None]:
 class Director:
     """One session, as a director would hold it: hello, heartbeats, commands, acks."""
 
-    def __init__(self, address: str, term: int = 1, heartbeat: float = 0.3, send_heartbeats: bool = True):
+    # The certificate a director shows; set for each test (as_director).
+    default_security: tls.Security = tls.INSECURE
+
+    def __init__(
+        self,
+        address: str,
+        term: int = 1,
+        heartbeat: float = 0.3,
+        send_heartbeats: bool = True,
+        security: tls.Security | None = None,
+    ):
         self.address = address
+        self.security = security or Director.default_security
         self.term = term
         self.heartbeat = heartbeat
         self.send_heartbeats = send_heartbeats
@@ -54,7 +72,7 @@ class Director:
 
     async def open(self) -> Director:
         _open_directors.append(self)
-        self.channel = rpc.channel(self.address)
+        self.channel = rpc.channel(self.address, self.security)
         self.call = subagent_pb2_grpc.SubagentServiceStub(self.channel).Session()
         await self.send(
             hello=pb.Hello(
@@ -104,6 +122,10 @@ class Director:
         assert response.seq == self.last_seq + 1 or self.last_seq == 0, (self.last_seq, response)
         self.last_seq = response.seq
         return response
+
+    def pending(self) -> int:
+        """Numbered messages received and not yet taken with next()."""
+        return self._responses.qsize()
 
     async def until_exited(self, key: str, ack: bool = False) -> list[pb.SessionResponse]:
         """Every numbered message up to and including `key`'s ProcessExited."""
@@ -170,7 +192,7 @@ async def read_pid(path: Path) -> int:
 
 
 @pytest.fixture
-def subagent_factory(tmp_path: Path) -> Iterator[Callable[..., Launched]]:
+def subagent_factory(tmp_path: Path, certificates: Certificates) -> Iterator[Callable[..., Launched]]:
     started: list[Launched] = []
 
     def start(director_timeout: float = 10.0, env: dict[str, str] | None = None) -> Launched:
@@ -185,6 +207,7 @@ def subagent_factory(tmp_path: Path) -> Iterator[Callable[..., Launched]]:
                 "sub-1",
                 "--director-timeout",
                 str(director_timeout),
+                *certificates.args("sub-1", peers=["director"]),
             ],
             data_dir,
             env={"OSTINATO_SECRET": "not for jobs", **(env or {})},
@@ -395,7 +418,7 @@ async def test_terms_fence_sessions(subagent: Launched) -> None:
 
 
 async def test_session_rules(subagent: Launched) -> None:
-    channel = rpc.channel(subagent.address)
+    channel = rpc.channel(subagent.address, Director.default_security)
     call = subagent_pb2_grpc.SubagentServiceStub(channel).Session()
     await call.write(pb.SessionRequest(heartbeat=pb.Heartbeat()))
     with pytest.raises(grpc.aio.AioRpcError) as raised:
