@@ -26,7 +26,7 @@ from joc_svc.deployer import Deployer
 from joc_svc.events import Hub
 from joc_svc.projection import Projected, is_final, replay
 from joc_svc.store import DeploymentRow, ObjectRow, Store
-from ostinato import signing, tracing
+from ostinato import signing, tls, tracing
 from ostinato.errors import FailedPrecondition, InvalidArgument, NotFound, OstinatoError
 
 log = logging.getLogger(__name__)
@@ -657,11 +657,22 @@ class AccountServicer(joc_pb2_grpc.AccountServiceServicer):
             )
         if request.name == auth.ROOT:
             raise InvalidArgument("the root account's roles stay", field="name")
-        row = await asyncio.to_thread(self.joc.accounts.put, request.name, roles, self.joc.clock())
-        self.joc.authenticator.forget()
-        await self.joc.audit(
-            "put account", f"{row.name} {','.join(auth.role_word(r).lower() for r in row.roles)}"
+        subject = None
+        if request.cert_subject:
+            subject = tls.normalize_dn(request.cert_subject, field="cert_subject")
+        row = await asyncio.to_thread(
+            self.joc.accounts.put,
+            request.name,
+            roles,
+            self.joc.clock(),
+            request.HasField("cert_subject"),
+            subject,
         )
+        self.joc.authenticator.forget()
+        what = f"{row.name} {','.join(auth.role_word(r).lower() for r in row.roles)}"
+        if row.cert_subject:
+            what += f" certificate {row.cert_subject}"
+        await self.joc.audit("put account", what)
         return joc_pb2.PutAccountResponse(account=convert.account_pb(row))
 
     async def ListAccounts(

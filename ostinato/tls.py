@@ -224,14 +224,19 @@ def identity_of(pem: bytes) -> Identity:
     return Identity(certificate.subject.rfc4514_string(), names)
 
 
+def normalize_dn(text: str, field: str) -> str:
+    """A DN in canonical RFC 4514 form (`CN=a, O=b` -> `CN=a,O=b`); errors name `field`."""
+    try:
+        return pki.parse_dn(text).rfc4514_string()
+    except InvalidArgument as e:
+        raise InvalidArgument(str(e), field=field) from None
+
+
 def normalize(identity: str) -> str:
-    """A DN in canonical RFC 4514 form (`CN=a, O=b` -> `CN=a,O=b`); a SAN as given, lower case."""
+    """An identity as --tls-peer gives it: a DN in canonical form, or a SAN (lower case)."""
     text = identity.strip()
     if "=" in text:
-        try:
-            return pki.parse_dn(text).rfc4514_string()
-        except InvalidArgument as e:
-            raise InvalidArgument(str(e), field="--tls-peer") from None
+        return normalize_dn(text, "--tls-peer")
     if not text:
         raise InvalidArgument("an empty identity", field="--tls-peer")
     return text.lower()
