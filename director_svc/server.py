@@ -180,6 +180,7 @@ async def serve(config: DirectorConfig, stop: asyncio.Event) -> None:
             config.node.data_dir / "builtin-subagent",
             "127.0.0.1:0",
             director_timeout=BUILTIN_DIRECTOR_TIMEOUT_S,
+            verifier=config.node.trust or signing.Verifier(),
             security=own if own.insecure else own.accepting([own.subject()]),
         )
         config.subagents = {config.builtin_subagent: builtin.server.address, **config.subagents}

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from director_svc.core import ProcessSpec
+from gen.ostinato.common.v1 import items_pb2
 from gen.ostinato.subagent.v1 import subagent_pb2, subagent_pb2_grpc
 from ostinato import rpc, tracing
 from ostinato.journal.eventlog import BATCH_BYTES
@@ -163,6 +164,7 @@ class SubagentDriver:
         self, outbox: asyncio.Queue[subagent_pb2.SessionRequest | None], sent: set[str]
     ) -> None:
         killed: set[str] = set()
+        attached: set[tuple[str, str]] = set()  # signed items handed over in this session
         while True:
             self._wake.clear()
             core = self.director.core
@@ -191,8 +193,22 @@ class SubagentDriver:
                     ):
                         request = start_request(spec)
                         request.trace_parent = tracing.current_traceparent() or spec.trace_parent
+                    signed = self._unattached(spec, attached)
+                    if signed:
+                        attach = subagent_pb2.AttachSigned(items=signed)
+                        outbox.put_nowait(subagent_pb2.SessionRequest(attach_signed=attach))
                     outbox.put_nowait(subagent_pb2.SessionRequest(start_process=request))
             await self._wake.wait()
+
+    def _unattached(self, spec: ProcessSpec, attached: set[tuple[str, str]]) -> list[items_pb2.SignedItem]:
+        """The signed workflow version and job resources the job needs that the subagent was not
+        handed in this session: it verifies them and runs nothing else."""
+        state = self.director.core.state
+        wanted = [state.signed_workflows.get((spec.workflow_path, spec.workflow_version_id))]
+        wanted += [state.signed_resources.get(path) for path in spec.job_resource_paths]
+        items = [i for i in wanted if i is not None and (i.path, i.version_id) not in attached]
+        attached.update((i.path, i.version_id) for i in items)
+        return items
 
 
 async def _drain(
@@ -214,6 +230,9 @@ def start_request(spec: ProcessSpec) -> subagent_pb2.StartProcess:
         timeout_seconds=spec.timeout_s,
         sigkill_delay_seconds=spec.sigkill_delay_s,
         trace_parent=spec.trace_parent,
+        workflow_path=spec.workflow_path,
+        workflow_version_id=spec.workflow_version_id,
+        position=spec.position,
     )
     if spec.executable.WhichOneof("kind") == "shell_script":
         request.shell_script = spec.executable.shell_script.script

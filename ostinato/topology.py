@@ -268,6 +268,7 @@ class Topology:
                     str(cfg.director_timeout_s),
                     "--process-limit",
                     str(cfg.subagent_process_limit),
+                    *self._trust_args(),
                 ],
             )
         if self.kind_of(name) == "director":

@@ -42,7 +42,7 @@ def two_agents(tmp_path: Path, certificates: Certificates) -> Iterator[str]:
     try:
         directors = {}
         for agent in ("east", "west"):
-            sub = start("subagent", "subagent_svc", f"{agent}-sub", "--id", f"{agent}-sub")
+            sub = start("subagent", "subagent_svc", f"{agent}-sub", "--id", f"{agent}-sub", *trust)
             directors[agent] = start(
                 "director",
                 "director_svc",

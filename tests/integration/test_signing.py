@@ -1,5 +1,5 @@
 """Signatures made by `openssl` (RSA, ECDSA, a CA chain, an expired certificate, a stranger's key),
-checked by the verifier directly and by real controller and director processes."""
+checked by the verifier directly and by real controller, director and subagent processes."""
 
 from __future__ import annotations
 
@@ -12,14 +12,17 @@ from pathlib import Path
 import grpc
 import pytest
 
-from gen.ostinato.common.v1 import events_pb2, items_pb2
+from gen.ostinato.common.v1 import events_pb2, items_pb2, order_pb2, workflow_pb2
 from gen.ostinato.controller.v1 import controller_pb2, controller_pb2_grpc
 from gen.ostinato.director.v1 import director_pb2, director_pb2_grpc
+from gen.ostinato.joc.v1 import joc_pb2
 from ostinato import signing
 from ostinato.errors import InvalidArgument, SignatureRejected
 from ostinato.launch import Launched, launch
+from ostinato.topology import Topology, TopologyConfig
 from tests.integration.certificates import Certificates
 from tests.integration.pki import Pki, make_pki, sign_file
+from tests.integration.support import Joc, shell_job
 
 pytestmark = pytest.mark.integration
 
@@ -311,3 +314,49 @@ def test_a_signature_survives_the_journal(
     )
     assert kept.json == item.json
     assert trusted(pki).verify(kept) == "CN=leaf"
+
+
+# ---- subagents verify what they run
+
+
+class DistrustingSubagents(Topology):
+    """Controller and director trust JOC's root key; the subagents trust only `trusted`."""
+
+    def __init__(self, data_dir: Path, config: TopologyConfig, trusted: Path) -> None:
+        super().__init__(data_dir, config)
+        self.trusted = trusted
+
+    def _args(self, name: str) -> tuple[str, str, list[str]]:
+        kind, module, args = super()._args(name)
+        if name in self.config.subagents:
+            args = [
+                a for a, before in zip(args, ["", *args[:-1]], strict=True) if "--trust" not in (a, before)
+            ]
+            args += ["--trust", str(self.trusted)]
+        return kind, module, args
+
+
+async def test_a_job_the_subagent_cannot_verify_fails_with_the_reason(tmp_path: Path, pki: Pki) -> None:
+    topology = DistrustingSubagents(
+        tmp_path / "t", TopologyConfig.ephemeral(subagents=1), pki.cert("stranger")
+    )
+    topology.start()
+    try:
+        async with topology.channel(topology.joc_address) as channel:
+            joc = Joc.connect(channel)
+            ran = tmp_path / "ran"
+            await joc.deploy_workflow(
+                "/distrusted",
+                {"instructions": [{"execute": {"jobName": "j"}}], "jobs": {"j": shell_job(f"touch {ran}")}},
+            )
+            added = await joc.orders.AddOrder(joc_pb2.AddOrderRequest(workflow_path="/distrusted"))
+            order = await joc.wait_until_ended(added.order_id)
+    finally:
+        topology.stop()
+    assert order.state == order_pb2.ORDER_STATE_FAILED
+    [historic] = order.historic_outcomes
+    outcome = historic.outcome
+    assert outcome.kind == workflow_pb2.OUTCOME_KIND_FAILED and outcome.return_code == 126
+    assert "subagent subagent-1 refused to start the job" in outcome.message, outcome
+    assert "CN=ostinato local root" in outcome.message and "is not trusted" in outcome.message, outcome
+    assert not ran.exists()
