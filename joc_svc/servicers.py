@@ -26,7 +26,7 @@ from joc_svc.deployer import Deployer
 from joc_svc.events import Hub
 from joc_svc.projection import Projected, is_final, replay
 from joc_svc.store import DeploymentRow, ObjectRow, Store
-from ostinato import signing, tls, tracing
+from ostinato import pgp, signing, tls, tracing
 from ostinato.errors import FailedPrecondition, InvalidArgument, NotFound, OstinatoError
 
 log = logging.getLogger(__name__)
@@ -742,6 +742,8 @@ def _not_deployed(
 
 def _signer_subject(item: items_pb2.SignedItem) -> str:
     """Who says they signed an imported item; the controllers verify whether it is so."""
+    if item.signature.algorithm == signing.OPENPGP:
+        return pgp.issuer_of(item.signature.signature)
     if not item.signature.signer_certificate:
         return ""
     try:

@@ -47,6 +47,7 @@ class TopologyConfig:
     signing_key: Path | None = None
     signing_cert: Path | None = None
     trust: list[Path] = field(default_factory=list)
+    trust_pgp: list[Path] = field(default_factory=list)  # OpenPGP public keys of signers
     require_auth: bool = False
     db_url: str | None = None  # JOC's database; default SQLite in its data dir
     # Shape of the controller's and the director's cluster: "single" (one node), "witness" (two
@@ -99,6 +100,7 @@ class TopologyConfig:
             config.signing_key = base / joc["signing_key"]
             config.signing_cert = base / joc["signing_cert"]
         config.trust = [base / p for p in data.get("trust", {}).get("certificates", [])]
+        config.trust_pgp = [base / p for p in data.get("trust", {}).get("pgp_keys", [])]
         security = data.get("tls", {})
         unknown = set(security) - {"insecure", "dir"}
         if unknown:
@@ -247,7 +249,8 @@ class Topology:
     def _trust_args(self) -> list[str]:
         root = self.root_key()
         certificates = ([root[1]] if root else []) + list(self.config.trust)
-        return [a for c in certificates for a in ("--trust", str(c))]
+        keys = [a for k in self.config.trust_pgp for a in ("--trust-pgp", str(k))]
+        return [a for c in certificates for a in ("--trust", str(c))] + keys
 
     def _args(self, name: str) -> tuple[str, str, list[str]]:
         cfg = self.config

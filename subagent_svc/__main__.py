@@ -37,7 +37,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[],
         metavar="FILE",
         help="PEM certificates (signers' or CAs') of the workflows and job resources whose jobs it runs"
-        " (repeatable); without any, it runs no job",
+        " (repeatable); without any (and no --trust-pgp), it runs no job",
+    )
+    parser.add_argument(
+        "--trust-pgp",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="OpenPGP public keys (armored or binary) of the workflows' and job resources' signers"
+        " (repeatable)",
     )
     tls.add_arguments(parser, peers="the nodes of its director (their certificates' identities)")
     args = parser.parse_args(argv)
@@ -45,9 +53,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--process-limit: must be 0 (no limit) or more")
     args.security = tls.from_args(args, parser, peers_required=True)
     try:
-        args.verifier = signing.Verifier.from_files(args.trust)
+        args.verifier = signing.Verifier.from_files(args.trust, args.trust_pgp)
     except InvalidArgument as e:
-        parser.error(f"--trust: {e}")
+        parser.error(f"--trust/--trust-pgp: {e}")
     return args
 
 

@@ -69,7 +69,9 @@ class SignedWork:
                     self.job_resources[item.path] = model.parse_item(item, workflow_pb2.JobResourceItem())
                 self.refused.pop(key, None)
             except (SignatureRejected, InvalidArgument) as e:
+                # The copy handed over last counts: a refused one replaces one verified before.
                 self.refused[key] = str(e)
+                self.workflows.pop(key, None)
                 if item.type == items_pb2.ITEM_TYPE_JOB_RESOURCE:
                     self.job_resources.pop(item.path, None)
                 refusals.append(str(e))

@@ -56,14 +56,22 @@ def add_node_arguments(parser: argparse.ArgumentParser, peers: str) -> None:
         help="PEM certificates (signers' or CAs') whose signatures deployed items may carry (repeatable);"
         " without any, every signed item is rejected",
     )
+    parser.add_argument(
+        "--trust-pgp",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="OpenPGP public keys (armored or binary) whose signatures (.asc) deployed items may carry"
+        " (repeatable)",
+    )
     tls.add_arguments(parser, peers=f"{peers} and the other nodes of its cluster")
 
 
 def node_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> NodeConfig:
     try:
-        trust = signing.Verifier.from_files(getattr(args, "trust", []))
+        trust = signing.Verifier.from_files(args.trust, args.trust_pgp)
     except InvalidArgument as e:
-        parser.error(f"--trust: {e}")
+        parser.error(f"--trust/--trust-pgp: {e}")
     if args.cluster is None:
         if args.node:
             parser.error("--node needs --cluster")
