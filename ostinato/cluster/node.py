@@ -19,7 +19,7 @@ from typing import Any
 
 from gen.ostinato.common.v1 import cluster_pb2, events_pb2
 from ostinato.cluster.config import NodeConfig
-from ostinato.errors import NotActive
+from ostinato.errors import InvalidArgument, NotActive
 from ostinato.journal.replicated import Journal, cluster_password
 from ostinato.journal.shell import JournalShell, now_ms
 
@@ -43,10 +43,16 @@ class JournaledNode(ABC):
 
     async def start(self, new_state: Callable[[], Any]) -> None:
         """Opens the journal; the node activates whenever it becomes the leader."""
+        partners = self.node.cluster.partners(self.node.name)
+        if partners and not self.node.cluster_password:
+            # A password made up by each node would keep them apart; none would leave pickle open.
+            raise InvalidArgument(
+                "a cluster of several nodes needs their common password", field="cluster_password"
+            )
         self.journal = Journal(
             data_dir=self.node.data_dir / "journal",
             self_address=self.node.member.raft,
-            partners=self.node.cluster.partners(self.node.name),
+            partners=partners,
             password=cluster_password(self.node.data_dir, self.node.cluster_password),
             new_state=new_state,
             witness=self.node.member.witness,
