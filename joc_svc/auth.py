@@ -286,7 +286,6 @@ class Authenticator:
         self.accounts = accounts
         self.required = required
         self._cache: dict[str, tuple[float, AccountRow | None]] = {}
-        self._peers = tls.Peers(())
 
     def forget(self) -> None:
         self._cache.clear()
@@ -296,7 +295,7 @@ class Authenticator:
         reason = str(metadata.get(REASON_METADATA, ""))
         header = str(metadata.get("authorization", ""))
         if not header:
-            identity = self._peers.identity(context)
+            identity = tls.peer_identity(context)
             if identity is not None:
                 account = await self._lookup(
                     f"subject {identity.subject}", self.accounts.by_cert_subject, identity.subject

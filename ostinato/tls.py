@@ -214,6 +214,22 @@ class Identity:
         return f"{self.subject} (SAN {', '.join(self.names)})" if self.names else self.subject
 
 
+_identities: dict[bytes, Identity] = {}
+
+
+def peer_identity(context: grpc.aio.ServicerContext) -> Identity | None:
+    """The client's certificate identity (None on a plain-text connection)."""
+    pem = next(iter(context.auth_context().get("x509_pem_cert", ())), b"")
+    if not pem:
+        return None
+    found = _identities.get(pem)
+    if found is None:
+        if len(_identities) > 1024:
+            _identities.clear()
+        found = _identities[pem] = identity_of(pem)
+    return found
+
+
 def identity_of(pem: bytes) -> Identity:
     certificate = x509.load_pem_x509_certificate(pem)
     try:
@@ -248,20 +264,7 @@ class Peers:
     def __init__(self, allowed: Iterable[str], service: str = "this service") -> None:
         self.allowed = frozenset(normalize(a) for a in allowed)
         self.service = service
-        self._identities: dict[bytes, Identity] = {}
         self._refused: dict[str, tuple[float, int]] = {}
-
-    def identity(self, context: grpc.aio.ServicerContext) -> Identity | None:
-        """The client's certificate identity (None on a plain-text connection)."""
-        pem = next(iter(context.auth_context().get("x509_pem_cert", ())), b"")
-        if not pem:
-            return None
-        found = self._identities.get(pem)
-        if found is None:
-            if len(self._identities) > 1024:
-                self._identities.clear()
-            found = self._identities[pem] = identity_of(pem)
-        return found
 
     def accepts(self, identity: Identity) -> bool:
         if not self.allowed:
@@ -272,7 +275,7 @@ class Peers:
         """Raises PermissionDenied for a client whose identity is not among the allowed."""
         if not self.allowed or method.startswith(OPEN_TO_ANY_PEER):
             return
-        identity = self.identity(context)
+        identity = peer_identity(context)
         if identity is not None and self.accepts(identity):
             return
         shown = str(identity) if identity is not None else "no certificate"

@@ -20,11 +20,15 @@ import pytest
 from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gen.ostinato.common.v1 import order_pb2
+from gen.ostinato.joc.v1 import joc_pb2
 from gen.ostinato.subagent.v1 import subagent_pb2 as pb
 from gen.ostinato.subagent.v1 import subagent_pb2_grpc
 from ostinato import rpc, tls
 from ostinato.launch import Launched, launch
-from tests.integration.support import eventually
+from ostinato.topology import Topology, TopologyConfig
+from tests.integration.certificates import Certificates
+from tests.integration.support import Joc, eventually, shell_job
 from tests.integration.test_subagent import Director
 
 pytestmark = pytest.mark.integration
@@ -162,7 +166,7 @@ async def session_refused(channel: grpc.aio.Channel) -> tuple[grpc.StatusCode, s
             agent_name="agent-1", director_id="rogue", term=1_000_000_000_000, heartbeat_seconds=1
         )
         rogue = pb.StartProcess(process_key="rogue", shell_script="id > f")
-        with contextlib.suppress(grpc.aio.AioRpcError):
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
             await call.write(pb.SessionRequest(hello=hello))
             await call.write(pb.SessionRequest(start_process=rogue))
             response = await asyncio.wait_for(call.read(), 10)
@@ -347,3 +351,29 @@ def test_pki_commands_make_certificates_services_accept(tmp_path: Path) -> None:
         assert asyncio.run(session()) == "subagent-1"
     finally:
         subagent.stop()
+
+
+async def test_plain_text_only_when_every_side_says_insecure(
+    tmp_path: Path, certificates: Certificates
+) -> None:
+    config = TopologyConfig.ephemeral(subagents=1)
+    config.insecure = True
+    topology = Topology(tmp_path / "plain", config)
+    topology.start()
+    try:
+        async with topology.channel(topology.joc_address) as channel:
+            joc = Joc.connect(channel)
+            await joc.deploy_workflow(
+                "/plain", {"instructions": [{"execute": {"jobName": "j"}}], "jobs": {"j": shell_job("true")}}
+            )
+            added = await joc.orders.AddOrder(joc_pb2.AddOrderRequest(workflow_path="/plain"))
+            assert (await joc.wait_until_ended(added.order_id)).state == order_pb2.ORDER_STATE_FINISHED
+        # A TLS client is refused by a plain-text server too: both sides must agree.
+        async with certificates.channel(topology.joc_address) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        topology.stop()
+    for name, service in topology.services.items():
+        assert "runs in PLAIN TEXT (--insecure)" in service.log_text(), name
