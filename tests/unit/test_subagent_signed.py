@@ -18,7 +18,6 @@ from ostinato import signing
 from subagent_svc.signed import SignedWork
 
 T0 = 1_700_000_000_000
-NOW = datetime.now(UTC)  # the certificates are made now
 
 WORKFLOW = {
     "path": "/wf",
@@ -68,7 +67,8 @@ def starts(author: signing.Signer) -> tuple[DirectorCore, list[pb.StartProcess]]
 def verified(director: DirectorCore, trusted: signing.Signer) -> SignedWork:
     work = SignedWork(signing.Verifier([trusted.certificate]))
     state = director.state
-    assert work.attach([state.signed_workflows[("/wf", "v1")], state.signed_resources["/env"]], NOW) == []
+    items = [state.signed_workflows[("/wf", "v1")], state.signed_resources["/env"]]
+    assert work.attach(items, datetime.now(UTC)) == []
     return work
 
 
@@ -112,7 +112,7 @@ def test_anything_else_is_refused_with_the_reason(author: signing.Signer) -> Non
             director.state.signed_workflows[("/wf", "v1")],
             item(items_pb2.ITEM_TYPE_JOB_RESOURCE, RESOURCE, stranger),
         ],
-        NOW,
+        datetime.now(UTC),
     )
     assert len(refused) == 1 and "job resource /env" in refused[0] and "CN=stranger" in refused[0]
     why = str(other.check(named))
@@ -123,7 +123,7 @@ def test_anything_else_is_refused_with_the_reason(author: signing.Signer) -> Non
     tampered.CopyFrom(director.state.signed_workflows[("/wf", "v1")])
     tampered.json = tampered.json.replace("echo", "rm -rf /; echo")
     third = SignedWork(signing.Verifier([author.certificate]))
-    assert third.attach([tampered], NOW)
+    assert third.attach([tampered], datetime.now(UTC))
     assert "was refused" in str(third.check(named)) and "does not match the JSON text" in str(
         third.check(named)
     )
