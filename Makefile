@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BUF := node_modules/.bin/buf
 
-.PHONY: demo test unit check lint gen gen-check lint-protos breaking bench up clean
+.PHONY: demo test unit check lint gen gen-check lint-protos breaking bench up clean test-tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,14 @@ demo: $(STAMP)
 up: $(STAMP)
 	$(VENV)/bin/ostinato up
 
-test: $(STAMP) $(BUF)
+# The tests make OpenPGP keys with the real gpg and certificates with openssl (Debian packages).
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+test-tools:
+	@command -v gpg >/dev/null && command -v openssl >/dev/null || { \
+		echo "installing gpg and openssl for the tests"; \
+		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q gpg openssl; }
+
+test: $(STAMP) $(BUF) test-tools
 	$(VENV)/bin/pytest -q
 
 unit: $(STAMP)

@@ -35,7 +35,6 @@ from typing import Any
 from bench import failover, held, jobs, replication
 from gen.ostinato.common.v1 import items_pb2
 from gen.ostinato.joc.v1 import joc_pb2, joc_pb2_grpc
-from ostinato import rpc
 from ostinato.topology import ROOT, Topology, TopologyConfig
 
 PARTS = ("latency", "failover", "replication", "jobs", "held")
@@ -55,8 +54,8 @@ def spawn_baseline(n: int) -> list[float]:
     return times
 
 
-async def order_latencies(joc_address: str, n: int) -> list[float]:
-    channel = rpc.channel(joc_address)
+async def order_latencies(topology: Topology, n: int) -> list[float]:
+    channel = topology.channel(topology.joc_address)
     inventory = joc_pb2_grpc.InventoryServiceStub(channel)
     deployment = joc_pb2_grpc.DeploymentServiceStub(channel)
     orders = joc_pb2_grpc.OrderServiceStub(channel)
@@ -92,22 +91,33 @@ def summary(times: list[float]) -> dict[str, float]:
 
 def latency(n: int) -> dict[str, Any]:
     baseline = summary(spawn_baseline(n))
+    order, startup_s = topology_latency(n, insecure=False)
+    plain, _ = topology_latency(n, insecure=True)
+    return {
+        "order_submit_to_finished_p50_ms": order["p50_ms"],
+        "order_submit_to_finished_plain_text_p50_ms": plain["p50_ms"],
+        "baseline_spawn_sh_true": baseline,
+        "order_submit_to_finished_one_trivial_job": order,
+        "order_submit_to_finished_plain_text": plain,
+        "ratio_p50_order_to_spawn": round(order["p50_ms"] / baseline["p50_ms"], 1),
+        "ratio_p50_tls_to_plain_text": round(order["p50_ms"] / plain["p50_ms"], 2),
+        "topology_startup_s": round(startup_s, 2),
+    }
+
+
+def topology_latency(n: int, insecure: bool) -> tuple[dict[str, float], float]:
+    """Order latencies, and how long the topology took to start (making its certificates)."""
     with tempfile.TemporaryDirectory(prefix="ostinato-bench-") as tmp:
-        topology = Topology(Path(tmp), TopologyConfig.ephemeral())
+        config = TopologyConfig.ephemeral()
+        config.insecure = insecure
+        topology = Topology(Path(tmp), config)
         t = time.perf_counter()
         topology.start()
         startup_s = time.perf_counter() - t
         try:
-            order = summary(asyncio.run(order_latencies(topology.joc_address, n)))
+            return summary(asyncio.run(order_latencies(topology, n))), startup_s
         finally:
             topology.stop()
-    return {
-        "order_submit_to_finished_p50_ms": order["p50_ms"],
-        "baseline_spawn_sh_true": baseline,
-        "order_submit_to_finished_one_trivial_job": order,
-        "ratio_p50_order_to_spawn": round(order["p50_ms"] / baseline["p50_ms"], 1),
-        "topology_startup_s": round(startup_s, 2),
-    }
 
 
 def sizes(text: str) -> list[int]:
@@ -218,6 +228,20 @@ def main() -> int:
             parallel=args.spawn_parallel,
             clusters=not args.no_clusters,
             log=lambda line: print(line, flush=True),
+        )
+        # The same single nodes in plain text (--insecure), for what mutual TLS costs.
+        plain = jobs.run(
+            args.jobs_orders,
+            args.jobs_concurrency,
+            spawns=args.spawns,
+            parallel=args.spawn_parallel,
+            clusters=False,
+            log=lambda line: print(f"plain text: {line.strip()}", flush=True),
+            insecure=True,
+        )
+        result["jobs"]["plain_text"] = {k: plain[k] for k in ("throughput", "cpu_ms_per_order")}
+        result["jobs"]["ratio_jobs_tls_to_plain_text"] = round(
+            result["jobs"]["throughput"]["jobs_per_s"] / plain["throughput"]["jobs_per_s"], 3
         )
         measured_at["jobs"] = _now()
     if "held" in parts:

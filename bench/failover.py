@@ -35,7 +35,6 @@ import grpc
 
 from gen.ostinato.common.v1 import cluster_pb2, cluster_pb2_grpc, items_pb2
 from gen.ostinato.joc.v1 import joc_pb2, joc_pb2_grpc
-from ostinato import rpc
 from ostinato.topology import Topology, TopologyConfig
 
 KINDS = ("controller", "director")
@@ -171,7 +170,8 @@ class Nodes:
     def __init__(self, topology: Topology, kind: str) -> None:
         self.topology = topology
         self.names = list(topology.nodes[kind])
-        self.channels = {n: rpc.channel(topology.addresses[n]) for n in self.names}
+        # As each node itself: a node accepts its own cluster's nodes.
+        self.channels = {n: topology.channel(topology.addresses[n], as_name=n) for n in self.names}
 
     async def status(self, name: str) -> cluster_pb2.ClusterNode | None:
         stub = cluster_pb2_grpc.ClusterServiceStub(self.channels[name])
@@ -189,7 +189,7 @@ class Nodes:
 
     async def reconnect(self, name: str) -> None:
         old = self.channels[name]
-        self.channels[name] = rpc.channel(self.topology.addresses[name])
+        self.channels[name] = self.topology.channel(self.topology.addresses[name], as_name=name)
         await old.close()
 
     async def close(self) -> None:
@@ -305,7 +305,7 @@ async def measure(
     topology: Topology, kills: int, kinds: Sequence[str], interval: float, log: Any = print
 ) -> tuple[dict[str, list[Kill]], dict[str, Any]]:
     starts = Starts(topology.data_dir / "job-starts.txt")
-    channel = rpc.channel(topology.joc_address)
+    channel = topology.channel(topology.joc_address)
     inventory = joc_pb2_grpc.InventoryServiceStub(channel)
     deployment = joc_pb2_grpc.DeploymentServiceStub(channel)
     await inventory.PutObject(

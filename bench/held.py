@@ -135,9 +135,9 @@ async def until(check: Callable[[], Awaitable[bool]], timeout_s: float) -> float
 async def connected(topology: Topology, work: Path) -> AsyncIterator[Services]:
     """Clients of JOC, the controller and the director; the trivial and the recording workflow
     deployed."""
-    joc = rpc.channel(topology.joc_address)
-    controller = rpc.channel(topology.addresses["controller"])
-    director = rpc.channel(topology.addresses["director"])
+    joc = topology.channel(topology.joc_address)
+    controller = topology.channel(topology.addresses["controller"])
+    director = topology.channel(topology.addresses["director"])
     services = Services(
         topology,
         joc_pb2_grpc.OrderServiceStub(joc),

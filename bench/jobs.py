@@ -44,7 +44,6 @@ import grpc
 from bench import procstat, replication
 from gen.ostinato.common.v1 import items_pb2
 from gen.ostinato.joc.v1 import joc_pb2, joc_pb2_grpc
-from ostinato import rpc
 from ostinato.topology import Topology
 
 SUBAGENTS = 3
@@ -252,7 +251,7 @@ async def measure(
     topology: Topology, work: Path, orders: int, concurrency: int, idle: int | None
 ) -> dict[str, Any]:
     """Throughput and CPU per order; with `idle` (a number of orders), scheduling latency too."""
-    channel = rpc.channel(topology.joc_address)
+    channel = topology.channel(topology.joc_address)
     stub = joc_pb2_grpc.OrderServiceStub(channel)
     starts = work / "job-starts.txt"
     starts.touch()
@@ -278,18 +277,22 @@ async def measure(
     return figures
 
 
-def start_topology(shape: str, data_dir: Path) -> tuple[Topology, float]:
+def start_topology(shape: str, data_dir: Path, insecure: bool = False) -> tuple[Topology, float]:
     """JOC, the controller and the director of this cluster shape (bench/replication.py) and
-    SUBAGENTS subagents, started; and how long starting took."""
-    topology = Topology(data_dir, replication.config(shape, SUBAGENTS))
+    SUBAGENTS subagents, started (mutual TLS unless `insecure`); and how long starting took."""
+    config = replication.config(shape, SUBAGENTS)
+    config.insecure = insecure
+    topology = Topology(data_dir, config)
     started = time.perf_counter()
     topology.start()
     return topology, time.perf_counter() - started
 
 
-def measure_shape(shape: str, orders: int, concurrency: int, idle: int | None) -> dict[str, Any]:
+def measure_shape(
+    shape: str, orders: int, concurrency: int, idle: int | None, insecure: bool = False
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix=f"ostinato-bench-jobs-{shape}-") as tmp:
-        topology, startup_s = start_topology(shape, Path(tmp) / "topology")
+        topology, startup_s = start_topology(shape, Path(tmp) / "topology", insecure)
         try:
             figures = asyncio.run(measure(topology, Path(tmp), orders, concurrency, idle))
         finally:
@@ -305,13 +308,15 @@ def run(
     idle: int = 20,
     clusters: bool = True,
     log: Any = print,
+    insecure: bool = False,
 ) -> dict[str, Any]:
+    """`insecure`: plain text between the services instead of mutual TLS."""
     spawn = spawn_rates(spawns, parallel)
     log(
         f"  bare spawn of sh -c true: {spawn['sequential_per_s']}/s one by one,"
         f" {spawn['parallel_per_s']}/s {parallel} at a time"
     )
-    single = measure_shape("single", orders, concurrency, idle)
+    single = measure_shape("single", orders, concurrency, idle, insecure)
     jobs_per_s = single["throughput"]["jobs_per_s"]
     result: dict[str, Any] = {
         "spawn": spawn,

@@ -17,7 +17,6 @@ from typing import Any
 
 from gen.ostinato.common.v1 import items_pb2
 from gen.ostinato.joc.v1 import joc_pb2, joc_pb2_grpc
-from ostinato import rpc
 from ostinato.topology import Topology, TopologyConfig
 
 WORKFLOW_PATH = "/bench/throughput"
@@ -35,8 +34,8 @@ WARM_UP = 5
 ORDER_TIMEOUT_S = 60.0
 
 
-async def throughput(joc_address: str, orders: int, concurrency: int) -> dict[str, Any]:
-    channel = rpc.channel(joc_address)
+async def throughput(topology: Topology, orders: int, concurrency: int) -> dict[str, Any]:
+    channel = topology.channel(topology.joc_address)
     inventory = joc_pb2_grpc.InventoryServiceStub(channel)
     deployment = joc_pb2_grpc.DeploymentServiceStub(channel)
     stub = joc_pb2_grpc.OrderServiceStub(channel)
@@ -91,7 +90,7 @@ def measure(shape: str, orders: int, concurrency: int, data_dir: Path) -> dict[s
     topology = Topology(data_dir, config(shape))
     topology.start()
     try:
-        return asyncio.run(throughput(topology.joc_address, orders, concurrency))
+        return asyncio.run(throughput(topology, orders, concurrency))
     finally:
         topology.stop()
 

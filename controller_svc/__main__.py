@@ -6,13 +6,13 @@ import argparse
 import sys
 
 from controller_svc.server import ControllerConfig, serve
-from ostinato import rpc, service
-from ostinato.journal.node import add_node_arguments, node_config
+from ostinato import rpc, service, tls
+from ostinato.cluster.config import add_node_arguments, node_config
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="ostinato controller", description="Run a controller node.")
-    add_node_arguments(p)
+    add_node_arguments(p, peers="its JOC instances")
     p.add_argument("--id", default="controller", help="controller id (JOC names controllers by it)")
     p.add_argument(
         "--agent",
@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
         controller_id=args.id,
         agents={name: rpc.parse_cluster_addresses(a) for name, a in args.agent},
     )
-    return service.run("controller", lambda stop: serve(config, stop))
+    security = tls.from_args(args, p, peers_required=True)
+    return service.run("controller", lambda stop: serve(config, stop), security)
 
 
 if __name__ == "__main__":

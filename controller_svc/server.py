@@ -24,8 +24,10 @@ from controller_svc.core import (
 from gen.ostinato.common.v1 import cluster_pb2, commands_pb2, events_pb2
 from gen.ostinato.controller.v1 import controller_pb2, controller_pb2_grpc
 from ostinato import rpc, signing
+from ostinato.cluster.config import NodeConfig
+from ostinato.cluster.node import JournaledNode
+from ostinato.cluster.serve import serve_node
 from ostinato.errors import InvalidArgument, NotFound
-from ostinato.journal.node import JournaledNode, NodeConfig, serve_node
 from ostinato.journal.shell import now_ms
 
 log = logging.getLogger(__name__)

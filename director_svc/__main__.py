@@ -6,13 +6,13 @@ import argparse
 import sys
 
 from director_svc.server import DirectorConfig, serve
-from ostinato import service
-from ostinato.journal.node import add_node_arguments, node_config
+from ostinato import service, tls
+from ostinato.cluster.config import add_node_arguments, node_config
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="ostinato director", description="Run a director agent node.")
-    add_node_arguments(p)
+    add_node_arguments(p, peers="its controller nodes")
     p.add_argument("--agent-name", default="agent-1", help="the agent's name, as workflows' jobs name it")
     p.add_argument(
         "--subagent",
@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     if config.builtin_subagent in config.subagents:
         p.error(f"--builtin-subagent: {config.builtin_subagent} is a --subagent already")
-    return service.run("director", lambda stop: serve(config, stop))
+    security = tls.from_args(args, p, peers_required=True)
+    return service.run("director", lambda stop: serve(config, stop), security)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,9 @@ def start_process(spec: ProcessSpec) -> pb.StartProcess:
         timeout_seconds=spec.timeout_s,
         sigkill_delay_seconds=spec.sigkill_delay_s,
         trace_parent=spec.trace_parent,
+        workflow_path=spec.workflow_path,
+        workflow_version_id=spec.workflow_version_id,
+        position=spec.position,
     )
     if spec.executable.WhichOneof("kind") == "shell_script":
         request.shell_script = spec.executable.shell_script.script

@@ -143,6 +143,11 @@ class ProcessSpec:
     timeout_s: float
     sigkill_delay_s: float
     trace_parent: str
+    # Where the job is, for the subagent's check against the signed workflow.
+    workflow_path: str = ""
+    workflow_version_id: str = ""
+    position: order_pb2.Position = field(default_factory=order_pb2.Position)
+    job_resource_paths: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +188,10 @@ class DirectorState(OrderHolder):
         self.item_versions: dict[tuple[str, str], str] = {}  # (ItemDeployed field, path) -> digest
         # Jobs started per subagent cluster: its round-robin turns by it, so replay picks the same.
         self.cluster_starts: dict[str, int] = {}
+        # As signed, for subagents, which verify what they run: workflow versions and the current
+        # version of each job resource.
+        self.signed_workflows: dict[tuple[str, str], items_pb2.SignedItem] = {}
+        self.signed_resources: dict[str, items_pb2.SignedItem] = {}
 
     def apply_to_state(self, event: Event) -> None:
         kind = event.WhichOneof("kind")
@@ -211,12 +220,28 @@ class DirectorState(OrderHolder):
         elif kind == "item_deployed":
             deployed = event.item_deployed
             item = deployed.WhichOneof("item")
-            if item == "subagent_cluster":
+            if item == "workflow":
+                wf = deployed.workflow
+                self.signed_workflows[(wf.path, wf.version_id)] = items_pb2.SignedItem(
+                    type=items_pb2.ITEM_TYPE_WORKFLOW,
+                    path=wf.path,
+                    version_id=wf.version_id,
+                    json=deployed.signed_json,
+                    signature=deployed.signature,
+                )
+            elif item == "subagent_cluster":
                 self.subagent_clusters[deployed.subagent_cluster.path] = deployed.subagent_cluster
                 self.item_versions[(item, deployed.subagent_cluster.path)] = item_digest(deployed.signed_json)
             elif item == "job_resource":
                 self.job_resources[deployed.job_resource.path] = deployed.job_resource
                 self.item_versions[(item, deployed.job_resource.path)] = item_digest(deployed.signed_json)
+                self.signed_resources[deployed.job_resource.path] = items_pb2.SignedItem(
+                    type=items_pb2.ITEM_TYPE_JOB_RESOURCE,
+                    path=deployed.job_resource.path,
+                    version_id=item_digest(deployed.signed_json),
+                    json=deployed.signed_json,
+                    signature=deployed.signature,
+                )
 
     def job_of(self, order: order_pb2.Order) -> workflow_pb2.Job:
         return _job_at(self.workflow_of(order), order)
@@ -731,6 +756,11 @@ class DirectorCore:
             timeout_s=job.timeout.ToNanoseconds() / 1e9,
             sigkill_delay_s=job.sigkill_delay.ToNanoseconds() / 1e9,
             trace_parent=order.trace_parent,
+            workflow_path=order.workflow_path,
+            workflow_version_id=order.workflow_version_id,
+            # A copy: the order's own position moves on when the job has ended.
+            position=order_pb2.Position(nr=order.position.nr, branch_path=order.position.branch_path),
+            job_resource_paths=(*job.job_resource_paths, *workflow.job_resource_paths),
         )
 
 
@@ -767,7 +797,7 @@ def outcome_of(exited: Exited, job: workflow_pb2.Job, stderr_written: bool = Fal
             return_code=exited.return_code,
             message=message,
         )
-    elif exited.return_code not in success_codes or exited.timed_out:
+    elif exited.return_code not in success_codes or exited.timed_out or exited.not_started:
         message = exited.message or f"return code {exited.return_code}"
         outcome = workflow_pb2.Outcome(kind=FAILED, return_code=exited.return_code, message=message)
     elif job.fail_on_stderr and stderr_written:

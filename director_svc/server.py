@@ -24,9 +24,11 @@ from director_svc.core import (
 from director_svc.subagents import SubagentDriver
 from gen.ostinato.common.v1 import commands_pb2, events_pb2
 from gen.ostinato.director.v1 import director_pb2, director_pb2_grpc
-from ostinato import rpc, signing
+from ostinato import rpc, signing, tls
+from ostinato.cluster.config import NodeConfig
+from ostinato.cluster.node import JournaledNode
+from ostinato.cluster.serve import serve_node
 from ostinato.errors import FailedPrecondition
-from ostinato.journal.node import JournaledNode, NodeConfig, serve_node
 from ostinato.journal.shell import now_ms
 from subagent_svc import server as subagent_server
 
@@ -183,11 +185,15 @@ async def serve(config: DirectorConfig, stop: asyncio.Event) -> None:
     if config.builtin_subagent:
         # A subagent like any other, on a loopback port of its own, that the director dials first.
         # Its jobs outlive a crashed director; a restart kills them as orphans, as any subagent does.
+        # It accepts this director alone, by the certificate both use.
+        own = tls.current()
         builtin = await subagent_server.start(
             config.builtin_subagent,
             config.node.data_dir / "builtin-subagent",
             "127.0.0.1:0",
             director_timeout=BUILTIN_DIRECTOR_TIMEOUT_S,
+            verifier=config.node.trust or signing.Verifier(),
+            security=own if own.insecure else own.accepting([own.subject()]),
         )
         config.subagents = {config.builtin_subagent: builtin.server.address, **config.subagents}
     director = Director(config)

@@ -17,8 +17,8 @@ from typing import Protocol
 import grpc
 
 from director_svc import convert
-from director_svc.core import DirectorCore, Stimulus, SubagentLost, SubagentUnreachable
-from gen.ostinato.common.v1 import events_pb2
+from director_svc.core import DirectorCore, ProcessSpec, Stimulus, SubagentLost, SubagentUnreachable
+from gen.ostinato.common.v1 import events_pb2, items_pb2
 from gen.ostinato.subagent.v1 import subagent_pb2, subagent_pb2_grpc
 from ostinato import rpc, tracing
 from ostinato.journal.eventlog import BATCH_BYTES
@@ -166,27 +166,52 @@ class SubagentDriver:
             await asyncio.sleep(self.heartbeat_s)
 
     async def _send_work(self, outbox: asyncio.Queue[subagent_pb2.SessionRequest | None]) -> None:
+        attached: set[tuple[str, str]] = set()  # signed items handed over in this session
         while True:
             self._wake.clear()
             work = self.director.core.subagent_work(self.subagent_id, self.director.committed_id)
-            for spec in work.starts:
-                # The order carries its trace through the journals; this span puts the hand-over
-                # to the subagent into it.
-                with tracing.span_from_traceparent(
-                    "job start",
-                    spec.trace_parent,
-                    order_id=spec.order_id,
-                    job=spec.job_name,
-                    subagent=self.subagent_id,
-                ):
-                    request = convert.start_process(spec)
-                    request.trace_parent = tracing.current_traceparent() or spec.trace_parent
-                outbox.put_nowait(subagent_pb2.SessionRequest(start_process=request))
+            if work.starts:
+                signed = self._unattached(work.starts, attached)
+                if signed:
+                    attach = subagent_pb2.AttachSigned(items=signed)
+                    outbox.put_nowait(subagent_pb2.SessionRequest(attach_signed=attach))
+                starts = subagent_pb2.StartProcesses(processes=[self._start_process(s) for s in work.starts])
+                outbox.put_nowait(subagent_pb2.SessionRequest(start_processes=starts))
             for key in work.kills:
                 outbox.put_nowait(
                     subagent_pb2.SessionRequest(kill_process=subagent_pb2.KillProcess(process_key=key))
                 )
             await self._wake.wait()
+
+    def _start_process(self, spec: ProcessSpec) -> subagent_pb2.StartProcess:
+        # The order carries its trace through the journals; this span puts the hand-over to the
+        # subagent into it.
+        with tracing.span_from_traceparent(
+            "job start",
+            spec.trace_parent,
+            order_id=spec.order_id,
+            job=spec.job_name,
+            subagent=self.subagent_id,
+        ):
+            request = convert.start_process(spec)
+            request.trace_parent = tracing.current_traceparent() or spec.trace_parent
+        return request
+
+    def _unattached(
+        self, specs: tuple[ProcessSpec, ...], attached: set[tuple[str, str]]
+    ) -> list[items_pb2.SignedItem]:
+        """The signed workflow versions and job resources the jobs need that the subagent was not
+        handed in this session: it verifies them and runs nothing else."""
+        state = self.director.core.state
+        items: list[items_pb2.SignedItem] = []
+        for spec in specs:
+            wanted = [state.signed_workflows.get((spec.workflow_path, spec.workflow_version_id))]
+            wanted += [state.signed_resources.get(path) for path in spec.job_resource_paths]
+            for item in wanted:
+                if item is not None and (item.path, item.version_id) not in attached:
+                    attached.add((item.path, item.version_id))
+                    items.append(item)
+        return items
 
 
 async def _drain(

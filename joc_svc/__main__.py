@@ -30,7 +30,7 @@ from joc_svc.servicers import (
     OrderServicer,
 )
 from joc_svc.store import Store, default_url
-from ostinato import rpc, service, signing
+from ostinato import rpc, service, signing, tls
 from ostinato.errors import OstinatoError
 
 log = logging.getLogger("joc_svc")
@@ -70,7 +70,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="every call needs 'authorization: Bearer TOKEN' (default: calls without one act as root)",
     )
+    tls.add_arguments(
+        parser,
+        peers="default: any certificate of --tls-ca (clients' certificate identities may name accounts:"
+        " ostinato account add NAME --cert-subject DN)",
+    )
     args = parser.parse_args(argv)
+    args.security = tls.from_args(args, parser, peers_required=False)
     if bool(args.signing_key) != bool(args.signing_cert):
         parser.error("--signing-key and --signing-cert go together")
     if args.signing_key and args.security_level == "high":
@@ -123,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 for name, add, servicer in services
             ],
+            service="JOC",
         )
         await deployer.start()
         ingestion = [
@@ -156,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                 await link.close()
             store.close()
 
-    return service.run("joc", serve)
+    return service.run("joc", serve, args.security)
 
 
 def _prepare_accounts(accounts: auth.AccountStore, args: argparse.Namespace) -> None:

@@ -1,11 +1,13 @@
 """Accounts, roles and permissions; who is calling.
 
-A caller names its account with the metadata `authorization: Bearer TOKEN`. JOC keeps only the
-SHA-256 of each token (tokens are 256 random bits, so a plain hash is as good as a slow one). Roles
-grant permissions; every RPC of JOC's services needs one permission (the table METHODS; a method
-missing from it makes JOC refuse to start, so nothing is open by oversight).
+A caller names its account with the metadata `authorization: Bearer TOKEN`, or by its TLS client
+certificate when an account was given that certificate's subject (`--cert-subject`; a token, when
+given, names the account all the same). JOC keeps only the SHA-256 of each token (tokens are 256
+random bits, so a plain hash is as good as a slow one). Roles grant permissions; every RPC of
+JOC's services needs one permission (the table METHODS; a method missing from it makes JOC refuse
+to start, so nothing is open by oversight).
 
-Without `--require-auth` (the local default) a call without a token acts as the `root` account,
+Without `--require-auth` (the local default) a call naming no account acts as the `root` account,
 named in the audit log by the `x-ostinato-account` metadata the CLI sends; a call with a token is
 checked all the same. The `root` account exists from the first start; its first token is written
 to DATA_DIR/root.token (mode 0600) for when authentication is switched on.
@@ -33,7 +35,8 @@ from google.protobuf.descriptor import ServiceDescriptor
 from gen.ostinato.joc.v1 import joc_pb2
 from joc_svc import naming
 from joc_svc.schema import account_tokens, accounts
-from ostinato.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from ostinato import tls
+from ostinato.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 
 ROOT = "root"
 ACCOUNT_METADATA = "x-ostinato-account"
@@ -118,6 +121,7 @@ class AccountRow:
     signing_certificate: str | None
     created_at: datetime
     token_count: int = 0
+    cert_subject: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,14 +171,34 @@ class AccountStore:
                 for r in conn.execute(sa.select(accounts).order_by(accounts.c.name))
             ]
 
-    def put(self, name: str, roles: Iterable[int], now: datetime) -> AccountRow:
+    def put(
+        self,
+        name: str,
+        roles: Iterable[int],
+        now: datetime,
+        set_cert_subject: bool = False,
+        cert_subject: str | None = None,
+    ) -> AccountRow:
+        """Creates the account or sets its roles; with `set_cert_subject`, also the TLS client
+        certificate subject (normalised RFC 4514, None: none) that names it."""
         _check_name(name)
         words = ",".join(sorted({role_word(r) for r in roles}))
+        values: dict[str, Any] = {"roles": words}
+        if set_cert_subject:
+            values["cert_subject"] = cert_subject
         with self.store._write() as conn:
+            if cert_subject is not None:
+                holder = conn.execute(
+                    sa.select(accounts.c.name).where(accounts.c.cert_subject == cert_subject)
+                ).scalar_one_or_none()
+                if holder is not None and holder != name:
+                    raise AlreadyExists(
+                        f"{cert_subject} names account {holder} already", field="cert_subject"
+                    )
             if conn.execute(sa.select(accounts.c.name).where(accounts.c.name == name)).first():
-                conn.execute(accounts.update().where(accounts.c.name == name).values(roles=words))
+                conn.execute(accounts.update().where(accounts.c.name == name).values(**values))
             else:
-                conn.execute(accounts.insert().values(name=name, roles=words, created_at=now))
+                conn.execute(accounts.insert().values(name=name, created_at=now, **values))
         return self.one(name)
 
     def remove(self, name: str) -> None:
@@ -194,6 +218,13 @@ class AccountStore:
                 account_tokens.insert().values(token_hash=hash_token(token), account=name, created_at=now)
             )
         return token
+
+    def by_cert_subject(self, subject: str) -> AccountRow | None:
+        with self.engine.connect() as conn:
+            name = conn.execute(
+                sa.select(accounts.c.name).where(accounts.c.cert_subject == subject)
+            ).scalar_one_or_none()
+        return self.get(name) if name else None
 
     def by_token(self, token: str) -> AccountRow | None:
         with self.engine.connect() as conn:
@@ -242,12 +273,14 @@ def _token_count(conn: sa.Connection, name: str) -> int:
 def _account(r: Any, token_count: int) -> AccountRow:
     roles = tuple(naming.enum_value(joc_pb2.Role, w) for w in r.roles.split(",") if w)
     created = r.created_at if r.created_at.tzinfo else r.created_at.replace(tzinfo=UTC)
-    return AccountRow(r.name, roles, r.signing_key, r.signing_certificate, created, token_count)
+    return AccountRow(
+        r.name, roles, r.signing_key, r.signing_certificate, created, token_count, r.cert_subject
+    )
 
 
 class Authenticator:
-    """Turns a call's metadata into a Caller. Token lookups are cached a few seconds; changes to
-    accounts clear the cache."""
+    """Turns a call's metadata (or its client certificate) into a Caller. Lookups are cached a
+    few seconds; changes to accounts clear the cache."""
 
     def __init__(self, accounts: AccountStore, required: bool) -> None:
         self.accounts = accounts
@@ -262,6 +295,13 @@ class Authenticator:
         reason = str(metadata.get(REASON_METADATA, ""))
         header = str(metadata.get("authorization", ""))
         if not header:
+            identity = tls.peer_identity(context)
+            if identity is not None:
+                account = await self._lookup(
+                    f"subject {identity.subject}", self.accounts.by_cert_subject, identity.subject
+                )
+                if account is not None:
+                    return Caller(account.name, account.name, permissions_of(account.roles), reason)
             if self.required:
                 raise Unauthenticated("JOC requires a token: give the metadata 'authorization: Bearer TOKEN'")
             said = str(metadata.get(ACCOUNT_METADATA, "")) or ROOT
@@ -275,11 +315,15 @@ class Authenticator:
         return Caller(account.name, account.name, permissions_of(account.roles), reason)
 
     async def _account(self, token: str) -> AccountRow | None:
-        key = hash_token(token)
+        return await self._lookup(hash_token(token), self.accounts.by_token, token)
+
+    async def _lookup(
+        self, key: str, find: Callable[[str], AccountRow | None], value: str
+    ) -> AccountRow | None:
         cached = self._cache.get(key)
         if cached and cached[0] > time.monotonic():
             return cached[1]
-        account = await asyncio.to_thread(self.accounts.by_token, token)
+        account = await asyncio.to_thread(find, value)
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[key] = (time.monotonic() + TOKEN_CACHE_SECONDS, account)

@@ -77,6 +77,7 @@ def account_pb(row: AccountRow) -> joc_pb2.Account:
         created_at=timestamp(row.created_at),
         signing_certificate_subject=subject,
         token_count=row.token_count,
+        cert_subject=row.cert_subject or "",
     )
 
 

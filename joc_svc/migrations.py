@@ -166,11 +166,18 @@ def _v3_resync_marks(conn: sa.Connection) -> None:
     _add_column(conn, "orders", sa.Column("left_unseen_state", sa.String), None)
 
 
+def _v4_account_certificates(conn: sa.Connection) -> None:
+    """A TLS client certificate's subject may name an account (at most one account each)."""
+    _add_column(conn, "accounts", sa.Column("cert_subject", sa.String), None)
+    conn.execute(sa.text("CREATE UNIQUE INDEX ix_accounts_cert_subject ON accounts (cert_subject)"))
+
+
 # In order: MIGRATIONS[i] takes the schema from version i to i + 1.
 MIGRATIONS: list[Callable[[sa.Connection], None]] = [
     _v1_baseline,
     _v2_deployment_signing_accounts,
     _v3_resync_marks,
+    _v4_account_certificates,
 ]
 
 LATEST = len(MIGRATIONS)

@@ -85,6 +85,8 @@ accounts = sa.Table(
     sa.Column("signing_key", sa.Text),  # PEM; never at security level high
     sa.Column("signing_certificate", sa.Text),
     sa.Column("created_at", Time, nullable=False),
+    # RFC 4514 subject of the TLS client certificate that names the account (migration 4).
+    sa.Column("cert_subject", sa.String, unique=True),
 )
 
 account_tokens = sa.Table(

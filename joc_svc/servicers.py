@@ -28,7 +28,7 @@ from joc_svc.order_batcher import OrderBatcher
 from joc_svc.projection import Projected, is_final, replay
 from joc_svc.store import DeploymentRow, ObjectRow, Store
 from joc_svc.store.audit import AuditEntry
-from ostinato import signing, tracing
+from ostinato import pgp, signing, tls, tracing
 from ostinato.errors import FailedPrecondition, InvalidArgument, NotFound, OstinatoError
 
 log = logging.getLogger(__name__)
@@ -648,11 +648,22 @@ class AccountServicer(joc_pb2_grpc.AccountServiceServicer):
             )
         if request.name == auth.ROOT:
             raise InvalidArgument("the root account's roles stay", field="name")
-        row = await asyncio.to_thread(self.joc.accounts.put, request.name, roles, self.joc.clock())
-        self.joc.authenticator.forget()
-        await self.joc.audit(
-            "put account", f"{row.name} {','.join(auth.role_word(r).lower() for r in row.roles)}"
+        subject = None
+        if request.cert_subject:
+            subject = tls.normalize_dn(request.cert_subject, field="cert_subject")
+        row = await asyncio.to_thread(
+            self.joc.accounts.put,
+            request.name,
+            roles,
+            self.joc.clock(),
+            request.HasField("cert_subject"),
+            subject,
         )
+        self.joc.authenticator.forget()
+        what = f"{row.name} {','.join(auth.role_word(r).lower() for r in row.roles)}"
+        if row.cert_subject:
+            what += f" certificate {row.cert_subject}"
+        await self.joc.audit("put account", what)
         return joc_pb2.PutAccountResponse(account=convert.account_pb(row))
 
     async def ListAccounts(
@@ -722,6 +733,8 @@ def _not_deployed(
 
 def _signer_subject(item: items_pb2.SignedItem) -> str:
     """Who says they signed an imported item; the controllers verify whether it is so."""
+    if item.signature.algorithm == signing.OPENPGP:
+        return pgp.issuer_of(item.signature.signature)
     if not item.signature.signer_certificate:
         return ""
     try:

@@ -34,6 +34,7 @@ class Exited:
     message: str = ""
     timed_out: bool = False
     returned_values: tuple[tuple[str, str], ...] = ()
+    not_started: bool = False  # refused or impossible to start: `message` says why
 
 
 Message = Started | Output | Exited

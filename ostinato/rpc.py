@@ -1,4 +1,5 @@
-"""gRPC plumbing every service shares: server factory, channels, error mapping.
+"""gRPC plumbing every service shares: server factory, channels, error mapping. Transport security
+(mutual TLS, peer identities) comes from ostinato.tls: every server and channel here uses it.
 
 Measured facts behind the options (see shared/DEPENDENCIES.md): a dead peer is noticed only with
 a ping timeout beside keepalive; servers must accept pings as often as clients send them.
@@ -17,7 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from ostinato import tracing
+from ostinato import tls, tracing
 from ostinato.errors import (
     AlreadyExists,
     Deposed,
@@ -78,11 +79,12 @@ def _no_guard(method: str) -> None:
 
 
 class _ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Runs the guard, and turns the named errors of cores and stores into gRPC status codes
-    with their message."""
+    """Refuses peers whose certificate identity is not accepted, runs the guard, and turns the
+    named errors of cores and stores into gRPC status codes with their message."""
 
-    def __init__(self, guard: Guard) -> None:
+    def __init__(self, guard: Guard, peers: tls.Peers | None) -> None:
         self.guard = guard
+        self.peers = peers
 
     async def intercept_service(self, continuation: Callable[..., Any], details: Any) -> Any:
         handler = await continuation(details)
@@ -129,6 +131,8 @@ class _ErrorInterceptor(grpc.aio.ServerInterceptor):
     def _unary(self, method: str, behaviour: Callable[..., Any]) -> Callable[..., Any]:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
+                if self.peers is not None:
+                    self.peers.check(context, method)
                 self.guard(method)
                 return await behaviour(request, context)
             except OstinatoError as e:
@@ -143,6 +147,8 @@ class _ErrorInterceptor(grpc.aio.ServerInterceptor):
 
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
+                if self.peers is not None:
+                    self.peers.check(context, method)
                 self.guard(method)
                 # Headers at once: a client waiting for the call to be established (a
                 # controller that just followed a fail-over) need not wait for the first
@@ -190,14 +196,19 @@ async def start_server(
     address: str,
     registrations: Iterable[tuple[Callable[[Any, grpc.aio.Server], None], Any, str]],
     guard: Guard = _no_guard,
+    security: tls.Security | None = None,
+    service: str = "this service",
 ) -> Server:
     """Starts a server on `address` (HOST:PORT, PORT may be 0).
 
     registrations: (add_XServicer_to_server, servicer, full service name) triples.
     guard: runs before every call of the registered services (a passive node refuses with it).
+    security: default the process's (ostinato.tls.use); `service` names it in refusals.
     """
+    security = security or tls.current()
+    peers = None if security.insecure else tls.Peers(security.peers, service)
     server = grpc.aio.server(
-        interceptors=[*tracing.server_interceptors(), _ErrorInterceptor(guard)],
+        interceptors=[*tracing.server_interceptors(), _ErrorInterceptor(guard, peers)],
         options=SERVER_OPTIONS,
     )
     names = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
@@ -207,7 +218,10 @@ async def start_server(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(names, server)
-    port = server.add_insecure_port(address)
+    if security.insecure:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, tls.server_credentials(security))
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     await server.start()
@@ -219,11 +233,22 @@ async def start_server(
     return result
 
 
-def channel(address: str) -> grpc.aio.Channel:
-    """A client channel with keepalive, fast reconnect and (when on) tracing interceptors."""
-    return grpc.aio.insecure_channel(
-        address, options=CHANNEL_OPTIONS, interceptors=tracing.client_interceptors() or None
-    )
+def channel(address: str, security: tls.Security | None = None) -> grpc.aio.Channel:
+    """A client channel with keepalive, fast reconnect and (when on) tracing interceptors; with
+    the process's security unless given one. It keeps the certificate files of its making."""
+    security = security or tls.current()
+    interceptors = tracing.client_interceptors() or None
+    if security.insecure:
+        return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS, interceptors=interceptors)
+    credentials = tls.channel_credentials(security)
+    return grpc.aio.secure_channel(address, credentials, options=CHANNEL_OPTIONS, interceptors=interceptors)
+
+
+def sync_channel(address: str, security: tls.Security) -> grpc.Channel:
+    """A blocking channel (the CLI's)."""
+    if security.insecure:
+        return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+    return grpc.secure_channel(address, tls.channel_credentials(security), options=CHANNEL_OPTIONS)
 
 
 def service_name(descriptor_module: Any, service: str) -> str:
@@ -264,19 +289,35 @@ class ClusterTarget:
     """The gRPC addresses of one cluster's nodes, as a client sees them: it dials one at a time and,
     after a failed call, follows the active node the answer names, or else tries the next node."""
 
-    def __init__(self, addresses: list[str], name: str = "cluster") -> None:
+    def __init__(
+        self, addresses: list[str], name: str = "cluster", security: tls.Security | None = None
+    ) -> None:
         if not addresses:
             raise ValueError("a cluster needs at least one address")
         self.addresses = list(addresses)
         self.address = self.addresses[0]
         self.name = name  # for log lines and errors
+        self.security = security
         self._channel: grpc.aio.Channel | None = None
+        self._generation: object = None
 
     def channel(self) -> grpc.aio.Channel:
-        # Made on first use: an aio channel belongs to the running event loop.
+        # Made on first use: an aio channel belongs to the running event loop. Renewed certificate
+        # files take a new channel; the old one closes after a grace, as when following a node.
+        security = self.security or tls.current()
+        generation = tls.generation(security)
+        if self._channel is not None and generation != self._generation:
+            log.info("%s: certificate files changed; new channel to %s", self.name, self.address)
+            self._close_later(self._channel)
+            self._channel = None
         if self._channel is None:
-            self._channel = channel(self.address)
+            self._channel = channel(self.address, security)
+            self._generation = generation
         return self._channel
+
+    def _close_later(self, old: grpc.aio.Channel) -> None:
+        # In the background, with a grace: other calls on it may still be finishing.
+        asyncio.get_running_loop().create_task(old.close(CLOSE_GRACE_S))
 
     def follow(self, error: BaseException, address: str | None = None) -> bool:
         """After `error` from the node at `address` (default: the current one): switches to the
@@ -298,8 +339,7 @@ class ClusterTarget:
         self.address = target
         old, self._channel = self._channel, None
         if old is not None:
-            # In the background, with a grace: other calls on it may still be finishing.
-            asyncio.get_running_loop().create_task(old.close(CLOSE_GRACE_S))
+            self._close_later(old)
         return True
 
     def _next(self) -> str:

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from ostinato import tracing
+from ostinato import tls, tracing
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +46,16 @@ def announce(name: str, address: str, data_dir: Path) -> None:
     print(f"{name} listening on {address}", flush=True)
 
 
-def run(name: str, serve: Callable[[asyncio.Event], Awaitable[None]]) -> int:
-    """Runs `serve(stop)` until SIGTERM or SIGINT sets `stop`; `serve` shuts down gracefully."""
+def run(name: str, serve: Callable[[asyncio.Event], Awaitable[None]], security: tls.Security) -> int:
+    """Runs `serve(stop)` until SIGTERM or SIGINT sets `stop`; `serve` shuts down gracefully. Its
+    servers and channels use `security`."""
     setup_logging(name)
     tracing.configure(name)
+    tls.use(security)
+    if security.insecure:
+        log.warning("%s runs in PLAIN TEXT (--insecure): anyone who reaches its port is trusted", name)
+    else:
+        log.info("%s: %s", name, security.describe())
 
     async def main() -> None:
         stop = asyncio.Event()

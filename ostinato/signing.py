@@ -1,9 +1,11 @@
-"""Digital signatures of inventory items (X.509, RSA and ECDSA).
+"""Digital signatures of inventory items: X.509 (RSA and ECDSA) and OpenPGP.
 
 What is signed is the exact JSON text of an item (UTF-8 bytes), as `openssl dgst -sha256 -sign
 key.pem` signs a file: RSA with PKCS#1 v1.5 padding, ECDSA as a DER sequence, both over SHA-256.
 A `Signature` carries the signature bytes, the algorithm and the signer's certificate in PEM
-(optionally followed by intermediate CA certificates).
+(optionally followed by intermediate CA certificates). An OpenPGP signature (algorithm
+"OpenPGP", as `gpg --detach-sign --armor` makes it) carries no certificate: it names its key,
+which the verifier must trust (ostinato/pgp.py).
 
 A `Verifier` holds trusted certificates: either the signers' own certificates or CA certificates
 that issued them (directly or through intermediates that came with the signature). It checks the
@@ -27,10 +29,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
 from gen.ostinato.common.v1 import events_pb2, items_pb2
+from ostinato import pgp
 from ostinato.errors import InvalidArgument, SignatureRejected
 
 RSA_SHA256 = "SHA256withRSA"
 ECDSA_SHA256 = "SHA256withECDSA"
+OPENPGP = pgp.OPENPGP
 
 # What must be signed (JS7: workflows, job resources, file order sources). Other items may be
 # signed; an unsigned one of these is rejected.
@@ -184,9 +188,11 @@ class _Chain:
 
 
 class Verifier:
-    """Verifies signed items against trusted certificates (signers' own, or CA certificates)."""
+    """Verifies signed items against trusted certificates (signers' own, or CA certificates) and
+    trusted OpenPGP keys."""
 
-    def __init__(self, trusted: Iterable[x509.Certificate] = ()) -> None:
+    def __init__(self, trusted: Iterable[x509.Certificate] = (), pgp_keys: pgp.PgpKeys | None = None) -> None:
+        self.pgp = pgp_keys or pgp.PgpKeys()
         self.anchors: list[x509.Certificate] = list(trusted)
         self._anchor_prints = {c.fingerprint(hashes.SHA256()) for c in self.anchors}
         self._parsed: dict[str, list[x509.Certificate]] = {}
@@ -197,7 +203,8 @@ class Verifier:
         return cls([c for text in texts for c in load_certificates(text, "trusted certificate")])
 
     @classmethod
-    def from_files(cls, paths: Iterable[Path | str]) -> Verifier:
+    def from_files(cls, paths: Iterable[Path | str], pgp_paths: Iterable[Path | str] = ()) -> Verifier:
+        """--trust FILE (PEM certificates) and --trust-pgp FILE (OpenPGP public keys)."""
         certificates: list[x509.Certificate] = []
         for path in paths:
             try:
@@ -205,7 +212,7 @@ class Verifier:
             except OSError as e:
                 raise InvalidArgument(f"cannot read trusted certificates from {path}: {e}") from None
             certificates += load_certificates(data, f"{path}")
-        return cls(certificates)
+        return cls(certificates, pgp.PgpKeys.from_files(pgp_paths))
 
     def describe(self) -> str:
         return ", ".join(subject_text(c) for c in self.anchors) or "nothing"
@@ -217,9 +224,10 @@ class Verifier:
             self.verify(item, now)
 
     def verify(self, item: items_pb2.SignedItem, now: datetime | None = None) -> str:
-        """Checks the item's signature over its exact JSON bytes, then the signer's certificate
-        (validity, trust), then that the JSON names the item's path and version. Returns the
-        signer's subject ("" for an unsigned item of a type that needs no signature)."""
+        """Checks the item's signature over its exact JSON bytes, then the signer (an X.509
+        certificate's validity and trust, or a trusted OpenPGP key), then that the JSON names the
+        item's path and version. Returns the signer ("" for an unsigned item of a type that needs
+        no signature)."""
         now = now or datetime.now(UTC)
         what = f"{type_word(item.type)} {item.path or '(no path)'}"
 
@@ -231,6 +239,32 @@ class Verifier:
             if item.type not in SIGNED_TYPES:
                 return ""
             raise reject("unsigned: it must carry a signature by a trusted key")
+        if signature.algorithm == pgp.OPENPGP:
+            try:
+                signer = self.pgp.verify(item.json.encode("utf-8"), signature.signature, now)
+            except pgp.PgpRejected as e:
+                raise reject(str(e)) from None
+        else:
+            signer = self._verify_x509(item, now, reject)
+        # The bytes are genuine: only now is the JSON parsed, to bind the signature to the item.
+        try:
+            value = json.loads(item.json)
+        except ValueError:
+            value = None
+        if not isinstance(value, dict):
+            raise reject("the signed JSON is not an object")
+        if value.get("path") != item.path:
+            raise reject(f"signed for path {value.get('path')!r}, delivered as {item.path!r}")
+        if item.version_id and value.get("versionId", item.version_id) != item.version_id:
+            raise reject(
+                f"signed for version {value.get('versionId')!r}, delivered as version {item.version_id!r}"
+            )
+        return signer
+
+    def _verify_x509(
+        self, item: items_pb2.SignedItem, now: datetime, reject: Callable[[str], SignatureRejected]
+    ) -> str:
+        signature = item.signature
         if not signature.signer_certificate:
             raise reject("the signature carries no signer certificate")
         try:
@@ -270,19 +304,6 @@ class Verifier:
                     f"certificate {subject_text(certificate)} expired on"
                     f" {certificate.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC"
                 )
-        # The bytes are genuine: only now is the JSON parsed, to bind the signature to the item.
-        try:
-            value = json.loads(item.json)
-        except ValueError:
-            value = None
-        if not isinstance(value, dict):
-            raise reject("the signed JSON is not an object")
-        if value.get("path") != item.path:
-            raise reject(f"signed for path {value.get('path')!r}, delivered as {item.path!r}")
-        if item.version_id and value.get("versionId", item.version_id) != item.version_id:
-            raise reject(
-                f"signed for version {value.get('versionId')!r}, delivered as version {item.version_id!r}"
-            )
         return subject_text(leaf)
 
     def _certificates(self, pem: str) -> list[x509.Certificate]:

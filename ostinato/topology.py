@@ -12,9 +12,13 @@ import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ostinato import pki, tls
 from ostinato.launch import Launched, free_port, spawn, wait_listening
+
+if TYPE_CHECKING:
+    import grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -43,12 +47,18 @@ class TopologyConfig:
     signing_key: Path | None = None
     signing_cert: Path | None = None
     trust: list[Path] = field(default_factory=list)
+    trust_pgp: list[Path] = field(default_factory=list)  # OpenPGP public keys of signers
     require_auth: bool = False
     db_url: str | None = None  # JOC's database; default SQLite in its data dir
     # Shape of the controller's and the director's cluster: "single" (one node), "witness" (two
     # full nodes and a witness) or "three" (three full nodes).
     controller_cluster: str = "single"
     director_cluster: str = "single"
+    # Transport security: mutual TLS with certificates from `tls_dir` (default DATA_DIR/pki/,
+    # where a CA and a certificate per service and for the CLI are made at first start), or
+    # plain text everywhere when `insecure`.
+    insecure: bool = False
+    tls_dir: Path | None = None
 
     @classmethod
     def ephemeral(cls, subagents: int = 2) -> TopologyConfig:
@@ -90,6 +100,14 @@ class TopologyConfig:
             config.signing_key = base / joc["signing_key"]
             config.signing_cert = base / joc["signing_cert"]
         config.trust = [base / p for p in data.get("trust", {}).get("certificates", [])]
+        config.trust_pgp = [base / p for p in data.get("trust", {}).get("pgp_keys", [])]
+        security = data.get("tls", {})
+        unknown = set(security) - {"insecure", "dir"}
+        if unknown:
+            raise ValueError(f"{path}: [tls] knows insecure and dir, not {sorted(unknown)}")
+        config.insecure = bool(security.get("insecure", config.insecure))
+        if "dir" in security:
+            config.tls_dir = base / security["dir"]
         return config
 
 
@@ -116,6 +134,8 @@ class Topology:
         self.clusters: dict[str, Path] = {}
         self.witnesses: set[str] = set()
         self.password = secrets.token_urlsafe(16)
+        self.tls_dir = self.config.tls_dir or data_dir / "pki"
+        self._certificates: dict[str, pki.Issued] = {}
         for kind, shape, listen in (
             ("director", self.config.director_cluster, self.config.director),
             ("controller", self.config.controller_cluster, self.config.controller),
@@ -129,7 +149,7 @@ class Topology:
             self._plan_cluster(kind, CLUSTER_SHAPES[shape], listen.rsplit(":", 1)[0])
 
     def _plan_cluster(self, kind: str, suffixes: tuple[str, ...], host: str) -> None:
-        from ostinato.journal.cluster import Cluster, Member
+        from ostinato.cluster.members import Cluster, Member
 
         members = []
         for suffix in suffixes:
@@ -149,6 +169,51 @@ class Topology:
     def node_addresses(self, kind: str) -> str:
         """The gRPC addresses clients dial: every full node of the cluster."""
         return ",".join(self.addresses[n] for n in self.nodes[kind] if n not in self.witnesses)
+
+    # ---- transport security
+
+    def certificates(self) -> dict[str, pki.Issued]:
+        """A certificate per service and one for the CLI ("cli"), made at first start."""
+        if not self._certificates:
+            hosts = {a.rsplit(":", 1)[0] for a in self.addresses.values()} - {"0.0.0.0", "::", "[::]", ""}
+            names = [*self.config.subagents, *self.nodes["director"], *self.nodes["controller"], "joc", "cli"]
+            self._certificates = pki.ensure(self.tls_dir, names, ["localhost", "127.0.0.1", *sorted(hosts)])
+        return self._certificates
+
+    def security(self, name: str = "cli") -> tls.Security:
+        """How a client acting as `name` (a service, or "cli") connects to this topology."""
+        if self.config.insecure:
+            return tls.INSECURE
+        issued = self.certificates()[name]
+        return tls.Security(issued.cert, issued.key, self.tls_dir / pki.CA_CERT)
+
+    def channel(self, address: str, as_name: str = "cli") -> grpc.aio.Channel:
+        """A channel from the test or tool process to one of the services, as `as_name`."""
+        from ostinato import rpc
+
+        return rpc.channel(address, self.security(as_name))
+
+    def cli_args(self) -> list[str]:
+        """What the `ostinato` CLI needs to reach this topology's JOC (besides --joc)."""
+        return ["--insecure"] if self.config.insecure else ["--tls-dir", str(self.tls_dir)]
+
+    def _peers(self, name: str) -> list[str]:
+        """Whose calls a service accepts: a subagent its director's nodes, a director node the
+        controller's nodes and its own cluster's, a controller node JOC and its own cluster's."""
+        kind = self.kind_of(name)
+        callers = {
+            "director": [*self.nodes["controller"], *self.nodes["director"]],
+            "controller": ["joc", *self.nodes["controller"]],
+        }.get(kind, self.nodes["director"] if name in self.config.subagents else [])
+        return [self.certificates()[c].subject for c in callers]
+
+    def tls_args(self, name: str) -> list[str]:
+        if self.config.insecure:
+            return ["--insecure"]
+        issued = self.certificates()[name]
+        args = ["--tls-cert", str(issued.cert), "--tls-key", str(issued.key)]
+        args += ["--tls-ca", str(self.tls_dir / pki.CA_CERT)]
+        return args + [a for peer in self._peers(name) for a in ("--tls-peer", peer)]
 
     def _node_args(self, name: str) -> list[str]:
         kind = self.kind_of(name)
@@ -184,7 +249,8 @@ class Topology:
     def _trust_args(self) -> list[str]:
         root = self.root_key()
         certificates = ([root[1]] if root else []) + list(self.config.trust)
-        return [a for c in certificates for a in ("--trust", str(c))]
+        keys = [a for k in self.config.trust_pgp for a in ("--trust-pgp", str(k))]
+        return [a for c in certificates for a in ("--trust", str(c))] + keys
 
     def _args(self, name: str) -> tuple[str, str, list[str]]:
         cfg = self.config
@@ -205,6 +271,7 @@ class Topology:
                     str(cfg.director_timeout_s),
                     "--process-limit",
                     str(cfg.subagent_process_limit),
+                    *self._trust_args(),
                 ],
             )
         if self.kind_of(name) == "director":
@@ -275,6 +342,7 @@ class Topology:
         spawned = []
         for name in names:
             kind, module, args = self._args(name)
+            args = [*args, *self.tls_args(name)]
             if name in self.witnesses:
                 module, args = "ostinato.cli", ["witness", kind, *args]
             spawned.append(spawn(kind, module, args, self.data_dir / name, env=self.env))
@@ -330,9 +398,10 @@ def _print_addresses(topology: Topology) -> None:
         print(f"  {name:<12} {launched.address:<22} log {launched.log_path}")
 
 
-def run_up(config_path: Path | None, data_dir: Path | None) -> int:
+def run_up(config_path: Path | None, data_dir: Path | None, insecure: bool = False) -> int:
     """`ostinato up`: the topology in the foreground until Ctrl-C or SIGTERM."""
     config = TopologyConfig.from_toml(config_path) if config_path else TopologyConfig()
+    config.insecure = config.insecure or insecure
     data_dir = data_dir or Path(".ostinato")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -344,6 +413,10 @@ def run_up(config_path: Path | None, data_dir: Path | None) -> int:
         print(f"ostinato: error: {e}", file=sys.stderr)
         return 1
     print(f"ostinato is up (data in {topology.data_dir}); Ctrl-C stops it")
+    if config.insecure:
+        print("WARNING: plain text (--insecure): anyone who reaches these ports is trusted", file=sys.stderr)
+    else:
+        print(f"mutual TLS: CA and certificates in {topology.tls_dir} (the CLI's: cli.pem, cli.key)")
     _print_addresses(topology)
     try:
         while not stop.is_set():
@@ -379,7 +452,7 @@ def run_demo() -> int:
             return 1
         try:
             _print_addresses(topology)
-            joc = ["--joc", topology.joc_address]
+            joc = ["--joc", topology.joc_address, *topology.cli_args()]
             print(f"\n$ ostinato deploy {EXAMPLES.relative_to(ROOT)}/")
             rc = cli.main(["deploy", *joc, str(EXAMPLES)])
             if rc == 0:

@@ -8,7 +8,8 @@ import socket
 import sys
 from pathlib import Path
 
-from ostinato import service
+from ostinato import service, signing, tls
+from ostinato.errors import InvalidArgument
 from subagent_svc.server import start
 
 
@@ -30,9 +31,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="at most this many job processes at once on this subagent (0: no limit); the director"
         " hands further jobs to other subagents of their cluster, or lets them wait",
     )
+    parser.add_argument(
+        "--trust",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="PEM certificates (signers' or CAs') of the workflows and job resources whose jobs it runs"
+        " (repeatable); without any (and no --trust-pgp), it runs no job",
+    )
+    parser.add_argument(
+        "--trust-pgp",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="OpenPGP public keys (armored or binary) of the workflows' and job resources' signers"
+        " (repeatable)",
+    )
+    tls.add_arguments(parser, peers="the nodes of its director (their certificates' identities)")
     args = parser.parse_args(argv)
     if args.process_limit < 0:
         parser.error("--process-limit: must be 0 (no limit) or more")
+    args.security = tls.from_args(args, parser, peers_required=True)
+    try:
+        args.verifier = signing.Verifier.from_files(args.trust, args.trust_pgp)
+    except InvalidArgument as e:
+        parser.error(f"--trust/--trust-pgp: {e}")
     return args
 
 
@@ -41,12 +64,14 @@ def main(argv: list[str] | None = None) -> int:
 
     async def serve(stop: asyncio.Event) -> None:
         data_dir: Path = args.data_dir.resolve()
-        running = await start(args.id, data_dir, args.listen, args.director_timeout, args.process_limit)
+        running = await start(
+            args.id, data_dir, args.listen, args.director_timeout, args.verifier, args.process_limit
+        )
         service.announce("subagent", running.server.address, data_dir)
         await stop.wait()
         await running.stop()
 
-    return service.run("subagent", serve)
+    return service.run("subagent", serve, args.security)
 
 
 if __name__ == "__main__":

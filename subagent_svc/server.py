@@ -9,18 +9,20 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
 
 from gen.ostinato.subagent.v1 import subagent_pb2 as pb
 from gen.ostinato.subagent.v1 import subagent_pb2_grpc
-from ostinato import rpc
+from ostinato import rpc, signing, tls
 from ostinato.errors import InvalidArgument, OstinatoError, Unavailable
 from ostinato.process import Exited, Message
 from subagent_svc import convert
 from subagent_svc.core import SubagentCore
 from subagent_svc.processes import Process, kill_orphans
+from subagent_svc.signed import SignedWork
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,8 @@ log = logging.getLogger(__name__)
 BUFFER_LIMIT = 4 * 1024 * 1024
 DEFAULT_HEARTBEAT = 1.0
 MISSED_HEARTBEATS = 3  # silence of this many heartbeat intervals means the director is lost
+# Return code of a job this subagent refused to start (a shell's "cannot execute").
+NOT_STARTED = 126
 
 
 class Superseded(OstinatoError):
@@ -38,6 +42,7 @@ class Superseded(OstinatoError):
 class _Session:
     id: int
     heartbeat: float
+    work: SignedWork  # what the director handed over signed in this session
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     ended: bool = False
     error: OstinatoError | None = None
@@ -46,9 +51,15 @@ class _Session:
 
 class Subagent(subagent_pb2_grpc.SubagentServiceServicer):
     def __init__(
-        self, subagent_id: str, data_dir: Path, director_timeout: float, process_limit: int = 0
+        self,
+        subagent_id: str,
+        data_dir: Path,
+        director_timeout: float,
+        verifier: signing.Verifier,
+        process_limit: int = 0,
     ) -> None:
         self.subagent_id = subagent_id
+        self.verifier = verifier  # whose signed workflows this subagent runs
         self.process_limit = process_limit  # the director keeps to it; told in the Welcome
         self.run_id = str(uuid.uuid4())
         self.records_dir = data_dir / "processes"
@@ -102,7 +113,9 @@ class Subagent(subagent_pb2_grpc.SubagentServiceServicer):
         if self._session is not None:
             log.info("session %d superseded", self._session.id)
             self._end(self._session, Superseded(f"superseded by a session of term {hello.term}"))
-        session = _Session(session_id, hello.heartbeat_seconds or DEFAULT_HEARTBEAT)
+        session = _Session(
+            session_id, hello.heartbeat_seconds or DEFAULT_HEARTBEAT, SignedWork(self.verifier)
+        )
         self._session = session
         # A cancelled call may leave this generator suspended at a yield, never reaching `finally`.
         context.add_done_callback(lambda _: self._end(session, None))
@@ -179,7 +192,13 @@ class Subagent(subagent_pb2_grpc.SubagentServiceServicer):
             return False  # superseded: a deposed director must not start or kill anything
         kind = request.WhichOneof("kind")
         if kind == "start_process":
-            self._start(request.start_process)
+            self._start(request.start_process, session.work)
+        elif kind == "start_processes":
+            for start in request.start_processes.processes:
+                self._start(start, session.work)
+        elif kind == "attach_signed":
+            for refusal in session.work.attach(request.attach_signed.items, datetime.now(UTC)):
+                log.warning("session %d: refused a signed item: %s", session.id, refusal)
         elif kind == "kill_process":
             process = self._processes.get(request.kill_process.process_key)
             if process is not None:
@@ -196,14 +215,20 @@ class Subagent(subagent_pb2_grpc.SubagentServiceServicer):
             raise InvalidArgument("only the first request of a session may be hello", field="hello")
         return True
 
-    def _start(self, request: pb.StartProcess) -> None:
+    def _start(self, request: pb.StartProcess, work: SignedWork) -> None:
         key = request.process_key
         if not self.core.start(key):
             log.info("start_process: %s is already known in this run, not started again", key)
             return
+        refused = work.check(request)
+        if refused is not None:
+            log.warning("refused to start %s (order %s): %s", key, request.order_id, refused)
+            message = f"subagent {self.subagent_id} refused to start the job: {refused}"
+            self._emit(Exited(key, return_code=NOT_STARTED, message=message, not_started=True))
+            return
         spec = convert.process_spec(request)
         if isinstance(spec, str):
-            self._emit(Exited(key, return_code=127, message=spec))
+            self._emit(Exited(key, return_code=127, message=spec, not_started=True))
             return
         process = Process(spec, self.work_dir, self.records_dir, self._emit, self._wait_for_room)
         self._processes[key] = process
@@ -279,10 +304,17 @@ class Running:
 
 
 async def start(
-    subagent_id: str, data_dir: Path, listen: str, director_timeout: float, process_limit: int = 0
+    subagent_id: str,
+    data_dir: Path,
+    listen: str,
+    director_timeout: float,
+    verifier: signing.Verifier,
+    process_limit: int = 0,
+    security: tls.Security | None = None,
 ) -> Running:
-    """Kills what a previous run left behind, then serves the SubagentService on `listen`."""
-    subagent = Subagent(subagent_id, data_dir, director_timeout, process_limit)
+    """Kills what a previous run left behind, then serves the SubagentService on `listen` (with
+    the process's security unless given one); runs jobs of workflows `verifier` verifies."""
+    subagent = Subagent(subagent_id, data_dir, director_timeout, verifier, process_limit)
     for orphan in kill_orphans(subagent.records_dir):
         log.warning("killed orphan left by a previous run: %s", orphan)
     server = await rpc.start_server(
@@ -294,6 +326,8 @@ async def start(
                 rpc.service_name(pb, "SubagentService"),
             )
         ],
+        security=security,
+        service=f"subagent {subagent_id}",
     )
     log.info("subagent %s run %s listening on %s", subagent_id, subagent.run_id, server.address)
     return Running(subagent, server, asyncio.create_task(subagent.watch_director()))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ostinato.cli import accounts, audit, cluster, deploy, inventory, orders, services
+from ostinato.cli import accounts, audit, cluster, deploy, inventory, orders, security, services
 from ostinato.cli.client import CliError, joc_options
 
 
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
             argv = [f"deploy-{argv[1]}", *argv[2:]]
         args = build_parser().parse_args(argv)
         return int(args.func(args))
-    except CliError as e:
+    except (CliError, security.SecurityError) as e:
         print(f"ostinato: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -14,8 +14,13 @@ def cmd_account_add(args: argparse.Namespace) -> int:
     from gen.ostinato.joc.v1 import joc_pb2
 
     joc = connect(args)
-    response = joc.call(joc.accounts.PutAccount, joc_pb2.PutAccountRequest(name=args.name, roles=args.role))
+    request = joc_pb2.PutAccountRequest(name=args.name, roles=args.role)
+    if args.cert_subject is not None:
+        request.cert_subject = args.cert_subject
+    response = joc.call(joc.accounts.PutAccount, request)
     print(f"account {response.account.name}: {_roles_text(response.account.roles)}")
+    if response.account.cert_subject:
+        print(f"a client certificate with subject {response.account.cert_subject} acts as it")
     if not args.no_token:
         token = joc.call(joc.accounts.CreateToken, joc_pb2.CreateTokenRequest(account=args.name)).token
         print(f"token (shown once): {token}")
@@ -27,9 +32,10 @@ def cmd_account_ls(args: argparse.Namespace) -> int:
 
     joc = connect(args)
     response = joc.call(joc.accounts.ListAccounts, joc_pb2.ListAccountsRequest())
-    rows = [("ACCOUNT", "ROLES", "TOKENS", "SIGNING CERTIFICATE")]
+    rows = [("ACCOUNT", "ROLES", "TOKENS", "CLIENT CERTIFICATE", "SIGNING CERTIFICATE")]
     for a in response.accounts:
-        rows.append((a.name, _roles_text(a.roles), str(a.token_count), a.signing_certificate_subject or "-"))
+        signs_as = a.signing_certificate_subject or "-"
+        rows.append((a.name, _roles_text(a.roles), str(a.token_count), a.cert_subject or "-", signs_as))
     print_table(rows)
     return 0
 
@@ -76,6 +82,7 @@ def cmd_account_whoami(args: argparse.Namespace) -> int:
     print(f"account    {a.name}")
     print(f"roles      {_roles_text(a.roles)}")
     print(f"signs as   {a.signing_certificate_subject or '-'}")
+    print(f"client     {a.cert_subject or '-'}")
     tokens = "required" if response.auth_required else "optional"
     print(f"JOC        security level {response.security_level}, tokens {tokens}")
     return 0
@@ -108,6 +115,12 @@ def add_commands(
     p.add_argument("name", metavar="NAME")
     p.add_argument("--role", action="append", type=_role, required=True, help="viewer, editor, deployer, ...")
     p.add_argument("--no-token", action="store_true", help="make no token now")
+    p.add_argument(
+        "--cert-subject",
+        metavar="DN",
+        help='a TLS client certificate with this subject acts as the account, e.g. "CN=alice,O=ops"'
+        ' ("": none)',
+    )
     p.set_defaults(func=cmd_account_add)
     p = account_commands.add_parser("ls", parents=[joc_option], help="list accounts")
     p.set_defaults(func=cmd_account_ls)

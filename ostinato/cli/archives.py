@@ -9,7 +9,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from gen.ostinato.common.v1 import items_pb2
+from gen.ostinato.common.v1 import events_pb2, items_pb2
 from ostinato.cli.client import CliError
 from ostinato.cli.inventory import SUFFIXES, object_type
 
@@ -20,8 +20,14 @@ Sign each NAME.json file exactly as it is (do not change a byte), e.g. with Open
     openssl dgst -sha256 -sign key.pem -out NAME.sig NAME.json
 
 RSA and ECDSA keys work. Add the signer's X.509 certificate (PEM; intermediate CA certificates
-may follow it) as signer.pem at the top of the archive, or as NAME.pem for one object. Put the
-files back into an archive (zip or tar.gz) and deploy it with:
+may follow it) as signer.pem at the top of the archive, or as NAME.pem for one object.
+
+Or with OpenPGP (gpg, Kleopatra): an armored detached signature beside each file,
+
+    gpg --detach-sign --armor NAME.json        # writes NAME.json.asc (NAME.asc works too)
+
+with no certificate: controllers, directors and subagents verify it against the OpenPGP public
+keys they trust (--trust-pgp). Put the files back into an archive (zip or tar.gz) and deploy it with:
 
     ostinato deploy import ARCHIVE
 """
@@ -99,7 +105,8 @@ def _signature_bytes(data: bytes) -> bytes:
 
 def signed_items(members: dict[str, bytes]) -> list[items_pb2.SignedItem]:
     """The objects of a signed archive: NAME.<type>.json with NAME.<type>.sig and the signer's
-    certificate (NAME.<type>.pem, else signer.pem). Unsigned objects are passed on as they are:
+    certificate (NAME.<type>.pem, else signer.pem), or with an OpenPGP signature NAME.<type>.asc
+    (or NAME.<type>.json.asc, gpg's own name). Unsigned objects are passed on as they are:
     controllers reject them, and the history says so."""
     from ostinato import signing
     from ostinato.errors import OstinatoError
@@ -128,8 +135,13 @@ def signed_items(members: dict[str, bytes]) -> list[items_pb2.SignedItem]:
             version_id=versions.get(name, ""),
             json=text,
         )
-        signature = members.get(base + ".sig") or members.get(base + ".asc")
-        if signature is not None:
+        openpgp = members.get(base + ".asc") or members.get(name + ".asc")
+        signature = members.get(base + ".sig")
+        if openpgp is not None and signature is not None:
+            raise CliError(f"{base}: signed twice (.sig and .asc); keep one")
+        if openpgp is not None:
+            item.signature.CopyFrom(events_pb2.Signature(signature=openpgp, algorithm=signing.OPENPGP))
+        elif signature is not None:
             certificate = members.get(base + ".pem") or members.get(base + ".crt") or shared
             if certificate is None:
                 raise CliError(f"{base}.sig: no certificate; add signer.pem (or {base}.pem)")

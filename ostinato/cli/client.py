@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ostinato.cli import security
+
 DEFAULT_JOC = "127.0.0.1:4446"
 
 # Without a token, JOC's audit log records who asked by this header (see joc_svc.auth).
@@ -36,22 +38,23 @@ def joc_options() -> argparse.ArgumentParser:
         help="the account's token (default: $OSTINATO_TOKEN, else the file $OSTINATO_TOKEN_FILE names)",
     )
     options.add_argument("--reason", metavar="TEXT", help="why: recorded in the audit log")
+    security.add_client_arguments(options)
     return options
 
 
 class JocClient:
     """Blocking stubs on one channel; every gRPC error becomes a CliError with its message."""
 
-    def __init__(self, address: str, token: str = "", reason: str = "") -> None:
+    def __init__(self, address: str, security: Any, token: str = "", reason: str = "") -> None:
         import grpc
 
         from gen.ostinato.joc.v1 import joc_pb2_grpc
-        from ostinato.rpc import CHANNEL_OPTIONS
+        from ostinato import rpc
 
         self.address = address
         _check_reachable(address)
         self._grpc = grpc
-        self.channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.channel = rpc.sync_channel(address, security)
         self.inventory = joc_pb2_grpc.InventoryServiceStub(self.channel)
         self.deployment = joc_pb2_grpc.DeploymentServiceStub(self.channel)
         self.orders = joc_pb2_grpc.OrderServiceStub(self.channel)
@@ -80,10 +83,12 @@ class JocClient:
     def error(self, e: Any, what: str = "") -> CliError:
         # grpc's own text for a connection JOC refused; JOC's messages (e.g. about an unreachable
         # controller, which may quote this text) never start with it.
-        if e.code() == self._grpc.StatusCode.UNAVAILABLE and (e.details() or "").startswith(
-            "failed to connect"
-        ):
-            return CliError(f"cannot reach JOC at {self.address}")
+        details = e.details() or ""
+        if e.code() == self._grpc.StatusCode.UNAVAILABLE and details.startswith("failed to connect"):
+            # It listens (checked before): a TLS handshake failed, on either side (a refused
+            # client certificate shows here as a closed socket).
+            last = details.partition("last error: ")[2] or details
+            return CliError(f"cannot connect to JOC at {self.address} (TLS handshake?): {last}")
         message = e.details() or e.code().name
         return CliError(f"{what}: {message}" if what else message)
 
@@ -98,7 +103,11 @@ def connect(args: argparse.Namespace) -> JocClient:
             token = Path(token_file).read_text().strip()
         except OSError as e:
             raise CliError(f"OSTINATO_TOKEN_FILE: {e}") from None
-    return JocClient(args.joc, token, args.reason or "")
+    try:
+        client_security = security.client_security(args)
+    except security.SecurityError as e:
+        raise CliError(str(e)) from None
+    return JocClient(args.joc, client_security, token, args.reason or "")
 
 
 def _split_address(address: str) -> tuple[str, int]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ostinato.cli import security
+
 SERVICES = {
     "joc": "joc_svc.__main__",
     "controller": "controller_svc.__main__",
@@ -16,7 +18,7 @@ SERVICES = {
 def cmd_up(args: argparse.Namespace) -> int:
     from ostinato import topology
 
-    return int(topology.run_up(args.config, args.data_dir))
+    return int(topology.run_up(args.config, args.data_dir, args.insecure))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -36,8 +38,8 @@ def run_witness(argv: list[str]) -> int:
     """`ostinato witness controller|director --cluster FILE --node NAME ...`: the node of that
     cluster flagged `witness` in FILE. It votes and keeps the journal, and never becomes active;
     the other options are the service's own (see `ostinato controller --help`)."""
+    from ostinato.cluster.members import Cluster
     from ostinato.errors import InvalidArgument
-    from ostinato.journal.cluster import Cluster
 
     p = argparse.ArgumentParser(prog="ostinato witness", description=run_witness.__doc__)
     p.add_argument("kind", choices=["controller", "director"], help="the kind of cluster it votes in")
@@ -67,7 +69,11 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p = commands.add_parser("up", help="start the local topology from a config")
     p.add_argument("--config", type=Path, metavar="FILE")
     p.add_argument("--data-dir", type=Path, metavar="DIR")
+    p.add_argument(
+        "--insecure", action="store_true", help="plain text between all services (default: mutual TLS)"
+    )
     p.set_defaults(func=cmd_up)
+    security.add_pki_commands(commands)
 
     p = commands.add_parser("demo", help="start a local topology, run an example workflow, show it")
     p.set_defaults(func=cmd_demo)

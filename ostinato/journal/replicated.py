@@ -303,6 +303,8 @@ class Journal:
             journalFile=str(data_dir / "journal.raft"),
             fullDumpFile=str(data_dir / "journal.snapshot"),
             password=password,
+            # pysyncobj binds 0.0.0.0 unless told; its peers speak pickle: only the cluster's address.
+            bindAddress=self_address,
             autoTickPeriod=timing.idle_tick,
             appendEntriesPeriod=timing.append_entries,
             raftMinTimeout=timing.raft_min * factor + grace,

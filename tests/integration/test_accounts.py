@@ -16,6 +16,7 @@ from gen.ostinato.common.v1 import items_pb2
 from gen.ostinato.joc.v1 import joc_pb2, joc_pb2_grpc
 from ostinato import rpc, signing
 from ostinato.launch import Launched, launch
+from tests.integration.certificates import Certificates
 from tests.integration.pki import Pki, make_pki
 from tests.integration.test_joc import HELLO, TestController, run_cli, serve_controller
 
@@ -25,15 +26,16 @@ WF = items_pb2.ITEM_TYPE_WORKFLOW
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[tuple[TestController, rpc.Server]]:
+async def fake(certificates: Certificates) -> AsyncIterator[tuple[TestController, rpc.Server]]:
     c = TestController()
-    server = await serve_controller(c)
+    server = await serve_controller(c, certificates)
     yield c, server
     await server.stop(0)
 
 
-def start_joc(data_dir: Path, controller: str) -> Launched:
+def start_joc(data_dir: Path, controller: str, certificates: Certificates) -> Launched:
     args = ["--listen", "127.0.0.1:0", "--data-dir", str(data_dir), "--controller", f"main={controller}"]
+    args += certificates.args("joc")
     return launch("joc", "joc_svc", [*args, "--security-level", "medium", "--require-auth"], data_dir)
 
 
@@ -42,15 +44,15 @@ def bearer(token: str) -> tuple[tuple[str, str], ...]:
 
 
 async def test_tokens_roles_and_signing_with_each_accounts_key(
-    fake: tuple[TestController, rpc.Server], tmp_path: Path
+    fake: tuple[TestController, rpc.Server], tmp_path: Path, certificates: Certificates
 ) -> None:
     controller, server = fake
     pki: Pki = await asyncio.to_thread(make_pki, tmp_path / "pki")
-    joc = await asyncio.to_thread(start_joc, tmp_path / "joc", server.address)
+    joc = await asyncio.to_thread(start_joc, tmp_path / "joc", server.address, certificates)
     root = (tmp_path / "joc/root.token").read_text().strip()
     assert oct((tmp_path / "joc/root.token").stat().st_mode & 0o777) == "0o600"
     try:
-        async with rpc.channel(joc.address) as channel:
+        async with certificates.channel(joc.address) as channel:
             inventory = joc_pb2_grpc.InventoryServiceStub(channel)
             accounts = joc_pb2_grpc.AccountServiceStub(channel)
             put = joc_pb2.PutObjectRequest(path="/signed/hello", type=WF, json=HELLO)
@@ -121,5 +123,63 @@ async def test_tokens_roles_and_signing_with_each_accounts_key(
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await inventory.ListObjects(joc_pb2.ListObjectsRequest(folder="/"), metadata=bearer(bob))
             assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        joc.stop()
+
+
+async def test_a_client_certificate_names_an_account(
+    fake: tuple[TestController, rpc.Server], tmp_path: Path, certificates: Certificates
+) -> None:
+    """With --require-auth: a certificate mapped to an account acts as it without a token; one
+    mapped to none is refused; a token still names its own account."""
+    _, server = fake
+    joc = await asyncio.to_thread(start_joc, tmp_path / "joc", server.address, certificates)
+    root = (tmp_path / "joc/root.token").read_text().strip()
+    root_args = ["--joc", joc.address, "--token", root]
+    subject = certificates.subject("carol")
+    assert subject == "CN=carol,O=ostinato tests"
+    try:
+        code, out, err = await run_cli(
+            "account", "add", "carol", "--role", "operator", "--no-token",
+            "--cert-subject", "CN=carol, O=ostinato tests", *root_args,
+        )  # fmt: skip
+        assert code == 0, err
+        assert f"a client certificate with subject {subject} acts as it" in out
+        code, out, err = await run_cli(
+            "account", "add", "dave", "--role", "viewer", "--cert-subject", subject, *root_args
+        )
+        assert code == 1 and f"{subject} names account carol already" in err, err
+        code, out, err = await run_cli(
+            "account", "add", "erin", "--role", "viewer", "--cert-subject", "carol", *root_args
+        )
+        assert code == 1 and "cert_subject" in err and "not a distinguished name" in err, err
+
+        async with certificates.channel(joc.address, as_name="carol") as channel:
+            accounts = joc_pb2_grpc.AccountServiceStub(channel)
+            caller = await accounts.GetCaller(joc_pb2.GetCallerRequest())
+            assert caller.account.name == "carol" and caller.account.cert_subject == subject
+            inventory = joc_pb2_grpc.InventoryServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await inventory.PutObject(joc_pb2.PutObjectRequest(path="/c/hello", type=WF, json=HELLO))
+            assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "account carol may not edit inventory" in (info.value.details() or "")
+            # A token names its own account, whatever the certificate.
+            caller = await accounts.GetCaller(joc_pb2.GetCallerRequest(), metadata=bearer(root))
+            assert caller.account.name == "root"
+        async with certificates.channel(joc.address, as_name="mallory") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await joc_pb2_grpc.AccountServiceStub(channel).GetCaller(joc_pb2.GetCallerRequest())
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+        # The CLI with carol's certificate and no token: carol's command, in the audit log as hers.
+        code, out, err = await run_cli(
+            "order", "cancel", "o-1", "--joc", joc.address, "--reason", "carol's call",
+            *certificates.cli_args("carol"),
+        )  # fmt: skip
+        assert "account" not in err, err
+        code, out, err = await run_cli("audit", "--account", "carol", *root_args)
+        assert code == 0 and "carol's call" in out, out + err
+        code, out, err = await run_cli("account", "ls", *root_args)
+        assert any(line.split()[0] == "carol" and subject in line for line in out.splitlines()), out
     finally:
         joc.stop()

@@ -15,7 +15,6 @@ from gen.ostinato.common.v1 import events_pb2, order_pb2
 from gen.ostinato.controller.v1 import controller_pb2, controller_pb2_grpc
 from gen.ostinato.director.v1 import director_pb2, director_pb2_grpc
 from gen.ostinato.joc.v1 import joc_pb2
-from ostinato import rpc
 from ostinato.topology import Topology
 from ostinato.workflow.orders import END_STATES
 from tests.integration.support import Joc, eventually, shell_job
@@ -182,8 +181,8 @@ async def test_100_mib_of_stdout_finishes_with_full_log_and_bounded_memory(
 
 async def _overviews(topology: Topology) -> dict[str, tuple[int, int]]:
     """Last event id and released-until id of director and controller: what their EventLogs hold."""
-    director = rpc.channel(topology.addresses["director"])
-    controller = rpc.channel(topology.addresses["controller"])
+    director = topology.channel(topology.addresses["director"], as_name="controller")
+    controller = topology.channel(topology.addresses["controller"], as_name="joc")
     try:
         d = await director_pb2_grpc.DirectorServiceStub(director).GetOverview(
             director_pb2.GetOverviewRequest()
@@ -220,7 +219,7 @@ async def test_a_job_printing_much_while_joc_is_away_is_not_held_up(topology: To
     took = await eventually(done.exists, timeout=40, what="the job's end while JOC is down")
     print(f"\n{size // MB} MiB printed with JOC down in {took:.1f} s")
     topology.start_service("joc")
-    async with rpc.channel(topology.joc_address) as channel:
+    async with topology.channel(topology.joc_address) as channel:
         back = Joc.connect(channel)
         order = await back.wait_until_ended(added.order_id, timeout=30)
         assert order.state == order_pb2.ORDER_STATE_FINISHED

@@ -55,13 +55,14 @@ def tables(out: str) -> dict[str, list[dict[str, str]]]:
 
 
 async def test_cluster_status_and_switchover_of_single_nodes(topology: Topology, joc: Joc) -> None:
+    cli = ["--joc", topology.joc_address, *topology.cli_args()]
     await joc.deploy_workflow(
         "/hello", {"instructions": [{"execute": {"jobName": "j"}}], "jobs": {"j": shell_job("true")}}
     )
     await joc.orders.AddOrder(joc_pb2.AddOrderRequest(workflow_path="/hello", order_id="o"))
     await joc.wait_until_ended("o")
 
-    code, out, err = await ostinato("cluster", "status", "--joc", topology.joc_address)
+    code, out, err = await ostinato("cluster", "status", *cli)
     assert code == 0, err
     found = tables(out)
     [controller_title, agent_title] = found
@@ -75,19 +76,23 @@ async def test_cluster_status_and_switchover_of_single_nodes(topology: Topology,
     assert director["ROLE"] == "active" and director["ADDRESS"] == topology.addresses["director"]
     assert int(director["TERM"]) > 0 and int(director["LAST EVENT"]) > 0
 
-    code, out, err = await ostinato("cluster", "switchover", "--joc", topology.joc_address)
+    code, out, err = await ostinato("cluster", "switchover", *cli)
     assert (code, out) == (1, ""), err
     assert err.startswith("ostinato: error: ") and "no other full node" in err, err
     code, out, err = await ostinato(
-        "cluster", "switchover", "--controller", "controller", "--to", "nobody", "--joc", topology.joc_address
+        "cluster",
+        "switchover",
+        "--controller",
+        "controller",
+        "--to",
+        "nobody",
+        *cli,
     )
     assert code == 1 and "nobody" in err, err
-    code, out, err = await ostinato(
-        "cluster", "status", "--controller", "nope", "--joc", topology.joc_address
-    )
+    code, out, err = await ostinato("cluster", "status", "--controller", "nope", *cli)
     assert code == 1 and "unknown controller 'nope'" in err, err
 
-    code, out, err = await ostinato("audit", "--action", "switchover", "--joc", topology.joc_address)
+    code, out, err = await ostinato("audit", "--action", "switchover", *cli)
     assert code == 0, err
     assert "controller controller: refused: " in out and "controller controller to nobody: refused" in out
 
@@ -108,8 +113,8 @@ def witness_cluster(tmp_path: Path) -> Iterator[Topology]:
 
 
 async def test_switchover_of_a_controller_cluster_through_joc(witness_cluster: Topology) -> None:
-    joc = ["--joc", witness_cluster.joc_address]
-    async with rpc.channel(witness_cluster.joc_address) as channel:
+    joc = ["--joc", witness_cluster.joc_address, *witness_cluster.cli_args()]
+    async with witness_cluster.channel(witness_cluster.joc_address) as channel:
         client = Joc.connect(channel)
         await client.deploy_workflow(
             "/hello", {"instructions": [{"execute": {"jobName": "j"}}], "jobs": {"j": shell_job("true")}}
@@ -129,7 +134,7 @@ async def test_switchover_of_a_controller_cluster_through_joc(witness_cluster: T
         assert nodes[active]["ROLE"] == "active"
         other = "b" if active == "a" else "a"
         # A receiver of the active node's events (as JOC is) is told to go once the node is deposed.
-        old = rpc.channel(witness_cluster.addresses[f"controller-{active}"])
+        old = witness_cluster.channel(witness_cluster.addresses[f"controller-{active}"], as_name="joc")
         stub = controller_pb2_grpc.ControllerServiceStub(old)
         overview = await stub.GetOverview(controller_pb2.GetOverviewRequest())
         watching = stub.WatchEvents(

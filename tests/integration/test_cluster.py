@@ -21,7 +21,6 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from gen.ostinato.common.v1 import cluster_pb2, cluster_pb2_grpc, events_pb2
 from gen.ostinato.joc.v1 import joc_pb2
-from ostinato import rpc
 from ostinato.topology import Topology, TopologyConfig
 from tests.integration.support import Joc, eventually
 
@@ -47,7 +46,7 @@ def cluster(tmp_path: Path) -> Iterator[Topology]:
 
 @pytest.fixture
 async def joc(cluster: Topology) -> AsyncIterator[Joc]:
-    channel = rpc.channel(cluster.joc_address)
+    channel = cluster.channel(cluster.joc_address)
     yield Joc.connect(channel)
     await channel.close()
 
@@ -90,8 +89,9 @@ def starts(topo: Topology) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
-async def node_status(address: str) -> cluster_pb2.ClusterNode | None:
-    async with grpc.aio.insecure_channel(address) as channel:
+async def node_status(topo: Topology, name: str) -> cluster_pb2.ClusterNode | None:
+    # As a peer of the node's cluster: nodes accept their cluster's nodes (and their callers) only.
+    async with topo.channel(topo.addresses[name], as_name=name) as channel:
         try:
             response = await cluster_pb2_grpc.ClusterServiceStub(channel).GetClusterStatus(
                 cluster_pb2.GetClusterStatusRequest(local_only=True), timeout=1
@@ -111,7 +111,7 @@ async def active_node(topo: Topology, kind: str) -> str:
             launched = topo.services.get(name)
             if launched is None or not launched.alive():
                 continue
-            status = await node_status(topo.addresses[name])
+            status = await node_status(topo, name)
             if status is not None and status.role == cluster_pb2.NODE_ROLE_ACTIVE:
                 found.append(name)
         return len(found) == 1
@@ -124,7 +124,7 @@ async def cluster_in_sync(topo: Topology, kind: str) -> None:
     """Every node runs, one is active, and all hold the same last event id."""
 
     async def in_sync() -> bool:
-        statuses = [await node_status(topo.addresses[n]) for n in topo.nodes[kind]]
+        statuses = [await node_status(topo, n) for n in topo.nodes[kind]]
         if any(s is None for s in statuses):
             return False
         roles = Counter(s.role for s in statuses if s is not None)

@@ -20,6 +20,7 @@ import pytest
 from gen.ostinato.joc.v1 import joc_pb2, joc_pb2_grpc
 from ostinato import signing
 from ostinato.launch import Launched, free_port, launch
+from tests.integration.certificates import Certificates
 from tests.integration.pki import Pki, make_pki, sign_file
 from tests.integration.postgres import pg_server, pg_url  # noqa: F401  (fixtures)
 from tests.integration.support import wait_until
@@ -63,20 +64,23 @@ def write(folder: Path, files: dict[str, str]) -> Path:
 class Processes:
     """Services started by a test, stopped together at its end."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, certificates: Certificates) -> None:
         self.base = base
+        self.certificates = certificates
         self.started: list[Launched] = []
 
     def controller(self, name: str, trust: list[Path], port: int = 0) -> Launched:
         data = self.base / name
         args = ["--listen", f"127.0.0.1:{port}", "--data-dir", str(data), "--id", name]
         args += ["--agent", "agent-1=127.0.0.1:1", *[a for t in trust for a in ("--trust", str(t))]]
+        args += self.certificates.args(name, peers=["joc"])
         return self._add(launch("controller", "controller_svc", args, data))
 
     def joc(self, controllers: dict[str, str], db_url: str, *extra: str) -> Launched:
         data = self.base / "joc"
         args = ["--listen", "127.0.0.1:0", "--data-dir", str(data), "--db-url", db_url, *extra]
         args += [a for c, address in controllers.items() for a in ("--controller", f"{c}={address}")]
+        args += self.certificates.args("joc")
         return self._add(launch("joc", "joc_svc", args, data))
 
     def _add(self, launched: Launched) -> Launched:
@@ -92,6 +96,28 @@ class Processes:
     def stop_all(self) -> None:
         self.stop(*self.started)
 
+    def history(self, joc: Launched, path: str) -> list[joc_pb2.Deployment]:
+        with self.certificates.sync_channel(joc.address) as channel:
+            stub = joc_pb2_grpc.DeploymentServiceStub(channel)
+            return list(
+                stub.ListDeployments(joc_pb2.ListDeploymentsRequest(path=path), timeout=10).deployments
+            )
+
+    def added_version(self, joc: Launched, workflow_path: str, controller_id: str) -> str:
+        """The version a controller binds a new order to: proof of what it holds. Waits while JOC
+        cannot reach the controller yet (it reconnects within a second after a restart)."""
+        deadline = time.monotonic() + 10
+        with self.certificates.sync_channel(joc.address) as channel:
+            orders = joc_pb2_grpc.OrderServiceStub(channel)
+            request = joc_pb2.AddOrderRequest(workflow_path=workflow_path, controller_id=controller_id)
+            while True:
+                try:
+                    return str(orders.AddOrder(request, timeout=10).workflow_version_id)
+                except grpc.RpcError as e:
+                    if e.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
@@ -101,8 +127,8 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    p = Processes(tmp_path / "services")
+def processes(tmp_path: Path, certificates: Certificates) -> Iterator[Processes]:
+    p = Processes(tmp_path / "services", certificates)
     try:
         yield p
     finally:
@@ -115,28 +141,6 @@ def root_key(tmp_path: Path) -> tuple[Path, Path]:
     (tmp_path / "root.key").write_text(key_pem)
     (tmp_path / "root.pem").write_text(cert_pem)
     return tmp_path / "root.key", tmp_path / "root.pem"
-
-
-def history(joc: Launched, path: str) -> list[joc_pb2.Deployment]:
-    with grpc.insecure_channel(joc.address) as channel:
-        stub = joc_pb2_grpc.DeploymentServiceStub(channel)
-        return list(stub.ListDeployments(joc_pb2.ListDeploymentsRequest(path=path), timeout=10).deployments)
-
-
-def added_version(joc: Launched, workflow_path: str, controller_id: str) -> str:
-    """The version a controller binds a new order to: proof of what it holds. Waits while JOC
-    cannot reach the controller yet (it reconnects within a second after a restart)."""
-    deadline = time.monotonic() + 10
-    with grpc.insecure_channel(joc.address) as channel:
-        orders = joc_pb2_grpc.OrderServiceStub(channel)
-        request = joc_pb2.AddOrderRequest(workflow_path=workflow_path, controller_id=controller_id)
-        while True:
-            try:
-                return str(orders.AddOrder(request, timeout=10).workflow_version_id)
-            except grpc.RpcError as e:
-                if e.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
 
 
 def test_inventory_deploy_to_two_controllers_redeploy_release(
@@ -201,8 +205,12 @@ def test_inventory_deploy_to_two_controllers_redeploy_release(
     assert len(lines) == 6 and all(line.startswith("deployed /app/") for line in lines), lines
     version = lines[0].split()[3]
     assert {line.split()[-1] for line in lines} == {"dev", "prod"}
-    assert added_version(joc, "/app/hello", "dev") == version == added_version(joc, "/app/sub/second", "prod")
-    rows = history(joc, "/app/hello")
+    assert (
+        processes.added_version(joc, "/app/hello", "dev")
+        == version
+        == processes.added_version(joc, "/app/sub/second", "prod")
+    )
+    rows = processes.history(joc, "/app/hello")
     assert {(r.controller_id, r.status, r.signer) for r in rows} == {
         ("dev", joc_pb2.DEPLOYMENT_STATUS_DEPLOYED, "CN=test JOC root"),
         ("prod", joc_pb2.DEPLOYMENT_STATUS_DEPLOYED, "CN=test JOC root"),
@@ -213,7 +221,7 @@ def test_inventory_deploy_to_two_controllers_redeploy_release(
     shutil.rmtree(processes.base / "prod")
     prod = processes.controller("prod", [cert], prod_port)
     with pytest.raises(grpc.RpcError) as info:
-        added_version(joc, "/app/hello", "prod")
+        processes.added_version(joc, "/app/hello", "prod")
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
     again = cli(joc, "deploy", "redeploy", "/app", "--controller", "prod")
     assert again.returncode == 0, again.stdout + again.stderr
@@ -223,7 +231,7 @@ def test_inventory_deploy_to_two_controllers_redeploy_release(
         "/app/sub/second",
     ]
     assert all(f"version {version} to prod" in line for line in again.stdout.splitlines())
-    assert added_version(joc, "/app/hello", "prod") == version
+    assert processes.added_version(joc, "/app/hello", "prod") == version
 
     # Calendars and schedules are released, not deployed; their references are checked too.
     released = cli(joc, "release", "-i", "/plan")
@@ -261,27 +269,27 @@ def test_deployment_waits_for_a_stopped_controller_and_survives_joc_restart(
 
     first = cli(joc, "deploy", str(tmp_path / "one"))
     assert first.returncode == 1 and "NOT deployed /w1" in first.stdout and "(pending" in first.stdout
-    [row] = history(joc, "/w1")
+    [row] = processes.history(joc, "/w1")
     assert (row.status, row.pending) == (joc_pb2.DEPLOYMENT_STATUS_NOT_DEPLOYED, True)
     assert "unreachable" in row.message
 
     controller = processes.controller("main", [cert], port)
-    took = wait_until(lambda: history(joc, "/w1")[0].status == joc_pb2.DEPLOYMENT_STATUS_DEPLOYED)
+    took = wait_until(lambda: processes.history(joc, "/w1")[0].status == joc_pb2.DEPLOYMENT_STATUS_DEPLOYED)
     print(f"deployed {took:.2f} s after the controller came up")
-    assert added_version(joc, "/w1", "main") == row.version_id
+    assert processes.added_version(joc, "/w1", "main") == row.version_id
 
     # Pending while the controller is away, and JOC restarts meanwhile: delivered all the same.
     processes.stop(controller)
     second = cli(joc, "deploy", str(tmp_path / "two"), "--no-wait")
     assert second.returncode == 0 and "NOT deployed /w2" in second.stdout, second.stdout
-    wait_until(lambda: history(joc, "/w2")[0].attempts > 0, what="a delivery attempt")
+    wait_until(lambda: processes.history(joc, "/w2")[0].attempts > 0, what="a delivery attempt")
     processes.stop(joc)
     controller = processes.controller("main", [cert], port)
     joc = processes.joc({"main": f"127.0.0.1:{port}"}, db_url, *signing_args)
-    wait_until(lambda: history(joc, "/w2")[0].status == joc_pb2.DEPLOYMENT_STATUS_DEPLOYED)
-    [w2] = history(joc, "/w2")
+    wait_until(lambda: processes.history(joc, "/w2")[0].status == joc_pb2.DEPLOYMENT_STATUS_DEPLOYED)
+    [w2] = processes.history(joc, "/w2")
     assert not w2.pending and w2.confirmed_at.seconds > 0
-    assert added_version(joc, "/w2", "main") == w2.version_id
+    assert processes.added_version(joc, "/w2", "main") == w2.version_id
 
 
 # ---- security level high
@@ -342,8 +350,8 @@ def test_security_level_high_export_sign_import(processes: Processes, pki: Pki, 
         f"deployed /hi/env version {version} to main",
         f"deployed /hi/hello version {version} to main",
     ]
-    assert added_version(joc, "/hi/hello", "main") == version
-    assert history(joc, "/hi/hello")[0].signer == "CN=leaf"
+    assert processes.added_version(joc, "/hi/hello", "main") == version
+    assert processes.history(joc, "/hi/hello")[0].signer == "CN=leaf"
 
     def rejected(name: str, change: Callable[[Path], None], key: Path, certificate: str, why: str) -> None:
         # Each signing round starts with an export: a new version (JOC refuses other content under
@@ -360,7 +368,7 @@ def test_security_level_high_export_sign_import(processes: Processes, pki: Pki, 
         assert result.returncode == 1, result.stdout
         [line] = result.stderr.splitlines()
         assert "/hi/hello" in line and why in line, line
-        latest = history(joc, "/hi/hello")[0]
+        latest = processes.history(joc, "/hi/hello")[0]
         assert latest.status == joc_pb2.DEPLOYMENT_STATUS_NOT_DEPLOYED and not latest.pending
         assert why in latest.message
 

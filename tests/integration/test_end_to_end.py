@@ -21,11 +21,12 @@ from tests.integration.support import Joc, shell_job
 S = order_pb2.OrderState
 
 
-def cli(joc_address: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def cli(topology: Topology, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    joc = ["--joc", topology.joc_address, *topology.cli_args()]
     return subprocess.run(
-        [sys.executable, "-m", "ostinato.cli", *args[:2], "--joc", joc_address, *args[2:]]
+        [sys.executable, "-m", "ostinato.cli", *args[:2], *joc, *args[2:]]
         if args[0] == "order"
-        else [sys.executable, "-m", "ostinato.cli", args[0], "--joc", joc_address, *args[1:]],
+        else [sys.executable, "-m", "ostinato.cli", args[0], *joc, *args[1:]],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -34,11 +35,11 @@ def cli(joc_address: str, *args: str, timeout: float = 60) -> subprocess.Complet
 
 
 def test_deploy_order_and_logs_through_all_four_processes(topology: Topology) -> None:
-    deployed = cli(topology.joc_address, "deploy", str(ROOT / "examples"))
+    deployed = cli(topology, "deploy", str(ROOT / "examples"))
     assert deployed.returncode == 0, deployed.stderr
     assert "deployed /hello version" in deployed.stdout
 
-    run = cli(topology.joc_address, "order", "add", "/hello", "--arg", "name=tester", "--wait")
+    run = cli(topology, "order", "add", "/hello", "--arg", "name=tester", "--wait")
     assert run.returncode == 0, run.stderr
     assert "hello, tester" in run.stdout  # the job's output, streamed while it ran
     assert "step 3 of 3" in run.stdout
@@ -46,14 +47,14 @@ def test_deploy_order_and_logs_through_all_four_processes(topology: Topology) ->
     assert run.stdout.strip().splitlines()[-1].endswith("finished")
     order_id = run.stdout.split()[0]
 
-    logs = cli(topology.joc_address, "order", "logs", order_id)
+    logs = cli(topology, "order", "logs", order_id)
     assert logs.returncode == 0, logs.stderr
     for line in ("hello, tester", "step 1 of 3", "step 3 of 3", "done"):
         assert line in logs.stdout + logs.stderr
 
-    shown = cli(topology.joc_address, "order", "show", order_id)
+    shown = cli(topology, "order", "show", order_id)
     assert shown.returncode == 0 and "FINISHED" in shown.stdout.upper()
-    listed = cli(topology.joc_address, "order", "list")
+    listed = cli(topology, "order", "list")
     assert order_id in listed.stdout
 
 
@@ -137,7 +138,7 @@ async def test_kill_9_mid_order_then_restart_finishes_exactly_once(
 async def test_bad_workflow_rejected_naming_the_field(topology: Topology, joc: Joc, tmp_path: Path) -> None:
     bad = {"instructions": [{"execute": {"jobName": "a"}}], "jobs": {"a": {"agnt": "agent-1"}}}
     (tmp_path / "bad.workflow.json").write_text(json.dumps(bad))
-    result = cli(topology.joc_address, "deploy", str(tmp_path / "bad.workflow.json"))
+    result = cli(topology, "deploy", str(tmp_path / "bad.workflow.json"))
     assert result.returncode == 1
     assert "agnt" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -167,7 +168,7 @@ async def test_unknown_workflow_path_rejected(topology: Topology, joc: Joc) -> N
         await joc.orders.AddOrder(joc_pb2.AddOrderRequest(workflow_path="/no/such/workflow"))
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
     assert "/no/such/workflow" in (e.value.details() or "")
-    result = cli(topology.joc_address, "order", "add", "/no/such/workflow")
+    result = cli(topology, "order", "add", "/no/such/workflow")
     assert result.returncode == 1 and "/no/such/workflow" in result.stderr
 
 
@@ -207,18 +208,17 @@ def test_reflection_lists_every_service(topology: Topology) -> None:
         "director": {"ostinato.director.v1.DirectorService"},
         "subagent-1": {"ostinato.subagent.v1.SubagentService"},
     }
+
+    def tls(as_name: str) -> list[str]:
+        """buf curl's mutual TLS: the CA, and the certificate of `as_name`."""
+        security = topology.security(as_name)
+        return ["--cacert", str(security.ca), "--cert", str(security.cert), "--key", str(security.key)]
+
     for name, services in expected.items():
         address = topology.services[name].address
+        # Health and reflection answer any certificate of the CA: the CLI's here.
         listed = subprocess.run(
-            [
-                buf,
-                "curl",
-                "--protocol",
-                "grpc",
-                "--http2-prior-knowledge",
-                "--list-services",
-                f"http://{address}",
-            ],
+            [buf, "curl", "--protocol", "grpc", *tls("cli"), "--list-services", f"https://{address}"],
             capture_output=True,
             text=True,
             timeout=30,
@@ -226,15 +226,18 @@ def test_reflection_lists_every_service(topology: Topology) -> None:
         assert listed.returncode == 0, listed.stderr
         names = set(listed.stdout.split())
         assert services | {"grpc.health.v1.Health"} <= names, (name, names)
+    method = "ostinato.controller.v1.ControllerService/GetOverview"
+    address = topology.services["controller"].address
+    # The controller serves JOC (and its cluster peers) only.
+    refused = subprocess.run(
+        [buf, "curl", "--protocol", "grpc", *tls("cli"), f"https://{address}/{method}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert refused.returncode != 0 and "permission_denied" in refused.stderr, refused.stderr
     overview = subprocess.run(
-        [
-            buf,
-            "curl",
-            "--protocol",
-            "grpc",
-            "--http2-prior-knowledge",
-            f"http://{topology.services['controller'].address}/ostinato.controller.v1.ControllerService/GetOverview",
-        ],
+        [buf, "curl", "--protocol", "grpc", *tls("joc"), f"https://{address}/{method}"],
         capture_output=True,
         text=True,
         timeout=30,

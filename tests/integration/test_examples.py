@@ -40,7 +40,7 @@ EXPECTED: dict[str, tuple[dict[str, str], int, list[str]]] = {
 async def deployed(topology: Topology, joc: Joc) -> Joc:
     result = subprocess.run(
         [sys.executable, "-m", "ostinato.cli", "deploy", "--joc", topology.joc_address,
-         str(ROOT / "examples")],
+         *topology.cli_args(), str(ROOT / "examples")],
         capture_output=True, text=True, timeout=60, cwd=ROOT,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr

@@ -60,14 +60,16 @@ def clusters(tmp_path: Path) -> Iterator[Topology]:
 
 @pytest.fixture
 async def joc(clusters: Topology) -> AsyncIterator[Joc]:
-    channel = rpc.channel(clusters.joc_address)
+    channel = clusters.channel(clusters.joc_address)
     yield Joc.connect(channel)
     await channel.close()
 
 
 @pytest.fixture
 async def controller(clusters: Topology) -> AsyncIterator[rpc.ClusterTarget]:
-    target = rpc.ClusterTarget(clusters.node_addresses("controller").split(","), name="controller")
+    target = rpc.ClusterTarget(
+        clusters.node_addresses("controller").split(","), name="controller", security=clusters.security("cli")
+    )
     yield target
     await target.close()
 
@@ -91,7 +93,7 @@ async def add_held(controller: rpc.ClusterTarget, ids: list[str], at: Timestamp)
 async def director_holds(topo: Topology) -> int:
     """Orders the active director node holds."""
     name = await active_node(topo, "director")
-    async with rpc.channel(topo.addresses[name]) as channel:
+    async with topo.channel(topo.addresses[name]) as channel:
         overview = await director_pb2_grpc.DirectorServiceStub(channel).GetOverview(
             director_pb2.GetOverviewRequest(), timeout=10
         )

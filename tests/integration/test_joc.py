@@ -23,6 +23,7 @@ from gen.ostinato.controller.v1 import controller_pb2, controller_pb2_grpc
 from gen.ostinato.joc.v1 import joc_pb2, joc_pb2_grpc
 from ostinato import rpc
 from ostinato.launch import Launched, launch
+from tests.integration.certificates import Certificates
 from tests.integration.support import eventually
 
 pytestmark = pytest.mark.integration
@@ -35,11 +36,14 @@ HELLO = (
 CLI = [sys.executable, "-m", "ostinato.cli"]
 
 
-def start_joc(data_dir: Path, controller: str) -> Launched:
+def start_joc(data_dir: Path, controller: str, certificates: Certificates) -> Launched:
     return launch(
         "joc",
         "joc_svc",
-        ["--listen", "127.0.0.1:0", "--data-dir", str(data_dir), "--controller", f"main={controller}"],
+        [
+            *["--listen", "127.0.0.1:0", "--data-dir", str(data_dir), "--controller", f"main={controller}"],
+            *certificates.args("joc"),
+        ],
         data_dir,
     )
 
@@ -52,15 +56,17 @@ def cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def lonely_joc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launched]:
-    joc = start_joc(tmp_path_factory.mktemp("joc"), "127.0.0.1:1")
+def lonely_joc(tmp_path_factory: pytest.TempPathFactory, certificates: Certificates) -> Iterator[Launched]:
+    joc = start_joc(tmp_path_factory.mktemp("joc"), "127.0.0.1:1", certificates)
     yield joc
     joc.stop()
 
 
 @pytest.fixture(scope="module")
-def stubs(lonely_joc: Launched) -> Iterator[tuple[joc_pb2_grpc.InventoryServiceStub, ...]]:
-    with grpc.insecure_channel(lonely_joc.address) as channel:
+def stubs(
+    lonely_joc: Launched, certificates: Certificates
+) -> Iterator[tuple[joc_pb2_grpc.InventoryServiceStub, ...]]:
+    with certificates.sync_channel(lonely_joc.address) as channel:
         yield (
             joc_pb2_grpc.InventoryServiceStub(channel),
             joc_pb2_grpc.DeploymentServiceStub(channel),
@@ -345,7 +351,10 @@ class TestController(controller_pb2_grpc.ControllerServiceServicer):
         )
 
 
-async def serve_controller(controller: TestController, address: str = "127.0.0.1:0") -> rpc.Server:
+async def serve_controller(
+    controller: TestController, certificates: Certificates, address: str = "127.0.0.1:0"
+) -> rpc.Server:
+    """As the controller, serving JOC alone."""
     return await rpc.start_server(
         address,
         [
@@ -355,6 +364,7 @@ async def serve_controller(controller: TestController, address: str = "127.0.0.1
                 rpc.service_name(controller_pb2, "ControllerService"),
             )
         ],
+        security=certificates.security("controller", peers=["joc"]),
     )
 
 
@@ -367,18 +377,20 @@ async def run_cli(*args: str, timeout: float = 30) -> tuple[int, str, str]:
 
 
 @pytest.fixture
-async def controller() -> AsyncIterator[tuple[TestController, rpc.Server]]:
+async def controller(certificates: Certificates) -> AsyncIterator[tuple[TestController, rpc.Server]]:
     c = TestController()
-    server = await serve_controller(c)
+    server = await serve_controller(c, certificates)
     yield c, server
     for task in list(c.tasks):
         task.cancel()
     await server.stop(0)
 
 
-async def test_orders_flow_through_joc(controller: tuple[TestController, rpc.Server], tmp_path: Path) -> None:
+async def test_orders_flow_through_joc(
+    controller: tuple[TestController, rpc.Server], tmp_path: Path, certificates: Certificates
+) -> None:
     fake, server = controller
-    joc = await asyncio.to_thread(start_joc, tmp_path / "joc", server.address)
+    joc = await asyncio.to_thread(start_joc, tmp_path / "joc", server.address, certificates)
     try:
         (tmp_path / "ex").mkdir()
         (tmp_path / "ex/hello.workflow.json").write_text(HELLO)
@@ -422,7 +434,7 @@ async def test_orders_flow_through_joc(controller: tuple[TestController, rpc.Ser
         await eventually(lambda: fake.released_until == fake.last_id)
 
         # The controller's own verdicts reach the caller with their code.
-        async with rpc.channel(joc.address) as channel:
+        async with certificates.channel(joc.address) as channel:
             orders = joc_pb2_grpc.OrderServiceStub(channel)
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await orders.AddOrder(joc_pb2.AddOrderRequest(workflow_path="/missing"))
@@ -453,13 +465,13 @@ async def test_orders_flow_through_joc(controller: tuple[TestController, rpc.Ser
 
 
 async def test_joc_survives_controller_restart_and_lost_events(
-    controller: tuple[TestController, rpc.Server], tmp_path: Path
+    controller: tuple[TestController, rpc.Server], tmp_path: Path, certificates: Certificates
 ) -> None:
     fake, server = controller
     fake.deployed["/hello"] = items_pb2.SignedItem(type=WF, path="/hello", version_id="v1")
-    joc = await asyncio.to_thread(start_joc, tmp_path / "joc", server.address)
+    joc = await asyncio.to_thread(start_joc, tmp_path / "joc", server.address, certificates)
     try:
-        async with rpc.channel(joc.address) as channel:
+        async with certificates.channel(joc.address) as channel:
             orders = joc_pb2_grpc.OrderServiceStub(channel)
             await orders.AddOrder(joc_pb2.AddOrderRequest(workflow_path="/hello", order_id="before"))
             await eventually(lambda: fake.released_until == fake.last_id and not fake.tasks)
@@ -467,7 +479,7 @@ async def test_joc_survives_controller_restart_and_lost_events(
             # The controller goes away and comes back on the same address with its journal.
             await server.stop(0)
             await asyncio.sleep(0.5)
-            server = await serve_controller(fake, server.address)
+            server = await serve_controller(fake, certificates, server.address)
             await fake.run_order(controller_pb2.NewOrder(id="after", workflow_path="/hello"), "v1")
             assert (await watch_to_end(orders, "after"))[-1].order.state == order_pb2.ORDER_STATE_FINISHED
             await eventually(lambda: fake.released_until == fake.last_id)
@@ -476,10 +488,10 @@ async def test_joc_survives_controller_restart_and_lost_events(
 
     try:
         # A JOC that never saw the released events is told so and continues after them, loudly.
-        second = await asyncio.to_thread(start_joc, tmp_path / "joc2", server.address)
+        second = await asyncio.to_thread(start_joc, tmp_path / "joc2", server.address, certificates)
         try:
             await fake.run_order(controller_pb2.NewOrder(id="late", workflow_path="/hello"), "v1")
-            async with rpc.channel(second.address) as channel:
+            async with certificates.channel(second.address) as channel:
                 orders = joc_pb2_grpc.OrderServiceStub(channel)
                 assert (await watch_to_end(orders, "late"))[-1].order.state == order_pb2.ORDER_STATE_FINISHED
                 with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -509,10 +521,10 @@ async def watch_to_end(
 
 
 async def test_order_commands_item_confirmations_and_audit_through_joc(
-    controller: tuple[TestController, rpc.Server], tmp_path: Path
+    controller: tuple[TestController, rpc.Server], tmp_path: Path, certificates: Certificates
 ) -> None:
     fake, server = controller
-    joc = await asyncio.to_thread(start_joc, tmp_path / "joc", server.address)
+    joc = await asyncio.to_thread(start_joc, tmp_path / "joc", server.address, certificates)
     try:
         (tmp_path / "hello.workflow.json").write_text(HELLO)
         code, out, err = await run_cli(
@@ -520,7 +532,7 @@ async def test_order_commands_item_confirmations_and_audit_through_joc(
         )
         assert code == 0, err
         version_id = out.split()[3]
-        async with rpc.channel(joc.address) as channel:
+        async with certificates.channel(joc.address) as channel:
             deployment = joc_pb2_grpc.DeploymentServiceStub(channel)
 
             # The agent's confirmation (ItemAttached) reaches the history without holding up "deployed".

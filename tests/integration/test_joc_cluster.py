@@ -17,9 +17,10 @@ import pytest
 from gen.ostinato.common.v1 import cluster_pb2, commands_pb2, items_pb2, order_pb2
 from gen.ostinato.controller.v1 import controller_pb2, controller_pb2_grpc
 from gen.ostinato.joc.v1 import joc_pb2, joc_pb2_grpc
-from ostinato import rpc, signing
+from ostinato import rpc, signing, tls
 from ostinato.launch import Launched, launch
 from ostinato.topology import Topology
+from tests.integration.certificates import Certificates
 from tests.integration.support import Joc, eventually, shell_job
 
 pytestmark = pytest.mark.integration
@@ -42,17 +43,20 @@ def start_joc(data_dir: Path, controller: str, *args: str) -> Launched:
 
 
 @contextlib.asynccontextmanager
-async def joc_process(data_dir: Path, controller: str, *args: str) -> AsyncIterator[tuple[Launched, Joc]]:
+async def joc_process(
+    data_dir: Path, controller: str, security: tls.Security, *args: str
+) -> AsyncIterator[tuple[Launched, Joc]]:
+    """JOC with its flags `args`; the test talks to it with `security`."""
     launched = await asyncio.to_thread(start_joc, data_dir, controller, *args)
     try:
-        async with rpc.channel(launched.address) as channel:
+        async with rpc.channel(launched.address, security) as channel:
             yield launched, Joc.connect(channel)
     finally:
         await asyncio.to_thread(launched.stop)
 
 
 async def overview(topology: Topology) -> controller_pb2.GetOverviewResponse:
-    async with rpc.channel(topology.addresses["controller"]) as channel:
+    async with topology.channel(topology.addresses["controller"], as_name="joc") as channel:
         stub = controller_pb2_grpc.ControllerServiceStub(channel)
         return await stub.GetOverview(controller_pb2.GetOverviewRequest(), timeout=5)
 
@@ -119,10 +123,9 @@ async def test_a_new_joc_resynchronises_from_the_controllers_snapshot(
     await released_past(topology, await last_event_id(joc, "done"))
     topology.services["joc"].stop()
 
-    async with joc_process(tmp_path / "new-joc", f"controller={topology.addresses['controller']}") as (
-        launched,
-        new,
-    ):
+    controller = f"controller={topology.addresses['controller']}"
+    as_joc = topology.tls_args("joc")
+    async with joc_process(tmp_path / "new-joc", controller, topology.security(), *as_joc) as (launched, new):
         # It holds what the controller holds, as it stands; the order that ended before is gone.
         async def resynced() -> bool:
             return set(await orders_of(new)) == {"later", "asking"}
@@ -173,7 +176,9 @@ async def test_joc_restored_from_an_old_backup_marks_orders_that_left_while_it_w
     topology.services["joc"].stop()
 
     (backup / "joc.address").unlink(missing_ok=True)
-    async with joc_process(backup, f"controller={topology.addresses['controller']}") as (_, restored):
+    controller = f"controller={topology.addresses['controller']}"
+    as_joc = topology.tls_args("joc")
+    async with joc_process(backup, controller, topology.security(), *as_joc) as (_, restored):
 
         async def resynced() -> bool:
             return (await orders_of(restored))["asking"].left_unseen
@@ -203,25 +208,31 @@ async def test_joc_restored_from_an_old_backup_marks_orders_that_left_while_it_w
 # ---- JOC's calls follow the controller to another node
 
 
-def start_controller(data_dir: Path, trust: Path) -> Launched:
+def start_controller(data_dir: Path, trust: Path, certificates: Certificates) -> Launched:
     args = ["--data-dir", str(data_dir), "--id", "c", "--trust", str(trust)]
+    args += certificates.args(data_dir.name, peers=["joc"])
     return launch("controller", "controller_svc", args, data_dir)
 
 
-async def test_joc_calls_move_to_the_next_controller_node_when_one_is_gone(tmp_path: Path) -> None:
+async def test_joc_calls_move_to_the_next_controller_node_when_one_is_gone(
+    tmp_path: Path, certificates: Certificates
+) -> None:
     """Two single-node controllers stand in for a cluster's nodes (each active): JOC talks to the
     first; when it is killed, JOC's next calls go to the second."""
     key, cert = tmp_path / "root-key.pem", tmp_path / "root-certificate.pem"
     for path, pem in zip((key, cert), signing.generate_root("test root"), strict=True):
         path.write_text(pem)
     first, second = await asyncio.gather(
-        asyncio.to_thread(start_controller, tmp_path / "c1", cert),
-        asyncio.to_thread(start_controller, tmp_path / "c2", cert),
+        asyncio.to_thread(start_controller, tmp_path / "c1", cert, certificates),
+        asyncio.to_thread(start_controller, tmp_path / "c2", cert, certificates),
     )
     try:
         controller = f"c={first.address},{second.address}"
-        signed_by = ("--signing-key", str(key), "--signing-cert", str(cert))
-        async with joc_process(tmp_path / "joc", controller, *signed_by) as (launched, joc):
+        signed_by = ("--signing-key", str(key), "--signing-cert", str(cert), *certificates.args("joc"))
+        async with joc_process(tmp_path / "joc", controller, certificates.security("cli"), *signed_by) as (
+            launched,
+            joc,
+        ):
             # A workflow that needs no agent: the controller finishes its orders by itself.
             workflow = '{"instructions": [{"finish": {}}]}'
             await joc.inventory.PutObject(

@@ -11,16 +11,17 @@ import pytest
 
 from gen.ostinato.common.v1 import events_pb2, items_pb2, order_pb2
 from gen.ostinato.joc.v1 import joc_pb2
-from ostinato import rpc, signing
+from ostinato import signing
 from ostinato.launch import Launched, launch
 from ostinato.topology import Topology
+from tests.integration.certificates import Certificates
 from tests.integration.support import Joc, shell_job
 
 S = order_pb2.OrderState
 
 
 @pytest.fixture
-def two_agents(tmp_path: Path) -> Iterator[str]:
+def two_agents(tmp_path: Path, certificates: Certificates) -> Iterator[str]:
     """JOC, a controller, and two director agents with a subagent each; yields JOC's address."""
     started: list[Launched] = []
     key_pem, cert_pem = signing.generate_root("test root")
@@ -28,15 +29,20 @@ def two_agents(tmp_path: Path) -> Iterator[str]:
     (tmp_path / "root-cert.pem").write_text(cert_pem)
     trust = ["--trust", str(tmp_path / "root-cert.pem")]
 
+    # Who calls whom: a subagent accepts its director, a director the controller, the controller JOC.
+    callers = {"east-sub": ["east"], "west-sub": ["west"], "east": ["controller"], "west": ["controller"]}
+    callers["controller"] = ["joc"]
+
     def start(kind: str, module: str, name: str, *args: str) -> str:
         d = tmp_path / name
-        started.append(launch(kind, module, ["--listen", "127.0.0.1:0", "--data-dir", str(d), *args], d))
+        args = ("--listen", "127.0.0.1:0", "--data-dir", str(d), *args)
+        started.append(launch(kind, module, [*args, *certificates.args(name, callers.get(name, []))], d))
         return started[-1].address
 
     try:
         directors = {}
         for agent in ("east", "west"):
-            sub = start("subagent", "subagent_svc", f"{agent}-sub", "--id", f"{agent}-sub")
+            sub = start("subagent", "subagent_svc", f"{agent}-sub", "--id", f"{agent}-sub", *trust)
             directors[agent] = start(
                 "director",
                 "director_svc",
@@ -61,8 +67,8 @@ def two_agents(tmp_path: Path) -> Iterator[str]:
             launched.stop()
 
 
-async def test_an_order_moves_between_two_agents(two_agents: str) -> None:
-    channel = rpc.channel(two_agents)
+async def test_an_order_moves_between_two_agents(two_agents: str, certificates: Certificates) -> None:
+    channel = certificates.channel(two_agents)
     joc = Joc.connect(channel)
     await joc.deploy_workflow("/across", {
         "instructions": [{"execute": {"jobName": "extract"}}, {"execute": {"jobName": "load"}},

@@ -1,5 +1,5 @@
 """Signatures made by `openssl` (RSA, ECDSA, a CA chain, an expired certificate, a stranger's key),
-checked by the verifier directly and by real controller and director processes."""
+checked by the verifier directly and by real controller, director and subagent processes."""
 
 from __future__ import annotations
 
@@ -12,13 +12,17 @@ from pathlib import Path
 import grpc
 import pytest
 
-from gen.ostinato.common.v1 import events_pb2, items_pb2
+from gen.ostinato.common.v1 import events_pb2, items_pb2, order_pb2, workflow_pb2
 from gen.ostinato.controller.v1 import controller_pb2, controller_pb2_grpc
 from gen.ostinato.director.v1 import director_pb2, director_pb2_grpc
+from gen.ostinato.joc.v1 import joc_pb2
 from ostinato import signing
 from ostinato.errors import InvalidArgument, SignatureRejected
 from ostinato.launch import Launched, launch
+from ostinato.topology import Topology, TopologyConfig
+from tests.integration.certificates import Certificates
 from tests.integration.pki import Pki, make_pki, sign_file
+from tests.integration.support import Joc, shell_job
 
 pytestmark = pytest.mark.integration
 
@@ -180,7 +184,9 @@ def test_signer_and_openssl_agree(pki: Pki, tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def services(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Launched]]:
+def services(
+    pki: Pki, tmp_path_factory: pytest.TempPathFactory, certificates: Certificates
+) -> Iterator[dict[str, Launched]]:
     base = tmp_path_factory.mktemp("services")
     trust = [a for name in ("rsa", "ecdsa", "root") for a in ("--trust", str(pki.cert(name)))]
     started: dict[str, Launched] = {}
@@ -196,19 +202,34 @@ def services(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dic
                 "--agent",
                 "agent-1=127.0.0.1:1",
                 *trust,
+                *certificates.args("controller", peers=["joc"]),
             ],
             base / "c",
         )
         started["director"] = launch(
             "director",
             "director_svc",
-            ["--listen", "127.0.0.1:0", "--data-dir", str(base / "d"), "--agent-name", "agent-1", *trust],
+            [
+                *[
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--data-dir",
+                    str(base / "d"),
+                    "--agent-name",
+                    "agent-1",
+                    *trust,
+                ],
+                *certificates.args("director", peers=["controller"]),
+            ],
             base / "d",
         )
         started["trusting nothing"] = launch(
             "controller",
             "controller_svc",
-            ["--listen", "127.0.0.1:0", "--data-dir", str(base / "n"), "--agent", "agent-1=127.0.0.1:1"],
+            [
+                *["--listen", "127.0.0.1:0", "--data-dir", str(base / "n"), "--agent", "agent-1=127.0.0.1:1"],
+                *certificates.args("controller", peers=["joc"]),
+            ],
             base / "n",
         )
         yield started
@@ -220,12 +241,12 @@ def services(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dic
 
 
 def test_controller_and_director_verify_every_item(
-    services: dict[str, Launched], pki: Pki, tmp_path: Path
+    services: dict[str, Launched], pki: Pki, tmp_path: Path, certificates: Certificates
 ) -> None:
     with (
-        grpc.insecure_channel(services["controller"].address) as c_channel,
-        grpc.insecure_channel(services["director"].address) as d_channel,
-        grpc.insecure_channel(services["trusting nothing"].address) as n_channel,
+        certificates.sync_channel(services["controller"].address, as_name="joc") as c_channel,
+        certificates.sync_channel(services["director"].address, as_name="controller") as d_channel,
+        certificates.sync_channel(services["trusting nothing"].address, as_name="joc") as n_channel,
     ):
         controller = controller_pb2_grpc.ControllerServiceStub(c_channel)
         director = director_pb2_grpc.DirectorServiceStub(d_channel)
@@ -267,10 +288,12 @@ def test_controller_and_director_verify_every_item(
         assert "trusts no certificate" in info.value.details()
 
 
-def test_a_signature_survives_the_journal(services: dict[str, Launched], pki: Pki, tmp_path: Path) -> None:
+def test_a_signature_survives_the_journal(
+    services: dict[str, Launched], pki: Pki, tmp_path: Path, certificates: Certificates
+) -> None:
     """The controller keeps the exact signed JSON and signature: what it hands agents verifies."""
     item = openssl_signed(pki, tmp_path, workflow_json("/sig/kept", "v7"), "leaf", pki.chain_pem)
-    with grpc.insecure_channel(services["controller"].address) as channel:
+    with certificates.sync_channel(services["controller"].address, as_name="joc") as channel:
         controller = controller_pb2_grpc.ControllerServiceStub(channel)
         deployed = controller.DeployItems(controller_pb2.DeployItemsRequest(items=[item]), timeout=10)
         watched = controller.WatchEvents(controller_pb2.WatchEventsRequest(after=0, heartbeat_seconds=0.2))
@@ -291,3 +314,49 @@ def test_a_signature_survives_the_journal(services: dict[str, Launched], pki: Pk
     )
     assert kept.json == item.json
     assert trusted(pki).verify(kept) == "CN=leaf"
+
+
+# ---- subagents verify what they run
+
+
+class DistrustingSubagents(Topology):
+    """Controller and director trust JOC's root key; the subagents trust only `trusted`."""
+
+    def __init__(self, data_dir: Path, config: TopologyConfig, trusted: Path) -> None:
+        super().__init__(data_dir, config)
+        self.trusted = trusted
+
+    def _args(self, name: str) -> tuple[str, str, list[str]]:
+        kind, module, args = super()._args(name)
+        if name in self.config.subagents:
+            args = [
+                a for a, before in zip(args, ["", *args[:-1]], strict=True) if "--trust" not in (a, before)
+            ]
+            args += ["--trust", str(self.trusted)]
+        return kind, module, args
+
+
+async def test_a_job_the_subagent_cannot_verify_fails_with_the_reason(tmp_path: Path, pki: Pki) -> None:
+    topology = DistrustingSubagents(
+        tmp_path / "t", TopologyConfig.ephemeral(subagents=1), pki.cert("stranger")
+    )
+    topology.start()
+    try:
+        async with topology.channel(topology.joc_address) as channel:
+            joc = Joc.connect(channel)
+            ran = tmp_path / "ran"
+            await joc.deploy_workflow(
+                "/distrusted",
+                {"instructions": [{"execute": {"jobName": "j"}}], "jobs": {"j": shell_job(f"touch {ran}")}},
+            )
+            added = await joc.orders.AddOrder(joc_pb2.AddOrderRequest(workflow_path="/distrusted"))
+            order = await joc.wait_until_ended(added.order_id)
+    finally:
+        topology.stop()
+    assert order.state == order_pb2.ORDER_STATE_FAILED
+    [historic] = order.historic_outcomes
+    outcome = historic.outcome
+    assert outcome.kind == workflow_pb2.OUTCOME_KIND_FAILED and outcome.return_code == 126
+    assert "subagent subagent-1 refused to start the job" in outcome.message, outcome
+    assert "CN=ostinato local root" in outcome.message and "is not trusted" in outcome.message, outcome
+    assert not ran.exists()

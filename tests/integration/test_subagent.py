@@ -1,8 +1,10 @@
-"""A real subagent process on port 0, driven over gRPC by a small test-side director."""
+"""A real subagent process on port 0, driven over gRPC by a small test-side director, which hands
+over each job as a signed one-job workflow (the subagent runs nothing else)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -13,11 +15,13 @@ from pathlib import Path
 import grpc
 import pytest
 
+from gen.ostinato.common.v1 import items_pb2
 from gen.ostinato.subagent.v1 import subagent_pb2 as pb
 from gen.ostinato.subagent.v1 import subagent_pb2_grpc
-from ostinato import rpc
+from ostinato import rpc, signing, tls
 from ostinato.launch import Launched, launch
 from subagent_svc.processes import record_text
+from tests.integration.certificates import Certificates
 from tests.integration.support import eventually
 
 pytestmark = pytest.mark.integration
@@ -26,6 +30,46 @@ WAIT = 10.0  # deadline for any single expected message
 
 
 _open_directors: list[Director] = []
+
+
+@pytest.fixture(scope="session")
+def author(tmp_path_factory: pytest.TempPathFactory) -> tuple[signing.Signer, Path]:
+    """Who signs the test workflows, and the certificate the subagent trusts for it."""
+    key, certificate = signing.generate_root("test workflow author")
+    trusted = tmp_path_factory.mktemp("author") / "author.pem"
+    trusted.write_text(certificate)
+    return signing.Signer(key, certificate), trusted
+
+
+@pytest.fixture(autouse=True)
+def as_director(certificates: Certificates, author: tuple[signing.Signer, Path]) -> None:
+    """The test process plays the director: it shows the certificate the subagent accepts, and
+    hands over workflows signed by the author the subagent trusts."""
+    Director.default_security = certificates.security("director")
+    Director.default_signer = author[0]
+
+
+def signed_workflow(
+    signer: signing.Signer, key: str, script: str, argv: list[str] | None, env: dict[str, str]
+) -> items_pb2.SignedItem:
+    """A one-job workflow (its job at position 0) that runs the program with these env names."""
+    names = {name: "'set by the director'" for name in env}
+    executable = (
+        {"commandLine": {"argv": argv, "env": names}}
+        if argv
+        else {"shellScript": {"script": script, "env": names}}
+    )
+    path, version = f"/test/{key}", f"v-{key}"
+    text = json.dumps(
+        {
+            "path": path,
+            "versionId": version,
+            "instructions": [{"execute": {"jobName": "j"}}],
+            "jobs": {"j": {"agent": "agent-1", "executable": executable}},
+        }
+    )
+    item = items_pb2.SignedItem(type=items_pb2.ITEM_TYPE_WORKFLOW, path=path, version_id=version, json=text)
+    return signer.sign_item(item)
 
 
 @pytest.fixture(autouse=True)
@@ -39,8 +83,20 @@ async def close_directors() -> AsyncIterator[None]:
 class Director:
     """One session, as a director would hold it: hello, heartbeats, commands, acks."""
 
-    def __init__(self, address: str, term: int = 1, heartbeat: float = 0.3, send_heartbeats: bool = True):
+    # The certificate a director shows, and who signed its workflows; set for each test (as_director).
+    default_security: tls.Security = tls.INSECURE
+    default_signer: signing.Signer | None = None
+
+    def __init__(
+        self,
+        address: str,
+        term: int = 1,
+        heartbeat: float = 0.3,
+        send_heartbeats: bool = True,
+        security: tls.Security | None = None,
+    ):
         self.address = address
+        self.security = security or Director.default_security
         self.term = term
         self.heartbeat = heartbeat
         self.send_heartbeats = send_heartbeats
@@ -54,7 +110,7 @@ class Director:
 
     async def open(self) -> Director:
         _open_directors.append(self)
-        self.channel = rpc.channel(self.address)
+        self.channel = rpc.channel(self.address, self.security)
         self.call = subagent_pb2_grpc.SubagentServiceStub(self.channel).Session()
         await self.send(
             hello=pb.Hello(
@@ -91,10 +147,40 @@ class Director:
             await self.call.write(pb.SessionRequest(**kind))  # type: ignore[arg-type]
 
     async def start(
-        self, key: str, script: str = "", argv: list[str] | None = None, **fields: object
+        self,
+        key: str,
+        script: str = "",
+        argv: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        **fields: object,
     ) -> None:
+        """Hands over the job as a signed one-job workflow, then starts it."""
+        assert self.default_signer is not None
+        item = signed_workflow(self.default_signer, key, script, argv, env or {})
+        await self.send(attach_signed=pb.AttachSigned(items=[item]))
+        await self.start_only(key, script, argv, env, item.path, item.version_id, **fields)
+
+    async def start_only(
+        self,
+        key: str,
+        script: str = "",
+        argv: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        workflow_path: str = "",
+        workflow_version_id: str = "",
+        **fields: object,
+    ) -> None:
+        """A StartProcess as it is, of the workflow version named (attached or not)."""
         program: dict[str, object] = {"argv": pb.ArgvProgram(argv=argv)} if argv else {"shell_script": script}
-        await self.send(start_process=pb.StartProcess(process_key=key, **program, **fields))  # type: ignore[arg-type]
+        start = pb.StartProcess(
+            process_key=key,
+            env=env or {},
+            workflow_path=workflow_path,
+            workflow_version_id=workflow_version_id,
+            **program,  # type: ignore[arg-type]
+            **fields,  # type: ignore[arg-type]
+        )
+        await self.send(start_process=start)
 
     async def next(self, timeout: float = WAIT) -> pb.SessionResponse:
         """The next numbered message; heartbeats are skipped, seq must grow by one."""
@@ -104,6 +190,10 @@ class Director:
         assert response.seq == self.last_seq + 1 or self.last_seq == 0, (self.last_seq, response)
         self.last_seq = response.seq
         return response
+
+    def pending(self) -> int:
+        """Numbered messages received and not yet taken with next()."""
+        return self._responses.qsize()
 
     async def until_exited(self, key: str, ack: bool = False) -> list[pb.SessionResponse]:
         """Every numbered message up to and including `key`'s ProcessExited."""
@@ -170,7 +260,9 @@ async def read_pid(path: Path) -> int:
 
 
 @pytest.fixture
-def subagent_factory(tmp_path: Path) -> Iterator[Callable[..., Launched]]:
+def subagent_factory(
+    tmp_path: Path, certificates: Certificates, author: tuple[signing.Signer, Path]
+) -> Iterator[Callable[..., Launched]]:
     started: list[Launched] = []
 
     def start(director_timeout: float = 10.0, env: dict[str, str] | None = None) -> Launched:
@@ -185,6 +277,8 @@ def subagent_factory(tmp_path: Path) -> Iterator[Callable[..., Launched]]:
                 "sub-1",
                 "--director-timeout",
                 str(director_timeout),
+                *certificates.args("sub-1", peers=["director"]),
+                *["--trust", str(author[1])],
             ],
             data_dir,
             env={"OSTINATO_SECRET": "not for jobs", **(env or {})},
@@ -395,7 +489,7 @@ async def test_terms_fence_sessions(subagent: Launched) -> None:
 
 
 async def test_session_rules(subagent: Launched) -> None:
-    channel = rpc.channel(subagent.address)
+    channel = rpc.channel(subagent.address, Director.default_security)
     call = subagent_pb2_grpc.SubagentServiceStub(channel).Session()
     await call.write(pb.SessionRequest(heartbeat=pb.Heartbeat()))
     with pytest.raises(grpc.aio.AioRpcError) as raised:
@@ -485,3 +579,64 @@ async def test_stop_kills_running_jobs(subagent: Launched, tmp_path: Path) -> No
     assert list((tmp_path / "subagent" / "processes").iterdir()) == []
     assert "killing 1 running process group" in subagent.log_text()
     await d.close(goodbye=False)
+
+
+async def test_only_jobs_of_verified_signed_workflows_start(
+    subagent: Launched, tmp_path: Path, author: tuple[signing.Signer, Path]
+) -> None:
+    """What a director that was taken over (it has the director's certificate) may try: each start
+    ends at once as not started, with the reason, and nothing runs."""
+    signer, _ = author
+    ran = tmp_path / "ran"
+    script = f"touch {ran}"
+    d = await Director(subagent.address).open()
+
+    good = signed_workflow(signer, "good", script, None, {"NAME": "x"})
+    tampered = items_pb2.SignedItem()
+    tampered.CopyFrom(signed_workflow(signer, "tampered", script, None, {}))
+    tampered.json = tampered.json.replace("touch", "rm -f")
+    other_key, other_certificate = signing.generate_root("nobody trusts me")
+    stranger = signed_workflow(signing.Signer(other_key, other_certificate), "stranger", script, None, {})
+    unsigned = signed_workflow(signer, "unsigned", script, None, {})
+    unsigned.ClearField("signature")
+    await d.send(attach_signed=pb.AttachSigned(items=[good, tampered, stranger, unsigned]))
+
+    def of(item: items_pb2.SignedItem) -> dict[str, str]:
+        return {"workflow_path": item.path, "workflow_version_id": item.version_id}
+
+    attempts = {
+        "no-workflow": ({}, {}, "the start names no workflow"),
+        "not-attached": (
+            {"workflow_path": "/test/other", "workflow_version_id": "v"},
+            {},
+            "not handed over signed",
+        ),
+        "tampered": (of(tampered), {}, "signature does not match the JSON text"),
+        "stranger": (of(stranger), {}, "CN=nobody trusts me"),
+        "unsigned": (of(unsigned), {}, "unsigned"),
+        "another-script": (of(good), {"script": "id > f"}, "is not the signed script of job j"),
+        "preloaded": (
+            of(good),
+            {"env": {"NAME": "1", "LD_PRELOAD": "/tmp/evil.so"}},
+            "LD_PRELOAD comes from",
+        ),
+    }
+    for key, (where, changed, _) in attempts.items():
+        program = {"script": script, **changed}
+        await d.start_only(key, **program, **where)  # type: ignore[arg-type]
+    for key, (_, _, why) in attempts.items():
+        [exited] = await d.until_exited(key)
+        refused = exited.process_exited
+        assert refused.not_started and refused.return_code == 126, (key, refused)
+        assert "subagent sub-1 refused to start the job" in refused.message and why in refused.message, (
+            key,
+            refused.message,
+        )
+    assert not ran.exists()
+
+    # The same workflow as signed runs (its env names are the job's own).
+    await d.start_only("signed", script, env={"NAME": "1"}, **of(good))
+    seen = await d.until_exited("signed")
+    assert seen[-1].process_exited.return_code == 0 and ran.exists()
+    await d.close()
+    assert "refused a signed item: workflow /test/tampered" in subagent.log_text()

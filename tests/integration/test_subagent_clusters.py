@@ -14,7 +14,6 @@ import pytest
 
 from gen.ostinato.common.v1 import items_pb2, order_pb2
 from gen.ostinato.joc.v1 import joc_pb2
-from ostinato import rpc
 from ostinato.topology import Topology, TopologyConfig
 from tests.integration.support import Joc, eventually
 
@@ -35,7 +34,7 @@ def three(tmp_path: Path) -> Iterator[Topology]:
 
 @pytest.fixture
 async def joc(three: Topology) -> AsyncIterator[Joc]:
-    async with rpc.channel(three.joc_address) as channel:
+    async with three.channel(three.joc_address) as channel:
         yield Joc.connect(channel)
 
 
@@ -142,7 +141,7 @@ async def test_a_job_on_a_subagent_killed_for_good_fails_and_is_not_run_again(
     second time elsewhere."""
     topology = quick_timeout
     record = topology.data_dir / "started.txt"
-    async with rpc.channel(topology.joc_address) as channel:
+    async with topology.channel(topology.joc_address) as channel:
         joc = Joc.connect(channel)
         job = {
             "agent": "agent-1",
@@ -174,7 +173,7 @@ async def test_a_director_with_only_its_built_in_subagent_runs_jobs(tmp_path: Pa
     topology = Topology(tmp_path / "topology", config)
     topology.start()
     try:
-        async with rpc.channel(topology.joc_address) as channel:
+        async with topology.channel(topology.joc_address) as channel:
             joc = Joc.connect(channel)
             job = {
                 "agent": "agent-1",

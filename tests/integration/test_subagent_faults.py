@@ -24,7 +24,6 @@ import pytest
 
 from gen.ostinato.common.v1 import order_pb2, workflow_pb2
 from gen.ostinato.joc.v1 import joc_pb2
-from ostinato import rpc
 from ostinato.topology import Topology, TopologyConfig
 from tests.integration.support import Joc, eventually
 
@@ -164,7 +163,7 @@ def topology(tmp_path: Path, director_timeout: float) -> Iterator[Topology]:
 async def setup(topology: Topology, tmp_path: Path) -> AsyncIterator[Setup]:
     job_script = tmp_path / "job.py"
     job_script.write_text(JOB)
-    channel = rpc.channel(topology.joc_address)
+    channel = topology.channel(topology.joc_address)
     yield Setup(topology, Joc.connect(channel), tmp_path / "record.txt", job_script)
     await channel.close()
     # Whatever a failed test left running must not outlive it.

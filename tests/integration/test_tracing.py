@@ -7,7 +7,6 @@ from pathlib import Path
 
 from gen.ostinato.common.v1 import order_pb2
 from gen.ostinato.joc.v1 import joc_pb2
-from ostinato import rpc
 from ostinato.topology import Topology, TopologyConfig
 from tests.integration.support import Joc, shell_job
 
@@ -31,7 +30,7 @@ async def test_one_order_is_one_trace_across_services(tmp_path: Path) -> None:
     )
     topology.start()
     try:
-        channel = rpc.channel(topology.joc_address)
+        channel = topology.channel(topology.joc_address)
         joc = Joc.connect(channel)
         await joc.deploy_workflow(
             "/traced",

@@ -1,4 +1,5 @@
-"""`ostinato up` runs the topology in the foreground and stops all of it on SIGTERM."""
+"""`ostinato up` runs the topology in the foreground, with mutual TLS by default (the CLI finds its
+certificate in the data directory), and stops all of it on SIGTERM."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-
-from ostinato.topology import ROOT
 
 CONFIG = """
 [joc]
@@ -28,22 +27,16 @@ listen = "127.0.0.1:0"
 
 def test_up_prints_addresses_and_stops_everything_on_sigterm(tmp_path: Path) -> None:
     (tmp_path / "up.toml").write_text(CONFIG)
-    data = tmp_path / "data"
+    data = tmp_path / ".ostinato"  # the default data directory, in the working directory
+    # As an operator's shell: no test CA for the CLI, it takes what `up` made.
+    env = {k: v for k, v in os.environ.items() if k != "OSTINATO_TLS_DIR"}
     up = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ostinato.cli",
-            "up",
-            "--config",
-            str(tmp_path / "up.toml"),
-            "--data-dir",
-            str(data),
-        ],
+        [sys.executable, "-m", "ostinato.cli", "up", "--config", "up.toml"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        cwd=ROOT,
+        cwd=tmp_path,
+        env=env,
     )
     assert up.stdout is not None
     lines: list[str] = []
@@ -55,7 +48,18 @@ def test_up_prints_addresses_and_stops_everything_on_sigterm(tmp_path: Path) -> 
     assert "ostinato is up" in "".join(lines)
     names = {line.split()[0] for line in lines if line.startswith("  ")}
     assert names == {"only", "director", "controller", "joc"}
+    assert "mutual TLS" in "".join(lines)
     assert _processes_using(data), "the services should be running"
+    joc = next(line.split()[1] for line in lines if line.strip().startswith("joc "))
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "ostinato.cli", "order", "list", "--joc", joc, *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=30, cwd=tmp_path, env=env)
+
+    listed = cli()  # its certificate: .ostinato/pki/cli.pem, found by itself
+    assert listed.returncode == 0, listed.stderr
+    plain = cli("--insecure")
+    assert plain.returncode == 1 and f"cannot connect to JOC at {joc}" in plain.stderr, plain.stderr
 
     up.send_signal(signal.SIGTERM)
     out, _ = up.communicate(timeout=30)

@@ -99,7 +99,7 @@ def test_describe_events() -> None:
 
 def test_witness_runs_only_a_node_flagged_witness(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from ostinato.cli import main
-    from ostinato.journal.cluster import Cluster, Member
+    from ostinato.cluster.members import Cluster, Member
 
     file = tmp_path / "cluster.json"
     members = (Member("a", "h:1", "h:2"), Member("b", "h:3", "h:4"), Member("w", "h:5", "h:6", True))

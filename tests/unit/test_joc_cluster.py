@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
+from pathlib import Path
 
 import grpc
 import pytest
@@ -16,7 +17,7 @@ from gen.ostinato.controller.v1 import controller_pb2, controller_pb2_grpc
 from joc_svc.controllers import ControllerLink, parse_controller_arg
 from joc_svc.projection import Projected, replay
 from joc_svc.store import ControllerBehind, Store
-from ostinato import rpc
+from ostinato import pki, rpc, tls
 from ostinato.errors import NotActive
 
 # The store fixture runs these on SQLite, or on the database OSTINATO_TEST_DB_URL names.
@@ -176,6 +177,16 @@ class Node(controller_pb2_grpc.ControllerServiceServicer):
 
     async def GetOverview(self, request, context):  # type: ignore[no-untyped-def]
         return controller_pb2.GetOverviewResponse(controller_id=self.name)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def mutual_tls(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The nodes here and JOC's link to them speak mutual TLS, as everywhere: one process, one
+    certificate, accepted by the nodes."""
+    directory: Path = tmp_path_factory.mktemp("pki")
+    pki.init(directory)
+    issued = pki.issue(directory, "joc", ["127.0.0.1"])
+    tls.use(tls.Security(issued.cert, issued.key, directory / pki.CA_CERT, (issued.subject,)))
 
 
 @pytest.fixture

@@ -894,10 +894,13 @@ class Account(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     SIGNING_CERTIFICATE_SUBJECT_FIELD_NUMBER: _builtins.int
     TOKEN_COUNT_FIELD_NUMBER: _builtins.int
+    CERT_SUBJECT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     signing_certificate_subject: _builtins.str
     """Subject of the certificate of the account's signing key; empty when it has none."""
     token_count: _builtins.int
+    cert_subject: _builtins.str
+    """A client whose TLS certificate has this subject (RFC 4514 DN) acts as this account."""
     @_builtins.property
     def roles(self) -> _containers.RepeatedScalarFieldContainer[Global___Role.ValueType]: ...
     @_builtins.property
@@ -910,10 +913,11 @@ class Account(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         signing_certificate_subject: _builtins.str = ...,
         token_count: _builtins.int = ...,
+        cert_subject: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "name", b"name", "roles", b"roles", "signing_certificate_subject", b"signing_certificate_subject", "token_count", b"token_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cert_subject", b"cert_subject", "created_at", b"created_at", "name", b"name", "roles", b"roles", "signing_certificate_subject", b"signing_certificate_subject", "token_count", b"token_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -925,7 +929,12 @@ class PutAccountRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     ROLES_FIELD_NUMBER: _builtins.int
+    CERT_SUBJECT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    cert_subject: _builtins.str
+    """Given: the TLS client certificate subject that names this account (empty: none); absent:
+    left as it is.
+    """
     @_builtins.property
     def roles(self) -> _containers.RepeatedScalarFieldContainer[Global___Role.ValueType]: ...
     def __init__(
@@ -933,12 +942,15 @@ class PutAccountRequest(_message.Message):
         *,
         name: _builtins.str = ...,
         roles: _abc.Iterable[Global___Role.ValueType] | None = ...,
+        cert_subject: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cert_subject", b"_cert_subject", "cert_subject", b"cert_subject"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "roles", b"roles"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cert_subject", b"_cert_subject", "cert_subject", b"cert_subject", "name", b"name", "roles", b"roles"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__cert_subject: _TypeAlias = _typing.Literal["cert_subject"]  # noqa: Y015
+    _WhichOneofArgType__cert_subject: _TypeAlias = _typing.Literal["_cert_subject", b"_cert_subject"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cert_subject) -> _WhichOneofReturnType__cert_subject | None: ...
 
 Global___PutAccountRequest: _TypeAlias = PutAccountRequest  # noqa: Y015
 

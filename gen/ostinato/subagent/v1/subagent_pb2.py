@@ -22,9 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from gen.ostinato.common.v1 import items_pb2 as ostinato_dot_common_dot_v1_dot_items__pb2
+from gen.ostinato.common.v1 import order_pb2 as ostinato_dot_common_dot_v1_dot_order__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#ostinato/subagent/v1/subagent.proto\x12\x14ostinato.subagent.v1\"\xd0\x02\n\x0eSessionRequest\x12,\n\x05hello\x18\x01 \x01(\x0b\x32\x1b.ostinato.subagent.v1.HelloH\x00\x12;\n\rstart_process\x18\x02 \x01(\x0b\x32\".ostinato.subagent.v1.StartProcessH\x00\x12\x39\n\x0ckill_process\x18\x03 \x01(\x0b\x32!.ostinato.subagent.v1.KillProcessH\x00\x12(\n\x03\x61\x63k\x18\x04 \x01(\x0b\x32\x19.ostinato.subagent.v1.AckH\x00\x12\x34\n\theartbeat\x18\x05 \x01(\x0b\x32\x1f.ostinato.subagent.v1.HeartbeatH\x00\x12\x30\n\x07goodbye\x18\x06 \x01(\x0b\x32\x1d.ostinato.subagent.v1.GoodbyeH\x00\x42\x06\n\x04kind\"\xcd\x02\n\x0fSessionResponse\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x30\n\x07welcome\x18\x02 \x01(\x0b\x32\x1d.ostinato.subagent.v1.WelcomeH\x00\x12?\n\x0fprocess_started\x18\x03 \x01(\x0b\x32$.ostinato.subagent.v1.ProcessStartedH\x00\x12=\n\x0eprocess_output\x18\x04 \x01(\x0b\x32#.ostinato.subagent.v1.ProcessOutputH\x00\x12=\n\x0eprocess_exited\x18\x05 \x01(\x0b\x32#.ostinato.subagent.v1.ProcessExitedH\x00\x12\x34\n\theartbeat\x18\x06 \x01(\x0b\x32\x1f.ostinato.subagent.v1.HeartbeatH\x00\x42\x06\n\x04kind\"Y\n\x05Hello\x12\x12\n\nagent_name\x18\x01 \x01(\t\x12\x13\n\x0b\x64irector_id\x18\x02 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x03\x12\x19\n\x11heartbeat_seconds\x18\x04 \x01(\x01\"\x83\x01\n\x07Welcome\x12\x13\n\x0bsubagent_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x1a\n\x12known_process_keys\x18\x03 \x03(\t\x12 \n\x18\x64irector_timeout_seconds\x18\x04 \x01(\x01\x12\x15\n\rprocess_limit\x18\x05 \x01(\x05\"\xd1\x02\n\x0cStartProcess\x12\x13\n\x0bprocess_key\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\x10\n\x08job_name\x18\x03 \x01(\t\x12\x16\n\x0cshell_script\x18\x04 \x01(\tH\x00\x12\x31\n\x04\x61rgv\x18\x05 \x01(\x0b\x32!.ostinato.subagent.v1.ArgvProgramH\x00\x12\x38\n\x03\x65nv\x18\x06 \x03(\x0b\x32+.ostinato.subagent.v1.StartProcess.EnvEntry\x12\x17\n\x0ftimeout_seconds\x18\x07 \x01(\x01\x12\x1d\n\x15sigkill_delay_seconds\x18\x08 \x01(\x01\x12\x14\n\x0ctrace_parent\x18\t \x01(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\t\n\x07program\"\x1b\n\x0b\x41rgvProgram\x12\x0c\n\x04\x61rgv\x18\x01 \x03(\t\"7\n\x0bKillProcess\x12\x13\n\x0bprocess_key\x18\x01 \x01(\t\x12\x13\n\x0bimmediately\x18\x02 \x01(\x08\"\x18\n\x03\x41\x63k\x12\x11\n\tuntil_seq\x18\x01 \x01(\x03\"\x0b\n\tHeartbeat\"\t\n\x07Goodbye\"2\n\x0eProcessStarted\x12\x13\n\x0bprocess_key\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\x05\"g\n\rProcessOutput\x12\x13\n\x0bprocess_key\x18\x01 \x01(\t\x12\x32\n\x06stream\x18\x02 \x01(\x0e\x32\".ostinato.subagent.v1.OutputStream\x12\r\n\x05\x63hunk\x18\x03 \x01(\t\"\xf6\x01\n\rProcessExited\x12\x13\n\x0bprocess_key\x18\x01 \x01(\t\x12\x13\n\x0breturn_code\x18\x02 \x01(\x05\x12\x0e\n\x06signal\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x11\n\ttimed_out\x18\x05 \x01(\x08\x12P\n\x0freturned_values\x18\x06 \x03(\x0b\x32\x37.ostinato.subagent.v1.ProcessExited.ReturnedValuesEntry\x1a\x35\n\x13ReturnedValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*a\n\x0cOutputStream\x12\x1d\n\x19OUTPUT_STREAM_UNSPECIFIED\x10\x00\x12\x18\n\x14OUTPUT_STREAM_STDOUT\x10\x01\x12\x18\n\x14OUTPUT_STREAM_STDERR\x10\x02\x32m\n\x0fSubagentService\x12Z\n\x07Session\x12$.ostinato.subagent.v1.SessionRequest\x1a%.ostinato.subagent.v1.SessionResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#ostinato/subagent/v1/subagent.proto\x12\x14ostinato.subagent.v1\x1a\x1eostinato/common/v1/items.proto\x1a\x1eostinato/common/v1/order.proto\"\xce\x03\n\x0eSessionRequest\x12,\n\x05hello\x18\x01 \x01(\x0b\x32\x1b.ostinato.subagent.v1.HelloH\x00\x12;\n\rstart_process\x18\x02 \x01(\x0b\x32\".ostinato.subagent.v1.StartProcessH\x00\x12\x39\n\x0ckill_process\x18\x03 \x01(\x0b\x32!.ostinato.subagent.v1.KillProcessH\x00\x12(\n\x03\x61\x63k\x18\x04 \x01(\x0b\x32\x19.ostinato.subagent.v1.AckH\x00\x12\x34\n\theartbeat\x18\x05 \x01(\x0b\x32\x1f.ostinato.subagent.v1.HeartbeatH\x00\x12\x30\n\x07goodbye\x18\x06 \x01(\x0b\x32\x1d.ostinato.subagent.v1.GoodbyeH\x00\x12;\n\rattach_signed\x18\x07 \x01(\x0b\x32\".ostinato.subagent.v1.AttachSignedH\x00\x12?\n\x0fstart_processes\x18\x08 \x01(\x0b\x32$.ostinato.subagent.v1.StartProcessesH\x00\x42\x06\n\x04kind\"G\n\x0eStartProcesses\x12\x35\n\tprocesses\x18\x01 \x03(\x0b\x32\".ostinato.subagent.v1.StartProcess\"\xcd\x02\n\x0fSessionResponse\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x30\n\x07welcome\x18\x02 \x01(\x0b\x32\x1d.ostinato.subagent.v1.WelcomeH\x00\x12?\n\x0fprocess_started\x18\x03 \x01(\x0b\x32$.ostinato.subagent.v1.ProcessStartedH\x00\x12=\n\x0eprocess_output\x18\x04 \x01(\x0b\x32#.ostinato.subagent.v1.ProcessOutputH\x00\x12=\n\x0eprocess_exited\x18\x05 \x01(\x0b\x32#.ostinato.subagent.v1.ProcessExitedH\x00\x12\x34\n\theartbeat\x18\x06 \x01(\x0b\x32\x1f.ostinato.subagent.v1.HeartbeatH\x00\x42\x06\n\x04kind\"Y\n\x05Hello\x12\x12\n\nagent_name\x18\x01 \x01(\t\x12\x13\n\x0b\x64irector_id\x18\x02 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x03\x12\x19\n\x11heartbeat_seconds\x18\x04 \x01(\x01\"\x83\x01\n\x07Welcome\x12\x13\n\x0bsubagent_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x1a\n\x12known_process_keys\x18\x03 \x03(\t\x12 \n\x18\x64irector_timeout_seconds\x18\x04 \x01(\x01\x12\x15\n\rprocess_limit\x18\x05 \x01(\x05\"=\n\x0c\x41ttachSigned\x12-\n\x05items\x18\x01 \x03(\x0b\x32\x1e.ostinato.common.v1.SignedItem\"\xb5\x03\n\x0cStartProcess\x12\x13\n\x0bprocess_key\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\x10\n\x08job_name\x18\x03 \x01(\t\x12\x16\n\x0cshell_script\x18\x04 \x01(\tH\x00\x12\x31\n\x04\x61rgv\x18\x05 \x01(\x0b\x32!.ostinato.subagent.v1.ArgvProgramH\x00\x12\x38\n\x03\x65nv\x18\x06 \x03(\x0b\x32+.ostinato.subagent.v1.StartProcess.EnvEntry\x12\x17\n\x0ftimeout_seconds\x18\x07 \x01(\x01\x12\x1d\n\x15sigkill_delay_seconds\x18\x08 \x01(\x01\x12\x14\n\x0ctrace_parent\x18\t \x01(\t\x12\x15\n\rworkflow_path\x18\n \x01(\t\x12\x1b\n\x13workflow_version_id\x18\x0b \x01(\t\x12.\n\x08position\x18\x0c \x01(\x0b\x32\x1c.ostinato.common.v1.Position\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\t\n\x07program\"\x1b\n\x0b\x41rgvProgram\x12\x0c\n\x04\x61rgv\x18\x01 \x03(\t\"7\n\x0bKillProcess\x12\x13\n\x0bprocess_key\x18\x01 \x01(\t\x12\x13\n\x0bimmediately\x18\x02 \x01(\x08\"\x18\n\x03\x41\x63k\x12\x11\n\tuntil_seq\x18\x01 \x01(\x03\"\x0b\n\tHeartbeat\"\t\n\x07Goodbye\"2\n\x0eProcessStarted\x12\x13\n\x0bprocess_key\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\x05\"g\n\rProcessOutput\x12\x13\n\x0bprocess_key\x18\x01 \x01(\t\x12\x32\n\x06stream\x18\x02 \x01(\x0e\x32\".ostinato.subagent.v1.OutputStream\x12\r\n\x05\x63hunk\x18\x03 \x01(\t\"\x8b\x02\n\rProcessExited\x12\x13\n\x0bprocess_key\x18\x01 \x01(\t\x12\x13\n\x0breturn_code\x18\x02 \x01(\x05\x12\x0e\n\x06signal\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x11\n\ttimed_out\x18\x05 \x01(\x08\x12P\n\x0freturned_values\x18\x06 \x03(\x0b\x32\x37.ostinato.subagent.v1.ProcessExited.ReturnedValuesEntry\x12\x13\n\x0bnot_started\x18\x07 \x01(\x08\x1a\x35\n\x13ReturnedValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*a\n\x0cOutputStream\x12\x1d\n\x19OUTPUT_STREAM_UNSPECIFIED\x10\x00\x12\x18\n\x14OUTPUT_STREAM_STDOUT\x10\x01\x12\x18\n\x14OUTPUT_STREAM_STDERR\x10\x02\x32m\n\x0fSubagentService\x12Z\n\x07Session\x12$.ostinato.subagent.v1.SessionRequest\x1a%.ostinato.subagent.v1.SessionResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,38 +37,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STARTPROCESS_ENVENTRY']._serialized_options = b'8\001'
   _globals['_PROCESSEXITED_RETURNEDVALUESENTRY']._loaded_options = None
   _globals['_PROCESSEXITED_RETURNEDVALUESENTRY']._serialized_options = b'8\001'
-  _globals['_OUTPUTSTREAM']._serialized_start=1843
-  _globals['_OUTPUTSTREAM']._serialized_end=1940
-  _globals['_SESSIONREQUEST']._serialized_start=62
-  _globals['_SESSIONREQUEST']._serialized_end=398
-  _globals['_SESSIONRESPONSE']._serialized_start=401
-  _globals['_SESSIONRESPONSE']._serialized_end=734
-  _globals['_HELLO']._serialized_start=736
-  _globals['_HELLO']._serialized_end=825
-  _globals['_WELCOME']._serialized_start=828
-  _globals['_WELCOME']._serialized_end=959
-  _globals['_STARTPROCESS']._serialized_start=962
-  _globals['_STARTPROCESS']._serialized_end=1299
-  _globals['_STARTPROCESS_ENVENTRY']._serialized_start=1246
-  _globals['_STARTPROCESS_ENVENTRY']._serialized_end=1288
-  _globals['_ARGVPROGRAM']._serialized_start=1301
-  _globals['_ARGVPROGRAM']._serialized_end=1328
-  _globals['_KILLPROCESS']._serialized_start=1330
-  _globals['_KILLPROCESS']._serialized_end=1385
-  _globals['_ACK']._serialized_start=1387
-  _globals['_ACK']._serialized_end=1411
-  _globals['_HEARTBEAT']._serialized_start=1413
-  _globals['_HEARTBEAT']._serialized_end=1424
-  _globals['_GOODBYE']._serialized_start=1426
-  _globals['_GOODBYE']._serialized_end=1435
-  _globals['_PROCESSSTARTED']._serialized_start=1437
-  _globals['_PROCESSSTARTED']._serialized_end=1487
-  _globals['_PROCESSOUTPUT']._serialized_start=1489
-  _globals['_PROCESSOUTPUT']._serialized_end=1592
-  _globals['_PROCESSEXITED']._serialized_start=1595
-  _globals['_PROCESSEXITED']._serialized_end=1841
-  _globals['_PROCESSEXITED_RETURNEDVALUESENTRY']._serialized_start=1788
-  _globals['_PROCESSEXITED_RETURNEDVALUESENTRY']._serialized_end=1841
-  _globals['_SUBAGENTSERVICE']._serialized_start=1942
-  _globals['_SUBAGENTSERVICE']._serialized_end=2051
+  _globals['_OUTPUTSTREAM']._serialized_start=2290
+  _globals['_OUTPUTSTREAM']._serialized_end=2387
+  _globals['_SESSIONREQUEST']._serialized_start=126
+  _globals['_SESSIONREQUEST']._serialized_end=588
+  _globals['_STARTPROCESSES']._serialized_start=590
+  _globals['_STARTPROCESSES']._serialized_end=661
+  _globals['_SESSIONRESPONSE']._serialized_start=664
+  _globals['_SESSIONRESPONSE']._serialized_end=997
+  _globals['_HELLO']._serialized_start=999
+  _globals['_HELLO']._serialized_end=1088
+  _globals['_WELCOME']._serialized_start=1091
+  _globals['_WELCOME']._serialized_end=1222
+  _globals['_ATTACHSIGNED']._serialized_start=1224
+  _globals['_ATTACHSIGNED']._serialized_end=1285
+  _globals['_STARTPROCESS']._serialized_start=1288
+  _globals['_STARTPROCESS']._serialized_end=1725
+  _globals['_STARTPROCESS_ENVENTRY']._serialized_start=1672
+  _globals['_STARTPROCESS_ENVENTRY']._serialized_end=1714
+  _globals['_ARGVPROGRAM']._serialized_start=1727
+  _globals['_ARGVPROGRAM']._serialized_end=1754
+  _globals['_KILLPROCESS']._serialized_start=1756
+  _globals['_KILLPROCESS']._serialized_end=1811
+  _globals['_ACK']._serialized_start=1813
+  _globals['_ACK']._serialized_end=1837
+  _globals['_HEARTBEAT']._serialized_start=1839
+  _globals['_HEARTBEAT']._serialized_end=1850
+  _globals['_GOODBYE']._serialized_start=1852
+  _globals['_GOODBYE']._serialized_end=1861
+  _globals['_PROCESSSTARTED']._serialized_start=1863
+  _globals['_PROCESSSTARTED']._serialized_end=1913
+  _globals['_PROCESSOUTPUT']._serialized_start=1915
+  _globals['_PROCESSOUTPUT']._serialized_end=2018
+  _globals['_PROCESSEXITED']._serialized_start=2021
+  _globals['_PROCESSEXITED']._serialized_end=2288
+  _globals['_PROCESSEXITED_RETURNEDVALUESENTRY']._serialized_start=2235
+  _globals['_PROCESSEXITED_RETURNEDVALUESENTRY']._serialized_end=2288
+  _globals['_SUBAGENTSERVICE']._serialized_start=2389
+  _globals['_SUBAGENTSERVICE']._serialized_end=2498
 # @@protoc_insertion_point(module_scope)

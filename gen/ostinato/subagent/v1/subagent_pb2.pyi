@@ -8,6 +8,8 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from gen.ostinato.common.v1 import items_pb2 as _items_pb2
+from gen.ostinato.common.v1 import order_pb2 as _order_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -46,6 +48,8 @@ class SessionRequest(_message.Message):
     ACK_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     GOODBYE_FIELD_NUMBER: _builtins.int
+    ATTACH_SIGNED_FIELD_NUMBER: _builtins.int
+    START_PROCESSES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___Hello: ...
     @_builtins.property
@@ -60,6 +64,16 @@ class SessionRequest(_message.Message):
     def goodbye(self) -> Global___Goodbye:
         """Ends the session on purpose; without it, an ended stream counts as a lost director."""
 
+    @_builtins.property
+    def attach_signed(self) -> Global___AttachSigned:
+        """Signed items that StartProcess requests after it refer to."""
+
+    @_builtins.property
+    def start_processes(self) -> Global___StartProcesses:
+        """Several starts in one message, handled as that many StartProcess in order (a message costs
+        far more than its bytes: a director hands over what is due at once).
+        """
+
     def __init__(
         self,
         *,
@@ -69,16 +83,38 @@ class SessionRequest(_message.Message):
         ack: Global___Ack | None = ...,
         heartbeat: Global___Heartbeat | None = ...,
         goodbye: Global___Goodbye | None = ...,
+        attach_signed: Global___AttachSigned | None = ...,
+        start_processes: Global___StartProcesses | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "goodbye", b"goodbye", "heartbeat", b"heartbeat", "hello", b"hello", "kill_process", b"kill_process", "kind", b"kind", "start_process", b"start_process"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "attach_signed", b"attach_signed", "goodbye", b"goodbye", "heartbeat", b"heartbeat", "hello", b"hello", "kill_process", b"kill_process", "kind", b"kind", "start_process", b"start_process", "start_processes", b"start_processes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "goodbye", b"goodbye", "heartbeat", b"heartbeat", "hello", b"hello", "kill_process", b"kill_process", "kind", b"kind", "start_process", b"start_process"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "attach_signed", b"attach_signed", "goodbye", b"goodbye", "heartbeat", b"heartbeat", "hello", b"hello", "kill_process", b"kill_process", "kind", b"kind", "start_process", b"start_process", "start_processes", b"start_processes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["hello", "start_process", "kill_process", "ack", "heartbeat", "goodbye"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["hello", "start_process", "kill_process", "ack", "heartbeat", "goodbye", "attach_signed", "start_processes"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___SessionRequest: _TypeAlias = SessionRequest  # noqa: Y015
+
+@_typing.final
+class StartProcesses(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROCESSES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def processes(self) -> _containers.RepeatedCompositeFieldContainer[Global___StartProcess]: ...
+    def __init__(
+        self,
+        *,
+        processes: _abc.Iterable[Global___StartProcess] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["processes", b"processes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartProcesses: _TypeAlias = StartProcesses  # noqa: Y015
 
 @_typing.final
 class SessionResponse(_message.Message):
@@ -192,6 +228,32 @@ class Welcome(_message.Message):
 Global___Welcome: _TypeAlias = Welcome  # noqa: Y015
 
 @_typing.final
+class AttachSigned(_message.Message):
+    """Workflow versions and job resources as signed (the exact JSON text and its signature), sent
+    before the first StartProcess of each workflow version in a session (again after a change of
+    a job resource). The subagent verifies each against its own trusted keys, and starts only jobs
+    of workflows it verified: a director without them cannot run commands there.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[_items_pb2.SignedItem]: ...
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[_items_pb2.SignedItem] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AttachSigned: _TypeAlias = AttachSigned  # noqa: Y015
+
+@_typing.final
 class StartProcess(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -224,6 +286,9 @@ class StartProcess(_message.Message):
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     SIGKILL_DELAY_SECONDS_FIELD_NUMBER: _builtins.int
     TRACE_PARENT_FIELD_NUMBER: _builtins.int
+    WORKFLOW_PATH_FIELD_NUMBER: _builtins.int
+    WORKFLOW_VERSION_ID_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
     process_key: _builtins.str
     """Unique per job execution; a key the subagent already knows is never started again."""
     order_id: _builtins.str
@@ -233,10 +298,17 @@ class StartProcess(_message.Message):
     sigkill_delay_seconds: _builtins.float
     trace_parent: _builtins.str
     """W3C traceparent, so that the process's span joins the order's trace."""
+    workflow_path: _builtins.str
+    """Where the job is: the program and the names of env must be those of the job at `position` of
+    this workflow version (attached signed in this session) and of the job resources it names.
+    """
+    workflow_version_id: _builtins.str
     @_builtins.property
     def argv(self) -> Global___ArgvProgram: ...
     @_builtins.property
     def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def position(self) -> _order_pb2.Position: ...
     def __init__(
         self,
         *,
@@ -249,10 +321,13 @@ class StartProcess(_message.Message):
         timeout_seconds: _builtins.float = ...,
         sigkill_delay_seconds: _builtins.float = ...,
         trace_parent: _builtins.str = ...,
+        workflow_path: _builtins.str = ...,
+        workflow_version_id: _builtins.str = ...,
+        position: _order_pb2.Position | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "program", b"program", "shell_script", b"shell_script"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "position", b"position", "program", b"program", "shell_script", b"shell_script"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "env", b"env", "job_name", b"job_name", "order_id", b"order_id", "process_key", b"process_key", "program", b"program", "shell_script", b"shell_script", "sigkill_delay_seconds", b"sigkill_delay_seconds", "timeout_seconds", b"timeout_seconds", "trace_parent", b"trace_parent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "env", b"env", "job_name", b"job_name", "order_id", b"order_id", "position", b"position", "process_key", b"process_key", "program", b"program", "shell_script", b"shell_script", "sigkill_delay_seconds", b"sigkill_delay_seconds", "timeout_seconds", b"timeout_seconds", "trace_parent", b"trace_parent", "workflow_path", b"workflow_path", "workflow_version_id", b"workflow_version_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_program: _TypeAlias = _typing.Literal["shell_script", "argv"]  # noqa: Y015
     _WhichOneofArgType_program: _TypeAlias = _typing.Literal["program", b"program"]  # noqa: Y015
@@ -431,6 +506,7 @@ class ProcessExited(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     TIMED_OUT_FIELD_NUMBER: _builtins.int
     RETURNED_VALUES_FIELD_NUMBER: _builtins.int
+    NOT_STARTED_FIELD_NUMBER: _builtins.int
     process_key: _builtins.str
     return_code: _builtins.int
     """Return code when the process exited normally."""
@@ -441,6 +517,10 @@ class ProcessExited(_message.Message):
     director lost).
     """
     timed_out: _builtins.bool
+    not_started: _builtins.bool
+    """The subagent did not start the process (`message` says why, e.g. a workflow it could not
+    verify): the job fails, whatever return codes count as success.
+    """
     @_builtins.property
     def returned_values(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """key=value lines the job wrote to the file named by $JS7_RETURN_VALUES (and
@@ -456,10 +536,11 @@ class ProcessExited(_message.Message):
         message: _builtins.str = ...,
         timed_out: _builtins.bool = ...,
         returned_values: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        not_started: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "process_key", b"process_key", "return_code", b"return_code", "returned_values", b"returned_values", "signal", b"signal", "timed_out", b"timed_out"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "not_started", b"not_started", "process_key", b"process_key", "return_code", b"return_code", "returned_values", b"returned_values", "signal", b"signal", "timed_out", b"timed_out"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
