@@ -136,8 +136,8 @@ async def connected(topology: Topology, work: Path) -> AsyncIterator[Services]:
     """Clients of JOC, the controller and the director; the trivial and the recording workflow
     deployed."""
     joc = topology.channel(topology.joc_address)
-    controller = topology.channel(topology.addresses["controller"])
-    director = topology.channel(topology.addresses["director"])
+    controller = topology.channel(topology.addresses["controller"], as_name="joc")
+    director = topology.channel(topology.addresses["director"], as_name="controller")
     services = Services(
         topology,
         joc_pb2_grpc.OrderServiceStub(joc),

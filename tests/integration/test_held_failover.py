@@ -68,7 +68,7 @@ async def joc(clusters: Topology) -> AsyncIterator[Joc]:
 @pytest.fixture
 async def controller(clusters: Topology) -> AsyncIterator[rpc.ClusterTarget]:
     target = rpc.ClusterTarget(
-        clusters.node_addresses("controller").split(","), name="controller", security=clusters.security("cli")
+        clusters.node_addresses("controller").split(","), name="controller", security=clusters.security("joc")
     )
     yield target
     await target.close()
@@ -93,7 +93,7 @@ async def add_held(controller: rpc.ClusterTarget, ids: list[str], at: Timestamp)
 async def director_holds(topo: Topology) -> int:
     """Orders the active director node holds."""
     name = await active_node(topo, "director")
-    async with topo.channel(topo.addresses[name]) as channel:
+    async with topo.channel(topo.addresses[name], as_name=topo.nodes["controller"][0]) as channel:
         overview = await director_pb2_grpc.DirectorServiceStub(channel).GetOverview(
             director_pb2.GetOverviewRequest(), timeout=10
         )
