@@ -51,3 +51,17 @@ def test_core_imports_nothing_impure(path: Path) -> None:
             if node.module.startswith("gen.") and any(a.name.endswith("_grpc") for a in node.names):
                 imported.add("grpc")
     assert not imported & FORBIDDEN, f"{path.name} imports {sorted(imported & FORBIDDEN)}"
+
+
+CORES = ["controller_svc/core.py", "director_svc/core.py", "subagent_svc/core.py"]
+
+
+@pytest.mark.parametrize("path", CORES)
+def test_cores_take_no_service_protos(path: str) -> None:
+    """Request and response types of the services stay at the edge (each service's convert.py):
+    a core speaks its own stimuli and the common domain protos only (DESIGN.md section 4)."""
+    tree = ast.parse((ROOT / path).read_text())
+    modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    modules |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    service_protos = {m for m in modules if m.startswith("gen.") and not m.startswith("gen.ostinato.common.")}
+    assert not service_protos, f"{path} imports {sorted(service_protos)}"
