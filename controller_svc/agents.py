@@ -169,34 +169,32 @@ class AgentDriver:
     async def _send_work(
         self, stub: director_pb2_grpc.DirectorServiceStub, sent_items: set[tuple[str, str]]
     ) -> None:
+        """What the core has for the agent, in one call per BATCH orders: items first (job
+        resources, subagent clusters and the workflow versions the orders need), then the orders
+        to attach, commands and orders to detach; the agent journals each call as one."""
         core = self.controller.core
         # Taken all at once, without awaiting: what commits while this sends wakes the driver again.
         work = core.agent_work(self.name, self.controller.committed_id)
         items = [i for i in core.items_to_attach(self.name) if (i.path, i.version_id) not in sent_items]
-        if items:  # job resources and subagent clusters first: the orders below may need them
-            await stub.AttachItems(
-                director_pb2.AttachItemsRequest(sender=self._sender(), items=items), timeout=30
+        attach = work.attach
+        while True:
+            orders, attach = attach[:BATCH], attach[BATCH:]
+            needed = sorted({(o.workflow_path, o.workflow_version_id) for o in orders} - sent_items)
+            items += [core.state.signed_items[key] for key in needed]
+            last = not attach
+            request = director_pb2.BatchRequest(
+                sender=self._sender(),
+                items=items,
+                attach_orders=orders,
+                commands=work.commands if last else [],
+                detach_order_ids=work.detach if last else [],
             )
+            if items or orders or request.commands or request.detach_order_ids:
+                await stub.Batch(request, timeout=30)
             sent_items.update((i.path, i.version_id) for i in items)
-        for start in range(0, len(work.attach), BATCH):
-            batch = work.attach[start : start + BATCH]
-            needed = {(o.workflow_path, o.workflow_version_id) for o in batch} - sent_items
-            if needed:
-                items = [core.state.signed_items[key] for key in sorted(needed)]
-                await stub.AttachItems(
-                    director_pb2.AttachItemsRequest(sender=self._sender(), items=items), timeout=30
-                )
-                sent_items |= needed
-            await stub.AttachOrders(
-                director_pb2.AttachOrdersRequest(sender=self._sender(), orders=batch), timeout=30
-            )
-        if work.commands:
-            request = director_pb2.CommandOrdersRequest(sender=self._sender(), commands=work.commands)
-            await stub.CommandOrders(request, timeout=30)
-        if work.detach:
-            await stub.DetachOrders(
-                director_pb2.DetachOrdersRequest(sender=self._sender(), order_ids=work.detach), timeout=30
-            )
+            items = []
+            if last:
+                return
 
 
 class _Releaser:

@@ -28,7 +28,7 @@ from ostinato import rpc, signing, tls
 from ostinato.cluster.config import NodeConfig
 from ostinato.cluster.node import JournaledNode
 from ostinato.cluster.serve import serve_node
-from ostinato.errors import FailedPrecondition
+from ostinato.errors import FailedPrecondition, OstinatoError
 from ostinato.journal.shell import now_ms
 from subagent_svc import server as subagent_server
 
@@ -143,6 +143,44 @@ class DirectorServicer(director_pb2_grpc.DirectorServiceServicer):
 
         await self.d.shell.command(decide)
         return director_pb2.CommandOrdersResponse(results=results)
+
+    async def Batch(
+        self, request: director_pb2.BatchRequest, context: grpc.aio.ServicerContext
+    ) -> director_pb2.BatchResponse:
+        self.d.check_sender(request.sender)
+        items = list(request.items)
+        signing.verify_items(self.d.config.node.trust, items)
+        stimuli: list[Stimulus] = []
+        if items:
+            stimuli.append(AttachItems(tuple(items)))
+        if request.attach_orders:
+            stimuli.append(AttachOrders(tuple(request.attach_orders)))
+        commands = CommandOrders(tuple(request.commands))
+        if request.commands:
+            stimuli.append(commands)
+        if request.detach_order_ids:
+            stimuli.append(DetachOrders(tuple(request.detach_order_ids)))
+        results: list[commands_pb2.OrderCommandResult] = []
+        refused: list[OstinatoError] = []
+
+        def decide(now: int) -> list[events_pb2.Event]:
+            # Each part decides whole or refuses before deciding anything: what the parts before
+            # a refused one decided is journaled, and the refusal is answered after that.
+            events: list[events_pb2.Event] = []
+            for stimulus in stimuli:
+                if stimulus is commands:
+                    results.extend(self.d.core.command_results(commands))
+                try:
+                    events += self.d.core.handle(stimulus, now)
+                except OstinatoError as e:
+                    refused.append(e)
+                    break
+            return events
+
+        await self.d.shell.command(decide)
+        if refused:
+            raise refused[0]
+        return director_pb2.BatchResponse(results=results)
 
     async def WatchEvents(
         self, request: director_pb2.WatchEventsRequest, context: grpc.aio.ServicerContext

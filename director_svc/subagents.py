@@ -157,8 +157,10 @@ class SubagentDriver:
                 size += len(batch[-1].process_output.chunk)
             # Flow control: unacknowledged output stays with the subagent, whose job then waits.
             await self.director.output_room()
-            await self.director.handle(convert.messages(self.subagent_id, run_id, batch))
-            outbox.put_nowait(subagent_pb2.SessionRequest(ack=subagent_pb2.Ack(until_seq=batch[-1].seq)))
+            if await self.director.handle(convert.messages(self.subagent_id, run_id, batch)):
+                # Acknowledged once journaled. A batch that changed nothing (a process started)
+                # is not: the next acknowledgement covers it, and a message less goes out.
+                outbox.put_nowait(subagent_pb2.SessionRequest(ack=subagent_pb2.Ack(until_seq=batch[-1].seq)))
 
     async def _heartbeat(self, outbox: asyncio.Queue[subagent_pb2.SessionRequest | None]) -> None:
         while True:

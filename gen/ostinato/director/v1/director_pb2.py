@@ -28,7 +28,7 @@ from gen.ostinato.common.v1 import items_pb2 as ostinato_dot_common_dot_v1_dot_i
 from gen.ostinato.common.v1 import order_pb2 as ostinato_dot_common_dot_v1_dot_order__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#ostinato/director/v1/director.proto\x12\x14ostinato.director.v1\x1a!ostinato/common/v1/commands.proto\x1a\x1fostinato/common/v1/events.proto\x1a\x1eostinato/common/v1/items.proto\x1a\x1eostinato/common/v1/order.proto\"-\n\x06Sender\x12\x15\n\rcontroller_id\x18\x01 \x01(\t\x12\x0c\n\x04term\x18\x02 \x01(\x03\"q\n\x12\x41ttachItemsRequest\x12,\n\x06sender\x18\x01 \x01(\x0b\x32\x1c.ostinato.director.v1.Sender\x12-\n\x05items\x18\x02 \x03(\x0b\x32\x1e.ostinato.common.v1.SignedItem\"\x15\n\x13\x41ttachItemsResponse\"n\n\x13\x41ttachOrdersRequest\x12,\n\x06sender\x18\x01 \x01(\x0b\x32\x1c.ostinato.director.v1.Sender\x12)\n\x06orders\x18\x02 \x03(\x0b\x32\x19.ostinato.common.v1.Order\"\x16\n\x14\x41ttachOrdersResponse\"V\n\x13\x44\x65tachOrdersRequest\x12,\n\x06sender\x18\x01 \x01(\x0b\x32\x1c.ostinato.director.v1.Sender\x12\x11\n\torder_ids\x18\x02 \x03(\t\"\x16\n\x14\x44\x65tachOrdersResponse\"x\n\x14\x43ommandOrdersRequest\x12,\n\x06sender\x18\x01 \x01(\x0b\x32\x1c.ostinato.director.v1.Sender\x12\x32\n\x08\x63ommands\x18\x02 \x03(\x0b\x32 .ostinato.common.v1.OrderCommand\"P\n\x15\x43ommandOrdersResponse\x12\x37\n\x07results\x18\x01 \x03(\x0b\x32&.ostinato.common.v1.OrderCommandResult\"l\n\x12WatchEventsRequest\x12,\n\x06sender\x18\x01 \x01(\x0b\x32\x1c.ostinato.director.v1.Sender\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\x03\x12\x19\n\x11heartbeat_seconds\x18\x03 \x01(\x01\"@\n\x13WatchEventsResponse\x12)\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x19.ostinato.common.v1.Event\"V\n\x14ReleaseEventsRequest\x12,\n\x06sender\x18\x01 \x01(\x0b\x32\x1c.ostinato.director.v1.Sender\x12\x10\n\x08until_id\x18\x02 \x01(\x03\"\x17\n\x15ReleaseEventsResponse\"\x14\n\x12GetOverviewRequest\"\xb9\x01\n\x13GetOverviewResponse\x12\x12\n\nagent_name\x18\x01 \x01(\t\x12\x15\n\rlast_event_id\x18\x02 \x01(\x03\x12\x19\n\x11released_until_id\x18\x03 \x01(\x03\x12\x39\n\tsubagents\x18\x04 \x03(\x0b\x32&.ostinato.director.v1.SubagentOverview\x12\x13\n\x0border_count\x18\x05 \x01(\x05\x12\x0c\n\x04term\x18\x06 \x01(\x03\"]\n\x10SubagentOverview\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x19\n\x11running_processes\x18\x04 \x01(\x05\x32\xe1\x05\n\x0f\x44irectorService\x12\x62\n\x0b\x41ttachItems\x12(.ostinato.director.v1.AttachItemsRequest\x1a).ostinato.director.v1.AttachItemsResponse\x12\x65\n\x0c\x41ttachOrders\x12).ostinato.director.v1.AttachOrdersRequest\x1a*.ostinato.director.v1.AttachOrdersResponse\x12\x65\n\x0c\x44\x65tachOrders\x12).ostinato.director.v1.DetachOrdersRequest\x1a*.ostinato.director.v1.DetachOrdersResponse\x12h\n\rCommandOrders\x12*.ostinato.director.v1.CommandOrdersRequest\x1a+.ostinato.director.v1.CommandOrdersResponse\x12\x64\n\x0bWatchEvents\x12(.ostinato.director.v1.WatchEventsRequest\x1a).ostinato.director.v1.WatchEventsResponse0\x01\x12h\n\rReleaseEvents\x12*.ostinato.director.v1.ReleaseEventsRequest\x1a+.ostinato.director.v1.ReleaseEventsResponse\x12\x62\n\x0bGetOverview\x12(.ostinato.director.v1.GetOverviewRequest\x1a).ostinato.director.v1.GetOverviewResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#ostinato/director/v1/director.proto\x12\x14ostinato.director.v1\x1a!ostinato/common/v1/commands.proto\x1a\x1fostinato/common/v1/events.proto\x1a\x1eostinato/common/v1/items.proto\x1a\x1eostinato/common/v1/order.proto\"-\n\x06Sender\x12\x15\n\rcontroller_id\x18\x01 \x01(\t\x12\x0c\n\x04term\x18\x02 \x01(\x03\"q\n\x12\x41ttachItemsRequest\x12,\n\x06sender\x18\x01 \x01(\x0b\x32\x1c.ostinato.director.v1.Sender\x12-\n\x05items\x18\x02 \x03(\x0b\x32\x1e.ostinato.common.v1.SignedItem\"\x15\n\x13\x41ttachItemsResponse\"n\n\x13\x41ttachOrdersRequest\x12,\n\x06sender\x18\x01 \x01(\x0b\x32\x1c.ostinato.director.v1.Sender\x12)\n\x06orders\x18\x02 \x03(\x0b\x32\x19.ostinato.common.v1.Order\"\x16\n\x14\x41ttachOrdersResponse\"V\n\x13\x44\x65tachOrdersRequest\x12,\n\x06sender\x18\x01 \x01(\x0b\x32\x1c.ostinato.director.v1.Sender\x12\x11\n\torder_ids\x18\x02 \x03(\t\"\x16\n\x14\x44\x65tachOrdersResponse\"x\n\x14\x43ommandOrdersRequest\x12,\n\x06sender\x18\x01 \x01(\x0b\x32\x1c.ostinato.director.v1.Sender\x12\x32\n\x08\x63ommands\x18\x02 \x03(\x0b\x32 .ostinato.common.v1.OrderCommand\"P\n\x15\x43ommandOrdersResponse\x12\x37\n\x07results\x18\x01 \x03(\x0b\x32&.ostinato.common.v1.OrderCommandResult\"\xeb\x01\n\x0c\x42\x61tchRequest\x12,\n\x06sender\x18\x01 \x01(\x0b\x32\x1c.ostinato.director.v1.Sender\x12-\n\x05items\x18\x02 \x03(\x0b\x32\x1e.ostinato.common.v1.SignedItem\x12\x30\n\rattach_orders\x18\x03 \x03(\x0b\x32\x19.ostinato.common.v1.Order\x12\x32\n\x08\x63ommands\x18\x04 \x03(\x0b\x32 .ostinato.common.v1.OrderCommand\x12\x18\n\x10\x64\x65tach_order_ids\x18\x05 \x03(\t\"H\n\rBatchResponse\x12\x37\n\x07results\x18\x01 \x03(\x0b\x32&.ostinato.common.v1.OrderCommandResult\"l\n\x12WatchEventsRequest\x12,\n\x06sender\x18\x01 \x01(\x0b\x32\x1c.ostinato.director.v1.Sender\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\x03\x12\x19\n\x11heartbeat_seconds\x18\x03 \x01(\x01\"@\n\x13WatchEventsResponse\x12)\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x19.ostinato.common.v1.Event\"V\n\x14ReleaseEventsRequest\x12,\n\x06sender\x18\x01 \x01(\x0b\x32\x1c.ostinato.director.v1.Sender\x12\x10\n\x08until_id\x18\x02 \x01(\x03\"\x17\n\x15ReleaseEventsResponse\"\x14\n\x12GetOverviewRequest\"\xb9\x01\n\x13GetOverviewResponse\x12\x12\n\nagent_name\x18\x01 \x01(\t\x12\x15\n\rlast_event_id\x18\x02 \x01(\x03\x12\x19\n\x11released_until_id\x18\x03 \x01(\x03\x12\x39\n\tsubagents\x18\x04 \x03(\x0b\x32&.ostinato.director.v1.SubagentOverview\x12\x13\n\x0border_count\x18\x05 \x01(\x05\x12\x0c\n\x04term\x18\x06 \x01(\x03\"]\n\x10SubagentOverview\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x19\n\x11running_processes\x18\x04 \x01(\x05\x32\xb3\x06\n\x0f\x44irectorService\x12\x62\n\x0b\x41ttachItems\x12(.ostinato.director.v1.AttachItemsRequest\x1a).ostinato.director.v1.AttachItemsResponse\x12\x65\n\x0c\x41ttachOrders\x12).ostinato.director.v1.AttachOrdersRequest\x1a*.ostinato.director.v1.AttachOrdersResponse\x12\x65\n\x0c\x44\x65tachOrders\x12).ostinato.director.v1.DetachOrdersRequest\x1a*.ostinato.director.v1.DetachOrdersResponse\x12h\n\rCommandOrders\x12*.ostinato.director.v1.CommandOrdersRequest\x1a+.ostinato.director.v1.CommandOrdersResponse\x12P\n\x05\x42\x61tch\x12\".ostinato.director.v1.BatchRequest\x1a#.ostinato.director.v1.BatchResponse\x12\x64\n\x0bWatchEvents\x12(.ostinato.director.v1.WatchEventsRequest\x1a).ostinato.director.v1.WatchEventsResponse0\x01\x12h\n\rReleaseEvents\x12*.ostinato.director.v1.ReleaseEventsRequest\x1a+.ostinato.director.v1.ReleaseEventsResponse\x12\x62\n\x0bGetOverview\x12(.ostinato.director.v1.GetOverviewRequest\x1a).ostinato.director.v1.GetOverviewResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -53,20 +53,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COMMANDORDERSREQUEST']._serialized_end=746
   _globals['_COMMANDORDERSRESPONSE']._serialized_start=748
   _globals['_COMMANDORDERSRESPONSE']._serialized_end=828
-  _globals['_WATCHEVENTSREQUEST']._serialized_start=830
-  _globals['_WATCHEVENTSREQUEST']._serialized_end=938
-  _globals['_WATCHEVENTSRESPONSE']._serialized_start=940
-  _globals['_WATCHEVENTSRESPONSE']._serialized_end=1004
-  _globals['_RELEASEEVENTSREQUEST']._serialized_start=1006
-  _globals['_RELEASEEVENTSREQUEST']._serialized_end=1092
-  _globals['_RELEASEEVENTSRESPONSE']._serialized_start=1094
-  _globals['_RELEASEEVENTSRESPONSE']._serialized_end=1117
-  _globals['_GETOVERVIEWREQUEST']._serialized_start=1119
-  _globals['_GETOVERVIEWREQUEST']._serialized_end=1139
-  _globals['_GETOVERVIEWRESPONSE']._serialized_start=1142
-  _globals['_GETOVERVIEWRESPONSE']._serialized_end=1327
-  _globals['_SUBAGENTOVERVIEW']._serialized_start=1329
-  _globals['_SUBAGENTOVERVIEW']._serialized_end=1422
-  _globals['_DIRECTORSERVICE']._serialized_start=1425
-  _globals['_DIRECTORSERVICE']._serialized_end=2162
+  _globals['_BATCHREQUEST']._serialized_start=831
+  _globals['_BATCHREQUEST']._serialized_end=1066
+  _globals['_BATCHRESPONSE']._serialized_start=1068
+  _globals['_BATCHRESPONSE']._serialized_end=1140
+  _globals['_WATCHEVENTSREQUEST']._serialized_start=1142
+  _globals['_WATCHEVENTSREQUEST']._serialized_end=1250
+  _globals['_WATCHEVENTSRESPONSE']._serialized_start=1252
+  _globals['_WATCHEVENTSRESPONSE']._serialized_end=1316
+  _globals['_RELEASEEVENTSREQUEST']._serialized_start=1318
+  _globals['_RELEASEEVENTSREQUEST']._serialized_end=1404
+  _globals['_RELEASEEVENTSRESPONSE']._serialized_start=1406
+  _globals['_RELEASEEVENTSRESPONSE']._serialized_end=1429
+  _globals['_GETOVERVIEWREQUEST']._serialized_start=1431
+  _globals['_GETOVERVIEWREQUEST']._serialized_end=1451
+  _globals['_GETOVERVIEWRESPONSE']._serialized_start=1454
+  _globals['_GETOVERVIEWRESPONSE']._serialized_end=1639
+  _globals['_SUBAGENTOVERVIEW']._serialized_start=1641
+  _globals['_SUBAGENTOVERVIEW']._serialized_end=1734
+  _globals['_DIRECTORSERVICE']._serialized_start=1737
+  _globals['_DIRECTORSERVICE']._serialized_end=2556
 # @@protoc_insertion_point(module_scope)

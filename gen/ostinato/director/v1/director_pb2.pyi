@@ -210,6 +210,62 @@ class CommandOrdersResponse(_message.Message):
 Global___CommandOrdersResponse: _TypeAlias = CommandOrdersResponse  # noqa: Y015
 
 @_typing.final
+class BatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SENDER_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    ATTACH_ORDERS_FIELD_NUMBER: _builtins.int
+    COMMANDS_FIELD_NUMBER: _builtins.int
+    DETACH_ORDER_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def sender(self) -> Global___Sender: ...
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[_items_pb2.SignedItem]: ...
+    @_builtins.property
+    def attach_orders(self) -> _containers.RepeatedCompositeFieldContainer[_order_pb2.Order]: ...
+    @_builtins.property
+    def commands(self) -> _containers.RepeatedCompositeFieldContainer[_commands_pb2.OrderCommand]: ...
+    @_builtins.property
+    def detach_order_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        sender: Global___Sender | None = ...,
+        items: _abc.Iterable[_items_pb2.SignedItem] | None = ...,
+        attach_orders: _abc.Iterable[_order_pb2.Order] | None = ...,
+        commands: _abc.Iterable[_commands_pb2.OrderCommand] | None = ...,
+        detach_order_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sender", b"sender"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attach_orders", b"attach_orders", "commands", b"commands", "detach_order_ids", b"detach_order_ids", "items", b"items", "sender", b"sender"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchRequest: _TypeAlias = BatchRequest  # noqa: Y015
+
+@_typing.final
+class BatchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[_commands_pb2.OrderCommandResult]: ...
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[_commands_pb2.OrderCommandResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchResponse: _TypeAlias = BatchResponse  # noqa: Y015
+
+@_typing.final
 class WatchEventsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -56,6 +56,11 @@ class DirectorServiceStub:
                 request_serializer=ostinato_dot_director_dot_v1_dot_director__pb2.CommandOrdersRequest.SerializeToString,
                 response_deserializer=ostinato_dot_director_dot_v1_dot_director__pb2.CommandOrdersResponse.FromString,
                 _registered_method=True)
+        self.Batch = channel.unary_unary(
+                '/ostinato.director.v1.DirectorService/Batch',
+                request_serializer=ostinato_dot_director_dot_v1_dot_director__pb2.BatchRequest.SerializeToString,
+                response_deserializer=ostinato_dot_director_dot_v1_dot_director__pb2.BatchResponse.FromString,
+                _registered_method=True)
         self.WatchEvents = channel.unary_stream(
                 '/ostinato.director.v1.DirectorService/WatchEvents',
                 request_serializer=ostinato_dot_director_dot_v1_dot_director__pb2.WatchEventsRequest.SerializeToString,
@@ -106,6 +111,15 @@ class DirectorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Batch(self, request, context):
+        """All of the above in one call, in this order (items, orders to attach, commands, orders to
+        detach), journaled with one command: what a controller's driver has for the agent at once.
+        On a refused part, what came before it is journaled and the call fails naming the part.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchEvents(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -146,6 +160,11 @@ def add_DirectorServiceServicer_to_server(servicer, server):
                     servicer.CommandOrders,
                     request_deserializer=ostinato_dot_director_dot_v1_dot_director__pb2.CommandOrdersRequest.FromString,
                     response_serializer=ostinato_dot_director_dot_v1_dot_director__pb2.CommandOrdersResponse.SerializeToString,
+            ),
+            'Batch': grpc.unary_unary_rpc_method_handler(
+                    servicer.Batch,
+                    request_deserializer=ostinato_dot_director_dot_v1_dot_director__pb2.BatchRequest.FromString,
+                    response_serializer=ostinato_dot_director_dot_v1_dot_director__pb2.BatchResponse.SerializeToString,
             ),
             'WatchEvents': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchEvents,
@@ -273,6 +292,33 @@ class DirectorService:
             '/ostinato.director.v1.DirectorService/CommandOrders',
             ostinato_dot_director_dot_v1_dot_director__pb2.CommandOrdersRequest.SerializeToString,
             ostinato_dot_director_dot_v1_dot_director__pb2.CommandOrdersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Batch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ostinato.director.v1.DirectorService/Batch',
+            ostinato_dot_director_dot_v1_dot_director__pb2.BatchRequest.SerializeToString,
+            ostinato_dot_director_dot_v1_dot_director__pb2.BatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

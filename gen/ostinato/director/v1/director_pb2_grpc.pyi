@@ -43,6 +43,11 @@ class DirectorServiceStub:
     """Takes back orders the agent marked detachable. Idempotent by order id."""
     CommandOrders: _grpc.UnaryUnaryMultiCallable[_director_pb2.CommandOrdersRequest, _director_pb2.CommandOrdersResponse]
     """Commands on orders attached to this agent (cancel, suspend, resume, answer prompt)."""
+    Batch: _grpc.UnaryUnaryMultiCallable[_director_pb2.BatchRequest, _director_pb2.BatchResponse]
+    """All of the above in one call, in this order (items, orders to attach, commands, orders to
+    detach), journaled with one command: what a controller's driver has for the agent at once.
+    On a refused part, what came before it is journaled and the call fails naming the part.
+    """
     WatchEvents: _grpc.UnaryStreamMultiCallable[_director_pb2.WatchEventsRequest, _director_pb2.WatchEventsResponse]
     ReleaseEvents: _grpc.UnaryUnaryMultiCallable[_director_pb2.ReleaseEventsRequest, _director_pb2.ReleaseEventsResponse]
     GetOverview: _grpc.UnaryUnaryMultiCallable[_director_pb2.GetOverviewRequest, _director_pb2.GetOverviewResponse]
@@ -62,6 +67,11 @@ class DirectorServiceAsyncStub(DirectorServiceStub):
     """Takes back orders the agent marked detachable. Idempotent by order id."""
     CommandOrders: _aio.UnaryUnaryMultiCallable[_director_pb2.CommandOrdersRequest, _director_pb2.CommandOrdersResponse]  # type: ignore[assignment]
     """Commands on orders attached to this agent (cancel, suspend, resume, answer prompt)."""
+    Batch: _aio.UnaryUnaryMultiCallable[_director_pb2.BatchRequest, _director_pb2.BatchResponse]  # type: ignore[assignment]
+    """All of the above in one call, in this order (items, orders to attach, commands, orders to
+    detach), journaled with one command: what a controller's driver has for the agent at once.
+    On a refused part, what came before it is journaled and the call fails naming the part.
+    """
     WatchEvents: _aio.UnaryStreamMultiCallable[_director_pb2.WatchEventsRequest, _director_pb2.WatchEventsResponse]  # type: ignore[assignment]
     ReleaseEvents: _aio.UnaryUnaryMultiCallable[_director_pb2.ReleaseEventsRequest, _director_pb2.ReleaseEventsResponse]  # type: ignore[assignment]
     GetOverview: _aio.UnaryUnaryMultiCallable[_director_pb2.GetOverviewRequest, _director_pb2.GetOverviewResponse]  # type: ignore[assignment]
@@ -102,6 +112,17 @@ class DirectorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_director_pb2.CommandOrdersResponse, _abc.Awaitable[_director_pb2.CommandOrdersResponse]]:
         """Commands on orders attached to this agent (cancel, suspend, resume, answer prompt)."""
+
+    @_abc_1.abstractmethod
+    def Batch(
+        self,
+        request: _director_pb2.BatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_director_pb2.BatchResponse, _abc.Awaitable[_director_pb2.BatchResponse]]:
+        """All of the above in one call, in this order (items, orders to attach, commands, orders to
+        detach), journaled with one command: what a controller's driver has for the agent at once.
+        On a refused part, what came before it is journaled and the call fails naming the part.
+        """
 
     @_abc_1.abstractmethod
     def WatchEvents(
