@@ -34,6 +34,7 @@ class Exited:
     message: str = ""
     timed_out: bool = False
     returned_values: tuple[tuple[str, str], ...] = ()
+    returned_values_refused: str = ""  # why, when the job's return values exceed the limits
 
 
 Message = Started | Output | Exited

@@ -31,6 +31,7 @@ def response(seq: int, message: Message) -> pb.SessionResponse:
             message=message.message,
             timed_out=message.timed_out,
             returned_values=dict(message.returned_values),
+            returned_values_refused=message.returned_values_refused,
         ),
     )
 

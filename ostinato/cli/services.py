@@ -16,7 +16,7 @@ SERVICES = {
 def cmd_up(args: argparse.Namespace) -> int:
     from ostinato import topology
 
-    return int(topology.run_up(args.config, args.data_dir))
+    return int(topology.run_up(args.config, args.data_dir, args.exit_on_failure))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -67,6 +67,11 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p = commands.add_parser("up", help="start the local topology from a config")
     p.add_argument("--config", type=Path, metavar="FILE")
     p.add_argument("--data-dir", type=Path, metavar="DIR")
+    p.add_argument(
+        "--exit-on-failure",
+        action="store_true",
+        help="stop everything when a service exits (default: report it and restart it, with backoff)",
+    )
     p.set_defaults(func=cmd_up)
 
     p = commands.add_parser("demo", help="start a local topology, run an example workflow, show it")

@@ -13,6 +13,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from gen.ostinato.common.v1 import items_pb2, workflow_pb2
+from ostinato import limits
 from ostinato.errors import InvalidArgument
 from ostinato.workflow import expressions, positions
 
@@ -26,10 +27,16 @@ def canonical_json(message: Message) -> str:
 
 
 def parse_workflow(json_text: str, path: str = "") -> workflow_pb2.Workflow:
-    """Parses and validates; `path`, when given, overrides the path inside the JSON."""
+    """Parses and validates; `path`, when given, overrides the path inside the JSON. The JSON's
+    size and nesting are checked first (see ostinato.limits), so that protobuf's own recursion
+    limit is never what refuses it."""
+    value = limits.load_item_json(json_text, "", limits.SIGNED_ITEM_BYTES)
+    if not isinstance(value, dict):
+        raise InvalidArgument("a workflow is a JSON object")
+    limits.check_instruction_nesting(value)
     workflow = workflow_pb2.Workflow()
     try:
-        json_format.Parse(json_text, workflow)
+        json_format.ParseDict(value, workflow)
     except json_format.ParseError as e:
         raise InvalidArgument(_parse_error_text(str(e)), field=_parse_error_field(str(e))) from None
     if path:
@@ -237,7 +244,11 @@ def item_digest(signed_json: str) -> str:
 def parse_item(item: items_pb2.SignedItem, into: M) -> M:
     """An item's JSON parsed into its proto, with the item's path; errors name `json (PATH)`."""
     try:
-        json_format.Parse(item.json, into)
+        value = limits.load_item_json(item.json, "", limits.SIGNED_ITEM_BYTES)
+    except InvalidArgument as e:
+        raise InvalidArgument(e.message, field=f"json ({item.path})") from None
+    try:
+        json_format.ParseDict(value, into)
     except json_format.ParseError as e:
         raise InvalidArgument(str(e).split("\n")[0], field=f"json ({item.path})") from None
     into.path = item.path  # type: ignore[attr-defined]

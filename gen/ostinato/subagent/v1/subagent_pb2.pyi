@@ -431,6 +431,7 @@ class ProcessExited(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     TIMED_OUT_FIELD_NUMBER: _builtins.int
     RETURNED_VALUES_FIELD_NUMBER: _builtins.int
+    RETURNED_VALUES_REFUSED_FIELD_NUMBER: _builtins.int
     process_key: _builtins.str
     return_code: _builtins.int
     """Return code when the process exited normally."""
@@ -441,6 +442,10 @@ class ProcessExited(_message.Message):
     director lost).
     """
     timed_out: _builtins.bool
+    returned_values_refused: _builtins.str
+    """Why the return values were refused (the file, a name or a value larger than the limits in
+    ostinato/limits.py); returned_values is then empty and the job fails.
+    """
     @_builtins.property
     def returned_values(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """key=value lines the job wrote to the file named by $JS7_RETURN_VALUES (and
@@ -456,10 +461,11 @@ class ProcessExited(_message.Message):
         message: _builtins.str = ...,
         timed_out: _builtins.bool = ...,
         returned_values: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        returned_values_refused: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "process_key", b"process_key", "return_code", b"return_code", "returned_values", b"returned_values", "signal", b"signal", "timed_out", b"timed_out"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "process_key", b"process_key", "return_code", b"return_code", "returned_values", b"returned_values", "returned_values_refused", b"returned_values_refused", "signal", b"signal", "timed_out", b"timed_out"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
