@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 import grpc
 
-from gen.ostinato.common.v1 import cluster_pb2, commands_pb2, items_pb2
+from gen.ostinato.common.v1 import cluster_pb2, commands_pb2, events_pb2, items_pb2
 from gen.ostinato.controller.v1 import controller_pb2
 from gen.ostinato.joc.v1 import joc_pb2, joc_pb2_grpc
 from joc_svc import auth, convert, inventory, naming
@@ -486,7 +486,10 @@ class OrderServicer(joc_pb2_grpc.OrderServiceServicer):
     ) -> joc_pb2.GetOrderResponse:
         row = await asyncio.to_thread(self.joc.store.get_order, _order_id(request.order_id))
         events = await asyncio.to_thread(self.joc.store.order_events, request.order_id)
-        return joc_pb2.GetOrderResponse(summary=convert.summary_pb(row), events=events)
+        kept = _newest_within(events, limits.RESPONSE_EVENTS_BYTES)
+        return joc_pb2.GetOrderResponse(
+            summary=convert.summary_pb(row), events=kept, events_omitted=len(events) - len(kept)
+        )
 
     async def WatchOrder(
         self, request: joc_pb2.WatchOrderRequest, context: grpc.aio.ServicerContext
@@ -743,6 +746,17 @@ def _command_action(command: commands_pb2.OrderCommand) -> str:
     if kind == "resume":
         return "resume order"
     return "answer prompt"
+
+
+def _newest_within(events: list[events_pb2.Event], budget: int) -> list[events_pb2.Event]:
+    """The newest events whose bytes fit into `budget` (at least the newest one)."""
+    start = len(events)
+    while start > 0:
+        budget -= events[start - 1].ByteSize()
+        if budget < 0 and start < len(events):
+            break
+        start -= 1
+    return events[start:]
 
 
 def _as_add_order_error(error: OstinatoError, workflow_path: str) -> OstinatoError:

@@ -48,6 +48,8 @@ VALUE_NESTING = 16
 # All arguments of one order together (also the variables a resume command sets), and all values
 # one job returns together.
 ARGUMENTS_BYTES = 256 * KIB
+# The file a job writes its return values to (lines key=value; other lines are ignored).
+RETURN_VALUES_FILE_BYTES = 2 * ARGUMENTS_BYTES
 # An order id, an argument's or variable's name.
 NAME_CHARS = 256
 # An inventory path, a workflow path.
@@ -76,6 +78,8 @@ REQUEST_BYTES: dict[str, int] = {
     "ostinato.director.v1.DirectorService/AttachOrders": 16 * MIB,
     "ostinato.director.v1.DirectorService/CommandOrders": 16 * MIB,
 }
+# GetOrder's events: the newest that fit (WatchOrder streams them all, one at a time).
+RESPONSE_EVENTS_BYTES = 16 * MIB
 # What gRPC itself lets through, either way: the largest request above, and any response (event
 # batches stay near 1 MiB, a single event of the largest item near 2.1 MiB).
 MESSAGE_BYTES = 64 * MIB

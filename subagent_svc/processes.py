@@ -54,12 +54,12 @@ def read_returned_values(path: Path) -> tuple[tuple[tuple[str, str], ...], str]:
     and why they are refused ("" if not): a file, a name or a value beyond ostinato.limits."""
     try:
         with open(path, "rb") as f:
-            data = f.read(limits.ARGUMENTS_BYTES + 1)
+            data = f.read(limits.RETURN_VALUES_FILE_BYTES + 1)
     except FileNotFoundError:
         return (), ""
-    if len(data) > limits.ARGUMENTS_BYTES:
+    if len(data) > limits.RETURN_VALUES_FILE_BYTES:
         size = limits.size_text(path.stat().st_size)
-        limit = limits.size_text(limits.ARGUMENTS_BYTES)
+        limit = limits.size_text(limits.RETURN_VALUES_FILE_BYTES)
         return (), f"return values file ${RETURN_VALUES_VARIABLE} of {size}, more than the limit of {limit}"
     values = {}
     for line in data.decode(errors="replace").splitlines():

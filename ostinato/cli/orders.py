@@ -174,7 +174,7 @@ def cmd_order_show(args: argparse.Namespace) -> int:
         lines.append(("variable", f"{k}={value_text(o.variables[k])}"))
     for h in o.historic_outcomes:
         lines.append(("outcome", f"at {position_text(h.position)}: {outcome_text(h.outcome)}"))
-    events = str(len(response.events))
+    events = str(len(response.events) + response.events_omitted)
     if s.resynced_at_event_id:
         events += (
             f" (incomplete: JOC missed some and took the order from the controller's snapshot"

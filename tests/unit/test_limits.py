@@ -149,9 +149,12 @@ def test_returned_values_beyond_the_limits_fail_the_job(tmp_path: Path) -> None:
     path.write_text("a=" + "x" * (limits.VALUE_BYTES + 1) + "\n")
     values, why = read_returned_values(path)
     assert values == () and why == "returned value 'a': 65,537 bytes, more than the limit of 65,536 bytes"
-    path.write_text("a=1\n" * 100_000)
+    path.write_text("a=1\n" * 200_000)
     values, why = read_returned_values(path)
-    assert values == () and "$JS7_RETURN_VALUES of 400,000 bytes, more than the limit of 262,144" in why
+    assert values == () and "$JS7_RETURN_VALUES of 800,000 bytes, more than the limit of 524,288" in why
+    path.write_text("".join(f"k{i}=" + "x" * 60_000 + "\n" for i in range(5)))
+    values, why = read_returned_values(path)
+    assert values == () and why == "returned values: 300,010 bytes, more than the limit of 262,144 bytes"
     job = workflow_pb2.Job()
     outcome = outcome_of(Exited("k", 0, returned_values_refused=why), job)
     assert outcome.kind == workflow_pb2.OUTCOME_KIND_FAILED and outcome.message == why

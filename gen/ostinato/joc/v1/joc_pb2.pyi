@@ -1409,21 +1409,27 @@ class GetOrderResponse(_message.Message):
 
     SUMMARY_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
+    EVENTS_OMITTED_FIELD_NUMBER: _builtins.int
+    events_omitted: _builtins.int
+    """How many older events were left out to keep the response within 16 MiB."""
     @_builtins.property
     def summary(self) -> Global___OrderSummary: ...
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[_events_pb2.Event]:
-        """Every event JOC received for the order, job output excluded."""
+        """The events JOC received for the order, job output excluded, oldest first: all of them, or
+        the newest ones that fit into 16 MiB (see events_omitted; WatchOrder streams them all).
+        """
 
     def __init__(
         self,
         *,
         summary: Global___OrderSummary | None = ...,
         events: _abc.Iterable[_events_pb2.Event] | None = ...,
+        events_omitted: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["summary", b"summary"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "summary", b"summary"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "events_omitted", b"events_omitted", "summary", b"summary"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
