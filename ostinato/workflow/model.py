@@ -66,6 +66,9 @@ def validate(workflow: workflow_pb2.Workflow) -> None:
         if not name:
             raise InvalidArgument("a job needs a name", field="jobs")
         _validate_job(job, f"jobs.{name}")
+    for name, parameter in workflow.order_preparation.parameters.items():
+        if parameter.HasField("default"):
+            limits.check_value(parameter.default, f"orderPreparation.parameters.{name}.default")
     _validate_block(workflow, workflow.instructions, "instructions", frozenset())
     seen: set[str] = set()
     for _, instruction, field in walk(workflow):
@@ -202,6 +205,7 @@ def _validate_job(job: workflow_pb2.Job, field: str) -> None:
         env_field = f"{field}.executable.commandLine.env"
     for k, expr in env.items():
         expressions.check(expr, f"{env_field}.{k}")
+    limits.check_arguments(job.default_arguments, f"{field}.defaultArguments")
     if job.process_limit < 0:
         raise InvalidArgument("must not be negative", field=f"{field}.processLimit")
     if job.timeout.seconds < 0 or job.timeout.nanos < 0:

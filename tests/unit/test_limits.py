@@ -162,3 +162,21 @@ def test_returned_values_beyond_the_limits_fail_the_job(tmp_path: Path) -> None:
         outcome_of(Exited("k", 0, returned_values=(("a", "1"),)), job).kind
         == workflow_pb2.OUTCOME_KIND_SUCCEEDED
     )
+
+
+def test_values_inside_a_workflow_are_bounded_too() -> None:
+    job = {**JOB, "defaultArguments": {"a": {"string": "x" * (limits.VALUE_BYTES + 1)}}}
+    workflow = {"instructions": [{"execute": {"jobName": "j"}}], "jobs": {"j": job}}
+    assert refused(parse_workflow, json.dumps(workflow), "/w").field == "jobs.j.defaultArguments.a"
+    deep: dict = {"string": "x"}
+    for _ in range(limits.VALUE_NESTING):
+        deep = {"list": {"values": [deep]}}
+    workflow = {
+        "orderPreparation": {"parameters": {"p": {"type": "PARAMETER_TYPE_LIST", "default": deep}}},
+        "instructions": [{"execute": {"jobName": "j"}}],
+        "jobs": {"j": JOB},
+    }
+    error = refused(parse_workflow, json.dumps(workflow), "/w")
+    assert error.field.startswith("orderPreparation.parameters.p.default") and "nested more than 16" in str(
+        error
+    )

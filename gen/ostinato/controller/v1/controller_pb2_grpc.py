@@ -90,6 +90,7 @@ class ControllerServiceServicer:
 
     def DeployItems(self, request, context):
         """Deploys signed items. Idempotent: the same path and version again is accepted and ignored.
+        Each item's JSON at most 1 MiB + 16 KiB, its signature 64 KiB; the request at most 16 MiB.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -97,6 +98,7 @@ class ControllerServiceServicer:
 
     def AddOrders(self, request, context):
         """Adds orders. Idempotent by order id: an id already known is reported, not added twice.
+        Arguments as JOC's AddOrder takes them; the request at most 16 MiB.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -104,6 +106,7 @@ class ControllerServiceServicer:
 
     def CommandOrders(self, request, context):
         """Cancels, suspends, resumes orders or answers their prompts. Each command gets a result.
+        The request is at most 16 MiB.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -111,7 +114,8 @@ class ControllerServiceServicer:
 
     def WatchEvents(self, request, context):
         """Streams the journal's events after the given id, then new ones as they are committed.
-        FAILED_PRECONDITION when events after `after` were already released.
+        FAILED_PRECONDITION when events after `after` were already released. A response holds at
+        most 1 MiB of events, or one larger event alone. Other requests are at most 1 MiB.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

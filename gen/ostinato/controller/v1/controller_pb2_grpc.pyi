@@ -36,14 +36,21 @@ class ControllerServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ControllerServiceAsyncStub: ...
     DeployItems: _grpc.UnaryUnaryMultiCallable[_controller_pb2.DeployItemsRequest, _controller_pb2.DeployItemsResponse]
-    """Deploys signed items. Idempotent: the same path and version again is accepted and ignored."""
+    """Deploys signed items. Idempotent: the same path and version again is accepted and ignored.
+    Each item's JSON at most 1 MiB + 16 KiB, its signature 64 KiB; the request at most 16 MiB.
+    """
     AddOrders: _grpc.UnaryUnaryMultiCallable[_controller_pb2.AddOrdersRequest, _controller_pb2.AddOrdersResponse]
-    """Adds orders. Idempotent by order id: an id already known is reported, not added twice."""
+    """Adds orders. Idempotent by order id: an id already known is reported, not added twice.
+    Arguments as JOC's AddOrder takes them; the request at most 16 MiB.
+    """
     CommandOrders: _grpc.UnaryUnaryMultiCallable[_controller_pb2.CommandOrdersRequest, _controller_pb2.CommandOrdersResponse]
-    """Cancels, suspends, resumes orders or answers their prompts. Each command gets a result."""
+    """Cancels, suspends, resumes orders or answers their prompts. Each command gets a result.
+    The request is at most 16 MiB.
+    """
     WatchEvents: _grpc.UnaryStreamMultiCallable[_controller_pb2.WatchEventsRequest, _controller_pb2.WatchEventsResponse]
     """Streams the journal's events after the given id, then new ones as they are committed.
-    FAILED_PRECONDITION when events after `after` were already released.
+    FAILED_PRECONDITION when events after `after` were already released. A response holds at
+    most 1 MiB of events, or one larger event alone. Other requests are at most 1 MiB.
     """
     ReleaseEvents: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ReleaseEventsRequest, _controller_pb2.ReleaseEventsResponse]
     """Lets the controller drop events up to and including until_id."""
@@ -65,14 +72,21 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     DeployItems: _aio.UnaryUnaryMultiCallable[_controller_pb2.DeployItemsRequest, _controller_pb2.DeployItemsResponse]  # type: ignore[assignment]
-    """Deploys signed items. Idempotent: the same path and version again is accepted and ignored."""
+    """Deploys signed items. Idempotent: the same path and version again is accepted and ignored.
+    Each item's JSON at most 1 MiB + 16 KiB, its signature 64 KiB; the request at most 16 MiB.
+    """
     AddOrders: _aio.UnaryUnaryMultiCallable[_controller_pb2.AddOrdersRequest, _controller_pb2.AddOrdersResponse]  # type: ignore[assignment]
-    """Adds orders. Idempotent by order id: an id already known is reported, not added twice."""
+    """Adds orders. Idempotent by order id: an id already known is reported, not added twice.
+    Arguments as JOC's AddOrder takes them; the request at most 16 MiB.
+    """
     CommandOrders: _aio.UnaryUnaryMultiCallable[_controller_pb2.CommandOrdersRequest, _controller_pb2.CommandOrdersResponse]  # type: ignore[assignment]
-    """Cancels, suspends, resumes orders or answers their prompts. Each command gets a result."""
+    """Cancels, suspends, resumes orders or answers their prompts. Each command gets a result.
+    The request is at most 16 MiB.
+    """
     WatchEvents: _aio.UnaryStreamMultiCallable[_controller_pb2.WatchEventsRequest, _controller_pb2.WatchEventsResponse]  # type: ignore[assignment]
     """Streams the journal's events after the given id, then new ones as they are committed.
-    FAILED_PRECONDITION when events after `after` were already released.
+    FAILED_PRECONDITION when events after `after` were already released. A response holds at
+    most 1 MiB of events, or one larger event alone. Other requests are at most 1 MiB.
     """
     ReleaseEvents: _aio.UnaryUnaryMultiCallable[_controller_pb2.ReleaseEventsRequest, _controller_pb2.ReleaseEventsResponse]  # type: ignore[assignment]
     """Lets the controller drop events up to and including until_id."""
@@ -97,7 +111,9 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _controller_pb2.DeployItemsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.DeployItemsResponse, _abc.Awaitable[_controller_pb2.DeployItemsResponse]]:
-        """Deploys signed items. Idempotent: the same path and version again is accepted and ignored."""
+        """Deploys signed items. Idempotent: the same path and version again is accepted and ignored.
+        Each item's JSON at most 1 MiB + 16 KiB, its signature 64 KiB; the request at most 16 MiB.
+        """
 
     @_abc_1.abstractmethod
     def AddOrders(
@@ -105,7 +121,9 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _controller_pb2.AddOrdersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.AddOrdersResponse, _abc.Awaitable[_controller_pb2.AddOrdersResponse]]:
-        """Adds orders. Idempotent by order id: an id already known is reported, not added twice."""
+        """Adds orders. Idempotent by order id: an id already known is reported, not added twice.
+        Arguments as JOC's AddOrder takes them; the request at most 16 MiB.
+        """
 
     @_abc_1.abstractmethod
     def CommandOrders(
@@ -113,7 +131,9 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _controller_pb2.CommandOrdersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.CommandOrdersResponse, _abc.Awaitable[_controller_pb2.CommandOrdersResponse]]:
-        """Cancels, suspends, resumes orders or answers their prompts. Each command gets a result."""
+        """Cancels, suspends, resumes orders or answers their prompts. Each command gets a result.
+        The request is at most 16 MiB.
+        """
 
     @_abc_1.abstractmethod
     def WatchEvents(
@@ -122,7 +142,8 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_controller_pb2.WatchEventsResponse], _abc.AsyncIterator[_controller_pb2.WatchEventsResponse]]:
         """Streams the journal's events after the given id, then new ones as they are committed.
-        FAILED_PRECONDITION when events after `after` were already released.
+        FAILED_PRECONDITION when events after `after` were already released. A response holds at
+        most 1 MiB of events, or one larger event alone. Other requests are at most 1 MiB.
         """
 
     @_abc_1.abstractmethod

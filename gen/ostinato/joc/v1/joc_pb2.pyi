@@ -125,8 +125,12 @@ class PutObjectRequest(_message.Message):
     TYPE_FIELD_NUMBER: _builtins.int
     JSON_FIELD_NUMBER: _builtins.int
     path: _builtins.str
+    """At most 1,024 characters."""
     type: _items_pb2.ItemType.ValueType
     json: _builtins.str
+    """At most 1 MiB, as sent and in JOC's canonical form; objects and arrays nested at most 128
+    deep; a workflow's blocks at most 16 deep; each expression at most 16 KiB.
+    """
     def __init__(
         self,
         *,
@@ -1192,11 +1196,15 @@ class AddOrderRequest(_message.Message):
     CONTROLLER_ID_FIELD_NUMBER: _builtins.int
     workflow_path: _builtins.str
     order_id: _builtins.str
-    """Empty: JOC makes one. Giving the same id again adds nothing twice."""
+    """Empty: JOC makes one. Giving the same id again adds nothing twice. At most 256 characters."""
     controller_id: _builtins.str
     """Empty: JOC's default controller."""
     @_builtins.property
-    def arguments(self) -> _containers.MessageMap[_builtins.str, _values_pb2.Value]: ...
+    def arguments(self) -> _containers.MessageMap[_builtins.str, _values_pb2.Value]:
+        """Each value at most 64 KiB (lists and objects 16 deep), names at most 256 characters, all
+        together at most 256 KiB.
+        """
+
     @_builtins.property
     def scheduled_for(self) -> _timestamp_pb2.Timestamp:
         """Absent: start at once."""
