@@ -24,11 +24,14 @@ from controller_svc.core import (
 from gen.ostinato.common.v1 import cluster_pb2, commands_pb2, events_pb2
 from gen.ostinato.controller.v1 import controller_pb2, controller_pb2_grpc
 from ostinato import limits, rpc, signing
-from ostinato.errors import InvalidArgument, NotFound
+from ostinato.errors import FailedPrecondition, InvalidArgument, NotFound
 from ostinato.journal.node import JournaledNode, NodeConfig, serve_node
 from ostinato.journal.shell import now_ms
 
 log = logging.getLogger(__name__)
+
+# Orders in one response of StreamSnapshot, at most (and at most limits.BATCH_BYTES of them).
+SNAPSHOT_PART_ORDERS = 10_000
 
 
 @dataclass
@@ -153,11 +156,32 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
         self, request: controller_pb2.GetSnapshotRequest, context: grpc.aio.ServicerContext
     ) -> controller_pb2.GetSnapshotResponse:
         # The committed state, not the working one: it may hold events that are not yet safe.
-        return self.c.journal.read_committed(
+        response = self.c.journal.read_committed(
             lambda state: controller_pb2.GetSnapshotResponse(
                 event_id=state.last_event_id, orders=list(state.orders.values())
             )
         )
+        if (size := response.ByteSize()) > limits.MESSAGE_BYTES:
+            raise FailedPrecondition(
+                f"the orders take {limits.size_text(size)}, more than one message may: use StreamSnapshot"
+            )
+        return response
+
+    async def StreamSnapshot(
+        self, request: controller_pb2.StreamSnapshotRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[controller_pb2.StreamSnapshotResponse]:
+        # Copied in one read of the committed state, so that every part is as of the same event.
+        event_id, parts = self.c.journal.read_committed(
+            lambda state: (
+                state.last_event_id,
+                [
+                    controller_pb2.StreamSnapshotResponse(event_id=state.last_event_id, orders=part)
+                    for part in limits.batches(list(state.orders.values()), SNAPSHOT_PART_ORDERS)
+                ],
+            )
+        )
+        for part in parts or [controller_pb2.StreamSnapshotResponse(event_id=event_id)]:
+            yield part
 
     async def GetAgentClusterStatus(
         self, request: controller_pb2.GetAgentClusterStatusRequest, context: grpc.aio.ServicerContext

@@ -5,6 +5,7 @@ them is refused at the edge, naming the field, the size and the limit, and nothi
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -171,3 +172,44 @@ async def test_beyond_the_limits_is_refused_naming_field_size_and_limit(topology
     details = info.value.details() or ""
     assert details.startswith("jobs.j.executable.shellScript.env.X: expression of 200,001 characters")
     assert len(details) < 300
+
+
+async def test_a_snapshot_larger_than_a_part_reaches_a_new_joc_whole(
+    topology: Topology, joc: Joc, tmp_path: Path
+) -> None:
+    from tests.integration.test_joc_cluster import joc_process, orders_of, released_past
+
+    await joc.deploy_workflow(
+        "/limits/later", {"instructions": [{"execute": {"jobName": "j"}}], "jobs": {"j": shell_job("true")}}
+    )
+    later = datetime.now(UTC) + timedelta(days=1)
+    ids = [f"held-{i:02d}" for i in range(20)]  # 20 x 256 KiB of arguments: more than one part
+    for order_id in ids:
+        request = joc_pb2.AddOrderRequest(
+            workflow_path="/limits/later", order_id=order_id, arguments=largest_arguments()
+        )
+        request.scheduled_for.FromDatetime(later)
+        await joc.orders.AddOrder(request)
+    last = max(e.id for e in (await joc.orders.GetOrder(joc_pb2.GetOrderRequest(order_id=ids[-1]))).events)
+    await released_past(topology, last)
+    async with rpc.channel(topology.services["controller"].address) as channel:
+        controller = controller_pb2_grpc.ControllerServiceStub(channel)
+        parts = [
+            p async for p in controller.StreamSnapshot(controller_pb2.StreamSnapshotRequest(), timeout=30)
+        ]
+    assert len(parts) >= 2 and len({p.event_id for p in parts}) == 1
+    assert sorted(o.id for p in parts for o in p.orders) == ids
+    assert all(p.ByteSize() <= limits.BATCH_BYTES + limits.ARGUMENTS_BYTES + 4096 for p in parts)
+
+    topology.services["joc"].stop()
+    async with joc_process(tmp_path / "new-joc", f"controller={topology.addresses['controller']}") as (
+        _,
+        new,
+    ):
+
+        async def resynced() -> bool:
+            return set(await orders_of(new)) == set(ids)
+
+        await eventually(resynced, timeout=60, what="the new JOC lists the controller's held orders")
+        shown = await new.orders.GetOrder(joc_pb2.GetOrderRequest(order_id=ids[0]))
+        assert len(shown.summary.order.arguments["a0"].string) == VALUE_CHARS

@@ -58,6 +58,11 @@ class ControllerServiceStub:
     GetSnapshot: _grpc.UnaryUnaryMultiCallable[_controller_pb2.GetSnapshotRequest, _controller_pb2.GetSnapshotResponse]
     """Every order the controller holds, as of one event id: what a receiver that lost its place
     (WatchEvents answered FAILED_PRECONDITION) rebuilds from, then watches after `event_id`.
+    FAILED_PRECONDITION when they do not fit into one message (64 MiB): see StreamSnapshot.
+    """
+    StreamSnapshot: _grpc.UnaryStreamMultiCallable[_controller_pb2.StreamSnapshotRequest, _controller_pb2.StreamSnapshotResponse]
+    """The same as GetSnapshot, in responses of at most 4 MiB of orders each (or one larger order),
+    all with the same event_id: however many orders the controller holds.
     """
     GetAgentClusterStatus: _grpc.UnaryUnaryMultiCallable[_controller_pb2.GetAgentClusterStatusRequest, _controller_pb2.GetAgentClusterStatusResponse]
     """The cluster status of an agent's director nodes, asked by the controller."""
@@ -94,6 +99,11 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     GetSnapshot: _aio.UnaryUnaryMultiCallable[_controller_pb2.GetSnapshotRequest, _controller_pb2.GetSnapshotResponse]  # type: ignore[assignment]
     """Every order the controller holds, as of one event id: what a receiver that lost its place
     (WatchEvents answered FAILED_PRECONDITION) rebuilds from, then watches after `event_id`.
+    FAILED_PRECONDITION when they do not fit into one message (64 MiB): see StreamSnapshot.
+    """
+    StreamSnapshot: _aio.UnaryStreamMultiCallable[_controller_pb2.StreamSnapshotRequest, _controller_pb2.StreamSnapshotResponse]  # type: ignore[assignment]
+    """The same as GetSnapshot, in responses of at most 4 MiB of orders each (or one larger order),
+    all with the same event_id: however many orders the controller holds.
     """
     GetAgentClusterStatus: _aio.UnaryUnaryMultiCallable[_controller_pb2.GetAgentClusterStatusRequest, _controller_pb2.GetAgentClusterStatusResponse]  # type: ignore[assignment]
     """The cluster status of an agent's director nodes, asked by the controller."""
@@ -169,6 +179,17 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_controller_pb2.GetSnapshotResponse, _abc.Awaitable[_controller_pb2.GetSnapshotResponse]]:
         """Every order the controller holds, as of one event id: what a receiver that lost its place
         (WatchEvents answered FAILED_PRECONDITION) rebuilds from, then watches after `event_id`.
+        FAILED_PRECONDITION when they do not fit into one message (64 MiB): see StreamSnapshot.
+        """
+
+    @_abc_1.abstractmethod
+    def StreamSnapshot(
+        self,
+        request: _controller_pb2.StreamSnapshotRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_controller_pb2.StreamSnapshotResponse], _abc.AsyncIterator[_controller_pb2.StreamSnapshotResponse]]:
+        """The same as GetSnapshot, in responses of at most 4 MiB of orders each (or one larger order),
+        all with the same event_id: however many orders the controller holds.
         """
 
     @_abc_1.abstractmethod
