@@ -288,7 +288,9 @@ def problems(objects: Iterable[tuple[str, int, str]], exists: Callable[[int, str
     for path, type, text in objects:
         for ref in references(type, text):
             if not ref.path.startswith("/"):
-                found.append(Problem(path, type, ref.field, f"{ref.path!r} is not an absolute path"))
+                found.append(
+                    Problem(path, type, ref.field, f"{limits.excerpt(ref.path)} is not an absolute path")
+                )
             elif not exists(ref.type, ref.path):
                 found.append(
                     Problem(path, type, ref.field, f"no {word(ref.type)} {ref.path} in the inventory")

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -28,6 +28,7 @@ from ostinato.errors import (
     NotFound,
     OstinatoError,
     PermissionDenied,
+    ResourceExhausted,
     Unavailable,
 )
 
@@ -130,7 +131,7 @@ class _ErrorInterceptor(grpc.aio.ServerInterceptor):
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
                 self.guard(method)
-                return await behaviour(_accepted(request, streamed), context)
+                return _deliverable(method, await behaviour(_accepted(request, streamed), context))
             except OstinatoError as e:
                 await _abort(context, self._as_passive(method, e))
 
@@ -182,6 +183,17 @@ def _checked_deserializer(method: str, deserialize: Callable[[bytes], Any] | Non
             return _Refused(InvalidArgument(f"not a valid {name} request: {e}", field="request"))
 
     return checked
+
+
+def _deliverable(method: str, response: Any) -> Any:
+    """The response, unless it is larger than gRPC would send: then a clear error instead of
+    gRPC's own failure (and its traceback in the log)."""
+    if isinstance(response, Message) and (size := response.ByteSize()) > limits.MESSAGE_BYTES:
+        raise ResourceExhausted(
+            f"the answer to {method.rsplit('/', 1)[-1]} would take {limits.size_text(size)}, more than"
+            f" the limit of {limits.size_text(limits.MESSAGE_BYTES)}: ask for less (a folder, a limit)"
+        )
+    return response
 
 
 def _accepted(request: Any, streamed: bool) -> Any:

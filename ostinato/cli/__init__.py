@@ -57,7 +57,7 @@ def _global_options_last(argv: list[str], options: argparse.ArgumentParser) -> l
     every JOC command takes may come before the command as well as after it."""
     takes_value = {name: action.nargs != 0 for action in options._actions for name in action.option_strings}
     moved: list[str] = []
-    while argv and (name := argv[0].split("=", 1)[0]) in takes_value and name not in ("-h", "--help"):
+    while argv and (name := argv[0].split("=", 1)[0]) in takes_value:
         n = 2 if takes_value[name] and "=" not in argv[0] else 1
         moved += argv[:n]
         argv = argv[n:]

@@ -74,7 +74,9 @@ def validate(workflow: workflow_pb2.Workflow) -> None:
     for _, instruction, field in walk(workflow):
         if instruction.label:
             if instruction.label in seen:
-                raise InvalidArgument(f"label {instruction.label!r} is used twice", field=f"{field}.label")
+                raise InvalidArgument(
+                    f"label {limits.excerpt(instruction.label)} is used twice", field=f"{field}.label"
+                )
             seen.add(instruction.label)
 
 
@@ -132,7 +134,9 @@ def _validate_instruction(  # noqa: C901 - one rule per instruction kind
         if ref is None:
             raise InvalidArgument("give jobName or job", field=f"{where}.execute")
         if ref == "job_name" and ex.job_name not in workflow.jobs:
-            raise InvalidArgument(f"unknown job {ex.job_name!r}", field=f"{where}.execute.jobName")
+            raise InvalidArgument(
+                f"unknown job {limits.excerpt(ex.job_name)}", field=f"{where}.execute.jobName"
+            )
         if ref == "job":
             _validate_job(ex.job, f"{where}.execute.job")
         for k, expr in ex.arguments.items():
@@ -144,7 +148,7 @@ def _validate_instruction(  # noqa: C901 - one rule per instruction kind
         for n, branch_id in enumerate(ids):
             if not branch_id or "|" in branch_id or "/" in branch_id or ":" in branch_id:
                 raise InvalidArgument(
-                    f"not a branch id: {branch_id!r}", field=f"{where}.fork.branches[{n}].id"
+                    f"not a branch id: {limits.excerpt(branch_id)}", field=f"{where}.fork.branches[{n}].id"
                 )
         if len(set(ids)) != len(ids):
             raise InvalidArgument("branch ids must differ", field=f"{where}.fork.branches")
@@ -268,6 +272,6 @@ def check_subagent_cluster(cluster: workflow_pb2.SubagentClusterItem) -> None:
     seen = set()
     for i, s in enumerate(cluster.subagents):
         if not s.subagent_id or s.subagent_id in seen:
-            what = "missing" if not s.subagent_id else f"{s.subagent_id!r} given twice"
+            what = "missing" if not s.subagent_id else f"{limits.excerpt(s.subagent_id)} given twice"
             raise InvalidArgument(what, field=f"subagents[{i}].subagentId")
         seen.add(s.subagent_id)
