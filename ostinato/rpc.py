@@ -174,7 +174,7 @@ def _checked_deserializer(method: str, deserialize: Callable[[bytes], Any] | Non
 
     def checked(data: bytes) -> Any:
         if len(data) > limit:
-            return _Refused(limits.too_large("request", len(data), limit, f"a {name} request"))
+            return _Refused(limits.too_large("request", len(data), limit, f"the {name} request"))
         if deserialize is None:
             return data
         try:

@@ -138,7 +138,7 @@ async def test_beyond_the_limits_is_refused_naming_field_size_and_limit(topology
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await joc.inventory.PutObject(joc_pb2.PutObjectRequest(path="/limits/huge", type=WF, json=huge))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "request: a PutObject request of 2,097,1" in (info.value.details() or "")
+    assert "request: the PutObject request of 2,097,1" in (info.value.details() or "")
 
     await joc.deploy_workflow(
         "/limits/small", {"instructions": [{"execute": {"jobName": "j"}}], "jobs": {"j": shell_job("true")}}
@@ -190,8 +190,13 @@ async def test_a_snapshot_larger_than_a_part_reaches_a_new_joc_whole(
         )
         request.scheduled_for.FromDatetime(later)
         await joc.orders.AddOrder(request)
-    last = max(e.id for e in (await joc.orders.GetOrder(joc_pb2.GetOrderRequest(order_id=ids[-1]))).events)
-    await released_past(topology, last)
+
+    async def last_event_id() -> int:
+        events = (await joc.orders.GetOrder(joc_pb2.GetOrderRequest(order_id=ids[-1]))).events
+        return max((e.id for e in events), default=0)
+
+    await eventually(last_event_id, what="JOC has the last order's events")
+    await released_past(topology, await last_event_id())
     async with rpc.channel(topology.services["controller"].address) as channel:
         controller = controller_pb2_grpc.ControllerServiceStub(channel)
         parts = [

@@ -63,7 +63,7 @@ async def test_a_request_beyond_its_methods_limit_names_size_and_limit(served, c
     error = await refusal(channel, b"\x00" * size)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.details() == (
-        f"request: a GetOverview request of {size:,} bytes, more than the limit of 1,048,576 bytes"
+        f"request: the GetOverview request of {size:,} bytes, more than the limit of 1,048,576 bytes"
     )
 
 
