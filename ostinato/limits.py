@@ -14,6 +14,7 @@ anything is stored; error texts quote at most an excerpt of the input (`excerpt`
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -167,6 +168,51 @@ def check_timestamp(timestamp: Any, field: str) -> None:
     """A google.protobuf.Timestamp within its documented range (others cannot become a datetime)."""
     if timestamp.seconds not in _TIMESTAMP_SECONDS or not 0 <= timestamp.nanos < 1_000_000_000:
         raise InvalidArgument("not a time between the years 1 and 9999", field=field)
+
+
+# ---- enums
+
+
+def check_enums(message: Message, field: str = "") -> None:
+    """Every enum field of `message` (nested ones too) holds a value its enum defines: proto3 keeps
+    unknown numbers, which code that names them would trip over."""
+    for fd, value in message.ListFields():
+        where = f"{field}.{fd.name}" if field else fd.name
+        if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+            value_fd = fd.message_type.fields_by_name["value"]
+            for key, item in value.items():
+                _check_enum_or_message(value_fd, item, f"{where}.{key}")
+        elif fd.is_repeated:
+            for i, item in enumerate(value):
+                _check_enum_or_message(fd, item, f"{where}[{i}]")
+        else:
+            _check_enum_or_message(fd, value, where)
+
+
+def _check_enum_or_message(fd: Any, value: Any, where: str) -> None:
+    if fd.enum_type is not None:
+        if fd.enum_type.values_by_number.get(value) is None:
+            raise InvalidArgument(f"unknown value {value} of {fd.enum_type.name}", field=where)
+    elif fd.message_type is not None and _has_enums(fd.message_type):
+        check_enums(value, where)
+
+
+@functools.cache
+def _has_enums(descriptor: Any) -> bool:
+    """Whether messages of this type can hold an enum value anywhere (skipping others is cheap)."""
+    seen: set[str] = set()
+    todo = [descriptor]
+    while todo:
+        d = todo.pop()
+        if d.full_name in seen:
+            continue
+        seen.add(d.full_name)
+        for fd in d.fields:
+            if fd.enum_type is not None:
+                return True
+            if fd.message_type is not None:
+                todo.append(fd.message_type)
+    return False
 
 
 # ---- JSON of inventory objects

@@ -198,18 +198,22 @@ def _deliverable(method: str, response: Any) -> Any:
 
 def _accepted(request: Any, streamed: bool) -> Any:
     """The request (or the stream of request messages) with refused messages raised as errors."""
-    if isinstance(request, _Refused):
-        raise request.error
     if not streamed:
-        return request
+        return _checked(request)
 
     async def messages() -> Any:
         async for message in request:
-            if isinstance(message, _Refused):
-                raise message.error
-            yield message
+            yield _checked(message)
 
     return messages()
+
+
+def _checked(message: Any) -> Any:
+    if isinstance(message, _Refused):
+        raise message.error
+    if isinstance(message, Message):
+        limits.check_enums(message)
+    return message
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: OstinatoError) -> None:

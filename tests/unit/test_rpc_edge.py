@@ -83,3 +83,14 @@ async def test_an_error_too_long_for_metadata_arrives_shortened(served) -> None:
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     details = error.details() or ""
     assert details.startswith("f: xxx") and len(details) <= limits.MESSAGE_CHARS
+
+
+async def test_an_unknown_enum_value_is_an_invalid_argument_naming_the_field() -> None:
+    from gen.ostinato.common.v1 import items_pb2
+
+    request = controller_pb2.DeployItemsRequest(items=[items_pb2.SignedItem(path="/a")])
+    request.items[0].type = 99  # type: ignore[assignment]
+    with pytest.raises(InvalidArgument) as info:
+        limits.check_enums(request)
+    assert str(info.value) == "items[0].type: unknown value 99 of ItemType"
+    limits.check_enums(controller_pb2.DeployItemsRequest(items=[items_pb2.SignedItem(type=1)]))
