@@ -18,9 +18,9 @@ from typing import Any, Protocol
 import grpc
 
 from controller_svc.core import AgentEvents, ControllerCore, Stimulus
-from gen.ostinato.common.v1 import cluster_pb2_grpc, events_pb2
+from gen.ostinato.common.v1 import cluster_pb2_grpc, events_pb2, items_pb2
 from gen.ostinato.director.v1 import director_pb2, director_pb2_grpc
-from ostinato import rpc
+from ostinato import limits, rpc
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,8 @@ BATCH = 500
 # RELEASE_EVENTS more wait: each release is a commit of the agent's journal.
 RELEASE_INTERVAL_S = 0.05
 RELEASE_EVENTS = 2000
-# Responses of the agent's event stream taken into one journal command, at most.
+# Responses of the agent's event stream taken into one journal command, at most (and once they
+# hold limits.BATCH_BYTES, no more).
 DRAIN_RESPONSES = 200
 
 
@@ -148,8 +149,10 @@ class AgentDriver:
         try:
             while True:
                 responses = [await inbox.get()]
-                while not inbox.empty() and len(responses) < DRAIN_RESPONSES:
+                size = responses[0].ByteSize()
+                while not inbox.empty() and len(responses) < DRAIN_RESPONSES and size < limits.BATCH_BYTES:
                     responses.append(inbox.get_nowait())
+                    size += responses[-1].ByteSize()
                 events = tuple(e for r in responses for e in r.events)
                 # Flow control: while JOC has not released much output, leave the agent's with it.
                 await self.controller.output_room()
@@ -176,12 +179,14 @@ class AgentDriver:
         # Taken all at once, without awaiting: what commits while this sends wakes the driver again.
         work = core.agent_work(self.name, self.controller.committed_id)
         items = [i for i in core.items_to_attach(self.name) if (i.path, i.version_id) not in sent_items]
-        attach = work.attach
-        while True:
-            orders, attach = attach[:BATCH], attach[BATCH:]
-            needed = sorted({(o.workflow_path, o.workflow_version_id) for o in orders} - sent_items)
-            items += [core.state.signed_items[key] for key in needed]
-            last = not attach
+        order_batches = list(limits.batches(work.attach, BATCH)) or [[]]
+        for n, orders in enumerate(order_batches):
+            needed = {(o.workflow_path, o.workflow_version_id) for o in orders} - sent_items
+            items += [core.state.signed_items[key] for key in sorted(needed)]
+            if sum(i.ByteSize() for i in items) > limits.BATCH_BYTES:
+                await self._attach_items(stub, items, sent_items)  # big ones in calls of their own
+                items = []
+            last = n == len(order_batches) - 1
             request = director_pb2.BatchRequest(
                 sender=self._sender(),
                 items=items,
@@ -193,8 +198,18 @@ class AgentDriver:
                 await stub.Batch(request, timeout=30)
             sent_items.update((i.path, i.version_id) for i in items)
             items = []
-            if last:
-                return
+
+    async def _attach_items(
+        self,
+        stub: director_pb2_grpc.DirectorServiceStub,
+        items: list[items_pb2.SignedItem],
+        sent_items: set[tuple[str, str]],
+    ) -> None:
+        for batch in limits.batches(items, BATCH):
+            await stub.AttachItems(
+                director_pb2.AttachItemsRequest(sender=self._sender(), items=batch), timeout=30
+            )
+            sent_items.update((i.path, i.version_id) for i in batch)
 
 
 class _Releaser:

@@ -23,14 +23,17 @@ from controller_svc.core import (
 )
 from gen.ostinato.common.v1 import cluster_pb2, commands_pb2, events_pb2
 from gen.ostinato.controller.v1 import controller_pb2, controller_pb2_grpc
-from ostinato import rpc, signing
+from ostinato import limits, rpc, signing
 from ostinato.cluster.config import NodeConfig
 from ostinato.cluster.node import JournaledNode
 from ostinato.cluster.serve import serve_node
-from ostinato.errors import InvalidArgument, NotFound
+from ostinato.errors import FailedPrecondition, InvalidArgument, NotFound
 from ostinato.journal.shell import now_ms
 
 log = logging.getLogger(__name__)
+
+# Orders in one response of StreamSnapshot, at most (and at most limits.BATCH_BYTES of them).
+SNAPSHOT_PART_ORDERS = 10_000
 
 
 @dataclass
@@ -95,6 +98,8 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
         self, request: controller_pb2.DeployItemsRequest, context: grpc.aio.ServicerContext
     ) -> controller_pb2.DeployItemsResponse:
         items = list(request.items)
+        for i, item in enumerate(items):
+            limits.check_signed_item(item, f"items[{i}]")
         # Signatures first, over the exact JSON bytes: the core parses only verified items.
         signing.verify_items(self.c.config.node.trust, items)
         await self.c.handle(Deploy(tuple(items)))
@@ -103,6 +108,8 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
     async def AddOrders(
         self, request: controller_pb2.AddOrdersRequest, context: grpc.aio.ServicerContext
     ) -> controller_pb2.AddOrdersResponse:
+        for i, order in enumerate(request.orders):
+            _check_new_order(order, f"orders[{i}]")
         stimulus = AddOrders(tuple(convert.new_order(o) for o in request.orders))
         result: list[controller_pb2.AddedOrder] = []
 
@@ -117,6 +124,8 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
     async def CommandOrders(
         self, request: controller_pb2.CommandOrdersRequest, context: grpc.aio.ServicerContext
     ) -> controller_pb2.CommandOrdersResponse:
+        for i, command in enumerate(request.commands):
+            limits.check_order_command(command, f"commands[{i}]")
         results: list[commands_pb2.OrderCommandResult] = []
 
         def decide(now: int) -> list[events_pb2.Event]:
@@ -149,11 +158,32 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
         self, request: controller_pb2.GetSnapshotRequest, context: grpc.aio.ServicerContext
     ) -> controller_pb2.GetSnapshotResponse:
         # The committed state, not the working one: it may hold events that are not yet safe.
-        return self.c.journal.read_committed(
+        response = self.c.journal.read_committed(
             lambda state: controller_pb2.GetSnapshotResponse(
                 event_id=state.last_event_id, orders=list(state.orders.values())
             )
         )
+        if (size := response.ByteSize()) > limits.MESSAGE_BYTES:
+            raise FailedPrecondition(
+                f"the orders take {limits.size_text(size)}, more than one message may: use StreamSnapshot"
+            )
+        return response
+
+    async def StreamSnapshot(
+        self, request: controller_pb2.StreamSnapshotRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[controller_pb2.StreamSnapshotResponse]:
+        # Copied in one read of the committed state, so that every part is as of the same event.
+        event_id, parts = self.c.journal.read_committed(
+            lambda state: (
+                state.last_event_id,
+                [
+                    controller_pb2.StreamSnapshotResponse(event_id=state.last_event_id, orders=part)
+                    for part in limits.batches(list(state.orders.values()), SNAPSHOT_PART_ORDERS)
+                ],
+            )
+        )
+        for part in parts or [controller_pb2.StreamSnapshotResponse(event_id=event_id)]:
+            yield part
 
     async def GetAgentClusterStatus(
         self, request: controller_pb2.GetAgentClusterStatusRequest, context: grpc.aio.ServicerContext
@@ -193,6 +223,17 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
                 for d in self.c.drivers.values()
             ],
         )
+
+
+def _check_new_order(order: controller_pb2.NewOrder, field: str) -> None:
+    """What the core does not judge: the sizes of what the order would carry into the journal."""
+    limits.check_name(order.id, f"{field}.id", "an order id")
+    limits.check_path_length(order.workflow_path, f"{field}.workflow_path")
+    limits.check_name(order.workflow_version_id, f"{field}.workflow_version_id", "a version id")
+    limits.check_name(order.trace_parent, f"{field}.trace_parent", "a trace parent")
+    limits.check_arguments(order.arguments, f"{field}.arguments")
+    if order.HasField("scheduled_for"):
+        limits.check_timestamp(order.scheduled_for, f"{field}.scheduled_for")
 
 
 async def serve(config: ControllerConfig, stop: asyncio.Event) -> None:

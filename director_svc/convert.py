@@ -36,6 +36,8 @@ def message(response: pb.SessionResponse) -> Message:
             message=e.message,
             timed_out=e.timed_out,
             returned_values=tuple(sorted(e.returned_values.items())),
+            returned_values_refused=e.returned_values_refused,
+            not_started=e.not_started,
         )
     assert kind == "process_started", kind  # only numbered messages come here
     return Started(response.process_started.process_key, response.process_started.pid)

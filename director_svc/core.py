@@ -800,6 +800,10 @@ def outcome_of(exited: Exited, job: workflow_pb2.Job, stderr_written: bool = Fal
     elif exited.return_code not in success_codes or exited.timed_out or exited.not_started:
         message = exited.message or f"return code {exited.return_code}"
         outcome = workflow_pb2.Outcome(kind=FAILED, return_code=exited.return_code, message=message)
+    elif exited.returned_values_refused:
+        outcome = workflow_pb2.Outcome(
+            kind=FAILED, return_code=exited.return_code, message=exited.returned_values_refused
+        )
     elif job.fail_on_stderr and stderr_written:
         outcome = workflow_pb2.Outcome(
             kind=FAILED, return_code=exited.return_code, message="the job wrote to stderr"

@@ -71,9 +71,17 @@ class ControllerLink:
         """After `error` from the node at `address`: see `rpc.ClusterTarget.follow`."""
         return self.target.follow(error, address)
 
-    async def call(self, method: str, request: Any, timeout: float = CALL_TIMEOUT) -> Any:
+    async def call(
+        self,
+        method: str,
+        request: Any,
+        timeout: float = CALL_TIMEOUT,
+        down_after: float = rpc.CLUSTER_DOWN_AFTER,
+    ) -> Any:
         """ControllerService.`method`(request) at the active node: see `rpc.ClusterTarget.call`."""
-        return await self.target.call(controller_pb2_grpc.ControllerServiceStub, method, request, timeout)
+        return await self.target.call(
+            controller_pb2_grpc.ControllerServiceStub, method, request, timeout, down_after
+        )
 
     def error(self, e: grpc.aio.AioRpcError) -> errors.OstinatoError:
         """The controller's error as JOC's: see `rpc.ClusterTarget.error`."""

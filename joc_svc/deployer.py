@@ -30,6 +30,7 @@ from gen.ostinato.common.v1 import items_pb2
 from gen.ostinato.controller.v1 import controller_pb2
 from joc_svc.controllers import ControllerLink
 from joc_svc.store import DeploymentRow, Store
+from ostinato import limits
 from ostinato.errors import OstinatoError
 
 log = logging.getLogger(__name__)
@@ -110,14 +111,18 @@ class Delivery:
             batch = await asyncio.to_thread(self.store.pending_deliveries, self.link.id, BATCH)
             if not batch:
                 return True
-            if not await self._send(batch):
-                return False
+            start = 0  # in requests of at most limits.BATCH_BYTES of items
+            for part in limits.batches([item for _, item in batch], BATCH):
+                if not await self._send(batch[start : start + len(part)]):
+                    return False
+                start += len(part)
 
     async def _send(self, batch: Sequence[tuple[DeploymentRow, items_pb2.SignedItem]]) -> bool:
         ids = [row.id for row, _ in batch]
         request = controller_pb2.DeployItemsRequest(items=[item for _, item in batch])
         try:
-            await self.link.call("DeployItems", request)
+            # Without waiting for a controller that is down: this task tries again by itself.
+            await self.link.call("DeployItems", request, down_after=0)
         except grpc.aio.AioRpcError as e:
             error = self.link.error(e)
             if e.code() not in REJECTING:

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 
 import grpc
 
+from gen.ostinato.common.v1 import order_pb2
 from gen.ostinato.controller.v1 import controller_pb2
 from joc_svc.controllers import ControllerLink
 from joc_svc.store import Applied, ControllerBehind, Store
@@ -345,30 +346,37 @@ class Ingestion:
         self.released_until = max(self.released_until, until)
         return True
 
+    async def _snapshot(self) -> tuple[int, list[order_pb2.Order]]:
+        """The controller's orders as of one event id, in parts (they may be more than fit into
+        one message)."""
+        event_id, orders = 0, []
+        async for part in self.link.stub.StreamSnapshot(
+            controller_pb2.StreamSnapshotRequest(), timeout=SNAPSHOT_TIMEOUT
+        ):
+            event_id = part.event_id
+            orders.extend(part.orders)
+        return event_id, orders
+
     async def _resync(self, e: grpc.aio.AioRpcError) -> bool:
         """WatchEvents refused JOC's cursor: the events after it were released before JOC stored
         them (JOC's database restored from an old backup, or a new JOC at a controller that ran
         before). JOC rebuilds its view of the controller's orders from the controller's snapshot
         and watches after the snapshot's event id. False when it could not (retry later)."""
         try:
-            snapshot = await self.link.call(
-                "GetSnapshot", controller_pb2.GetSnapshotRequest(), timeout=SNAPSHOT_TIMEOUT
-            )
+            event_id, orders = await self._snapshot()
         except grpc.aio.AioRpcError as e2:
             if e2.code() == grpc.StatusCode.UNIMPLEMENTED:
                 await self._skip_released(e)  # a controller without snapshots
                 return True
             log.warning(
-                "controller %s refused JOC's event cursor (%s) and GetSnapshot failed (%s); retrying",
+                "controller %s refused JOC's event cursor (%s) and its snapshot failed (%s); retrying",
                 self.link.id,
                 e.details(),
                 e2.code().name,
             )
             return False
         try:
-            done = await asyncio.to_thread(
-                self.store.resync, self.link.id, snapshot.event_id, list(snapshot.orders), self.clock()
-            )
+            done = await asyncio.to_thread(self.store.resync, self.link.id, event_id, orders, self.clock())
         except ControllerBehind as behind:
             # Not JOC's to repair: moving the cursor back would apply other events under ids JOC
             # has stored. A node active since a moment may still be catching up: JOC tries again,

@@ -20,6 +20,7 @@ from google.protobuf.message import Message
 
 from gen.ostinato.common.v1 import items_pb2, workflow_pb2
 from joc_svc import naming
+from ostinato import limits
 from ostinato.dailyplan.calendars import parse_calendar
 from ostinato.dailyplan.schedules import parse_schedule
 from ostinato.errors import InvalidArgument
@@ -72,20 +73,29 @@ def canonical_draft(type: int, json_text: str, path: str) -> str:
     canonical_json, without the path and version id JOC sets at deployment."""
     check_type(type)
     if type == T.ITEM_TYPE_WORKFLOW:
+        size = len(json_text.encode())
+        if size > limits.ITEM_JSON_BYTES:
+            raise limits.too_large("json", size, limits.ITEM_JSON_BYTES, "JSON")
         workflow = parse_workflow(json_text, path)
         workflow.path = path
         workflow.version_id = ""
-        return canonical_json(workflow)
-    try:
-        value = json.loads(json_text)
-    except ValueError as e:
-        raise InvalidArgument(f"not JSON: {e}", field="json") from None
+        return _within_limit(canonical_json(workflow))
+    value = limits.load_item_json(json_text)
     if not isinstance(value, dict):
         raise InvalidArgument("must be a JSON object", field="json")
     for key in _DEPLOYED_KEYS:
         value.pop(key, None)
     _CHECKS.get(type, _no_check)(value)
-    return _dumps(value)
+    return _within_limit(_dumps(value))
+
+
+def _within_limit(canonical: str) -> str:
+    """The text JOC stores and deploys, which may be longer than the text given (spaces after
+    separators, the path inside)."""
+    size = len(canonical.encode())
+    if size > limits.ITEM_JSON_BYTES:
+        raise limits.too_large("json", size, limits.ITEM_JSON_BYTES, "JSON as stored (canonical)")
+    return canonical
 
 
 def _dumps(value: Any) -> str:
@@ -276,7 +286,9 @@ def problems(objects: Iterable[tuple[str, int, str]], exists: Callable[[int, str
                 continue
         for ref in references(type, text):
             if not ref.path.startswith("/"):
-                found.append(Problem(path, type, ref.field, f"{ref.path!r} is not an absolute path"))
+                found.append(
+                    Problem(path, type, ref.field, f"{limits.excerpt(ref.path)} is not an absolute path")
+                )
             elif not exists(ref.type, ref.path):
                 found.append(
                     Problem(path, type, ref.field, f"no {word(ref.type)} {ref.path} in the inventory")
@@ -346,26 +358,32 @@ def imported(item: items_pb2.SignedItem, field: str, new_version_id: str) -> tup
     version id, the draft it corresponds to). A workflow's version id is the one in its JSON;
     other types get the export's (given with the item) or `new_version_id`."""
     check_type(item.type, f"{field}.type")
+    limits.check_signed_item(item, field)
     if item.type not in DEPLOYABLE_TYPES:
         raise InvalidArgument(f"{word(item.type)} objects are not deployed", field=f"{field}.type")
     path = naming.check_path(item.path, f"{field}.path")
     try:
-        value = json.loads(item.json)
-    except ValueError as e:
-        raise InvalidArgument(f"{path}: not JSON: {e}", field=f"{field}.json") from None
+        value = limits.load_item_json(item.json, f"{field}.json", limits.SIGNED_ITEM_BYTES)
+    except InvalidArgument as e:
+        raise InvalidArgument(f"{path}: {e.message}", field=e.field) from None
     if not isinstance(value, dict):
         raise InvalidArgument(f"{path}: must be a JSON object", field=f"{field}.json")
     if value.get("path") != path:
         raise InvalidArgument(
-            f"the JSON names path {value.get('path')!r}, the archive {path!r}", field=f"{field}.json"
+            f"the JSON names path {limits.excerpt(str(value.get('path')))}, the archive {path!r}",
+            field=f"{field}.json",
         )
     version_id = value.get("versionId") if item.type == T.ITEM_TYPE_WORKFLOW else item.version_id
     if item.type != T.ITEM_TYPE_WORKFLOW:
         version_id = version_id or new_version_id
     if not isinstance(version_id, str) or not version_id:
         raise InvalidArgument(f"{path}: the JSON has no versionId (export it for signing)", field=field)
+    limits.check_name(version_id, f"{field}.json.versionId", "a version id")
     if item.version_id and item.version_id != version_id:
-        raise InvalidArgument(f"{path}: version {item.version_id} differs from the JSON's {version_id}")
+        raise InvalidArgument(
+            f"{path}: version {limits.excerpt(item.version_id)} differs from the JSON's {version_id}",
+            field=f"{field}.version_id",
+        )
     try:
         draft = canonical_draft(item.type, item.json, path)
     except InvalidArgument as e:

@@ -6,16 +6,22 @@ import secrets
 from datetime import UTC, datetime
 from typing import Any
 
+from ostinato import limits
 from ostinato.errors import InvalidArgument
 
 
 def check_path(path: str, field: str = "path") -> str:
     """An absolute inventory path like "/examples/hello": no empty, "." or ".." segments."""
+    limits.check_path_length(path, field)
     if not path.startswith("/") or path == "/":
-        raise InvalidArgument(f"{path!r} is not an absolute object path like /folder/name", field=field)
+        raise InvalidArgument(
+            f"{limits.excerpt(path)} is not an absolute object path like /folder/name", field=field
+        )
     for segment in path[1:].split("/"):
         if segment in ("", ".", "..") or segment != segment.strip() or any(ord(c) < 32 for c in segment):
-            raise InvalidArgument(f"{path!r} has an invalid segment {segment!r}", field=field)
+            raise InvalidArgument(
+                f"{limits.excerpt(path)} has an invalid segment {limits.excerpt(segment)}", field=field
+            )
     return path
 
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import grpc
 
-from gen.ostinato.common.v1 import cluster_pb2, commands_pb2, items_pb2
+from gen.ostinato.common.v1 import cluster_pb2, commands_pb2, events_pb2, items_pb2
 from gen.ostinato.controller.v1 import controller_pb2
 from gen.ostinato.joc.v1 import joc_pb2, joc_pb2_grpc
 from joc_svc import auth, convert, inventory, naming
@@ -28,7 +29,7 @@ from joc_svc.order_batcher import OrderBatcher
 from joc_svc.projection import Projected, is_final, replay
 from joc_svc.store import DeploymentRow, ObjectRow, Store
 from joc_svc.store.audit import AuditEntry
-from ostinato import pgp, signing, tls, tracing
+from ostinato import limits, pgp, signing, tls, tracing
 from ostinato.errors import FailedPrecondition, InvalidArgument, NotFound, OstinatoError
 
 log = logging.getLogger(__name__)
@@ -381,6 +382,10 @@ class OrderServicer(joc_pb2_grpc.OrderServiceServicer):
         self, request: joc_pb2.AddOrderRequest, context: grpc.aio.ServicerContext
     ) -> joc_pb2.AddOrderResponse:
         workflow_path = naming.check_path(request.workflow_path, "workflow_path")
+        limits.check_name(request.order_id, "order_id", "an order id")
+        limits.check_arguments(request.arguments, "arguments")
+        if request.HasField("scheduled_for"):
+            limits.check_timestamp(request.scheduled_for, "scheduled_for")
         link = self.joc.controller(request.controller_id)
         now = self.joc.clock()
         # The id first: a caller that retries after a lost answer asks for the same order again.
@@ -399,10 +404,8 @@ class OrderServicer(joc_pb2_grpc.OrderServiceServicer):
         )
         try:
             added = await self.batcher.add(link, new_order, now, audit, _budget(context))
-        except NotFound as error:
-            if workflow_path not in str(error):
-                raise NotFound(f"workflow {workflow_path}: {error}") from None
-            raise
+        except OstinatoError as error:
+            raise _as_add_order_error(error, workflow_path) from None
         return joc_pb2.AddOrderResponse(
             order_id=order_id,
             workflow_version_id=added.workflow_version_id,
@@ -422,6 +425,7 @@ class OrderServicer(joc_pb2_grpc.OrderServiceServicer):
                 raise InvalidArgument("give the order's id", field=f"commands[{i}].order_id")
             if command.WhichOneof("kind") is None:
                 raise InvalidArgument("give cancel, suspend, resume or answer_prompt", field=f"commands[{i}]")
+            limits.check_order_command(command, f"commands[{i}]")
         commands = list(request.commands)
         holders = await asyncio.to_thread(self.joc.store.order_controllers, [c.order_id for c in commands])
         results = [commands_pb2.OrderCommandResult(order_id=c.order_id) for c in commands]
@@ -482,7 +486,10 @@ class OrderServicer(joc_pb2_grpc.OrderServiceServicer):
     ) -> joc_pb2.GetOrderResponse:
         row = await asyncio.to_thread(self.joc.store.get_order, _order_id(request.order_id))
         events = await asyncio.to_thread(self.joc.store.order_events, request.order_id)
-        return joc_pb2.GetOrderResponse(summary=convert.summary_pb(row), events=events)
+        kept = _newest_within(events, limits.RESPONSE_EVENTS_BYTES)
+        return joc_pb2.GetOrderResponse(
+            summary=convert.summary_pb(row), events=kept, events_omitted=len(events) - len(kept)
+        )
 
     async def WatchOrder(
         self, request: joc_pb2.WatchOrderRequest, context: grpc.aio.ServicerContext
@@ -752,6 +759,30 @@ def _command_action(command: commands_pb2.OrderCommand) -> str:
     if kind == "resume":
         return "resume order"
     return "answer prompt"
+
+
+def _newest_within(events: list[events_pb2.Event], budget: int) -> list[events_pb2.Event]:
+    """The newest events whose bytes fit into `budget` (at least the newest one)."""
+    start = len(events)
+    while start > 0:
+        budget -= events[start - 1].ByteSize()
+        if budget < 0 and start < len(events):
+            break
+        start -= 1
+    return events[start:]
+
+
+def _as_add_order_error(error: OstinatoError, workflow_path: str) -> OstinatoError:
+    """The controller's error about the order, with its fields named as the caller of AddOrder
+    wrote them: the controller names them within its AddOrders request (`orders[0].arguments.x`)."""
+    text = str(error)
+    if (within := re.match(r"orders\[\d+\]\.", text)) is not None:
+        text = text[within.end() :]
+        if text.startswith("id: "):
+            text = "order_id: " + text.removeprefix("id: ")
+    if isinstance(error, NotFound) and workflow_path not in text:
+        text = f"workflow {workflow_path}: {text}"
+    return error if text == str(error) else type(error)(text)
 
 
 def _order_id(order_id: str) -> str:

@@ -57,6 +57,12 @@ class Deposed(Unavailable):
     answers like a passive node, naming the active one when it is known."""
 
 
+class ResourceExhausted(OstinatoError):
+    """What was asked for is more than one answer may hold: ask for less."""
+
+    code_name = "RESOURCE_EXHAUSTED"
+
+
 class PermissionDenied(OstinatoError):
     code_name = "PERMISSION_DENIED"
 

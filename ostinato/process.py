@@ -35,6 +35,7 @@ class Exited:
     timed_out: bool = False
     returned_values: tuple[tuple[str, str], ...] = ()
     not_started: bool = False  # refused or impossible to start: `message` says why
+    returned_values_refused: str = ""  # why, when the job's return values exceed the limits
 
 
 Message = Started | Output | Exited

@@ -15,10 +15,11 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from ostinato import tls, tracing
+from ostinato import limits, tls, tracing
 from ostinato.errors import (
     AlreadyExists,
     Deposed,
@@ -28,6 +29,7 @@ from ostinato.errors import (
     NotFound,
     OstinatoError,
     PermissionDenied,
+    ResourceExhausted,
     Unavailable,
 )
 
@@ -47,8 +49,8 @@ CHANNEL_OPTIONS = [
     ("grpc.http2.ping_timeout_ms", PING_TIMEOUT_MS),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", limits.MESSAGE_BYTES),
+    ("grpc.max_send_message_length", limits.MESSAGE_BYTES),
     # Reconnect quickly after a neighbour restarts; the default backoff grows to 2 minutes.
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
@@ -60,8 +62,8 @@ SERVER_OPTIONS = [
     ("grpc.http2.min_recv_ping_interval_without_data_ms", KEEPALIVE_MS // 2),
     ("grpc.http2.max_ping_strikes", 0),
     ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", limits.MESSAGE_BYTES),
+    ("grpc.max_send_message_length", limits.MESSAGE_BYTES),
     ("grpc.so_reuseport", 0),
 ]
 
@@ -91,28 +93,25 @@ class _ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method = details.method.lstrip("/")
+        deserializer = _checked_deserializer(method, handler.request_deserializer)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                self._unary(method, handler.unary_unary),
-                handler.request_deserializer,
-                handler.response_serializer,
+                self._unary(method, handler.unary_unary), deserializer, handler.response_serializer
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                self._stream(method, handler.unary_stream),
-                handler.request_deserializer,
-                handler.response_serializer,
+                self._stream(method, handler.unary_stream), deserializer, handler.response_serializer
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                self._unary(method, handler.stream_unary),
-                handler.request_deserializer,
+                self._unary(method, handler.stream_unary, streamed=True),
+                deserializer,
                 handler.response_serializer,
             )
         if handler.stream_stream:
             return grpc.stream_stream_rpc_method_handler(
-                self._stream(method, handler.stream_stream),
-                handler.request_deserializer,
+                self._stream(method, handler.stream_stream, streamed=True),
+                deserializer,
                 handler.response_serializer,
             )
         return handler
@@ -128,28 +127,33 @@ class _ErrorInterceptor(grpc.aio.ServerInterceptor):
             return now_passive
         return NotActive(str(error))  # stepping down, not passive yet: no active node known
 
-    def _unary(self, method: str, behaviour: Callable[..., Any]) -> Callable[..., Any]:
+    def _unary(
+        self, method: str, behaviour: Callable[..., Any], streamed: bool = False
+    ) -> Callable[..., Any]:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
                 if self.peers is not None:
                     self.peers.check(context, method)
                 self.guard(method)
-                return await behaviour(request, context)
+                return _deliverable(method, await behaviour(_accepted(request, streamed), context))
             except OstinatoError as e:
                 await _abort(context, self._as_passive(method, e))
 
         return wrapper
 
-    def _stream(self, method: str, behaviour: Callable[..., Any]) -> Callable[..., Any]:
+    def _stream(
+        self, method: str, behaviour: Callable[..., Any], streamed: bool = False
+    ) -> Callable[..., Any]:
         if not inspect.isasyncgenfunction(behaviour):
             # A handler that writes with context.write() and returns: treat like a unary one.
-            return self._unary(method, behaviour)
+            return self._unary(method, behaviour, streamed)
 
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
                 if self.peers is not None:
                     self.peers.check(context, method)
                 self.guard(method)
+                request = _accepted(request, streamed)
                 # Headers at once: a client waiting for the call to be established (a
                 # controller that just followed a fail-over) need not wait for the first
                 # message, which may be a heartbeat a second away.
@@ -162,10 +166,66 @@ class _ErrorInterceptor(grpc.aio.ServerInterceptor):
         return wrapper
 
 
+class _Refused:
+    """Stands for a request message refused before any handler sees it: larger than its method
+    takes (ostinato.limits), or not a valid message at all."""
+
+    def __init__(self, error: InvalidArgument) -> None:
+        self.error = error
+
+
+def _checked_deserializer(method: str, deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
+    limit = limits.request_bytes(method)
+    name = method.rsplit("/", 1)[-1]
+
+    def checked(data: bytes) -> Any:
+        if len(data) > limit:
+            return _Refused(limits.too_large("request", len(data), limit, f"the {name} request"))
+        if deserialize is None:
+            return data
+        try:
+            return deserialize(data)
+        except DecodeError as e:
+            return _Refused(InvalidArgument(f"not a valid {name} request: {e}", field="request"))
+
+    return checked
+
+
+def _deliverable(method: str, response: Any) -> Any:
+    """The response, unless it is larger than gRPC would send: then a clear error instead of
+    gRPC's own failure (and its traceback in the log)."""
+    if isinstance(response, Message) and (size := response.ByteSize()) > limits.MESSAGE_BYTES:
+        raise ResourceExhausted(
+            f"the answer to {method.rsplit('/', 1)[-1]} would take {limits.size_text(size)}, more than"
+            f" the limit of {limits.size_text(limits.MESSAGE_BYTES)}: ask for less (a folder, a limit)"
+        )
+    return response
+
+
+def _accepted(request: Any, streamed: bool) -> Any:
+    """The request (or the stream of request messages) with refused messages raised as errors."""
+    if not streamed:
+        return _checked(request)
+
+    async def messages() -> Any:
+        async for message in request:
+            yield _checked(message)
+
+    return messages()
+
+
+def _checked(message: Any) -> Any:
+    if isinstance(message, _Refused):
+        raise message.error
+    if isinstance(message, Message):
+        limits.check_enums(message)
+    return message
+
+
 async def _abort(context: grpc.aio.ServicerContext, error: OstinatoError) -> None:
     if isinstance(error, NotActive):
         context.set_trailing_metadata(((ACTIVE_ADDRESS_KEY, error.active_address),))
-    await context.abort(_status_code(error), str(error))
+    await context.abort(_status_code(error), limits.shortened(str(error)))
 
 
 class Server:
@@ -268,6 +328,9 @@ FOLLOWED = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCE
 # While nodes answer but none is active (an election), a call waits between tries of a node.
 RETRY_START = 0.1
 RETRY_MAX = 1.0
+# A cluster none of whose nodes answered for this long is down: a call gives up before its
+# deadline. Long enough for a node to restart (about 2 s) or a cluster to elect (about 1 s).
+CLUSTER_DOWN_AFTER = 5.0
 # A channel left for another node is closed after this grace: calls still on it may finish.
 CLOSE_GRACE_S = 5.0
 
@@ -348,18 +411,25 @@ class ClusterTarget:
         return self.addresses[(self.addresses.index(self.address) + 1) % len(self.addresses)]
 
     async def call(
-        self, stub_class: Callable[[grpc.aio.Channel], Any], method: str, request: Any, timeout: float
+        self,
+        stub_class: Callable[[grpc.aio.Channel], Any],
+        method: str,
+        request: Any,
+        timeout: float,
+        down_after: float = CLUSTER_DOWN_AFTER,
     ) -> Any:
         """stub_class(channel).`method`(request) at the active node. After UNAVAILABLE or
-        DEADLINE_EXCEEDED it follows the cluster and tries again until `timeout` is spent; it gives
-        up at once when no node answered at all (the whole cluster is down), and waits a little
-        before a node's second try (while an election goes on).
+        DEADLINE_EXCEEDED it follows the cluster and tries again until `timeout` is spent, waiting
+        a little before a node's second try (while an election goes on, or a node restarts). It
+        gives up earlier only when no node has answered at all for `down_after` seconds: the whole
+        cluster is down, not failing over (0: when each node failed to answer once).
 
         Only for idempotent calls: one repeated at another node after an answer was lost must
         do nothing twice."""
         deadline = time.monotonic() + timeout
         tried: set[str] = set()
         unanswered: set[str] = set()
+        answered_at = time.monotonic()  # the call's start counts as an answer
         pause = RETRY_START
         last: grpc.aio.AioRpcError | None = None  # what the nodes said so far tells more than a timeout
         while True:
@@ -389,12 +459,12 @@ class ClusterTarget:
                 passive = answered_passive(e)
                 if passive:
                     unanswered.discard(address)
+                    answered_at = time.monotonic()
                 else:
                     unanswered.add(address)
-                if set(self.addresses) <= unanswered:
+                if set(self.addresses) <= unanswered and time.monotonic() - answered_at >= down_after:
                     raise
-                if not self.follow(e, address) and not passive:
-                    raise
+                self.follow(e, address)
 
     def error(self, e: grpc.aio.AioRpcError) -> OstinatoError:
         """A node's error as the caller's own: the same code and message for the caller's

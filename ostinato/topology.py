@@ -339,13 +339,7 @@ class Topology:
     def start_services(self, names: list[str]) -> list[Launched]:
         """Starts the services together and waits until each listens (the nodes of a cluster
         announce themselves only once a majority of them runs)."""
-        spawned = []
-        for name in names:
-            kind, module, args = self._args(name)
-            args = [*args, *self.tls_args(name)]
-            if name in self.witnesses:
-                module, args = "ostinato.cli", ["witness", kind, *args]
-            spawned.append(spawn(kind, module, args, self.data_dir / name, env=self.env))
+        spawned = [self.spawn_service(name) for name in names]
         for name, launched in zip(names, spawned, strict=True):
             try:
                 wait_listening(launched)
@@ -357,6 +351,14 @@ class Topology:
             self.services[name] = launched
             self.addresses[name] = launched.address
         return spawned
+
+    def spawn_service(self, name: str) -> Launched:
+        """Starts the service's process without waiting until it listens (see launch.spawn)."""
+        kind, module, args = self._args(name)
+        args = [*args, *self.tls_args(name)]
+        if name in self.witnesses:
+            module, args = "ostinato.cli", ["witness", kind, *args]
+        return spawn(kind, module, args, self.data_dir / name, env=self.env)
 
     def start(self) -> None:
         """Starts in dialing order reversed, so each service knows the address it dials."""
@@ -395,11 +397,16 @@ class Topology:
 
 def _print_addresses(topology: Topology) -> None:
     for name, launched in topology.services.items():
-        print(f"  {name:<12} {launched.address:<22} log {launched.log_path}")
+        print(f"  {name:<12} {launched.address:<22} pid {launched.process.pid:<8} log {launched.log_path}")
 
 
-def run_up(config_path: Path | None, data_dir: Path | None, insecure: bool = False) -> int:
-    """`ostinato up`: the topology in the foreground until Ctrl-C or SIGTERM."""
+def run_up(
+    config_path: Path | None, data_dir: Path | None, insecure: bool = False, exit_on_failure: bool = False
+) -> int:
+    """`ostinato up`: the topology in the foreground until Ctrl-C or SIGTERM; a service that exits
+    is restarted (ostinato.supervisor), or with exit_on_failure ends it all."""
+    from ostinato.supervisor import Supervisor
+
     config = TopologyConfig.from_toml(config_path) if config_path else TopologyConfig()
     config.insecure = config.insecure or insecure
     data_dir = data_dir or Path(".ostinato")
@@ -412,29 +419,21 @@ def run_up(config_path: Path | None, data_dir: Path | None, insecure: bool = Fal
     except (RuntimeError, TimeoutError) as e:
         print(f"ostinato: error: {e}", file=sys.stderr)
         return 1
-    print(f"ostinato is up (data in {topology.data_dir}); Ctrl-C stops it")
+    print(f"ostinato is up (data in {topology.data_dir}); Ctrl-C stops it", flush=True)
     if config.insecure:
         print("WARNING: plain text (--insecure): anyone who reaches these ports is trusted", file=sys.stderr)
     else:
         print(f"mutual TLS: CA and certificates in {topology.tls_dir} (the CLI's: cli.pem, cli.key)")
     _print_addresses(topology)
+    sys.stdout.flush()
     try:
-        while not stop.is_set():
-            for name, launched in topology.services.items():
-                if not launched.alive():
-                    print(
-                        f"ostinato: error: {name} exited with {launched.process.returncode};"
-                        f" see {launched.log_path}",
-                        file=sys.stderr,
-                    )
-                    stop.set()
-            stop.wait(0.5)
+        failed = Supervisor(topology, exit_on_failure=exit_on_failure).run(stop)
     finally:
         print("stopping ...")
         codes = topology.stop()
         for name, code in codes.items():
             print(f"  {name} stopped (exit {code})")
-    return 0 if all(code == 0 for code in codes.values()) else 1
+    return 1 if failed or not all(code == 0 for code in codes.values()) else 0
 
 
 def run_demo() -> int:

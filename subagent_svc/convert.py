@@ -32,6 +32,7 @@ def response(seq: int, message: Message) -> pb.SessionResponse:
             timed_out=message.timed_out,
             returned_values=dict(message.returned_values),
             not_started=message.not_started,
+            returned_values_refused=message.returned_values_refused,
         ),
     )
 

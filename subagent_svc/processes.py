@@ -19,12 +19,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ostinato import tracing
+from ostinato import limits, tracing
 from ostinato.process import Exited, Message, Output, Started, Stream
 
 log = logging.getLogger(__name__)
 
 READ_SIZE = 32 * 1024
+RETURN_VALUES_VARIABLE = "JS7_RETURN_VALUES"
 INHERITED_ENV = ("PATH", "HOME", "LANG", "TMPDIR")
 DEFAULT_SIGKILL_DELAY = 15.0
 
@@ -48,18 +49,25 @@ def record_path(records_dir: Path, process_key: str, suffix: str = ".pid") -> Pa
     return records_dir / f"{readable}-{digest}{suffix}"
 
 
-def read_returned_values(path: Path) -> tuple[tuple[str, str], ...]:
-    """key=value lines a job wrote to its return-values file (JS7's convention); others ignored."""
+def read_returned_values(path: Path) -> tuple[tuple[tuple[str, str], ...], str]:
+    """key=value lines a job wrote to its return-values file (JS7's convention; others ignored),
+    and why they are refused ("" if not): a file, a name or a value beyond ostinato.limits."""
     try:
-        text = path.read_text(errors="replace")
+        with open(path, "rb") as f:
+            data = f.read(limits.RETURN_VALUES_FILE_BYTES + 1)
     except FileNotFoundError:
-        return ()
+        return (), ""
+    if len(data) > limits.RETURN_VALUES_FILE_BYTES:
+        size = limits.size_text(path.stat().st_size)
+        limit = limits.size_text(limits.RETURN_VALUES_FILE_BYTES)
+        return (), f"return values file ${RETURN_VALUES_VARIABLE} of {size}, more than the limit of {limit}"
     values = {}
-    for line in text.splitlines():
+    for line in data.decode(errors="replace").splitlines():
         key, sep, value = line.partition("=")
         if sep and key.strip():
             values[key.strip()] = value
-    return tuple(values.items())
+    refused = limits.check_returned_values(values.items())
+    return ((), refused) if refused else (tuple(values.items()), "")
 
 
 @functools.cache
@@ -273,6 +281,7 @@ class Process:
             f"signal {signum}" if signum else f"return code {returncode}",
             f" ({self._kill_reason})" if self._kill_reason else "",
         )
+        returned_values, refused = read_returned_values(self._returns)
         self._emit(
             Exited(
                 spec.process_key,
@@ -281,14 +290,15 @@ class Process:
                 signal=signum,
                 message=self._kill_reason,
                 timed_out=self._timed_out,
-                returned_values=read_returned_values(self._returns),
+                returned_values=returned_values,
+                returned_values_refused=refused,
             )
         )
         self._returns.unlink(missing_ok=True)
 
     def _returns_env(self) -> dict[str, str]:
         path = str(self._returns)
-        return {"JS7_RETURN_VALUES": path, "OSTINATO_RETURN_VALUES": path}
+        return {RETURN_VALUES_VARIABLE: path, "OSTINATO_RETURN_VALUES": path}
 
     async def _pump(self, reader: asyncio.StreamReader, stream: Stream) -> None:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")

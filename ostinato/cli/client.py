@@ -22,6 +22,11 @@ class CliError(Exception):
     """Ends the command with `ostinato: error: MESSAGE` and exit 1."""
 
 
+def one_line(message: str) -> str:
+    """Errors are one line on stderr; a neighbour's message may have several."""
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
 def joc_options() -> argparse.ArgumentParser:
     """The options of every command that talks to JOC, as a parent parser."""
     options = argparse.ArgumentParser(add_help=False)

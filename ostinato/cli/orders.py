@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from gen.ostinato.common.v1 import events_pb2, order_pb2
-from ostinato.cli.client import CliError, JocClient, connect
+from ostinato.cli.client import CliError, JocClient, connect, one_line
 from ostinato.cli.render import STATE_PREFIX, describe, state_word, summary_state
 from ostinato.workflow.events import outcome_text, time_text
 from ostinato.workflow.positions import text as position_text
@@ -44,7 +44,8 @@ def cmd_order_command(args: argparse.Namespace) -> int:
     for result in response.results:
         if result.error:
             failed += 1
-            print(f"{result.order_id}: {args.order_command} refused: {result.error}")
+            error = one_line(f"{result.order_id}: {args.order_command} refused: {result.error}")
+            print(f"ostinato: error: {error}", file=sys.stderr)
         else:
             print(f"{result.order_id}: {args.order_command} accepted")
     return 1 if failed else 0
@@ -173,7 +174,7 @@ def cmd_order_show(args: argparse.Namespace) -> int:
         lines.append(("variable", f"{k}={value_text(o.variables[k])}"))
     for h in o.historic_outcomes:
         lines.append(("outcome", f"at {position_text(h.position)}: {outcome_text(h.outcome)}"))
-    events = str(len(response.events))
+    events = str(len(response.events) + response.events_omitted)
     if s.resynced_at_event_id:
         events += (
             f" (incomplete: JOC missed some and took the order from the controller's snapshot"

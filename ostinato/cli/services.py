@@ -18,7 +18,7 @@ SERVICES = {
 def cmd_up(args: argparse.Namespace) -> int:
     from ostinato import topology
 
-    return int(topology.run_up(args.config, args.data_dir, args.insecure))
+    return int(topology.run_up(args.config, args.data_dir, args.insecure, args.exit_on_failure))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -71,6 +71,11 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--data-dir", type=Path, metavar="DIR")
     p.add_argument(
         "--insecure", action="store_true", help="plain text between all services (default: mutual TLS)"
+    )
+    p.add_argument(
+        "--exit-on-failure",
+        action="store_true",
+        help="stop everything when a service exits (default: report it and restart it, with backoff)",
     )
     p.set_defaults(func=cmd_up)
     security.add_pki_commands(commands)

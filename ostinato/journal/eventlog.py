@@ -8,8 +8,10 @@ from gen.ostinato.common.v1 import events_pb2
 from ostinato.errors import FailedPrecondition
 from ostinato.workflow.events import INTERNAL_KINDS
 
-# A batch served to a watcher stops growing past this size: a job's output arrives in chunks of
-# 32 KB, and 1000 of them in one message would be held in several copies on both sides.
+# A batch served to a watcher stops growing past this size (its events' serialized bytes): a job's
+# output arrives in chunks of 32 KB, and 1000 of them in one message would be held in several
+# copies on both sides. An event larger than that goes alone in its batch: the limits on what can
+# be journaled (ostinato/limits.py) keep every event far below gRPC's message limit.
 BATCH_BYTES = 1024 * 1024
 
 
@@ -52,13 +54,16 @@ class EventLog:
         size = 0
         for i in range(max(start, 0), len(self.events)):
             e = self.events[i]
-            if e.id > until_id or len(result) >= limit or size >= BATCH_BYTES:
+            if e.id > until_id or len(result) >= limit:
                 break
             # The journal's bookkeeping is not served: a receiver's release would otherwise produce
             # an event for it to release, without end.
             if e.WhichOneof("kind") not in INTERNAL_KINDS:
+                n = e.ByteSize()
+                if result and size + n > BATCH_BYTES:
+                    break
                 result.append(e)
-                size += output_bytes(e)
+                size += n
         return result
 
     def release(self, until_id: int) -> None:

@@ -51,6 +51,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from gen.ostinato.common.v1 import values_pb2
 from ostinato.errors import InvalidArgument
+from ostinato.limits import EXPRESSION_CHARS, VALUE_BYTES, excerpt
 from ostinato.workflow.values import from_value, to_value, value_text
 
 # Decimal128, as Java's BigDecimal with MathContext.DECIMAL128: + - * are exact up to 34 significant
@@ -84,7 +85,7 @@ class ExpressionError(InvalidArgument):
         self.reason = reason
         self.position = position
         self.expression = expression
-        super().__init__(f"{reason} at position {position} in {expression!r}", field=field)
+        super().__init__(f"{reason} at position {position} in {excerpt(expression, position)}", field=field)
 
 
 # ---------------------------------------------------------------------------------------------- AST
@@ -616,6 +617,12 @@ class _Parser:
 @functools.lru_cache(maxsize=1024)
 def parse(text: str) -> Expression:
     """The AST of `text`; raises ExpressionError naming what was expected and where."""
+    if len(text) > EXPRESSION_CHARS:
+        raise ExpressionError(
+            f"expression of {len(text):,} characters, more than the limit of {EXPRESSION_CHARS:,}",
+            position=0,
+            expression=text,
+        )
     return _Parser(text).parse()
 
 
@@ -720,6 +727,25 @@ def _python(v: values_pb2.Value, node: Expression, name: str) -> Any:
     return from_value(v)
 
 
+def _bounded(text: str, node: Expression) -> str:
+    """A string an expression made, within the size of a value: strings concatenated in a long
+    expression would otherwise grow without bound."""
+    if len(text) > VALUE_BYTES // 4 and (size := len(text.encode())) > VALUE_BYTES:
+        raise _fail(node, f"a string of {size:,} bytes, more than the limit of {VALUE_BYTES:,}")
+    return text
+
+
+def _size(v: Any) -> int:
+    """About the bytes of a value's JSON text; strings are counted by their characters."""
+    if isinstance(v, str):
+        return len(v)
+    if isinstance(v, list):
+        return 2 + sum(_size(x) + 1 for x in v)
+    if isinstance(v, dict):
+        return 2 + sum(len(k) + 4 + _size(x) for k, x in v.items())
+    return 8
+
+
 def _as_value(v: Any, node: Expression) -> values_pb2.Value:
     def check(x: Any) -> None:
         if _is_number(x) and not _in_range(Decimal(x)):
@@ -765,7 +791,9 @@ class _Evaluator:
                 raise self.missing(e, e.name)
             return v
         if isinstance(e, Interpolation):
-            return "".join(p if isinstance(p, str) else _as_text(self.eval(p), p) for p in e.parts)
+            return _bounded(
+                "".join(p if isinstance(p, str) else _as_text(self.eval(p), p) for p in e.parts), e
+            )
         if isinstance(e, ListLiteral):
             return [self.eval(x) for x in e.items]
         if isinstance(e, VariableFunction):
@@ -815,7 +843,7 @@ class _Evaluator:
                 raise _fail(e, f"'in' needs a list on the right, got {_type_name(right)}")
             return any(_equal(left, x) for x in right)
         if op == "++":
-            return _as_text(left, e) + _as_text(right, e)
+            return _bounded(_as_text(left, e) + _as_text(right, e), e)
         if op in ("<", "<=", ">", ">="):
             if not (
                 (_is_number(left) and _is_number(right)) or (isinstance(left, str) and isinstance(right, str))
@@ -833,7 +861,7 @@ class _Evaluator:
                 return bool(left > right)
             return bool(left >= right)
         if op == "+" and isinstance(left, str) and isinstance(right, str):
-            return left + right
+            return _bounded(left + right, e)
         if not (_is_number(left) and _is_number(right)):
             need = "two numbers or two strings" if op == "+" else "two numbers"
             raise _fail(e, f"{op!r} needs {need}, got {_type_name(left)} and {_type_name(right)}")
@@ -891,9 +919,13 @@ def _parsed(text_or_expression: str | Expression) -> Expression:
 
 
 def evaluate(text_or_expression: str | Expression, scope: Scope) -> values_pb2.Value:
-    """The expression's value; ExpressionError on type errors and missing variables."""
+    """The expression's value; ExpressionError on type errors and missing variables, and for a
+    value larger than a variable may be (a list of the same long string many times)."""
     e = _parsed(text_or_expression)
-    return _as_value(_Evaluator(scope).eval(e), e)
+    v = _Evaluator(scope).eval(e)
+    if (size := _size(v)) > VALUE_BYTES:
+        raise _fail(e, f"a value of {size:,} bytes, more than the limit of {VALUE_BYTES:,}")
+    return _as_value(v, e)
 
 
 def evaluate_bool(text_or_expression: str | Expression, scope: Scope) -> bool:

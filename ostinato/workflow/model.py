@@ -13,6 +13,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from gen.ostinato.common.v1 import items_pb2, workflow_pb2
+from ostinato import limits
 from ostinato.errors import InvalidArgument
 from ostinato.workflow import expressions, positions
 
@@ -26,10 +27,16 @@ def canonical_json(message: Message) -> str:
 
 
 def parse_workflow(json_text: str, path: str = "") -> workflow_pb2.Workflow:
-    """Parses and validates; `path`, when given, overrides the path inside the JSON."""
+    """Parses and validates; `path`, when given, overrides the path inside the JSON. The JSON's
+    size and nesting are checked first (see ostinato.limits), so that protobuf's own recursion
+    limit is never what refuses it."""
+    value = limits.load_item_json(json_text, "", limits.SIGNED_ITEM_BYTES)
+    if not isinstance(value, dict):
+        raise InvalidArgument("a workflow is a JSON object")
+    limits.check_instruction_nesting(value)
     workflow = workflow_pb2.Workflow()
     try:
-        json_format.Parse(json_text, workflow)
+        json_format.ParseDict(value, workflow)
     except json_format.ParseError as e:
         raise InvalidArgument(_parse_error_text(str(e)), field=_parse_error_field(str(e))) from None
     if path:
@@ -59,12 +66,17 @@ def validate(workflow: workflow_pb2.Workflow) -> None:
         if not name:
             raise InvalidArgument("a job needs a name", field="jobs")
         _validate_job(job, f"jobs.{name}")
+    for name, parameter in workflow.order_preparation.parameters.items():
+        if parameter.HasField("default"):
+            limits.check_value(parameter.default, f"orderPreparation.parameters.{name}.default")
     _validate_block(workflow, workflow.instructions, "instructions", frozenset())
     seen: set[str] = set()
     for _, instruction, field in walk(workflow):
         if instruction.label:
             if instruction.label in seen:
-                raise InvalidArgument(f"label {instruction.label!r} is used twice", field=f"{field}.label")
+                raise InvalidArgument(
+                    f"label {limits.excerpt(instruction.label)} is used twice", field=f"{field}.label"
+                )
             seen.add(instruction.label)
 
 
@@ -122,7 +134,9 @@ def _validate_instruction(  # noqa: C901 - one rule per instruction kind
         if ref is None:
             raise InvalidArgument("give jobName or job", field=f"{where}.execute")
         if ref == "job_name" and ex.job_name not in workflow.jobs:
-            raise InvalidArgument(f"unknown job {ex.job_name!r}", field=f"{where}.execute.jobName")
+            raise InvalidArgument(
+                f"unknown job {limits.excerpt(ex.job_name)}", field=f"{where}.execute.jobName"
+            )
         if ref == "job":
             _validate_job(ex.job, f"{where}.execute.job")
         for k, expr in ex.arguments.items():
@@ -134,7 +148,7 @@ def _validate_instruction(  # noqa: C901 - one rule per instruction kind
         for n, branch_id in enumerate(ids):
             if not branch_id or "|" in branch_id or "/" in branch_id or ":" in branch_id:
                 raise InvalidArgument(
-                    f"not a branch id: {branch_id!r}", field=f"{where}.fork.branches[{n}].id"
+                    f"not a branch id: {limits.excerpt(branch_id)}", field=f"{where}.fork.branches[{n}].id"
                 )
         if len(set(ids)) != len(ids):
             raise InvalidArgument("branch ids must differ", field=f"{where}.fork.branches")
@@ -195,6 +209,7 @@ def _validate_job(job: workflow_pb2.Job, field: str) -> None:
         env_field = f"{field}.executable.commandLine.env"
     for k, expr in env.items():
         expressions.check(expr, f"{env_field}.{k}")
+    limits.check_arguments(job.default_arguments, f"{field}.defaultArguments")
     if job.process_limit < 0:
         raise InvalidArgument("must not be negative", field=f"{field}.processLimit")
     if job.timeout.seconds < 0 or job.timeout.nanos < 0:
@@ -237,7 +252,11 @@ def item_digest(signed_json: str) -> str:
 def parse_item(item: items_pb2.SignedItem, into: M) -> M:
     """An item's JSON parsed into its proto, with the item's path; errors name `json (PATH)`."""
     try:
-        json_format.Parse(item.json, into)
+        value = limits.load_item_json(item.json, "", limits.SIGNED_ITEM_BYTES)
+    except InvalidArgument as e:
+        raise InvalidArgument(e.message, field=f"json ({item.path})") from None
+    try:
+        json_format.ParseDict(value, into)
     except json_format.ParseError as e:
         raise InvalidArgument(str(e).split("\n")[0], field=f"json ({item.path})") from None
     into.path = item.path  # type: ignore[attr-defined]
@@ -253,6 +272,6 @@ def check_subagent_cluster(cluster: workflow_pb2.SubagentClusterItem) -> None:
     seen = set()
     for i, s in enumerate(cluster.subagents):
         if not s.subagent_id or s.subagent_id in seen:
-            what = "missing" if not s.subagent_id else f"{s.subagent_id!r} given twice"
+            what = "missing" if not s.subagent_id else f"{limits.excerpt(s.subagent_id)} given twice"
             raise InvalidArgument(what, field=f"subagents[{i}].subagentId")
         seen.add(s.subagent_id)

@@ -558,10 +558,10 @@ async def test_order_commands_item_confirmations_and_audit_through_joc(
         )
         assert code == 0, err
         code, out, err = await run_cli("order", "answer", "c-1", "nope", "--joc", joc.address)
-        assert code == 1
-        assert out.splitlines() == [
-            "c-1: answer refused: the order is not prompting",
-            "nope: answer refused: no order nope",
+        assert (code, out) == (1, "")
+        assert err.splitlines() == [
+            "ostinato: error: c-1: answer refused: the order is not prompting",
+            "ostinato: error: nope: answer refused: no order nope",
         ]
         kinds = [(c.order_id, c.WhichOneof("kind")) for c in fake.commands]
         assert kinds == [("c-1", "cancel"), ("c-1", "suspend"), ("c-1", "resume"), ("c-1", "answer_prompt")]
@@ -572,7 +572,7 @@ async def test_order_commands_item_confirmations_and_audit_through_joc(
         # A controller without order commands yet: each command says so.
         fake.commands_implemented = False
         code, out, err = await run_cli("order", "cancel", "c-1", "--joc", joc.address)
-        assert code == 1 and "UNIMPLEMENTED" in out, out + err
+        assert code == 1 and "UNIMPLEMENTED" in err, out + err
 
         code, out, err = await run_cli("audit", "--joc", joc.address, "--limit", "20")
         assert code == 0, err

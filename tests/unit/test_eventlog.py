@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from gen.ostinato.common.v1 import events_pb2
 from ostinato.errors import FailedPrecondition
-from ostinato.journal.eventlog import EventLog
+from ostinato.journal.eventlog import BATCH_BYTES, EventLog
 
 ops = st.lists(
     st.one_of(
@@ -54,3 +54,19 @@ def test_append_rejects_a_gap() -> None:
     log = EventLog()
     with pytest.raises(ValueError, match="does not follow"):
         log.append(events_pb2.Event(id=2))
+
+
+def test_batches_are_bounded_in_bytes_and_a_larger_event_goes_alone() -> None:
+    log = EventLog()
+    big = events_pb2.ItemDeployed(signed_json="x" * (BATCH_BYTES * 2))
+    small = events_pb2.ItemDeployed(signed_json="y" * (BATCH_BYTES // 3))
+    for i, item in enumerate([small, small, small, small, big, small], start=1):
+        log.append(events_pb2.Event(id=i, item_deployed=item))
+    batches = []
+    after = 0
+    while after < log.last_id:
+        batch = log.after(after, log.last_id)
+        batches.append([e.id for e in batch])
+        after = batch[-1].id
+    # At most two of a third each (a third would pass the bound); the big one alone.
+    assert batches == [[1, 2], [3, 4], [5], [6]]

@@ -20,7 +20,9 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class Value(_message.Message):
-    """A variable's value: order arguments, job arguments, named return values."""
+    """A variable's value: order arguments, job arguments, named return values. At most 64 KiB (as
+    its JSON text is long), lists and objects nested at most 16 deep.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 

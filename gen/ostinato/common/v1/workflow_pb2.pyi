@@ -93,7 +93,8 @@ Global___OutcomeKind: _TypeAlias = OutcomeKind  # noqa: Y015
 @_typing.final
 class Workflow(_message.Message):
     """A workflow: a block of instructions and the jobs they execute. Its canonical JSON form is the
-    protobuf JSON mapping of this message; that exact text is what gets signed and deployed.
+    protobuf JSON mapping of this message; that exact text is what gets signed and deployed (at
+    most 1 MiB; blocks nested at most 16 deep).
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -436,6 +436,47 @@ class GetSnapshotResponse(_message.Message):
 Global___GetSnapshotResponse: _TypeAlias = GetSnapshotResponse  # noqa: Y015
 
 @_typing.final
+class StreamSnapshotRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamSnapshotRequest: _TypeAlias = StreamSnapshotRequest  # noqa: Y015
+
+@_typing.final
+class StreamSnapshotResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    ORDERS_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.int
+    """The same in every response of the stream: the orders include every event up to this id."""
+    @_builtins.property
+    def orders(self) -> _containers.RepeatedCompositeFieldContainer[_order_pb2.Order]:
+        """Some of the orders; the stream's responses together hold all of them."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.int = ...,
+        orders: _abc.Iterable[_order_pb2.Order] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "orders", b"orders"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamSnapshotResponse: _TypeAlias = StreamSnapshotResponse  # noqa: Y015
+
+@_typing.final
 class GetAgentClusterStatusRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -71,6 +71,11 @@ class ControllerServiceStub:
                 request_serializer=ostinato_dot_controller_dot_v1_dot_controller__pb2.GetSnapshotRequest.SerializeToString,
                 response_deserializer=ostinato_dot_controller_dot_v1_dot_controller__pb2.GetSnapshotResponse.FromString,
                 _registered_method=True)
+        self.StreamSnapshot = channel.unary_stream(
+                '/ostinato.controller.v1.ControllerService/StreamSnapshot',
+                request_serializer=ostinato_dot_controller_dot_v1_dot_controller__pb2.StreamSnapshotRequest.SerializeToString,
+                response_deserializer=ostinato_dot_controller_dot_v1_dot_controller__pb2.StreamSnapshotResponse.FromString,
+                _registered_method=True)
         self.GetAgentClusterStatus = channel.unary_unary(
                 '/ostinato.controller.v1.ControllerService/GetAgentClusterStatus',
                 request_serializer=ostinato_dot_controller_dot_v1_dot_controller__pb2.GetAgentClusterStatusRequest.SerializeToString,
@@ -90,6 +95,7 @@ class ControllerServiceServicer:
 
     def DeployItems(self, request, context):
         """Deploys signed items. Idempotent: the same path and version again is accepted and ignored.
+        Each item's JSON at most 1 MiB + 16 KiB, its signature 64 KiB; the request at most 16 MiB.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -97,6 +103,7 @@ class ControllerServiceServicer:
 
     def AddOrders(self, request, context):
         """Adds orders. Idempotent by order id: an id already known is reported, not added twice.
+        Arguments as JOC's AddOrder takes them; the request at most 16 MiB.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -104,6 +111,7 @@ class ControllerServiceServicer:
 
     def CommandOrders(self, request, context):
         """Cancels, suspends, resumes orders or answers their prompts. Each command gets a result.
+        The request is at most 16 MiB.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -111,7 +119,8 @@ class ControllerServiceServicer:
 
     def WatchEvents(self, request, context):
         """Streams the journal's events after the given id, then new ones as they are committed.
-        FAILED_PRECONDITION when events after `after` were already released.
+        FAILED_PRECONDITION when events after `after` were already released. A response holds at
+        most 1 MiB of events, or one larger event alone. Other requests are at most 1 MiB.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -133,6 +142,15 @@ class ControllerServiceServicer:
     def GetSnapshot(self, request, context):
         """Every order the controller holds, as of one event id: what a receiver that lost its place
         (WatchEvents answered FAILED_PRECONDITION) rebuilds from, then watches after `event_id`.
+        FAILED_PRECONDITION when they do not fit into one message (64 MiB): see StreamSnapshot.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamSnapshot(self, request, context):
+        """The same as GetSnapshot, in responses of at most 4 MiB of orders each (or one larger order),
+        all with the same event_id: however many orders the controller holds.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -189,6 +207,11 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.GetSnapshot,
                     request_deserializer=ostinato_dot_controller_dot_v1_dot_controller__pb2.GetSnapshotRequest.FromString,
                     response_serializer=ostinato_dot_controller_dot_v1_dot_controller__pb2.GetSnapshotResponse.SerializeToString,
+            ),
+            'StreamSnapshot': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamSnapshot,
+                    request_deserializer=ostinato_dot_controller_dot_v1_dot_controller__pb2.StreamSnapshotRequest.FromString,
+                    response_serializer=ostinato_dot_controller_dot_v1_dot_controller__pb2.StreamSnapshotResponse.SerializeToString,
             ),
             'GetAgentClusterStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetAgentClusterStatus,
@@ -392,6 +415,33 @@ class ControllerService:
             '/ostinato.controller.v1.ControllerService/GetSnapshot',
             ostinato_dot_controller_dot_v1_dot_controller__pb2.GetSnapshotRequest.SerializeToString,
             ostinato_dot_controller_dot_v1_dot_controller__pb2.GetSnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ostinato.controller.v1.ControllerService/StreamSnapshot',
+            ostinato_dot_controller_dot_v1_dot_controller__pb2.StreamSnapshotRequest.SerializeToString,
+            ostinato_dot_controller_dot_v1_dot_controller__pb2.StreamSnapshotResponse.FromString,
             options,
             channel_credentials,
             insecure,

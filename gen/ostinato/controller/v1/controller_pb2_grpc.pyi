@@ -36,14 +36,21 @@ class ControllerServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ControllerServiceAsyncStub: ...
     DeployItems: _grpc.UnaryUnaryMultiCallable[_controller_pb2.DeployItemsRequest, _controller_pb2.DeployItemsResponse]
-    """Deploys signed items. Idempotent: the same path and version again is accepted and ignored."""
+    """Deploys signed items. Idempotent: the same path and version again is accepted and ignored.
+    Each item's JSON at most 1 MiB + 16 KiB, its signature 64 KiB; the request at most 16 MiB.
+    """
     AddOrders: _grpc.UnaryUnaryMultiCallable[_controller_pb2.AddOrdersRequest, _controller_pb2.AddOrdersResponse]
-    """Adds orders. Idempotent by order id: an id already known is reported, not added twice."""
+    """Adds orders. Idempotent by order id: an id already known is reported, not added twice.
+    Arguments as JOC's AddOrder takes them; the request at most 16 MiB.
+    """
     CommandOrders: _grpc.UnaryUnaryMultiCallable[_controller_pb2.CommandOrdersRequest, _controller_pb2.CommandOrdersResponse]
-    """Cancels, suspends, resumes orders or answers their prompts. Each command gets a result."""
+    """Cancels, suspends, resumes orders or answers their prompts. Each command gets a result.
+    The request is at most 16 MiB.
+    """
     WatchEvents: _grpc.UnaryStreamMultiCallable[_controller_pb2.WatchEventsRequest, _controller_pb2.WatchEventsResponse]
     """Streams the journal's events after the given id, then new ones as they are committed.
-    FAILED_PRECONDITION when events after `after` were already released.
+    FAILED_PRECONDITION when events after `after` were already released. A response holds at
+    most 1 MiB of events, or one larger event alone. Other requests are at most 1 MiB.
     """
     ReleaseEvents: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ReleaseEventsRequest, _controller_pb2.ReleaseEventsResponse]
     """Lets the controller drop events up to and including until_id."""
@@ -51,6 +58,11 @@ class ControllerServiceStub:
     GetSnapshot: _grpc.UnaryUnaryMultiCallable[_controller_pb2.GetSnapshotRequest, _controller_pb2.GetSnapshotResponse]
     """Every order the controller holds, as of one event id: what a receiver that lost its place
     (WatchEvents answered FAILED_PRECONDITION) rebuilds from, then watches after `event_id`.
+    FAILED_PRECONDITION when they do not fit into one message (64 MiB): see StreamSnapshot.
+    """
+    StreamSnapshot: _grpc.UnaryStreamMultiCallable[_controller_pb2.StreamSnapshotRequest, _controller_pb2.StreamSnapshotResponse]
+    """The same as GetSnapshot, in responses of at most 4 MiB of orders each (or one larger order),
+    all with the same event_id: however many orders the controller holds.
     """
     GetAgentClusterStatus: _grpc.UnaryUnaryMultiCallable[_controller_pb2.GetAgentClusterStatusRequest, _controller_pb2.GetAgentClusterStatusResponse]
     """The cluster status of an agent's director nodes, asked by the controller."""
@@ -65,14 +77,21 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     DeployItems: _aio.UnaryUnaryMultiCallable[_controller_pb2.DeployItemsRequest, _controller_pb2.DeployItemsResponse]  # type: ignore[assignment]
-    """Deploys signed items. Idempotent: the same path and version again is accepted and ignored."""
+    """Deploys signed items. Idempotent: the same path and version again is accepted and ignored.
+    Each item's JSON at most 1 MiB + 16 KiB, its signature 64 KiB; the request at most 16 MiB.
+    """
     AddOrders: _aio.UnaryUnaryMultiCallable[_controller_pb2.AddOrdersRequest, _controller_pb2.AddOrdersResponse]  # type: ignore[assignment]
-    """Adds orders. Idempotent by order id: an id already known is reported, not added twice."""
+    """Adds orders. Idempotent by order id: an id already known is reported, not added twice.
+    Arguments as JOC's AddOrder takes them; the request at most 16 MiB.
+    """
     CommandOrders: _aio.UnaryUnaryMultiCallable[_controller_pb2.CommandOrdersRequest, _controller_pb2.CommandOrdersResponse]  # type: ignore[assignment]
-    """Cancels, suspends, resumes orders or answers their prompts. Each command gets a result."""
+    """Cancels, suspends, resumes orders or answers their prompts. Each command gets a result.
+    The request is at most 16 MiB.
+    """
     WatchEvents: _aio.UnaryStreamMultiCallable[_controller_pb2.WatchEventsRequest, _controller_pb2.WatchEventsResponse]  # type: ignore[assignment]
     """Streams the journal's events after the given id, then new ones as they are committed.
-    FAILED_PRECONDITION when events after `after` were already released.
+    FAILED_PRECONDITION when events after `after` were already released. A response holds at
+    most 1 MiB of events, or one larger event alone. Other requests are at most 1 MiB.
     """
     ReleaseEvents: _aio.UnaryUnaryMultiCallable[_controller_pb2.ReleaseEventsRequest, _controller_pb2.ReleaseEventsResponse]  # type: ignore[assignment]
     """Lets the controller drop events up to and including until_id."""
@@ -80,6 +99,11 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     GetSnapshot: _aio.UnaryUnaryMultiCallable[_controller_pb2.GetSnapshotRequest, _controller_pb2.GetSnapshotResponse]  # type: ignore[assignment]
     """Every order the controller holds, as of one event id: what a receiver that lost its place
     (WatchEvents answered FAILED_PRECONDITION) rebuilds from, then watches after `event_id`.
+    FAILED_PRECONDITION when they do not fit into one message (64 MiB): see StreamSnapshot.
+    """
+    StreamSnapshot: _aio.UnaryStreamMultiCallable[_controller_pb2.StreamSnapshotRequest, _controller_pb2.StreamSnapshotResponse]  # type: ignore[assignment]
+    """The same as GetSnapshot, in responses of at most 4 MiB of orders each (or one larger order),
+    all with the same event_id: however many orders the controller holds.
     """
     GetAgentClusterStatus: _aio.UnaryUnaryMultiCallable[_controller_pb2.GetAgentClusterStatusRequest, _controller_pb2.GetAgentClusterStatusResponse]  # type: ignore[assignment]
     """The cluster status of an agent's director nodes, asked by the controller."""
@@ -97,7 +121,9 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _controller_pb2.DeployItemsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.DeployItemsResponse, _abc.Awaitable[_controller_pb2.DeployItemsResponse]]:
-        """Deploys signed items. Idempotent: the same path and version again is accepted and ignored."""
+        """Deploys signed items. Idempotent: the same path and version again is accepted and ignored.
+        Each item's JSON at most 1 MiB + 16 KiB, its signature 64 KiB; the request at most 16 MiB.
+        """
 
     @_abc_1.abstractmethod
     def AddOrders(
@@ -105,7 +131,9 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _controller_pb2.AddOrdersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.AddOrdersResponse, _abc.Awaitable[_controller_pb2.AddOrdersResponse]]:
-        """Adds orders. Idempotent by order id: an id already known is reported, not added twice."""
+        """Adds orders. Idempotent by order id: an id already known is reported, not added twice.
+        Arguments as JOC's AddOrder takes them; the request at most 16 MiB.
+        """
 
     @_abc_1.abstractmethod
     def CommandOrders(
@@ -113,7 +141,9 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _controller_pb2.CommandOrdersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.CommandOrdersResponse, _abc.Awaitable[_controller_pb2.CommandOrdersResponse]]:
-        """Cancels, suspends, resumes orders or answers their prompts. Each command gets a result."""
+        """Cancels, suspends, resumes orders or answers their prompts. Each command gets a result.
+        The request is at most 16 MiB.
+        """
 
     @_abc_1.abstractmethod
     def WatchEvents(
@@ -122,7 +152,8 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_controller_pb2.WatchEventsResponse], _abc.AsyncIterator[_controller_pb2.WatchEventsResponse]]:
         """Streams the journal's events after the given id, then new ones as they are committed.
-        FAILED_PRECONDITION when events after `after` were already released.
+        FAILED_PRECONDITION when events after `after` were already released. A response holds at
+        most 1 MiB of events, or one larger event alone. Other requests are at most 1 MiB.
         """
 
     @_abc_1.abstractmethod
@@ -148,6 +179,17 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_controller_pb2.GetSnapshotResponse, _abc.Awaitable[_controller_pb2.GetSnapshotResponse]]:
         """Every order the controller holds, as of one event id: what a receiver that lost its place
         (WatchEvents answered FAILED_PRECONDITION) rebuilds from, then watches after `event_id`.
+        FAILED_PRECONDITION when they do not fit into one message (64 MiB): see StreamSnapshot.
+        """
+
+    @_abc_1.abstractmethod
+    def StreamSnapshot(
+        self,
+        request: _controller_pb2.StreamSnapshotRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_controller_pb2.StreamSnapshotResponse], _abc.AsyncIterator[_controller_pb2.StreamSnapshotResponse]]:
+        """The same as GetSnapshot, in responses of at most 4 MiB of orders each (or one larger order),
+        all with the same event_id: however many orders the controller holds.
         """
 
     @_abc_1.abstractmethod

@@ -125,8 +125,12 @@ class PutObjectRequest(_message.Message):
     TYPE_FIELD_NUMBER: _builtins.int
     JSON_FIELD_NUMBER: _builtins.int
     path: _builtins.str
+    """At most 1,024 characters."""
     type: _items_pb2.ItemType.ValueType
     json: _builtins.str
+    """At most 1 MiB, as sent and in JOC's canonical form; objects and arrays nested at most 128
+    deep; a workflow's blocks at most 16 deep; each expression at most 16 KiB.
+    """
     def __init__(
         self,
         *,
@@ -1204,11 +1208,15 @@ class AddOrderRequest(_message.Message):
     CONTROLLER_ID_FIELD_NUMBER: _builtins.int
     workflow_path: _builtins.str
     order_id: _builtins.str
-    """Empty: JOC makes one. Giving the same id again adds nothing twice."""
+    """Empty: JOC makes one. Giving the same id again adds nothing twice. At most 256 characters."""
     controller_id: _builtins.str
     """Empty: JOC's default controller."""
     @_builtins.property
-    def arguments(self) -> _containers.MessageMap[_builtins.str, _values_pb2.Value]: ...
+    def arguments(self) -> _containers.MessageMap[_builtins.str, _values_pb2.Value]:
+        """Each value at most 64 KiB (lists and objects 16 deep), names at most 256 characters, all
+        together at most 256 KiB.
+        """
+
     @_builtins.property
     def scheduled_for(self) -> _timestamp_pb2.Timestamp:
         """Absent: start at once."""
@@ -1421,21 +1429,27 @@ class GetOrderResponse(_message.Message):
 
     SUMMARY_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
+    EVENTS_OMITTED_FIELD_NUMBER: _builtins.int
+    events_omitted: _builtins.int
+    """How many older events were left out to keep the response within 16 MiB."""
     @_builtins.property
     def summary(self) -> Global___OrderSummary: ...
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[_events_pb2.Event]:
-        """Every event JOC received for the order, job output excluded."""
+        """The events JOC received for the order, job output excluded, oldest first: all of them, or
+        the newest ones that fit into 16 MiB (see events_omitted; WatchOrder streams them all).
+        """
 
     def __init__(
         self,
         *,
         summary: Global___OrderSummary | None = ...,
         events: _abc.Iterable[_events_pb2.Event] | None = ...,
+        events_omitted: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["summary", b"summary"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "summary", b"summary"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "events_omitted", b"events_omitted", "summary", b"summary"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -27,6 +27,10 @@ if _version_not_supported:
 
 class InventoryServiceStub:
     """The inventory: objects in folders, each with its draft JSON.
+
+    Limits (README "Limits", ostinato/limits.py) hold for every service here: a request is at most
+    1 MiB unless its method says otherwise; beyond any limit the answer is INVALID_ARGUMENT naming
+    the field, the size and the limit, and nothing is stored.
     """
 
     def __init__(self, channel):
@@ -69,10 +73,15 @@ class InventoryServiceStub:
 
 class InventoryServiceServicer:
     """The inventory: objects in folders, each with its draft JSON.
+
+    Limits (README "Limits", ostinato/limits.py) hold for every service here: a request is at most
+    1 MiB unless its method says otherwise; beyond any limit the answer is INVALID_ARGUMENT naming
+    the field, the size and the limit, and nothing is stored.
     """
 
     def PutObject(self, request, context):
         """Creates or replaces an object's draft. INVALID_ARGUMENT names the field when the JSON is bad.
+        The request is at most 2 MiB.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -155,6 +164,10 @@ def add_InventoryServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class InventoryService:
     """The inventory: objects in folders, each with its draft JSON.
+
+    Limits (README "Limits", ostinato/limits.py) hold for every service here: a request is at most
+    1 MiB unless its method says otherwise; beyond any limit the answer is INVALID_ARGUMENT naming
+    the field, the size and the limit, and nothing is stored.
     """
 
     @staticmethod
@@ -410,7 +423,8 @@ class DeploymentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ImportSigned(self, request, context):
-        """Deploys items signed outside JOC (see ExportForSigning), like Deploy.
+        """Deploys items signed outside JOC (see ExportForSigning), like Deploy. The request is at
+        most 64 MiB.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -1045,13 +1059,17 @@ class OrderServiceServicer:
     """
 
     def AddOrder(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Adds an order at its controller. While the controller fails over (no node active, a node
+        killed), JOC tries again at the node that becomes active, within the caller's deadline. The
+        request is at most 512 KiB.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CommandOrders(self, request, context):
         """Cancels, suspends, resumes orders or answers their prompts, on the controller holding them.
+        The request is at most 16 MiB.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

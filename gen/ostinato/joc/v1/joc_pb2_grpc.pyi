@@ -27,14 +27,21 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class InventoryServiceStub:
-    """The inventory: objects in folders, each with its draft JSON."""
+    """The inventory: objects in folders, each with its draft JSON.
+
+    Limits (README "Limits", ostinato/limits.py) hold for every service here: a request is at most
+    1 MiB unless its method says otherwise; beyond any limit the answer is INVALID_ARGUMENT naming
+    the field, the size and the limit, and nothing is stored.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> InventoryServiceAsyncStub: ...
     PutObject: _grpc.UnaryUnaryMultiCallable[_joc_pb2.PutObjectRequest, _joc_pb2.PutObjectResponse]
-    """Creates or replaces an object's draft. INVALID_ARGUMENT names the field when the JSON is bad."""
+    """Creates or replaces an object's draft. INVALID_ARGUMENT names the field when the JSON is bad.
+    The request is at most 2 MiB.
+    """
     GetObject: _grpc.UnaryUnaryMultiCallable[_joc_pb2.GetObjectRequest, _joc_pb2.GetObjectResponse]
     ListObjects: _grpc.UnaryUnaryMultiCallable[_joc_pb2.ListObjectsRequest, _joc_pb2.ListObjectsResponse]
     RemoveObject: _grpc.UnaryUnaryMultiCallable[_joc_pb2.RemoveObjectRequest, _joc_pb2.RemoveObjectResponse]
@@ -48,11 +55,18 @@ class InventoryServiceStub:
 
 @_typing.type_check_only
 class InventoryServiceAsyncStub(InventoryServiceStub):
-    """The inventory: objects in folders, each with its draft JSON."""
+    """The inventory: objects in folders, each with its draft JSON.
+
+    Limits (README "Limits", ostinato/limits.py) hold for every service here: a request is at most
+    1 MiB unless its method says otherwise; beyond any limit the answer is INVALID_ARGUMENT naming
+    the field, the size and the limit, and nothing is stored.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     PutObject: _aio.UnaryUnaryMultiCallable[_joc_pb2.PutObjectRequest, _joc_pb2.PutObjectResponse]  # type: ignore[assignment]
-    """Creates or replaces an object's draft. INVALID_ARGUMENT names the field when the JSON is bad."""
+    """Creates or replaces an object's draft. INVALID_ARGUMENT names the field when the JSON is bad.
+    The request is at most 2 MiB.
+    """
     GetObject: _aio.UnaryUnaryMultiCallable[_joc_pb2.GetObjectRequest, _joc_pb2.GetObjectResponse]  # type: ignore[assignment]
     ListObjects: _aio.UnaryUnaryMultiCallable[_joc_pb2.ListObjectsRequest, _joc_pb2.ListObjectsResponse]  # type: ignore[assignment]
     RemoveObject: _aio.UnaryUnaryMultiCallable[_joc_pb2.RemoveObjectRequest, _joc_pb2.RemoveObjectResponse]  # type: ignore[assignment]
@@ -65,7 +79,12 @@ class InventoryServiceAsyncStub(InventoryServiceStub):
     """Checks drafts with their references resolved against the inventory; no problems: valid."""
 
 class InventoryServiceServicer(metaclass=_abc_1.ABCMeta):
-    """The inventory: objects in folders, each with its draft JSON."""
+    """The inventory: objects in folders, each with its draft JSON.
+
+    Limits (README "Limits", ostinato/limits.py) hold for every service here: a request is at most
+    1 MiB unless its method says otherwise; beyond any limit the answer is INVALID_ARGUMENT naming
+    the field, the size and the limit, and nothing is stored.
+    """
 
     @_abc_1.abstractmethod
     def PutObject(
@@ -73,7 +92,9 @@ class InventoryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _joc_pb2.PutObjectRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_joc_pb2.PutObjectResponse, _abc.Awaitable[_joc_pb2.PutObjectResponse]]:
-        """Creates or replaces an object's draft. INVALID_ARGUMENT names the field when the JSON is bad."""
+        """Creates or replaces an object's draft. INVALID_ARGUMENT names the field when the JSON is bad.
+        The request is at most 2 MiB.
+        """
 
     @_abc_1.abstractmethod
     def GetObject(
@@ -146,7 +167,9 @@ class DeploymentServiceStub:
     version id inside.
     """
     ImportSigned: _grpc.UnaryUnaryMultiCallable[_joc_pb2.ImportSignedRequest, _joc_pb2.ImportSignedResponse]
-    """Deploys items signed outside JOC (see ExportForSigning), like Deploy."""
+    """Deploys items signed outside JOC (see ExportForSigning), like Deploy. The request is at
+    most 64 MiB.
+    """
 
 @_typing.type_check_only
 class DeploymentServiceAsyncStub(DeploymentServiceStub):
@@ -175,7 +198,9 @@ class DeploymentServiceAsyncStub(DeploymentServiceStub):
     version id inside.
     """
     ImportSigned: _aio.UnaryUnaryMultiCallable[_joc_pb2.ImportSignedRequest, _joc_pb2.ImportSignedResponse]  # type: ignore[assignment]
-    """Deploys items signed outside JOC (see ExportForSigning), like Deploy."""
+    """Deploys items signed outside JOC (see ExportForSigning), like Deploy. The request is at
+    most 64 MiB.
+    """
 
 class DeploymentServiceServicer(metaclass=_abc_1.ABCMeta):
     """Deployment of inventory objects to controllers, and its history; release of calendars and
@@ -237,7 +262,9 @@ class DeploymentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _joc_pb2.ImportSignedRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_joc_pb2.ImportSignedResponse, _abc.Awaitable[_joc_pb2.ImportSignedResponse]]:
-        """Deploys items signed outside JOC (see ExportForSigning), like Deploy."""
+        """Deploys items signed outside JOC (see ExportForSigning), like Deploy. The request is at
+        most 64 MiB.
+        """
 
 def add_DeploymentServiceServicer_to_server(servicer: DeploymentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
@@ -374,8 +401,14 @@ class OrderServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> OrderServiceAsyncStub: ...
     AddOrder: _grpc.UnaryUnaryMultiCallable[_joc_pb2.AddOrderRequest, _joc_pb2.AddOrderResponse]
+    """Adds an order at its controller. While the controller fails over (no node active, a node
+    killed), JOC tries again at the node that becomes active, within the caller's deadline. The
+    request is at most 512 KiB.
+    """
     CommandOrders: _grpc.UnaryUnaryMultiCallable[_joc_pb2.CommandOrdersRequest, _joc_pb2.CommandOrdersResponse]
-    """Cancels, suspends, resumes orders or answers their prompts, on the controller holding them."""
+    """Cancels, suspends, resumes orders or answers their prompts, on the controller holding them.
+    The request is at most 16 MiB.
+    """
     ListOrders: _grpc.UnaryUnaryMultiCallable[_joc_pb2.ListOrdersRequest, _joc_pb2.ListOrdersResponse]
     GetOrder: _grpc.UnaryUnaryMultiCallable[_joc_pb2.GetOrderRequest, _joc_pb2.GetOrderResponse]
     WatchOrder: _grpc.UnaryStreamMultiCallable[_joc_pb2.WatchOrderRequest, _joc_pb2.WatchOrderResponse]
@@ -393,8 +426,14 @@ class OrderServiceAsyncStub(OrderServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     AddOrder: _aio.UnaryUnaryMultiCallable[_joc_pb2.AddOrderRequest, _joc_pb2.AddOrderResponse]  # type: ignore[assignment]
+    """Adds an order at its controller. While the controller fails over (no node active, a node
+    killed), JOC tries again at the node that becomes active, within the caller's deadline. The
+    request is at most 512 KiB.
+    """
     CommandOrders: _aio.UnaryUnaryMultiCallable[_joc_pb2.CommandOrdersRequest, _joc_pb2.CommandOrdersResponse]  # type: ignore[assignment]
-    """Cancels, suspends, resumes orders or answers their prompts, on the controller holding them."""
+    """Cancels, suspends, resumes orders or answers their prompts, on the controller holding them.
+    The request is at most 16 MiB.
+    """
     ListOrders: _aio.UnaryUnaryMultiCallable[_joc_pb2.ListOrdersRequest, _joc_pb2.ListOrdersResponse]  # type: ignore[assignment]
     GetOrder: _aio.UnaryUnaryMultiCallable[_joc_pb2.GetOrderRequest, _joc_pb2.GetOrderResponse]  # type: ignore[assignment]
     WatchOrder: _aio.UnaryStreamMultiCallable[_joc_pb2.WatchOrderRequest, _joc_pb2.WatchOrderResponse]  # type: ignore[assignment]
@@ -414,7 +453,11 @@ class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _joc_pb2.AddOrderRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_joc_pb2.AddOrderResponse, _abc.Awaitable[_joc_pb2.AddOrderResponse]]: ...
+    ) -> _typing.Union[_joc_pb2.AddOrderResponse, _abc.Awaitable[_joc_pb2.AddOrderResponse]]:
+        """Adds an order at its controller. While the controller fails over (no node active, a node
+        killed), JOC tries again at the node that becomes active, within the caller's deadline. The
+        request is at most 512 KiB.
+        """
 
     @_abc_1.abstractmethod
     def CommandOrders(
@@ -422,7 +465,9 @@ class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _joc_pb2.CommandOrdersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_joc_pb2.CommandOrdersResponse, _abc.Awaitable[_joc_pb2.CommandOrdersResponse]]:
-        """Cancels, suspends, resumes orders or answers their prompts, on the controller holding them."""
+        """Cancels, suspends, resumes orders or answers their prompts, on the controller holding them.
+        The request is at most 16 MiB.
+        """
 
     @_abc_1.abstractmethod
     def ListOrders(

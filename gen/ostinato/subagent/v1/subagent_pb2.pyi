@@ -507,6 +507,7 @@ class ProcessExited(_message.Message):
     TIMED_OUT_FIELD_NUMBER: _builtins.int
     RETURNED_VALUES_FIELD_NUMBER: _builtins.int
     NOT_STARTED_FIELD_NUMBER: _builtins.int
+    RETURNED_VALUES_REFUSED_FIELD_NUMBER: _builtins.int
     process_key: _builtins.str
     return_code: _builtins.int
     """Return code when the process exited normally."""
@@ -520,6 +521,10 @@ class ProcessExited(_message.Message):
     not_started: _builtins.bool
     """The subagent did not start the process (`message` says why, e.g. a workflow it could not
     verify): the job fails, whatever return codes count as success.
+    """
+    returned_values_refused: _builtins.str
+    """Why the return values were refused (the file, a name or a value larger than the limits in
+    ostinato/limits.py); returned_values is then empty and the job fails.
     """
     @_builtins.property
     def returned_values(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
@@ -537,10 +542,11 @@ class ProcessExited(_message.Message):
         timed_out: _builtins.bool = ...,
         returned_values: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         not_started: _builtins.bool = ...,
+        returned_values_refused: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "not_started", b"not_started", "process_key", b"process_key", "return_code", b"return_code", "returned_values", b"returned_values", "signal", b"signal", "timed_out", b"timed_out"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "not_started", b"not_started", "process_key", b"process_key", "return_code", b"return_code", "returned_values", b"returned_values", "returned_values_refused", b"returned_values_refused", "signal", b"signal", "timed_out", b"timed_out"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
