@@ -20,13 +20,15 @@ from director_svc import convert
 from director_svc.core import DirectorCore, ProcessSpec, Stimulus, SubagentLost, SubagentUnreachable
 from gen.ostinato.common.v1 import events_pb2, items_pb2
 from gen.ostinato.subagent.v1 import subagent_pb2, subagent_pb2_grpc
-from ostinato import rpc, tracing
+from ostinato import limits, rpc, tracing
 from ostinato.journal.eventlog import BATCH_BYTES
 
 log = logging.getLogger(__name__)
 
 # A subagent silent for this many heartbeat intervals is lost (heartbeats go both ways).
 SILENT_HEARTBEATS = 4
+# Starts (or signed items) in one message, at most.
+BATCH = 500
 
 
 class DirectorSide(Protocol):
@@ -173,12 +175,13 @@ class SubagentDriver:
             self._wake.clear()
             work = self.director.core.subagent_work(self.subagent_id, self.director.committed_id)
             if work.starts:
-                signed = self._unattached(work.starts, attached)
-                if signed:
-                    attach = subagent_pb2.AttachSigned(items=signed)
+                # Messages below limits.BATCH_BYTES: an item or a start's environment may be large.
+                for items in limits.batches(self._unattached(work.starts, attached), BATCH):
+                    attach = subagent_pb2.AttachSigned(items=items)
                     outbox.put_nowait(subagent_pb2.SessionRequest(attach_signed=attach))
-                starts = subagent_pb2.StartProcesses(processes=[self._start_process(s) for s in work.starts])
-                outbox.put_nowait(subagent_pb2.SessionRequest(start_processes=starts))
+                for starts in limits.batches([self._start_process(s) for s in work.starts], BATCH):
+                    batch = subagent_pb2.StartProcesses(processes=starts)
+                    outbox.put_nowait(subagent_pb2.SessionRequest(start_processes=batch))
             for key in work.kills:
                 outbox.put_nowait(
                     subagent_pb2.SessionRequest(kill_process=subagent_pb2.KillProcess(process_key=key))

@@ -78,6 +78,9 @@ REQUEST_BYTES: dict[str, int] = {
     "ostinato.director.v1.DirectorService/AttachItems": 16 * MIB,
     "ostinato.director.v1.DirectorService/AttachOrders": 16 * MIB,
     "ostinato.director.v1.DirectorService/CommandOrders": 16 * MIB,
+    "ostinato.director.v1.DirectorService/Batch": 16 * MIB,
+    # Each message of the session: signed items and several starts (split below BATCH_BYTES).
+    "ostinato.subagent.v1.SubagentService/Session": 16 * MIB,
 }
 # GetOrder's events: the newest that fit (WatchOrder streams them all, one at a time).
 RESPONSE_EVENTS_BYTES = 16 * MIB

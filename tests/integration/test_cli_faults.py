@@ -38,11 +38,24 @@ async def test_a_reader_that_stops_early_ends_the_cli_quietly(topology: Topology
     )
     address = topology.joc_address
     got, code, err = read_then_close(
-        ostinato("order", "add", "/cli/chatty", "--id", "chatty-1", "--wait", "--joc", address), 2
+        ostinato(
+            "order",
+            "add",
+            "/cli/chatty",
+            "--id",
+            "chatty-1",
+            "--wait",
+            "--joc",
+            address,
+            *topology.cli_args(),
+        ),
+        2,
     )
     assert got[0] == "chatty-1\n" and (code, err) == (141, ""), err
     await joc.wait_until_ended("chatty-1")
-    got, code, err = read_then_close(ostinato("order", "logs", "chatty-1", "--joc", address), 1)
+    got, code, err = read_then_close(
+        ostinato("order", "logs", "chatty-1", "--joc", address, *topology.cli_args()), 1
+    )
     assert got == ["line 0\n"] and (code, err) == (141, ""), err
 
 
@@ -53,7 +66,17 @@ async def test_joc_options_go_before_or_after_the_command(topology: Topology, jo
     address = topology.joc_address
     before = subprocess.run(
         ostinato(
-            "--joc", address, "--reason", "test", "order", "add", "/cli/quick", "--id", "opt-1", "--wait"
+            "--joc",
+            address,
+            *topology.cli_args(),
+            "--reason",
+            "test",
+            "order",
+            "add",
+            "/cli/quick",
+            "--id",
+            "opt-1",
+            "--wait",
         ),
         capture_output=True,
         text=True,
@@ -62,7 +85,7 @@ async def test_joc_options_go_before_or_after_the_command(topology: Topology, jo
     )
     assert before.returncode == 0 and before.stdout.startswith("opt-1\n"), before.stderr
     after = subprocess.run(
-        ostinato("order", "show", "opt-1", f"--joc={address}"),
+        ostinato("order", "show", "opt-1", f"--joc={address}", *topology.cli_args()),
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -89,12 +112,19 @@ async def test_errors_are_one_line_on_stderr_with_the_fields_as_given(topology: 
     ]:
         started = time.monotonic()
         result = subprocess.run(
-            ostinato("--joc", address, *args), capture_output=True, text=True, cwd=ROOT, timeout=60
+            ostinato("--joc", address, *topology.cli_args(), *args),
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
         )
         assert (result.returncode, result.stdout, result.stderr) == (1, "", expected), args
         assert time.monotonic() - started < 20
     # Nothing of the refused ones was stored.
     listed = subprocess.run(
-        ostinato("order", "list", "--joc", address), capture_output=True, text=True, cwd=ROOT
+        ostinato("order", "list", "--joc", address, *topology.cli_args()),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     assert listed.returncode == 0 and listed.stdout.splitlines()[1:] == [], listed.stdout

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from gen.ostinato.common.v1 import cluster_pb2, items_pb2, order_pb2, values_pb2
 from gen.ostinato.controller.v1 import controller_pb2
 from gen.ostinato.joc.v1 import joc_pb2
-from ostinato.rpc import CHANNEL_OPTIONS
+from ostinato import rpc, tls
 from ostinato.topology import Topology, TopologyConfig
 from ostinato.workflow.orders import END_STATES
 from tests.integration.support import wait_until
@@ -64,9 +64,9 @@ answers: collections.Counter[str] = collections.Counter()
 class Target:
     """One live service's public RPCs, called with raw bytes."""
 
-    def __init__(self, name: str, address: str, services: list[Any]) -> None:
+    def __init__(self, name: str, address: str, services: list[Any], security: tls.Security) -> None:
         self.name = name
-        self.channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.channel = rpc.sync_channel(address, security)
         self.methods: dict[str, Any] = {}  # full path -> method descriptor
         for service in services:
             for method in service.methods:
@@ -112,6 +112,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Topology, T
             for name in ("InventoryService", "DeploymentService", "OrderService", "ClusterService")
             + ("AuditService", "AccountService")
         ],
+        topology.security("cli"),
     )
     controller = Target(
         "controller",
@@ -120,6 +121,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Topology, T
             controller_pb2.DESCRIPTOR.services_by_name["ControllerService"],
             cluster_pb2.DESCRIPTOR.services_by_name["ClusterService"],
         ],
+        topology.security("joc"),  # what a controller accepts
     )
     put = joc_pb2.PutObjectRequest(path=WORKFLOW_PATH, type=WF, json=json.dumps(TARGET))
     joc.channel.unary_unary("/ostinato.joc.v1.InventoryService/PutObject")(

@@ -15,7 +15,7 @@ from gen.ostinato.common.v1 import items_pb2, order_pb2, values_pb2
 from gen.ostinato.controller.v1 import controller_pb2, controller_pb2_grpc
 from gen.ostinato.joc.v1 import joc_pb2
 from joc_svc.inventory import deployable
-from ostinato import limits, rpc, signing
+from ostinato import limits, signing
 from ostinato.topology import Topology
 from ostinato.workflow.model import canonical_json, parse_workflow
 from tests.integration.support import Joc, eventually, shell_job
@@ -83,7 +83,7 @@ async def test_the_largest_item_arguments_and_return_values_pass_a_restarting_jo
     stored = canonical_json(parse_workflow(json.dumps(workflow), "/limits/largest"))
     item = signer.sign_item(deployable(WF, "/limits/largest", stored, "v2-direct"))
     assert len(item.json.encode()) > limits.ITEM_JSON_BYTES - 32 * 1024
-    async with rpc.channel(topology.services["controller"].address) as channel:
+    async with topology.channel(topology.services["controller"].address, as_name="joc") as channel:
         controller = controller_pb2_grpc.ControllerServiceStub(channel)
         await controller.DeployItems(controller_pb2.DeployItemsRequest(items=[item]), timeout=30)
         snapshot = controller_pb2.GetSnapshotRequest()
@@ -155,7 +155,7 @@ async def test_beyond_the_limits_is_refused_naming_field_size_and_limit(topology
 
     # The controller refuses the same when asked directly, and a 100,000-parentheses expression
     # in a workflow gets an answer small enough to arrive.
-    async with rpc.channel(topology.services["controller"].address) as channel:
+    async with topology.channel(topology.services["controller"].address, as_name="joc") as channel:
         controller = controller_pb2_grpc.ControllerServiceStub(channel)
         new = controller_pb2.NewOrder(id="refused-2", workflow_path="/limits/small", arguments=too_big)
         with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -197,7 +197,7 @@ async def test_a_snapshot_larger_than_a_part_reaches_a_new_joc_whole(
 
     await eventually(last_event_id, what="JOC has the last order's events")
     await released_past(topology, await last_event_id())
-    async with rpc.channel(topology.services["controller"].address) as channel:
+    async with topology.channel(topology.services["controller"].address, as_name="joc") as channel:
         controller = controller_pb2_grpc.ControllerServiceStub(channel)
         parts = [
             p async for p in controller.StreamSnapshot(controller_pb2.StreamSnapshotRequest(), timeout=30)
@@ -207,10 +207,9 @@ async def test_a_snapshot_larger_than_a_part_reaches_a_new_joc_whole(
     assert all(p.ByteSize() <= limits.BATCH_BYTES + limits.ARGUMENTS_BYTES + 4096 for p in parts)
 
     topology.services["joc"].stop()
-    async with joc_process(tmp_path / "new-joc", f"controller={topology.addresses['controller']}") as (
-        _,
-        new,
-    ):
+    controller = f"controller={topology.addresses['controller']}"
+    as_joc = topology.tls_args("joc")
+    async with joc_process(tmp_path / "new-joc", controller, topology.security(), *as_joc) as (_, new):
 
         async def resynced() -> bool:
             return set(await orders_of(new)) == set(ids)
