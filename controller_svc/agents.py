@@ -191,6 +191,14 @@ class AgentDriver:
                 director_pb2.AttachOrdersRequest(sender=self._sender(), orders=batch), timeout=30
             )
         if work.commands:
+            needed = work.versions - sent_items  # versions that orders are transferred to
+            if needed:
+                known = core.state.signed_items
+                items = [known[key] for key in sorted(needed) if key in known]
+                await stub.AttachItems(
+                    director_pb2.AttachItemsRequest(sender=self._sender(), items=items), timeout=30
+                )
+                sent_items |= needed
             request = director_pb2.CommandOrdersRequest(sender=self._sender(), commands=work.commands)
             await stub.CommandOrders(request, timeout=30)
         if work.detach:
