@@ -49,6 +49,9 @@ class TopologyConfig:
     # full nodes and a witness) or "three" (three full nodes).
     controller_cluster: str = "single"
     director_cluster: str = "single"
+    # JOC's daily plan (`[dailyplan]`): joc_svc's --plan-* flags by their names there, e.g.
+    # {"time_zone": "Europe/Berlin", "days_ahead_submit": 1, "enabled": False}.
+    dailyplan: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def ephemeral(cls, subagents: int = 2) -> TopologyConfig:
@@ -90,8 +93,22 @@ class TopologyConfig:
             config.signing_key = base / joc["signing_key"]
             config.signing_cert = base / joc["signing_cert"]
         config.trust = [base / p for p in data.get("trust", {}).get("certificates", [])]
+        config.dailyplan = dict(data.get("dailyplan", {}))
+        unknown = sorted(set(config.dailyplan) - set(PLAN_FLAGS))
+        if unknown:
+            raise ValueError(f"{path}: [dailyplan] {unknown[0]}: unknown; known: {', '.join(PLAN_FLAGS)}")
         return config
 
+
+# `[dailyplan]` settings and the joc_svc flags they become; `enabled = false` is --no-daily-plan.
+PLAN_FLAGS = {
+    "time_zone": "--plan-time-zone",
+    "period_begin": "--plan-period-begin",
+    "days_ahead_plan": "--plan-days-ahead",
+    "days_ahead_submit": "--plan-submit-days-ahead",
+    "catch_up_seconds": "--plan-catch-up",
+    "enabled": "--no-daily-plan",
+}
 
 # Node name suffixes of each cluster shape; a "w" node is the witness.
 CLUSTER_SHAPES: dict[str, tuple[str, ...]] = {
@@ -264,6 +281,11 @@ class Topology:
             args.append("--require-auth")
         if cfg.db_url:
             args += ["--db-url", cfg.db_url]
+        for key, value in cfg.dailyplan.items():
+            if key == "enabled":
+                args += [] if value else [PLAN_FLAGS[key]]
+            else:
+                args += [PLAN_FLAGS[key], str(value)]
         return args
 
     def start_service(self, name: str) -> Launched:

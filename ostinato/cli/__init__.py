@@ -1,6 +1,6 @@
-"""The `ostinato` command: a JOC client (inventory, deployment, signing, orders, clusters, audit,
-accounts) and the launcher of each service. One module per command group; each adds its commands
-to the parser (`add_commands`).
+"""The `ostinato` command: a JOC client (inventory, deployment, signing, orders, daily plan,
+clusters, audit, accounts) and the launcher of each service. One module per command group; each
+adds its commands to the parser (`add_commands`).
 
 Errors are one line `ostinato: error: ...` on stderr and exit 1; bad usage is argparse's exit 2.
 grpc and the services are imported only by the commands that need them, so the CLI starts fast.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ostinato.cli import accounts, audit, cluster, deploy, inventory, orders, services
+from ostinato.cli import accounts, audit, cluster, deploy, inventory, orders, plan, services
 from ostinato.cli.client import CliError, joc_options
 
 
@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ostinato", description="ostinato workload automation")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     joc_option = joc_options()
-    for group in (deploy, inventory, audit, accounts, orders, cluster):
+    for group in (deploy, inventory, audit, accounts, orders, cluster, plan):
         group.add_commands(commands, joc_option)
     services.add_commands(commands)
     return parser
