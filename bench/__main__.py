@@ -1,4 +1,4 @@
-"""Benchmarks of the whole local topology: `python -m bench [--only latency|failover|replication|jobs]`.
+"""Benchmarks of the whole local topology: `python -m bench [--only latency|failover|...|dailyplan]`.
 
 latency: submit (JOC AddOrder) to the order's OrderFinished event at JOC, one trivial shell job,
 orders one after another. Baseline: spawning `/bin/sh -c true` with subprocess on this machine,
@@ -8,6 +8,8 @@ failover: fail-over time of three-node controller and director clusters under a 
 replication: order throughput with single nodes against three-node clusters (bench/replication.py).
 jobs: trivial jobs/s through JOC, controller, director and three subagents against the bare spawn
 rate, and the director's scheduling latency from order ready to process started (bench/jobs.py).
+dailyplan: plan and submit one date of 100,000 orders against a bare bulk insert of the same rows,
+and the controller's and director's memory per waiting order (bench/dailyplan.py).
 
 Figures are printed and written to bench/results/latest.json; a run of some parts only keeps the
 other parts' figures from the file's previous run (see "measured_at").
@@ -27,13 +29,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import failover, jobs, replication
+from bench import dailyplan, failover, jobs, replication
 from gen.ostinato.common.v1 import items_pb2
 from gen.ostinato.joc.v1 import joc_pb2, joc_pb2_grpc
 from ostinato import rpc
 from ostinato.topology import ROOT, Topology, TopologyConfig
 
-PARTS = ("latency", "failover", "replication", "jobs")
+PARTS = ("latency", "failover", "replication", "jobs", "dailyplan")
 
 TRIVIAL = {
     "instructions": [{"execute": {"jobName": "true"}}],
@@ -126,6 +128,7 @@ def main() -> int:
     p.add_argument("--jobs-concurrency", type=int, default=20, help="jobs: orders in flight")
     p.add_argument("--spawns", type=int, default=300, help="jobs: bare spawns of sh -c true to time")
     p.add_argument("--spawn-parallel", type=int, default=4, help="jobs: bare spawns at a time")
+    p.add_argument("--plan-schedules", type=int, default=1000, help="dailyplan: schedules of 100 starts")
     p.add_argument(
         "--failover-data-dir",
         type=Path,
@@ -176,6 +179,10 @@ def main() -> int:
             log=lambda line: print(line, flush=True),
         )
         measured_at["jobs"] = _now()
+    if "dailyplan" in parts:
+        print(f"dailyplan: {args.plan_schedules} schedules of 100 starts, one date")
+        result["dailyplan"] = dailyplan.run(args.plan_schedules, log=lambda line: print(line, flush=True))
+        measured_at["dailyplan"] = _now()
     result["bench_runtime_s"] = round(time.perf_counter() - started, 1)
     result["bench_parts"] = parts
     latest.write_text(json.dumps(result, indent=2) + "\n")
