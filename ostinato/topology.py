@@ -387,7 +387,8 @@ def run_up(config_path: Path | None, data_dir: Path | None) -> int:
 
 
 def run_demo() -> int:
-    """`ostinato demo`: start a topology, deploy the examples, run one order, stop."""
+    """`ostinato demo`: start a topology, deploy the examples, run one order, release the sample
+    calendars and schedule and preview the daily plan's next starts, stop."""
     from ostinato import cli
 
     started = time.monotonic()
@@ -407,6 +408,13 @@ def run_demo() -> int:
             if rc == 0:
                 print("\n$ ostinato order add /hello --arg name=ostinato --wait")
                 rc = cli.main(["order", "add", *joc, "/hello", "--arg", "name=ostinato", "--wait"])
+            if rc == 0:
+                plan = EXAMPLES / "plan"
+                print(f"\n$ ostinato release {plan.relative_to(ROOT)}/")
+                rc = cli.main(["release", *joc, str(plan)])
+            if rc == 0:
+                print("\n$ ostinato plan preview /plan/hello-daily --next 6")
+                rc = cli.main(["plan", "preview", *joc, "/plan/hello-daily", "--next", "6"])
         finally:
             print("\nstopping the topology ...")
             topology.stop()

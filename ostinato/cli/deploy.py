@@ -40,11 +40,21 @@ def report_deployments(deployments: Any, no_wait: bool = False) -> int:
 def cmd_deploy(args: argparse.Namespace) -> int:
     from gen.ostinato.joc.v1 import joc_pb2
 
+    from gen.ostinato.common.v1 import items_pb2
+
     joc = connect(args)
     if args.inventory:
         paths = [str(p) for p in args.paths]
     else:
-        paths = [o.path for o in put_files(joc, args.paths)]
+        objects = put_files(joc, args.paths)
+        # Calendars and schedules among the files are drafts now; they are released, not deployed.
+        released = (items_pb2.ITEM_TYPE_CALENDAR, items_pb2.ITEM_TYPE_SCHEDULE)
+        for o in objects:
+            if o.type in released:
+                print(f"put {type_text(o.type)} {o.path} (release it: ostinato release -i {o.path})")
+        paths = [o.path for o in objects if o.type not in released]
+        if not paths:
+            raise CliError("nothing to deploy: calendars and schedules are released (ostinato release)")
     response = joc.call(
         joc.deployment.Deploy,
         joc_pb2.DeployRequest(
