@@ -66,6 +66,7 @@ PASS_SECONDS = 1.0
 # Orders per AddOrders / CommandOrders call, and planned rows read at a time for submission.
 SUBMIT_BATCH = 1000
 READ_BATCH = 10 * SUBMIT_BATCH
+IN_FLIGHT = 2
 # Who the audit log names for what the daily plan does by itself.
 SYSTEM_ACCOUNT = "(daily plan)"
 
@@ -375,8 +376,26 @@ class DailyPlan:
             )
             if not rows:
                 return results
+            await self._send_all(rows, now, results)
+
+    async def _send_all(self, rows: list[PlanRow], now: datetime, results: dict[date, DateResult]) -> None:
+        """In batches, IN_FLIGHT at a time: the controller journals one batch while JOC records
+        the one before."""
+        pending: set[asyncio.Task[None]] = set()
+        try:
             for i in range(0, len(rows), SUBMIT_BATCH):
-                await self._send(rows[i : i + SUBMIT_BATCH], now, results)
+                if len(pending) >= IN_FLIGHT:
+                    done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        task.result()
+                pending.add(asyncio.create_task(self._send(rows[i : i + SUBMIT_BATCH], now, results)))
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()
+        finally:
+            for task in pending:
+                task.cancel()
 
     async def _catch_up(self, overdue: list[PlanRow], now: datetime, results: dict[date, DateResult]) -> None:
         known = await asyncio.to_thread(self.store.known_orders, [r.order_id for r in overdue])
@@ -394,8 +413,7 @@ class DailyPlan:
                 self.settings.catch_up_seconds,
             )
             await asyncio.to_thread(self.store.mark_missed, [r.order_id for r in missed])
-        for i in range(0, len(submit), SUBMIT_BATCH):
-            await self._send(submit[i : i + SUBMIT_BATCH], now, results)
+        await self._send_all(submit, now, results)
 
     async def _send(self, rows: list[PlanRow], now: datetime, results: dict[date, DateResult]) -> None:
         link = self.links[self.controller_id]
@@ -459,7 +477,13 @@ class DailyPlan:
         """Plans what is not planned yet, then submits every planned order of the dates now."""
         async with self._lock:
             now = self.clock()
-            generated = await self._generate(first, last, schedule_path, now)
+            released = await self.released()
+            paths = self._schedule_paths(released, schedule_path)
+            records = await asyncio.to_thread(
+                self.store.plan_records, self.controller_id, first, last, schedule_path
+            )
+            fresh = [(d, p) for d in _dates(first, last) for p in paths if (d, p) not in records]
+            generated = await self._plan(released, fresh, {}, now) if fresh else {}
             records = await asyncio.to_thread(
                 self.store.plan_records, self.controller_id, first, last, schedule_path
             )
