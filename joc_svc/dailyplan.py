@@ -252,6 +252,22 @@ class DailyPlan:
                 schedules[o.path] = o.json
         return parse_released(calendars, schedules)
 
+    @staticmethod
+    def check_release(overlay: Released, schedule_paths: Iterable[str]) -> None:
+        """A schedule is released with its calendars: each it names must be released already or
+        with it. InvalidArgument names the schedule and field."""
+        for path in schedule_paths:
+            if path in overlay.problems:
+                raise InvalidArgument(f"schedule {path}: {overlay.problems[path]}")
+            schedule = overlay.schedules[path]
+            named = [(f"{e.field}.calendarPath", e.calendar_path) for e in schedule.entries]
+            for field_name, calendar_path in [*named, *schedule.non_working]:
+                if calendar_path not in overlay.calendars:
+                    raise InvalidArgument(
+                        f"schedule {path}: {field_name}: calendar {calendar_path} is not released;"
+                        " release it too"
+                    )
+
     # ---- planning
 
     def _starts(

@@ -324,6 +324,9 @@ class DeploymentServicer(joc_pb2_grpc.DeploymentServiceServicer):
         # The plan's changes first: a schedule that can no longer be planned refuses the release.
         overlay = await joc.plan.overlay(releasable)
         paths = [o.path for o in releasable]
+        joc.plan.check_release(
+            overlay, [o.path for o in releasable if o.type == items_pb2.ITEM_TYPE_SCHEDULE]
+        )
         changes = await joc.plan.changes(overlay, False, paths)
         if request.dry_run:
             return joc_pb2.ReleaseResponse(

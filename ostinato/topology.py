@@ -408,10 +408,9 @@ def run_demo() -> int:
             if rc == 0:
                 print("\n$ ostinato order add /hello --arg name=ostinato --wait")
                 rc = cli.main(["order", "add", *joc, "/hello", "--arg", "name=ostinato", "--wait"])
-            if rc == 0:
-                plan = EXAMPLES / "plan"
-                print(f"\n$ ostinato release {plan.relative_to(ROOT)}/")
-                rc = cli.main(["release", *joc, str(plan)])
+            if rc == 0:  # the deployment put examples/plan/ into the inventory as drafts
+                print("\n$ ostinato release -i /plan")
+                rc = cli.main(["release", *joc, "-i", "/plan"])
             if rc == 0:
                 print("\n$ ostinato plan preview /plan/hello-daily --next 6")
                 rc = cli.main(["plan", "preview", *joc, "/plan/hello-daily", "--next", "6"])

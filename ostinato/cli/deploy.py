@@ -38,9 +38,8 @@ def report_deployments(deployments: Any, no_wait: bool = False) -> int:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from gen.ostinato.joc.v1 import joc_pb2
-
     from gen.ostinato.common.v1 import items_pb2
+    from gen.ostinato.joc.v1 import joc_pb2
 
     joc = connect(args)
     if args.inventory:

@@ -341,3 +341,39 @@ async def test_a_redeployed_workflow_moves_orders_only_with_update_plan_from(
     assert "v2" in await plan.log_text(move.order.id)
     [moved_row] = [r for r in await plan.rows("/plans/app/move") if r.order_id == move.order.id]
     assert moved_row.workflow_version_id == move_v2
+
+
+async def test_a_changed_schedule_updates_the_plan_by_order_id(topology: Topology, plan: Plan) -> None:
+    """Released again with other times: vanished orders are cancelled at the controller, new ones
+    added; an order that ran already is left as it is; --dry-run only shows the diff."""
+    await plan.workflow("/app/change", "changed")
+    ran, stays, goes, comes = starts_in(3, 40, 50, 60)
+    await plan.put("/app/change", SCHED, schedule("/app/change", ran, stays, goes))
+    await plan.release("/cal/every-day", "/app/change")
+    await plan.rows_in("/app/change", P.PLANNED_ORDER_STATE_FINISHED, 1, timeout=30)
+    today = {r.scheduled_for.ToDatetime(tzinfo=UTC): r for r in await plan.rows("/app/change")}
+    assert today[stays].state == today[goes].state == P.PLANNED_ORDER_STATE_SUBMITTED
+
+    before = {(r.order_id, r.state) for r in await plan.rows("/app/change")}
+    await plan.put("/app/change", SCHED, schedule("/app/change", stays, comes))
+    dry = await plan.joc.deployment.Release(P.ReleaseRequest(paths=["/app/change"], dry_run=True))
+    changes = {(c.kind, c.start.scheduled_for.ToDatetime(tzinfo=UTC)) for c in dry.plan_changes}
+    # Today: one order goes, one comes; the dates ahead also lose the start that ran today.
+    assert {c for c in changes if c[1].date() == ran.date()} == {
+        (P.PLAN_CHANGE_KIND_REMOVED, goes),
+        (P.PLAN_CHANGE_KIND_ADDED, comes),
+    }
+    assert {t.time() for _, t in changes} == {ran.time(), goes.time(), comes.time()}
+    assert {(r.order_id, r.state) for r in await plan.rows("/app/change")} == before  # a dry run
+
+    released = await plan.release("/app/change")
+    assert len(released.plan_changes) == len(dry.plan_changes)
+    after = {r.order_id: r for r in await plan.rows("/app/change")}
+    assert after[today[ran].order_id].state == P.PLANNED_ORDER_STATE_FINISHED  # ran: untouched
+    assert after[today[stays].order_id].state == P.PLANNED_ORDER_STATE_SUBMITTED  # same id: kept
+    assert after[today[goes].order_id].state == P.PLANNED_ORDER_STATE_CANCELLED
+    gone = (await plan.joc.orders.GetOrder(P.GetOrderRequest(order_id=today[goes].order_id))).summary
+    assert gone.order.state == order_pb2.ORDER_STATE_CANCELLED
+    new = [r for r in after.values() if r.scheduled_for.ToDatetime(tzinfo=UTC) == comes]
+    assert len(new) == 1 and new[0].order_id not in {r.order_id for r in today.values()}
+    await plan.rows_in("/app/change", P.PLANNED_ORDER_STATE_SUBMITTED, 2)  # submitted by the next pass
