@@ -194,6 +194,8 @@ class DailyPlan:
         self._lock = asyncio.Lock()  # one change of the plan at a time (passes and requests)
         self._released: tuple[tuple[int, int], Released] | None = None
         self._reported: set[str] = set()  # problems logged once per release
+        # (released objects' key, first date) of the last pass that found every date planned.
+        self._complete: tuple[tuple[int, int], date] | None = None
 
     # ---- the worker
 
@@ -306,10 +308,15 @@ class DailyPlan:
 
     async def _plan_missing(self, first: date, last: date, now: datetime) -> None:
         released = await self.released()
+        assert self._released is not None
+        done = (self._released[0], first)
+        if self._complete == done:
+            return  # nothing released or moved since the last pass found every date planned
         auto = sorted(p for p, s in released.schedules.items() if s.plan_automatically)
-        if not auto:
-            return
         records = await asyncio.to_thread(self.store.plan_records, self.controller_id, first, last)
+        if all((d, p) in records for d in _dates(first, last) for p in auto):
+            self._complete = done
+            return
         day = first
         while day <= last:
             missing = [(day, p) for p in auto if (day, p) not in records]

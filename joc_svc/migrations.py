@@ -189,6 +189,7 @@ def _v4_daily_plan(conn: sa.Connection) -> None:
         sa.Column("message", sa.Text, nullable=False),
         sa.Column("attempted_at", _Time),
         sa.Index("ix_plan_orders_state_scheduled_for", "state", "scheduled_for"),
+        sa.Index("ix_plan_orders_due", "state", "missed", "plan_date", "scheduled_for"),
     )
     sa.Table(
         "plan_submissions",

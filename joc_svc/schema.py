@@ -176,6 +176,7 @@ plan_orders = sa.Table(
     sa.Column("message", sa.Text, nullable=False, default=""),  # why the controller refused it
     sa.Column("attempted_at", Time),  # its last refused submission
     sa.Index("ix_plan_orders_state_scheduled_for", "state", "scheduled_for"),
+    sa.Index("ix_plan_orders_due", "state", "missed", "plan_date", "scheduled_for"),
 )
 
 # Per controller, plan date and schedule: the date's submission number (order ids include it; it
