@@ -204,14 +204,20 @@ class DailyPlan:
 
     async def run(self) -> None:
         """Passes every PASS_SECONDS (sooner when woken) until cancelled."""
+        failures = 0
         while True:
             try:
                 async with self._lock:
                     await self.run_pass()
+                if failures:
+                    log.info("daily plan: controller %s reached again", self.controller_id)
+                failures = 0
             except asyncio.CancelledError:
                 raise
-            except grpc.aio.AioRpcError as e:
-                log.info("daily plan: controller %s: %s; retrying", self.controller_id, e.code().name)
+            except OstinatoError as e:  # the controller is away: the next pass tries again
+                failures += 1
+                # Said once per outage, not every pass.
+                log.log(logging.WARNING if failures == 1 else logging.DEBUG, "daily plan: %s; retrying", e)
             except Exception:
                 log.exception("daily plan pass failed; retrying")
             with contextlib.suppress(TimeoutError):
@@ -636,10 +642,11 @@ class DailyPlan:
             if not concerned or last is None:
                 return []
             first = self.today(now)
+            wanted = set(concerned)
             records = {
                 k: r
-                for path in concerned
-                for k, r in (await asyncio.to_thread(self.store.plan_records, cid, first, last, path)).items()
+                for k, r in (await asyncio.to_thread(self.store.plan_records, cid, first, last)).items()
+                if k[1] in wanted
             }
             numbers = {k: r.number for k, r in records.items()}
             rows, failed = await asyncio.to_thread(self._starts, overlay, list(records), numbers, now)

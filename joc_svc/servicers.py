@@ -336,7 +336,14 @@ class DeploymentServicer(joc_pb2_grpc.DeploymentServiceServicer):
         caller = auth.current()
         rows = await asyncio.to_thread(joc.store.release, releasable, caller.shown_as, joc.clock())
         await joc.audit("release", " ".join(_object_name(r) for r in rows))
-        changes = await joc.plan.changes(overlay, True, paths)
+        try:
+            changes = await joc.plan.changes(overlay, True, paths)
+        except OstinatoError as e:
+            # Released; releasing again diffs again, so nothing is lost by answering with an error.
+            raise FailedPrecondition(
+                f"released {' '.join(paths)}, but the daily plan was not updated ({e});"
+                " release again when the controller is back"
+            ) from None
         if changes:
             added = sum(c.kind is ChangeKind.ADDED for c in changes)
             await joc.audit(
