@@ -109,6 +109,12 @@ class DailyPlanServicer(joc_pb2_grpc.DailyPlanServiceServicer):
     ) -> joc_pb2.ListPlannedOrdersResponse:
         first = parse_date(request.from_date, "from_date") if request.from_date else None
         last = parse_date(request.to_date, "to_date") if request.to_date else first
+        state = convert.PLAN_STATES_BY_PB.get(request.state) if request.state else None
+        if request.state and state is None:
+            raise InvalidArgument("not a planned order state", field="state")
+        limit = request.limit or LIST_LIMIT
+        # States and lateness are known only with the orders projection: filtered here.
+        filtered = state is not None or request.late_only
         rows = await asyncio.to_thread(
             self.joc.store.list_plan,
             first,
@@ -116,14 +122,11 @@ class DailyPlanServicer(joc_pb2_grpc.DailyPlanServiceServicer):
             request.schedule_path,
             request.workflow_path,
             self.plan.clock(),
+            None if filtered else limit,
         )
-        state = convert.PLAN_STATES_BY_PB.get(request.state) if request.state else None
-        if request.state and state is None:
-            raise InvalidArgument("not a planned order state", field="state")
         chosen: list[PlanRow] = [
             r for r in rows if (state is None or r.state is state) and (r.late or not request.late_only)
         ]
-        limit = request.limit or LIST_LIMIT
         return joc_pb2.ListPlannedOrdersResponse(orders=[convert.planned_order_pb(r) for r in chosen[:limit]])
 
     async def GeneratePlan(

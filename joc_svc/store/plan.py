@@ -353,8 +353,9 @@ class PlanStore(StoreBase):
         schedule_path: str,
         workflow_path: str,
         now: datetime,
+        limit: int | None = None,
     ) -> list[PlanRow]:
-        """Rows with their states as of now (see `followed`) and their dates' tz release."""
+        """Rows with their states as of now (see `followed`) and their dates' tz release, by time."""
         s = plan_submissions
         query = (
             sa.select(plan_orders, orders.c.state.label("order_state"), s.c.tz_version)
@@ -368,9 +369,12 @@ class PlanStore(StoreBase):
             )
         )
         query = _filter(query, first, last, schedule_path, workflow_path)
+        query = query.order_by(plan_orders.c.scheduled_for, plan_orders.c.order_id)
+        if limit is not None:
+            query = query.limit(limit)
         result = []
         with self.engine.connect() as conn:
-            for r in conn.execute(query.order_by(plan_orders.c.scheduled_for, plan_orders.c.order_id)):
+            for r in conn.execute(query):
                 row = _row(r)
                 state, late = followed(row, r.order_state, now)
                 result.append(dataclasses.replace(row, state=state, late=late, tz_version=r.tz_version or ""))
