@@ -384,3 +384,60 @@ async def test_a_changed_schedule_updates_the_plan_by_order_id(topology: Topolog
     new = [r for r in after.values() if r.scheduled_for.ToDatetime(tzinfo=UTC) == comes]
     assert len(new) == 1 and new[0].order_id not in {r.order_id for r in today.values()}
     await plan.rows_in("/app/change", P.PLANNED_ORDER_STATE_SUBMITTED, 2)  # submitted by the next pass
+
+
+def test_cli_over_the_sample_plan(topology: Topology) -> None:
+    """The README's walk through examples/plan/ with --output json: calendar dates, an
+    explanation, projections, and delete then generate of a date planned ahead."""
+    deployed = cli(topology.joc_address, "deploy", str(ROOT / "examples"))
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    assert "put schedule /plan/hello-daily" in deployed.stdout
+
+    def ok(*args: str) -> object:
+        done = cli(topology.joc_address, *args, "--output", "json")
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    assert ok("calendar", "dates", "/plan/workdays", "--from", "2026-12-24", "--to", "2026-12-28") == [
+        "2026-12-24",
+        "2026-12-25",
+        "2026-12-28",
+    ]
+    explained = ok("plan", "explain", "/plan/hello-daily", "2026-12-25")
+    assert isinstance(explained, dict) and explained["starts"] == []
+    assert [r["code"] for r in explained["reasons"]] == [
+        "PLANNED",
+        "HOLIDAY_SUPPRESSED",
+        "HOLIDAY_SUPPRESSED",
+    ]
+
+    released = cli(topology.joc_address, "release", "-i", "/plan")
+    assert released.returncode == 0, released.stderr
+    projected = ok("plan", "projections", "--month", "2026-12")
+    assert isinstance(projected, dict)
+    [december] = projected["schedules"]
+    assert december["schedulePath"] == "/plan/hello-daily"
+    assert "2026-12-25" not in december["dates"] and december["dates"]["2026-12-28"] == 4  # a Monday
+
+    # A working day planned ahead (7 days) but not submitted (3 days).
+    holidays = json.loads((ROOT / "examples" / "plan" / "holidays-de.calendar.json").read_text())
+    off = {d for h in holidays["includes"]["holidays"] for d in h["dates"]}
+    today = datetime.now(UTC).date()
+    ahead = [today + timedelta(days=n) for n in range(3, 7)]
+    day = next(d.isoformat() for d in ahead if d.weekday() < 5 and d.isoformat() not in off)
+
+    async def planned() -> bool:
+        channel = rpc.channel(topology.joc_address)
+        rows = await joc_pb2_grpc.DailyPlanServiceStub(channel).ListPlannedOrders(
+            P.ListPlannedOrdersRequest(from_date=day, to_date=day)
+        )
+        await channel.close()
+        return len(rows.orders) > 0
+
+    asyncio.run(eventually(planned, 15, f"{day} planned"))
+    deleted = ok("plan", "delete", "--from", day)
+    assert isinstance(deleted, list) and [d["planDate"] for d in deleted] == [day] and deleted[0]["count"] > 0
+    assert ok("plan", "show", "--date", day) == []
+    assert ok("plan", "generate", "--from", day) == deleted  # the same orders, back
+    shown = ok("plan", "show", "--date", day, "--state", "planned")
+    assert isinstance(shown, list) and len(shown) == deleted[0]["count"]
