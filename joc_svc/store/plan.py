@@ -329,6 +329,13 @@ class PlanStore(StoreBase):
             .join(orders, orders.c.order_id == plan_orders.c.order_id, isouter=True)
             .where((plan_orders.c.state == PlanState.SUBMITTED.value) & (plan_orders.c.scheduled_for <= now))
         )
+        # Missed orders the controller has all the same: JOC went down between submitting them
+        # and recording it, and the orders projection had not caught up when it came back.
+        found_after_all = (
+            sa.select(plan_orders.c.order_id, orders.c.order)
+            .join(orders, orders.c.order_id == plan_orders.c.order_id)
+            .where((plan_orders.c.state == PlanState.PLANNED.value) & (plan_orders.c.missed == sa.true()))
+        )
         changes = []
         with self.engine.connect() as conn:
             for r in conn.execute(query):
@@ -336,6 +343,9 @@ class PlanStore(StoreBase):
                 state, late = followed(row, r.order_state, now)
                 if (state, late) != (row.state, row.late):
                     changes.append({"b_id": row.order_id, "state": state.value, "late": late})
+            submitted = [(r.order_id, _version_of(r.order)) for r in conn.execute(found_after_all)]
+        if submitted:
+            self.mark_submitted(submitted, now)
         if changes:
             with self._write() as conn:
                 conn.execute(
@@ -344,7 +354,7 @@ class PlanStore(StoreBase):
                     .values(state=sa.bindparam("state"), late=sa.bindparam("late")),
                     changes,
                 )
-        return len(changes)
+        return len(changes) + len(submitted)
 
     def list_plan(
         self,

@@ -16,6 +16,7 @@ from tests.unit.test_joc_cluster import (  # noqa: F401  (collected here once mo
     test_resync_takes_the_snapshot_and_marks_what_left,
 )
 from tests.unit.test_joc_plan import (  # noqa: F401  (collected here once more, on PostgreSQL)
+    test_a_missed_order_the_controller_has_all_the_same_is_recorded_submitted,
     test_a_plan_is_written_once_and_submitted_by_its_records_mode,
     test_replan_replaces_rows_and_records_in_one_go,
 )

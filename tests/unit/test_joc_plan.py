@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from gen.ostinato.common.v1 import order_pb2
 from joc_svc.dailyplan import PlanSettings, catch_up, date_range, diff
 from joc_svc.store import Store
 from joc_svc.store.plan import Mode, PlanRecord, PlanRow, PlanState, followed
@@ -144,6 +145,21 @@ def test_replan_replaces_rows_and_records_in_one_go(store: Store) -> None:
     assert states == {"new": PlanState.PLANNED, "gone": PlanState.CANCELLED}
     [kept] = store.plan_records("c", DAY, DAY).values()
     assert (kept.number, kept.mode) == (1, Mode.HELD)
+
+
+def test_a_missed_order_the_controller_has_all_the_same_is_recorded_submitted(store: Store) -> None:
+    """JOC went down between submitting and recording, and came back before its orders
+    projection had the order: it was recorded missed, until the projection shows it."""
+    store.write_plan([record(DAY, "/s", Mode.AUTO)], [row("lost", NOW - minutes(5))])
+    store.mark_missed(["lost"])
+    assert store.follow(NOW) == 0
+    order = order_pb2.Order(
+        id="lost", workflow_path="/w", workflow_version_id="v7", state=order_pb2.ORDER_STATE_FRESH
+    )
+    store.add_orders([(order, NOW)], "c")
+    assert store.follow(NOW) == 1
+    [found] = store.plan_rows("c")
+    assert (found.state, found.missed, found.workflow_version_id) == (PlanState.SUBMITTED, False, "v7")
 
 
 def test_settings_name_the_field() -> None:
