@@ -445,7 +445,7 @@ class DailyPlan:
         await self._send_all(submit, now, results)
 
     async def _send(self, rows: list[PlanRow], now: datetime, results: dict[date, DateResult]) -> None:
-        link = self.links[self.controller_id]
+        link = self._link(self.controller_id)
         new_orders = []
         for row in rows:
             new = controller_pb2.NewOrder(id=row.order_id, workflow_path=row.workflow_path)
@@ -594,7 +594,7 @@ class DailyPlan:
         self, rows: Sequence[PlanRow], kill: bool, results: dict[date, DateResult]
     ) -> set[str]:
         """Cancels the orders at the controller; the ids it cancelled (or no longer holds)."""
-        link = self.links[self.controller_id]
+        link = self._link(self.controller_id)
         done: set[str] = set()
         for i in range(0, len(rows), SUBMIT_BATCH):
             batch = rows[i : i + SUBMIT_BATCH]
@@ -684,7 +684,7 @@ class DailyPlan:
         """Moves the orders of a workflow that have not started and are scheduled from `when`
         ("now" or a plan date) on to `version_id` at the controller, keeping their ids. Returns
         the ids moved (or marked to move at their agent)."""
-        link = self.links[controller_id]
+        link = self._link(controller_id)
         now = self.clock()
         start = now if when == "now" else window(self.settings.core, parse_date(when, "update_plan_from"))[0]
         ids = await asyncio.to_thread(self.store.fresh_orders, controller_id, workflow_path)
@@ -704,6 +704,12 @@ class DailyPlan:
             self.store.set_versions, list(response.order_ids), response.workflow_version_id
         )
         return list(response.order_ids)
+
+    def _link(self, controller_id: str) -> ControllerLink:
+        link = self.links.get(controller_id)
+        if link is None:
+            raise FailedPrecondition("JOC knows no controller; start it with --controller ID=HOST:PORT")
+        return link
 
     def _schedule_paths(self, released: Released, schedule_path: str) -> list[str]:
         if not schedule_path:
