@@ -1,5 +1,5 @@
 """Benchmarks of the whole local topology:
-`python -m bench [--only latency|failover|replication|jobs|held]`.
+`python -m bench [--only latency|failover|replication|jobs|held|dailyplan]`.
 
 latency: submit (JOC AddOrder) to the order's OrderFinished event at JOC, one trivial shell job,
 orders one after another, the topology idle otherwise (latency.order_submit_to_finished_p50_ms).
@@ -13,6 +13,8 @@ rate, CPU ms per order of each process, the same with three-node controller and 
 and the director's scheduling latency from order ready to process started (bench/jobs.py).
 held: jobs/s with 1,000, 10,000 and 100,000 orders held for tomorrow against none held, memory per
 held order, and the time for 10,000 orders due at the same second to start (bench/held.py).
+dailyplan: plan and submit one date of 100,000 orders against a bare bulk insert of the same rows,
+and the controller's and director's memory per waiting order (bench/dailyplan.py).
 
 Figures are printed and written to bench/results/latest.json; a run of some parts only keeps the
 other parts' figures from the file's previous run (see "measured_at").
@@ -32,12 +34,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import failover, held, jobs, replication
+from bench import dailyplan, failover, held, jobs, replication
 from gen.ostinato.common.v1 import items_pb2
 from gen.ostinato.joc.v1 import joc_pb2, joc_pb2_grpc
 from ostinato.topology import ROOT, Topology, TopologyConfig
 
-PARTS = ("latency", "failover", "replication", "jobs", "held")
+PARTS = ("latency", "failover", "replication", "jobs", "held", "dailyplan")
 
 TRIVIAL = {
     "instructions": [{"execute": {"jobName": "true"}}],
@@ -177,6 +179,7 @@ def main() -> int:
         default=held.JOBS_BUDGET_S,
         help="held: seconds each jobs/s measurement may take (--jobs-orders orders)",
     )
+    p.add_argument("--plan-schedules", type=int, default=1000, help="dailyplan: schedules of 100 starts")
     p.add_argument(
         "--failover-data-dir",
         type=Path,
@@ -260,6 +263,10 @@ def main() -> int:
             log=lambda line: print(line, flush=True),
         )
         measured_at["held"] = _now()
+    if "dailyplan" in parts:
+        print(f"dailyplan: {args.plan_schedules} schedules of 100 starts, one date")
+        result["dailyplan"] = dailyplan.run(args.plan_schedules, log=lambda line: print(line, flush=True))
+        measured_at["dailyplan"] = _now()
     result["bench_runtime_s"] = round(time.perf_counter() - started, 1)
     result["bench_parts"] = parts
     latest.write_text(json.dumps(result, indent=2) + "\n")

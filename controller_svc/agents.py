@@ -181,12 +181,15 @@ class AgentDriver:
         items = [i for i in core.items_to_attach(self.name) if (i.path, i.version_id) not in sent_items]
         order_batches = list(limits.batches(work.attach, BATCH)) or [[]]
         for n, orders in enumerate(order_batches):
-            needed = {(o.workflow_path, o.workflow_version_id) for o in orders} - sent_items
-            items += [core.state.signed_items[key] for key in sorted(needed)]
+            last = n == len(order_batches) - 1
+            needed = {(o.workflow_path, o.workflow_version_id) for o in orders}
+            if last:
+                needed |= work.versions  # versions the commands move orders to
+            known = core.state.signed_items
+            items += [known[key] for key in sorted(needed - sent_items) if key in known]
             if sum(i.ByteSize() for i in items) > limits.BATCH_BYTES:
                 await self._attach_items(stub, items, sent_items)  # big ones in calls of their own
                 items = []
-            last = n == len(order_batches) - 1
             request = director_pb2.BatchRequest(
                 sender=self._sender(),
                 items=items,

@@ -25,7 +25,7 @@ from ostinato.workflow import expressions, model
 from ostinato.workflow.events import MIRRORED_KINDS
 from ostinato.workflow.holder import OrderHolder
 from ostinato.workflow.model import item_digest
-from ostinato.workflow.orders import TERMINAL_STATES
+from ostinato.workflow.orders import TERMINAL_STATES, mark_of
 from ostinato.workflow.positions import enter, instruction_at, next_position, text
 from ostinato.workflow.step import ControllerScope, ControllerWork, OrderScope, fail, failed, step
 
@@ -90,7 +90,21 @@ class Tick:
     """Time passed: orders waiting here for their time move on."""
 
 
-Stimulus = Deploy | AddOrders | CommandOrder | AgentEvents | ReleaseEvents | Tick
+@dataclass(frozen=True, slots=True)
+class TransferOrders:
+    """Moves these orders of a workflow to another version of it, keeping their ids (JS7's
+    TransferOrders): those that have not started (fresh) and are scheduled at or after `from_ms`;
+    the others are left as they are. An order here moves at once; an order at an agent is marked,
+    and its agent moves it unless it started first (the controller mirrors what the agent did).
+    The caller names the orders, so that no stimulus reads every order held."""
+
+    workflow_path: str
+    order_ids: tuple[str, ...]
+    to_version_id: str = ""  # "": the current version
+    from_ms: int | None = None  # None: whatever their scheduled time
+
+
+Stimulus = Deploy | AddOrders | CommandOrder | AgentEvents | ReleaseEvents | Tick | TransferOrders
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +124,8 @@ class AgentWork:
     attach: list[order_pb2.Order] = field(default_factory=list)
     commands: list[commands_pb2.OrderCommand] = field(default_factory=list)
     detach: list[str] = field(default_factory=list)
+    # Workflow versions (path, version) the commands move orders to: the agent must hold them first.
+    versions: set[tuple[str, str]] = field(default_factory=set)
 
     def __bool__(self) -> bool:
         return bool(self.attach or self.commands or self.detach)
@@ -245,6 +261,8 @@ class ControllerCore:
             return self._command(stimulus.command, now_ms)
         if isinstance(stimulus, Deploy):
             return self._deploy(stimulus.items, now_ms)
+        if isinstance(stimulus, TransferOrders):
+            return self._transfer(stimulus, now_ms)
         raise TypeError(f"not a controller stimulus: {stimulus!r}")
 
     def added(self, stimulus: AddOrders, events: list[Event]) -> list[Added]:
@@ -256,6 +274,11 @@ class ControllerCore:
             version = held.workflow_version_id if held is not None else self.state.ended_orders.get(o.id, "")
             answer.append(Added(o.id, version, existed=o.id not in new))
         return answer
+
+    def transferred(self, stimulus: TransferOrders, events: list[Event]) -> tuple[str, list[str]]:
+        """TransferOrders' answer: the version, and the orders moved or marked to move."""
+        version = stimulus.to_version_id or self.state.current_version.get(stimulus.workflow_path, "")
+        return version, [e.order_id for e in events]
 
     # --- the one way out ---
 
@@ -275,6 +298,9 @@ class ControllerCore:
                 work.detach.append(order_id)
             else:
                 work.commands += _commands_of(order)
+                transfer = mark_of(order, "transfer")
+                if transfer is not None:
+                    work.versions.add((order.workflow_path, transfer.transfer.workflow_version_id))
         return work
 
     def agent_session(self, agent: str) -> None:
@@ -792,7 +818,34 @@ class ControllerCore:
                 self._emit(now_ms, order.id, order_prompt_answered=answered),
                 *self.step_order(order.id, now_ms),
             ]
+        if kind == "transfer":
+            raise InvalidArgument("orders move to a workflow version by TransferOrders", field="transfer")
         raise InvalidArgument("no command given", field="kind")
+
+    def _transfer(self, stimulus: TransferOrders, now_ms: int) -> list[Event]:
+        path = stimulus.workflow_path
+        version = stimulus.to_version_id or self.state.current_version.get(path, "")
+        if (path, version) not in self.state.workflows:
+            what = f"version {version} of " if stimulus.to_version_id else ""
+            raise NotFound(f"unknown workflow {what}{path!r}", field="workflow_path")
+        events: list[Event] = []
+        for order_id in dict.fromkeys(stimulus.order_ids):
+            order = self.state.orders.get(order_id)
+            if order is None or order.workflow_path != path or order.state != S.ORDER_STATE_FRESH:
+                continue
+            if order.workflow_version_id == version:
+                continue
+            due = order.scheduled_for.ToMilliseconds() if order.HasField("scheduled_for") else None
+            if stimulus.from_ms is not None and (due is None or due < stimulus.from_ms):
+                continue
+            if order.attached_state == A.ATTACHED_STATE_DETACHED:
+                moved = events_pb2.OrderTransferred(workflow_version_id=version)
+                events.append(self._emit(now_ms, order_id, order_transferred=moved))
+            elif order.attached_state in (A.ATTACHED_STATE_ATTACHING, A.ATTACHED_STATE_ATTACHED):
+                mark = order_pb2.OrderMark(transfer=order_pb2.TransferMark(workflow_version_id=version))
+                events += self._mark(order, mark, now_ms)
+            # A detachable order is on its way back for a cancel: nothing to move.
+        return events
 
     def _mark(self, order: order_pb2.Order, mark: order_pb2.OrderMark, now_ms: int) -> list[Event]:
         kind = mark.WhichOneof("kind")
@@ -861,6 +914,9 @@ def _commands_of(order: order_pb2.Order) -> list[commands_pb2.OrderCommand]:
             if mark.resume.HasField("position"):
                 resume.position.CopyFrom(mark.resume.position)
             commands.append(commands_pb2.OrderCommand(order_id=order.id, resume=resume))
+        elif kind == "transfer":
+            transfer = commands_pb2.TransferOrder(workflow_version_id=mark.transfer.workflow_version_id)
+            commands.append(commands_pb2.OrderCommand(order_id=order.id, transfer=transfer))
     return commands
 
 

@@ -142,6 +142,22 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
         await self.c.shell.command(decide)
         return controller_pb2.CommandOrdersResponse(results=results)
 
+    async def TransferOrders(
+        self, request: controller_pb2.TransferOrdersRequest, context: grpc.aio.ServicerContext
+    ) -> controller_pb2.TransferOrdersResponse:
+        stimulus = convert.transfer_orders(request)
+        response = controller_pb2.TransferOrdersResponse()
+
+        def decide(now: int) -> list[events_pb2.Event]:
+            events = self.c.core.handle(stimulus, now)
+            version, order_ids = self.c.core.transferred(stimulus, events)
+            response.workflow_version_id = version
+            response.order_ids.extend(order_ids)
+            return events
+
+        await self.c.shell.command(decide)
+        return response
+
     async def WatchEvents(
         self, request: controller_pb2.WatchEventsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[controller_pb2.WatchEventsResponse]:

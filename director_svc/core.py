@@ -498,7 +498,19 @@ class DirectorCore:
             elif mark_of(order, "suspend") is not None:  # not suspended yet: the suspension is called off
                 marks = [m for m in order.marks if m.WhichOneof("kind") not in ("suspend", "resume")]
                 events.append(self._emit(now_ms, order.id, order_marked=events_pb2.OrderMarked(marks=marks)))
+        elif kind == "transfer":
+            events.append(self._transfer(order, command.transfer.workflow_version_id, now_ms))
         return events + self._step(order.id, now_ms)
+
+    def _transfer(self, order: order_pb2.Order, version: str, now_ms: int) -> Event:
+        """Moves the order to the version if it has not started; else (or without that version
+        here, which the controller sends first) its marks without the transfer tell the controller
+        that nothing moved: either way the controller's mark goes."""
+        if order.state == S.ORDER_STATE_FRESH and (order.workflow_path, version) in self.state.workflows:
+            moved = events_pb2.OrderTransferred(workflow_version_id=version)
+            return self._emit(now_ms, order.id, order_transferred=moved)
+        marks = [m for m in order.marks if m.WhichOneof("kind") != "transfer"]
+        return self._emit(now_ms, order.id, order_marked=events_pb2.OrderMarked(marks=marks))
 
     def _subagent_welcomed(self, welcome: SubagentWelcomed, now_ms: int) -> list[Event]:
         """A session began. A different run id means the subagent restarted: processes it no

@@ -1,6 +1,7 @@
 """python -m joc_svc --listen HOST:PORT --data-dir DIR --controller ID=HOST:PORT[,HOST:PORT...] ...
 [--db-url URL] [--security-level low|medium|high] [--signing-key KEY.pem --signing-cert CERT.pem]
-[--require-auth]"""
+[--require-auth] [--plan-time-zone ZONE --plan-period-begin HH:MM:SS --plan-days-ahead N
+--plan-submit-days-ahead N --plan-catch-up SECONDS | --no-daily-plan]"""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ import joc_svc  # noqa: F401  (sets grpc's process environment first)
 from gen.ostinato.joc.v1 import joc_pb2, joc_pb2_grpc
 from joc_svc import auth
 from joc_svc.controllers import ControllerLink, parse_controller_arg
+from joc_svc.dailyplan import DailyPlan, PlanSettings
 from joc_svc.deployer import Deployer
 from joc_svc.events import Hub, Ingestion
+from joc_svc.plan_servicer import DailyPlanServicer
 from joc_svc.servicers import (
     LEVELS,
     AccountServicer,
@@ -31,7 +34,8 @@ from joc_svc.servicers import (
 )
 from joc_svc.store import Store, default_url
 from ostinato import rpc, service, signing, tls
-from ostinato.errors import OstinatoError
+from ostinato.dailyplan import IANA_VERSION
+from ostinato.errors import InvalidArgument, OstinatoError
 
 log = logging.getLogger("joc_svc")
 
@@ -75,8 +79,53 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         peers="default: any certificate of --tls-ca (clients' certificate identities may name accounts:"
         " ostinato account add NAME --cert-subject DN)",
     )
+    plan = parser.add_argument_group("daily plan")
+    plan.add_argument(
+        "--plan-time-zone", default="UTC", metavar="ZONE", help="the plan's time zone (default %(default)s)"
+    )
+    plan.add_argument(
+        "--plan-period-begin",
+        default="00:00:00",
+        metavar="HH:MM:SS",
+        help="where a plan date begins in that zone (default %(default)s)",
+    )
+    plan.add_argument(
+        "--plan-days-ahead",
+        type=int,
+        default=7,
+        metavar="N",
+        help="dates planned ahead (default %(default)s)",
+    )
+    plan.add_argument(
+        "--plan-submit-days-ahead",
+        type=int,
+        default=3,
+        metavar="N",
+        help="dates submitted to the controller ahead (default %(default)s)",
+    )
+    plan.add_argument(
+        "--plan-catch-up",
+        type=int,
+        default=3600,
+        metavar="SECONDS",
+        help="after an outage, a missed start this recent is submitted late, one per schedule"
+        " (default %(default)s)",
+    )
+    plan.add_argument("--no-daily-plan", action="store_true", help="plan and submit nothing automatically")
     args = parser.parse_args(argv)
     args.security = tls.from_args(args, parser, peers_required=False)
+    try:
+        args.plan_settings = PlanSettings(
+            time_zone=args.plan_time_zone,
+            period_begin=args.plan_period_begin,
+            days_ahead_plan=args.plan_days_ahead,
+            days_ahead_submit=args.plan_submit_days_ahead,
+            catch_up_seconds=args.plan_catch_up,
+            enabled=not args.no_daily_plan,
+        )
+    except InvalidArgument as e:
+        flag = _PLAN_FLAGS.get(e.field or "", "--plan-...")
+        parser.error(f"{flag}: {e.message}")
     if bool(args.signing_key) != bool(args.signing_cert):
         parser.error("--signing-key and --signing-cert go together")
     if args.signing_key and args.security_level == "high":
@@ -94,6 +143,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+_PLAN_FLAGS = {
+    "time_zone": "--plan-time-zone",
+    "period_begin": "--plan-period-begin",
+    "days_ahead_plan": "--plan-days-ahead",
+    "days_ahead_submit": "--plan-submit-days-ahead",
+    "catch_up_seconds": "--plan-catch-up",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
@@ -106,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         links = {cid: ControllerLink(cid, addresses) for cid, addresses in args.controllers.items()}
         deployer = Deployer(store, links)
         authenticator = auth.Authenticator(accounts, required=args.require_auth)
-        joc = Joc(store, hub, links, deployer, accounts, authenticator, args.security_level)
+        plan = DailyPlan(store, links, args.plan_settings)
+        joc = Joc(store, hub, links, deployer, accounts, authenticator, plan, args.security_level)
         services: list[tuple[str, Callable[..., None], Any]] = [
             ("InventoryService", joc_pb2_grpc.add_InventoryServiceServicer_to_server, InventoryServicer(joc)),
             (
@@ -118,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             ("ClusterService", joc_pb2_grpc.add_ClusterServiceServicer_to_server, ClusterServicer(joc)),
             ("AuditService", joc_pb2_grpc.add_AuditServiceServicer_to_server, AuditServicer(joc)),
             ("AccountService", joc_pb2_grpc.add_AccountServiceServicer_to_server, AccountServicer(joc)),
+            ("DailyPlanService", joc_pb2_grpc.add_DailyPlanServiceServicer_to_server, DailyPlanServicer(joc)),
         ]
         server = await rpc.start_server(
             args.listen,
@@ -139,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             for cid, link in links.items()
         ]
+        planning = asyncio.create_task(plan.run(), name="daily-plan")
         log.info(
             "controllers: %s",
             ", ".join(f"{c}={','.join(link.addresses)}" for c, link in links.items()) or "none",
@@ -149,12 +210,22 @@ def main(argv: list[str] | None = None) -> int:
             "every call needs a token" if args.require_auth else "calls without a token act as root",
         )
         service.announce("joc", server.address, args.data_dir)
+        settings = args.plan_settings
+        log.info(
+            "daily plan %s: zone %s, period begin %s, %d days planned, %d submitted ahead (tz %s)",
+            "on" if settings.enabled else "off",
+            settings.time_zone,
+            settings.period_begin,
+            settings.days_ahead_plan,
+            settings.days_ahead_submit,
+            IANA_VERSION,
+        )
         try:
             await stop.wait()
         finally:
-            for task in ingestion:
+            for task in [planning, *ingestion]:
                 task.cancel()
-            for task in ingestion:
+            for task in [planning, *ingestion]:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await deployer.stop()

@@ -172,12 +172,52 @@ def _v4_account_certificates(conn: sa.Connection) -> None:
     conn.execute(sa.text("CREATE UNIQUE INDEX ix_accounts_cert_subject ON accounts (cert_subject)"))
 
 
+def _v5_daily_plan(conn: sa.Connection) -> None:
+    """The daily plan: planned orders and the submission record of each plan date and schedule."""
+    md = sa.MetaData()
+    sa.Table(
+        "plan_orders",
+        md,
+        sa.Column("order_id", sa.String, primary_key=True),
+        sa.Column("controller_id", sa.String, nullable=False),
+        sa.Column("plan_date", sa.Date, nullable=False, index=True),
+        sa.Column("schedule_path", sa.String, nullable=False, index=True),
+        sa.Column("workflow_path", sa.String, nullable=False, index=True),
+        sa.Column("order_name", sa.String, nullable=False),
+        sa.Column("scheduled_for", _Time, nullable=False),
+        sa.Column("variables", sa.Text, nullable=False),
+        sa.Column("submission", sa.Integer, nullable=False),
+        sa.Column("state", sa.String, nullable=False),
+        sa.Column("late", sa.Boolean, nullable=False),
+        sa.Column("missed", sa.Boolean, nullable=False),
+        sa.Column("workflow_version_id", sa.String, nullable=False),
+        sa.Column("submitted_at", _Time),
+        sa.Column("message", sa.Text, nullable=False),
+        sa.Column("attempted_at", _Time),
+        sa.Index("ix_plan_orders_state_scheduled_for", "state", "scheduled_for"),
+        sa.Index("ix_plan_orders_due", "state", "missed", "plan_date", "scheduled_for"),
+    )
+    sa.Table(
+        "plan_submissions",
+        md,
+        sa.Column("controller_id", sa.String, primary_key=True),
+        sa.Column("plan_date", sa.Date, primary_key=True),
+        sa.Column("schedule_path", sa.String, primary_key=True),
+        sa.Column("number", sa.Integer, nullable=False),
+        sa.Column("mode", sa.String, nullable=False),
+        sa.Column("tz_version", sa.String, nullable=False),
+        sa.Column("planned_at", _Time, nullable=False),
+    )
+    md.create_all(conn)
+
+
 # In order: MIGRATIONS[i] takes the schema from version i to i + 1.
 MIGRATIONS: list[Callable[[sa.Connection], None]] = [
     _v1_baseline,
     _v2_deployment_signing_accounts,
     _v3_resync_marks,
     _v4_account_certificates,
+    _v5_daily_plan,
 ]
 
 LATEST = len(MIGRATIONS)

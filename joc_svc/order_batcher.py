@@ -141,25 +141,33 @@ class OrderBatcher:
     async def _add_at_controller(
         self, link: ControllerLink, batch: list[Waiting]
     ) -> list[controller_pb2.AddedOrder | OstinatoError]:
-        request = controller_pb2.AddOrdersRequest(orders=[w.new_order for w in batch])
-        try:
-            response = await link.call("AddOrders", request, max(w.timeout for w in batch))
-        except grpc.aio.AioRpcError as e:
-            if len(batch) > 1 and e.code() in _ORDER_ERRORS:
-                half = len(batch) // 2
-                log.debug(
-                    "controller %s refused a batch of %d orders (%s); halving",
-                    link.id,
-                    len(batch),
-                    e.details(),
-                )
-                return [
-                    *await self._add_at_controller(link, batch[:half]),
-                    *await self._add_at_controller(link, batch[half:]),
-                ]
-            return [link.error(e)] * len(batch)
-        by_id = {a.id: a for a in response.orders}
-        return [by_id.get(w.new_order.id) or controller_pb2.AddedOrder(id=w.new_order.id) for w in batch]
+        return await add_at_controller(link, [w.new_order for w in batch], max(w.timeout for w in batch))
+
+
+async def add_at_controller(
+    link: ControllerLink, new_orders: list[controller_pb2.NewOrder], timeout: float
+) -> list[controller_pb2.AddedOrder | OstinatoError]:
+    """The controller's answer per order, in order: a refused request is split until each bad
+    order is alone in one (see the module's doc). Any other error is every order's answer."""
+    request = controller_pb2.AddOrdersRequest(orders=new_orders)
+    try:
+        response = await link.call("AddOrders", request, timeout)
+    except grpc.aio.AioRpcError as e:
+        if len(new_orders) > 1 and e.code() in _ORDER_ERRORS:
+            half = len(new_orders) // 2
+            log.debug(
+                "controller %s refused a batch of %d orders (%s); halving",
+                link.id,
+                len(new_orders),
+                e.details(),
+            )
+            return [
+                *await add_at_controller(link, new_orders[:half], timeout),
+                *await add_at_controller(link, new_orders[half:], timeout),
+            ]
+        return [link.error(e)] * len(new_orders)
+    by_id = {a.id: a for a in response.orders}
+    return [by_id.get(o.id) or controller_pb2.AddedOrder(id=o.id) for o in new_orders]
 
 
 def _fresh_row(new: controller_pb2.NewOrder, added: controller_pb2.AddedOrder) -> order_pb2.Order:

@@ -154,3 +154,46 @@ audit_log = sa.Table(
     sa.Column("reason", sa.Text, nullable=False, default=""),
     sa.Column("at", Time, nullable=False, index=True),
 )
+
+# The daily plan (joc_svc.dailyplan): one row per planned start and order id. `state` is what JOC
+# last recorded (PLANNED, SUBMITTED, FINISHED, FAILED, CANCELLED); readers combine a submitted row
+# with the orders projection for what happened since.
+plan_orders = sa.Table(
+    "plan_orders",
+    metadata,
+    sa.Column("order_id", sa.String, primary_key=True),
+    sa.Column("controller_id", sa.String, nullable=False),
+    sa.Column("plan_date", sa.Date, nullable=False, index=True),
+    sa.Column("schedule_path", sa.String, nullable=False, index=True),
+    sa.Column("workflow_path", sa.String, nullable=False, index=True),
+    sa.Column("order_name", sa.String, nullable=False),
+    sa.Column("scheduled_for", Time, nullable=False),
+    sa.Column("variables", sa.Text, nullable=False),  # JSON: name -> constant expression
+    sa.Column("submission", sa.Integer, nullable=False),  # the number it was planned under
+    sa.Column("state", sa.String, nullable=False),
+    sa.Column("late", sa.Boolean, nullable=False, default=False),
+    sa.Column("missed", sa.Boolean, nullable=False, default=False),
+    sa.Column("workflow_version_id", sa.String, nullable=False, default=""),
+    sa.Column("submitted_at", Time),
+    sa.Column("message", sa.Text, nullable=False, default=""),  # why the controller refused it
+    sa.Column("attempted_at", Time),  # its last refused submission
+    sa.Index("ix_plan_orders_state_scheduled_for", "state", "scheduled_for"),
+    sa.Index("ix_plan_orders_due", "state", "missed", "plan_date", "scheduled_for"),
+)
+
+# Per controller, plan date and schedule: the date's submission number (order ids include it; it
+# grows when the date is cancelled and planned again), whether its orders are submitted (AUTO:
+# when the date comes within days-ahead-submit; NOW; HELD: only when asked), and the IANA tz
+# release it was planned with. A record means "planned": automatic planning skips it, so that
+# orders deleted by hand are not planned again.
+plan_submissions = sa.Table(
+    "plan_submissions",
+    metadata,
+    sa.Column("controller_id", sa.String, primary_key=True),
+    sa.Column("plan_date", sa.Date, primary_key=True),
+    sa.Column("schedule_path", sa.String, primary_key=True),
+    sa.Column("number", sa.Integer, nullable=False),
+    sa.Column("mode", sa.String, nullable=False),
+    sa.Column("tz_version", sa.String, nullable=False),
+    sa.Column("planned_at", Time, nullable=False),
+)

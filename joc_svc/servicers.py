@@ -23,6 +23,7 @@ from gen.ostinato.joc.v1 import joc_pb2, joc_pb2_grpc
 from joc_svc import auth, convert, inventory, naming
 from joc_svc.auth import AccountStore, Authenticator, Permission
 from joc_svc.controllers import CALL_TIMEOUT, ControllerLink
+from joc_svc.dailyplan import ChangeKind, DailyPlan, parse_date
 from joc_svc.deployer import Deployer
 from joc_svc.events import Hub
 from joc_svc.order_batcher import OrderBatcher
@@ -54,6 +55,7 @@ class Joc:
     deployer: Deployer
     accounts: AccountStore
     authenticator: Authenticator
+    plan: DailyPlan
     security_level: str = "low"
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     _signers: dict[tuple[str, str], signing.Signer] = field(default_factory=dict)
@@ -213,6 +215,8 @@ class DeploymentServicer(joc_pb2_grpc.DeploymentServiceServicer):
         joc = self.joc
         if not request.paths:
             raise InvalidArgument("give the paths of objects or folders to deploy", field="paths")
+        if request.update_plan_from and request.update_plan_from != "now":
+            parse_date(request.update_plan_from, "update_plan_from")
         links = joc.targets(request.controller_ids)
         found = await asyncio.to_thread(joc.store.objects_to_deploy, list(request.paths))
         await joc.check_references(found)
@@ -243,7 +247,40 @@ class DeploymentServicer(joc_pb2_grpc.DeploymentServiceServicer):
         await joc.audit(
             "deploy", f"{' '.join(o.path for o in deliver) or '(nothing)'} {version_id} to {targets}"
         )
-        return joc_pb2.DeployResponse(deployments=await joc.settled(rows, request.no_wait, context))
+        deployments = await joc.settled(rows, request.no_wait, context)
+        response = joc_pb2.DeployResponse(deployments=deployments)
+        if request.update_plan_from:
+            response.transfers.extend(await self._transfer(deployments, request.update_plan_from))
+        return response
+
+    async def _transfer(
+        self, deployments: Sequence[joc_pb2.Deployment], when: str
+    ) -> list[joc_pb2.OrderTransfer]:
+        """Deploy's --update-plan-from: orders of each deployed workflow not started and scheduled
+        from then on move to the new version, keeping their ids."""
+        transfers = []
+        for d in deployments:
+            if d.type != items_pb2.ITEM_TYPE_WORKFLOW:
+                continue
+            transfer = joc_pb2.OrderTransfer(
+                workflow_path=d.path, workflow_version_id=d.version_id, controller_id=d.controller_id
+            )
+            if d.status != joc_pb2.DEPLOYMENT_STATUS_DEPLOYED:
+                transfer.error = "not deployed yet: no orders moved"
+            else:
+                try:
+                    transfer.order_ids.extend(
+                        await self.joc.plan.transfer(d.path, d.version_id, d.controller_id, when)
+                    )
+                except OstinatoError as e:
+                    transfer.error = str(e)
+            await self.joc.audit(
+                "transfer orders",
+                f"{d.path} to {d.version_id} on {d.controller_id} from {when}:"
+                f" {transfer.error or f'{len(transfer.order_ids)} orders'}",
+            )
+            transfers.append(transfer)
+        return transfers
 
     async def Redeploy(
         self, request: joc_pb2.RedeployRequest, context: grpc.aio.ServicerContext
@@ -285,10 +322,40 @@ class DeploymentServicer(joc_pb2_grpc.DeploymentServiceServicer):
                 f"no calendar or schedule in {' '.join(request.paths)}; deploy other objects", field="paths"
             )
         await joc.check_references(releasable)
+        # The plan's changes first: a schedule that can no longer be planned refuses the release.
+        overlay = await joc.plan.overlay(releasable)
+        paths = [o.path for o in releasable]
+        joc.plan.check_release(
+            overlay, [o.path for o in releasable if o.type == items_pb2.ITEM_TYPE_SCHEDULE]
+        )
+        changes = await joc.plan.changes(overlay, False, paths)
+        if request.dry_run:
+            return joc_pb2.ReleaseResponse(
+                released=[convert.object_pb(r) for r in releasable],
+                plan_changes=[convert.plan_change_pb(c) for c in changes],
+            )
         caller = auth.current()
         rows = await asyncio.to_thread(joc.store.release, releasable, caller.shown_as, joc.clock())
         await joc.audit("release", " ".join(_object_name(r) for r in rows))
-        return joc_pb2.ReleaseResponse(released=[convert.object_pb(r) for r in rows])
+        try:
+            changes = await joc.plan.changes(overlay, True, paths)
+        except OstinatoError as e:
+            # Released; releasing again diffs again, so nothing is lost by answering with an error.
+            raise FailedPrecondition(
+                f"released {' '.join(paths)}, but the daily plan was not updated ({e});"
+                " release again when the controller is back"
+            ) from None
+        if changes:
+            added = sum(c.kind is ChangeKind.ADDED for c in changes)
+            await joc.audit(
+                "update plan",
+                f"{added} orders added, {len(changes) - added} removed after release of {' '.join(paths)}",
+            )
+        joc.plan.wake()
+        return joc_pb2.ReleaseResponse(
+            released=[convert.object_pb(r) for r in rows],
+            plan_changes=[convert.plan_change_pb(c) for c in changes],
+        )
 
     async def ExportForSigning(
         self, request: joc_pb2.ExportForSigningRequest, context: grpc.aio.ServicerContext

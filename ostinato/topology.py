@@ -59,6 +59,9 @@ class TopologyConfig:
     # plain text everywhere when `insecure`.
     insecure: bool = False
     tls_dir: Path | None = None
+    # JOC's daily plan (`[dailyplan]`): joc_svc's --plan-* flags by their names there, e.g.
+    # {"time_zone": "Europe/Berlin", "days_ahead_submit": 1, "enabled": False}.
+    dailyplan: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def ephemeral(cls, subagents: int = 2) -> TopologyConfig:
@@ -108,8 +111,24 @@ class TopologyConfig:
         config.insecure = bool(security.get("insecure", config.insecure))
         if "dir" in security:
             config.tls_dir = base / security["dir"]
+        config.dailyplan = dict(data.get("dailyplan", {}))
+        unknown_plan = sorted(set(config.dailyplan) - set(PLAN_FLAGS))
+        if unknown_plan:
+            raise ValueError(
+                f"{path}: [dailyplan] {unknown_plan[0]}: unknown; known: {', '.join(PLAN_FLAGS)}"
+            )
         return config
 
+
+# `[dailyplan]` settings and the joc_svc flags they become; `enabled = false` is --no-daily-plan.
+PLAN_FLAGS = {
+    "time_zone": "--plan-time-zone",
+    "period_begin": "--plan-period-begin",
+    "days_ahead_plan": "--plan-days-ahead",
+    "days_ahead_submit": "--plan-submit-days-ahead",
+    "catch_up_seconds": "--plan-catch-up",
+    "enabled": "--no-daily-plan",
+}
 
 # Node name suffixes of each cluster shape; a "w" node is the witness.
 CLUSTER_SHAPES: dict[str, tuple[str, ...]] = {
@@ -331,6 +350,11 @@ class Topology:
             args.append("--require-auth")
         if cfg.db_url:
             args += ["--db-url", cfg.db_url]
+        for key, value in cfg.dailyplan.items():
+            if key == "enabled":
+                args += [] if value else [PLAN_FLAGS[key]]
+            else:
+                args += [PLAN_FLAGS[key], str(value)]
         return args
 
     def start_service(self, name: str) -> Launched:
@@ -437,7 +461,8 @@ def run_up(
 
 
 def run_demo() -> int:
-    """`ostinato demo`: start a topology, deploy the examples, run one order, stop."""
+    """`ostinato demo`: start a topology, deploy the examples, run one order, release the sample
+    calendars and schedule and preview the daily plan's next starts, stop."""
     from ostinato import cli
 
     started = time.monotonic()
@@ -457,6 +482,12 @@ def run_demo() -> int:
             if rc == 0:
                 print("\n$ ostinato order add /hello --arg name=ostinato --wait")
                 rc = cli.main(["order", "add", *joc, "/hello", "--arg", "name=ostinato", "--wait"])
+            if rc == 0:  # the deployment put examples/plan/ into the inventory as drafts
+                print("\n$ ostinato release -i /plan")
+                rc = cli.main(["release", *joc, "-i", "/plan"])
+            if rc == 0:
+                print("\n$ ostinato plan preview /plan/hello-daily --next 6")
+                rc = cli.main(["plan", "preview", *joc, "/plan/hello-daily", "--next", "6"])
         finally:
             print("\nstopping the topology ...")
             topology.stop()

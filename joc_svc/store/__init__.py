@@ -1,6 +1,6 @@
 """JOC's database: inventory, deployment history (with the delivered items and agent confirmations),
 releases, the orders projection, order events and logs, the controller event cursors and the audit
-log. SQLAlchemy Core over a URL (SQLite default, PostgreSQL); the schema comes from
+log, and the daily plan. SQLAlchemy Core over a URL (SQLite default, PostgreSQL); the schema comes from
 joc_svc.migrations, the tables' definitions from joc_svc.schema.
 
 One module per concept, each a part of `Store` (a class over the shared engine and write lock of
@@ -23,6 +23,7 @@ from joc_svc.store.deployments import DeploymentRow, DeploymentStore
 from joc_svc.store.ingest import Applied, ControllerBehind, IngestStore, Resynced
 from joc_svc.store.inventory import InventoryStore, ObjectRow
 from joc_svc.store.orders import LogRow, OrderRow, OrderStore
+from joc_svc.store.plan import PlanStore
 
 __all__ = [
     "Applied",
@@ -38,5 +39,5 @@ __all__ = [
 ]
 
 
-class Store(InventoryStore, DeploymentStore, OrderStore, IngestStore, AuditStore):
+class Store(InventoryStore, DeploymentStore, OrderStore, IngestStore, AuditStore, PlanStore):
     """JOC's database, all parts over one engine."""

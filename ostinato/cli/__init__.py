@@ -1,6 +1,6 @@
-"""The `ostinato` command: a JOC client (inventory, deployment, signing, orders, clusters, audit,
-accounts) and the launcher of each service. One module per command group; each adds its commands
-to the parser (`add_commands`).
+"""The `ostinato` command: a JOC client (inventory, deployment, signing, orders, daily plan,
+clusters, audit, accounts) and the launcher of each service. One module per command group; each
+adds its commands to the parser (`add_commands`).
 
 Errors are one line `ostinato: error: ...` on stderr and exit 1; bad usage is argparse's exit 2; a
 reader that stops early (`| head`) ends the command quietly with 141, as SIGPIPE would. The options
@@ -14,7 +14,7 @@ import argparse
 import os
 import sys
 
-from ostinato.cli import accounts, audit, cluster, deploy, inventory, orders, security, services
+from ostinato.cli import accounts, audit, cluster, deploy, inventory, orders, plan, security, services
 from ostinato.cli.client import CliError, joc_options, one_line
 
 
@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ostinato", description="ostinato workload automation")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     joc_option = joc_options()
-    for group in (deploy, inventory, audit, accounts, orders, cluster):
+    for group in (deploy, inventory, audit, accounts, orders, cluster, plan):
         group.add_commands(commands, joc_option)
     services.add_commands(commands)
     return parser

@@ -66,6 +66,7 @@ class JocClient:
         self.audit = joc_pb2_grpc.AuditServiceStub(self.channel)
         self.cluster = joc_pb2_grpc.ClusterServiceStub(self.channel)
         self.accounts = joc_pb2_grpc.AccountServiceStub(self.channel)
+        self.plan = joc_pb2_grpc.DailyPlanServiceStub(self.channel)
         metadata = [(ACCOUNT_METADATA, _user())]
         if token:
             metadata.append(("authorization", f"Bearer {token}"))

@@ -38,18 +38,40 @@ def report_deployments(deployments: Any, no_wait: bool = False) -> int:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
+    from gen.ostinato.common.v1 import items_pb2
     from gen.ostinato.joc.v1 import joc_pb2
 
     joc = connect(args)
     if args.inventory:
         paths = [str(p) for p in args.paths]
     else:
-        paths = [o.path for o in put_files(joc, args.paths)]
+        objects = put_files(joc, args.paths)
+        # Calendars and schedules among the files are drafts now; they are released, not deployed.
+        released = (items_pb2.ITEM_TYPE_CALENDAR, items_pb2.ITEM_TYPE_SCHEDULE)
+        for o in objects:
+            if o.type in released:
+                print(f"put {type_text(o.type)} {o.path} (release it: ostinato release -i {o.path})")
+        paths = [o.path for o in objects if o.type not in released]
+        if not paths:
+            raise CliError("nothing to deploy: calendars and schedules are released (ostinato release)")
     response = joc.call(
         joc.deployment.Deploy,
-        joc_pb2.DeployRequest(paths=paths, controller_ids=args.controller or [], no_wait=args.no_wait),
+        joc_pb2.DeployRequest(
+            paths=paths,
+            controller_ids=args.controller or [],
+            no_wait=args.no_wait,
+            update_plan_from=args.update_plan_from or "",
+        ),
     )
-    return report_deployments(response.deployments, args.no_wait)
+    failed = report_deployments(response.deployments, args.no_wait)
+    for t in response.transfers:
+        where = f"{t.workflow_path} version {t.workflow_version_id} on {t.controller_id}"
+        if t.error:
+            failed = 1
+            print(f"NOT moved orders to {where}: {t.error}")
+        else:
+            print(f"moved {len(t.order_ids)} orders not started to {where}")
+    return failed
 
 
 def cmd_deploy_redeploy(args: argparse.Namespace) -> int:
@@ -142,9 +164,18 @@ def cmd_release(args: argparse.Namespace) -> int:
         paths = [str(p) for p in args.paths]
     else:
         paths = [o.path for o in put_files(joc, args.paths)]
-    response = joc.call(joc.deployment.Release, joc_pb2.ReleaseRequest(paths=paths))
+    response = joc.call(joc.deployment.Release, joc_pb2.ReleaseRequest(paths=paths, dry_run=args.dry_run))
+    verb = "would release" if args.dry_run else "released"
     for o in response.released:
-        print(f"released {type_text(o.type)} {o.path}")
+        print(f"{verb} {type_text(o.type)} {o.path}")
+    for change in response.plan_changes:
+        s = change.start
+        if change.kind == joc_pb2.PLAN_CHANGE_KIND_ADDED:
+            what = "would add" if args.dry_run else "added"
+        else:
+            what = "would remove" if args.dry_run else "removed"
+        at = f"{s.scheduled_for.ToDatetime():%Y-%m-%dT%H:%M:%S}Z"
+        print(f"plan {s.plan_date}: {what} {s.order_id} {s.workflow_path} at {at}")
     return 0
 
 
@@ -174,6 +205,12 @@ def add_commands(
         "--inventory",
         action="store_true",
         help="the PATHs are inventory paths or folders, deployed as JOC holds them",
+    )
+    p.add_argument(
+        "--update-plan-from",
+        metavar="now|DATE",
+        help="orders of the workflows not started and scheduled from then on move to the new version"
+        " (default: submitted orders keep theirs)",
     )
     p.set_defaults(func=cmd_deploy)
 
@@ -229,4 +266,7 @@ def add_commands(
     )
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="NAME.schedule.json etc., or folders")
     p.add_argument("-i", "--inventory", action="store_true", help="the PATHs are inventory paths or folders")
+    p.add_argument(
+        "--dry-run", action="store_true", help="release nothing; show how the daily plan would change"
+    )
     p.set_defaults(func=cmd_release)

@@ -147,6 +147,11 @@ KINDS: dict[str, Kind] = {
         applies_in=frozenset({S.ORDER_STATE_SUSPENDED, S.ORDER_STATE_FAILED}), mirrored=True
     ),
     "order_kill_requested": Kind(applies_in=frozenset({S.ORDER_STATE_PROCESSING}), mirrored=True),
+    "order_transferred": Kind(
+        applies_in=frozenset({S.ORDER_STATE_FRESH}),
+        mirrored=True,
+        says=lambda e, _: f"moved to workflow version {e.order_transferred.workflow_version_id}",
+    ),
 }
 
 NO_KIND = Kind(route=Route.IGNORE)

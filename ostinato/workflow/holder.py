@@ -105,11 +105,14 @@ class OrderHolder(JournaledState):
             order = self.orders.pop(event.order_id)
             self.order_event_id.pop(event.order_id, None)
             if order is not None:
-                key = (order.workflow_path, order.workflow_version_id)
-                self.version_users[key] -= 1
-                if not self.version_users[key]:
-                    del self.version_users[key]
-                    self.version_unused(key)
+                self._stop_using((order.workflow_path, order.workflow_version_id))
+        elif kind == "order_transferred":
+            before = self.orders[event.order_id]
+            self._stop_using((before.workflow_path, before.workflow_version_id))
+            order = self.orders.apply(event)
+            self.order_event_id[event.order_id] = event.id
+            key = (order.workflow_path, order.workflow_version_id)
+            self.version_users[key] = self.version_users.get(key, 0) + 1
         elif kind is not None and kind.startswith("order_"):
             known = event.order_id in self.orders
             order = self.orders.apply(event)
@@ -117,6 +120,12 @@ class OrderHolder(JournaledState):
             if not known:
                 key = (order.workflow_path, order.workflow_version_id)
                 self.version_users[key] = self.version_users.get(key, 0) + 1
+
+    def _stop_using(self, key: tuple[str, str]) -> None:
+        self.version_users[key] -= 1
+        if not self.version_users[key]:
+            del self.version_users[key]
+            self.version_unused(key)
 
     def restored(self) -> None:
         if isinstance(self.orders, dict):  # a snapshot of a version that held orders in a dict

@@ -68,6 +68,7 @@ def _apply(order: order_pb2.Order, kind: str, e: object) -> None:  # noqa: C901 
         order.attached_state = A.ATTACHED_STATE_DETACHED
     elif kind == "order_started":
         order.state = S.ORDER_STATE_READY
+        _drop_marks(order, "transfer")  # a transfer applies only to orders that have not started
     elif kind == "order_processing_started":
         assert isinstance(e, events_pb2.OrderProcessingStarted)
         order.state = S.ORDER_STATE_PROCESSING
@@ -172,6 +173,10 @@ def _apply(order: order_pb2.Order, kind: str, e: object) -> None:  # noqa: C901 
         _drop_marks(order, "resume")
     elif kind == "order_kill_requested":
         order.processing.kill_requested = True
+    elif kind == "order_transferred":
+        assert isinstance(e, events_pb2.OrderTransferred)
+        order.workflow_version_id = e.workflow_version_id
+        _drop_marks(order, "transfer")
     # OrderDeleted and OrderOrderAdded leave the order as it is; containers drop deleted orders.
 
 

@@ -1,6 +1,6 @@
-"""JOC's store tests of tests/unit/test_joc_store.py and test_joc_cluster.py, again on a real
-PostgreSQL (a database of this session's own; see tests/integration/postgres.py). The JOC process
-runs on PostgreSQL in test_deployment.py."""
+"""JOC's store tests of tests/unit/test_joc_store.py, test_joc_cluster.py and test_joc_plan.py,
+again on a real PostgreSQL (a database of this session's own; see tests/integration/postgres.py).
+The JOC process runs on PostgreSQL in test_deployment.py."""
 
 from __future__ import annotations
 
@@ -14,6 +14,11 @@ from tests.unit.test_joc_cluster import (  # noqa: F401  (collected here once mo
     test_an_order_marked_left_that_has_events_after_all_is_no_longer_marked,
     test_resync_never_moves_the_cursor_back,
     test_resync_takes_the_snapshot_and_marks_what_left,
+)
+from tests.unit.test_joc_plan import (  # noqa: F401  (collected here once more, on PostgreSQL)
+    test_a_missed_order_the_controller_has_all_the_same_is_recorded_submitted,
+    test_a_plan_is_written_once_and_submitted_by_its_records_mode,
+    test_replan_replaces_rows_and_records_in_one_go,
 )
 from tests.unit.test_joc_store import (  # noqa: F401  (collected here once more, on PostgreSQL)
     test_a_batch_of_many_orders_applies_as_its_events_one_by_one,

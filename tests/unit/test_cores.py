@@ -438,3 +438,121 @@ def test_an_order_id_that_ended_is_not_added_again_within_the_retention() -> Non
     restored = snapshot.loads(snapshot.dumps(controller.state), ControllerState)
     assert restored.ended_orders == controller.state.ended_orders
     assert list(restored.ended_expiry) == list(controller.state.ended_expiry)
+
+
+WORKFLOW_V2 = WORKFLOW.replace("echo $GREETING", "echo v2 $GREETING")
+
+
+def transfer(
+    controller: ControllerCore, *order_ids: str, from_ms: int | None = None
+) -> list[events_pb2.Event]:
+    return controller.handle(c.TransferOrders("/wf", order_ids, from_ms=from_ms), T0)
+
+
+def test_transfer_moves_a_fresh_order_held_here_at_once() -> None:
+    """An order whose first instruction is the controller's waits here: it moves at once, and
+    the version it leaves is forgotten once no order uses it."""
+    controller = ControllerCore(ControllerState(), frozenset({"agent-1"}))
+    prompt_first = '{"instructions": [{"prompt": {"question": "go?"}}]}'
+    deploy(controller, signed(prompt_first, "/wf", "v1"))
+    controller.handle(c.AddOrders((c.NewOrder("later", "/wf", scheduled_for_ms=T0 + 60_000),)), T0)
+    deploy(controller, signed(prompt_first, "/wf", "v2"))
+    events = transfer(controller, "later", "unknown")
+    assert kinds(events) == ["order_transferred"]
+    assert events[0].order_transferred.workflow_version_id == "v2"
+    assert controller.transferred(c.TransferOrders("/wf", ("later",)), events) == ("v2", ["later"])
+    assert controller.state.orders["later"].workflow_version_id == "v2"
+    assert ("/wf", "v1") not in controller.state.workflows  # no order uses it any more
+    assert transfer(controller, "later") == []  # at that version already
+    assert controller.next_wake_ms() == T0 + 60_000  # still waits for its time
+    assert kinds(controller.handle(c.Tick(), T0 + 60_000)) == ["order_started", "order_prompted"]
+
+
+def test_transfer_of_orders_at_the_agent_is_carried_out_there(
+    cores: tuple[ControllerCore, DirectorCore],
+) -> None:
+    """Fresh orders attached to the agent are marked; the command reaches the agent with the
+    new version, the agent moves them (the controller mirrors it), and they start at their time
+    with the new version's job. An order scheduled before `from` is left alone."""
+    controller, director = cores
+    deploy(controller, signed(WORKFLOW))
+    director.handle(d.AttachItems((controller.state.signed_items[("/wf", "v1")],)), T0)
+    welcome(director, "s1", "r1")
+    controller.agent_session("agent-1")
+    added = controller.handle(
+        c.AddOrders(
+            (
+                c.NewOrder("early", "/wf", scheduled_for_ms=T0 + 10_000),
+                c.NewOrder("late", "/wf", scheduled_for_ms=T0 + 60_000),
+            )
+        ),
+        T0,
+    )
+    director.handle(d.AttachOrders(tuple(controller.agent_work("agent-1", added[-1].id).attach)), T0)
+    mirror_all(controller, director)
+    deploy(controller, signed(WORKFLOW_V2, version="v2"))
+
+    marked = transfer(controller, "early", "late", from_ms=T0 + 30_000)
+    assert kinds(marked) == ["order_marked"] and marked[0].order_id == "late"
+    assert controller.state.orders["late"].workflow_version_id == "v1"  # until the agent moves it
+    work = controller.agent_work("agent-1", ALL)
+    assert [(cmd.order_id, cmd.transfer.workflow_version_id) for cmd in work.commands] == [("late", "v2")]
+    assert work.versions == {("/wf", "v2")}
+
+    director.handle(d.AttachItems((controller.state.signed_items[("/wf", "v2")],)), T0)
+    moved = director.handle(d.CommandOrders(tuple(work.commands)), T0)
+    assert kinds(moved) == ["order_transferred"]
+    assert director.state.orders["late"].workflow_version_id == "v2"
+    assert director.next_wake_ms() == T0 + 10_000
+    assert kinds(mirror(controller, moved)) == ["order_transferred", "agent_events_observed"]
+    late = controller.state.orders["late"]
+    assert late.workflow_version_id == "v2" and not late.marks
+    assert not controller.agent_work("agent-1", ALL)  # nothing pending any more
+
+    director.handle(d.Tick(), T0 + 60_000)
+    [early, late_spec] = sorted(
+        director.subagent_work("s1", ALL).starts + director.subagent_work("s2", ALL).starts,
+        key=lambda s: s.order_id,
+    )
+    assert "echo $GREETING" in early.executable.shell_script.script
+    assert "echo v2 $GREETING" in late_spec.executable.shell_script.script
+
+
+def test_an_order_that_started_before_the_agent_got_the_transfer_keeps_its_version(
+    cores: tuple[ControllerCore, DirectorCore],
+) -> None:
+    controller, director = cores
+    deploy(controller, signed(WORKFLOW))
+    director.handle(d.AttachItems((controller.state.signed_items[("/wf", "v1")],)), T0)
+    welcome(director, "s1", "r1")
+    controller.agent_session("agent-1")
+    controller.handle(c.AddOrders((c.NewOrder("o1", "/wf", scheduled_for_ms=T0 + 1000),)), T0)
+    director.handle(d.AttachOrders(tuple(controller.agent_work("agent-1", ALL).attach)), T0)
+    mirror_all(controller, director)
+    deploy(controller, signed(WORKFLOW_V2, version="v2"))
+    assert kinds(transfer(controller, "o1")) == ["order_marked"]
+    work = controller.agent_work("agent-1", ALL)
+
+    started = director.handle(d.Tick(), T0 + 1000)  # the order's time came first
+    assert kinds(started) == ["order_started", "order_processing_started"]
+    director.handle(d.AttachItems((controller.state.signed_items[("/wf", "v2")],)), T0)
+    kept = director.handle(d.CommandOrders(tuple(work.commands)), T0 + 1001)
+    assert kinds(kept) == ["order_marked"] and not kept[0].order_marked.marks
+    assert director.state.orders["o1"].workflow_version_id == "v1"
+    mirror_all(controller, director)
+    order = controller.state.orders["o1"]
+    assert order.workflow_version_id == "v1" and not order.marks
+    assert not controller.agent_work("agent-1", ALL).commands
+
+
+def test_transfer_is_refused_for_an_unknown_version_and_never_a_user_command(
+    cores: tuple[ControllerCore, DirectorCore],
+) -> None:
+    controller, _ = cores
+    deploy(controller, signed(WORKFLOW))
+    add(controller)
+    with pytest.raises(NotFound, match="workflow_path: unknown workflow version v9 of '/wf'"):
+        controller.handle(c.TransferOrders("/wf", ("o1",), to_version_id="v9"), T0)
+    command = c.commands_pb2.OrderCommand(order_id="o1", transfer={"workflow_version_id": "v1"})
+    with pytest.raises(InvalidArgument, match="TransferOrders"):
+        controller.handle(c.CommandOrder(command), T0)

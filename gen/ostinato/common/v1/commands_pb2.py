@@ -26,7 +26,7 @@ from gen.ostinato.common.v1 import order_pb2 as ostinato_dot_common_dot_v1_dot_o
 from gen.ostinato.common.v1 import values_pb2 as ostinato_dot_common_dot_v1_dot_values__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!ostinato/common/v1/commands.proto\x12\x12ostinato.common.v1\x1a\x1eostinato/common/v1/order.proto\x1a\x1fostinato/common/v1/values.proto\"\xfe\x01\n\x0cOrderCommand\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x31\n\x06\x63\x61ncel\x18\x02 \x01(\x0b\x32\x1f.ostinato.common.v1.CancelOrderH\x00\x12\x33\n\x07suspend\x18\x03 \x01(\x0b\x32 .ostinato.common.v1.SuspendOrderH\x00\x12\x31\n\x06resume\x18\x04 \x01(\x0b\x32\x1f.ostinato.common.v1.ResumeOrderH\x00\x12\x39\n\ranswer_prompt\x18\x05 \x01(\x0b\x32 .ostinato.common.v1.AnswerPromptH\x00\x42\x06\n\x04kind\"\x1b\n\x0b\x43\x61ncelOrder\x12\x0c\n\x04kill\x18\x01 \x01(\x08\"\x1c\n\x0cSuspendOrder\x12\x0c\n\x04kill\x18\x01 \x01(\x08\"\xcd\x01\n\x0bResumeOrder\x12.\n\x08position\x18\x01 \x01(\x0b\x32\x1c.ostinato.common.v1.Position\x12\x41\n\tvariables\x18\x02 \x03(\x0b\x32..ostinato.common.v1.ResumeOrder.VariablesEntry\x1aK\n\x0eVariablesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x05value\x18\x02 \x01(\x0b\x32\x19.ostinato.common.v1.Value:\x02\x38\x01\"\x0e\n\x0c\x41nswerPrompt\"5\n\x12OrderCommandResult\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\r\n\x05\x65rror\x18\x02 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!ostinato/common/v1/commands.proto\x12\x12ostinato.common.v1\x1a\x1eostinato/common/v1/order.proto\x1a\x1fostinato/common/v1/values.proto\"\xb5\x02\n\x0cOrderCommand\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x31\n\x06\x63\x61ncel\x18\x02 \x01(\x0b\x32\x1f.ostinato.common.v1.CancelOrderH\x00\x12\x33\n\x07suspend\x18\x03 \x01(\x0b\x32 .ostinato.common.v1.SuspendOrderH\x00\x12\x31\n\x06resume\x18\x04 \x01(\x0b\x32\x1f.ostinato.common.v1.ResumeOrderH\x00\x12\x39\n\ranswer_prompt\x18\x05 \x01(\x0b\x32 .ostinato.common.v1.AnswerPromptH\x00\x12\x35\n\x08transfer\x18\x06 \x01(\x0b\x32!.ostinato.common.v1.TransferOrderH\x00\x42\x06\n\x04kind\"\x1b\n\x0b\x43\x61ncelOrder\x12\x0c\n\x04kill\x18\x01 \x01(\x08\"\x1c\n\x0cSuspendOrder\x12\x0c\n\x04kill\x18\x01 \x01(\x08\"\xcd\x01\n\x0bResumeOrder\x12.\n\x08position\x18\x01 \x01(\x0b\x32\x1c.ostinato.common.v1.Position\x12\x41\n\tvariables\x18\x02 \x03(\x0b\x32..ostinato.common.v1.ResumeOrder.VariablesEntry\x1aK\n\x0eVariablesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x05value\x18\x02 \x01(\x0b\x32\x19.ostinato.common.v1.Value:\x02\x38\x01\"\x0e\n\x0c\x41nswerPrompt\",\n\rTransferOrder\x12\x1b\n\x13workflow_version_id\x18\x01 \x01(\t\"5\n\x12OrderCommandResult\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\r\n\x05\x65rror\x18\x02 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,17 +36,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESUMEORDER_VARIABLESENTRY']._loaded_options = None
   _globals['_RESUMEORDER_VARIABLESENTRY']._serialized_options = b'8\001'
   _globals['_ORDERCOMMAND']._serialized_start=123
-  _globals['_ORDERCOMMAND']._serialized_end=377
-  _globals['_CANCELORDER']._serialized_start=379
-  _globals['_CANCELORDER']._serialized_end=406
-  _globals['_SUSPENDORDER']._serialized_start=408
-  _globals['_SUSPENDORDER']._serialized_end=436
-  _globals['_RESUMEORDER']._serialized_start=439
-  _globals['_RESUMEORDER']._serialized_end=644
-  _globals['_RESUMEORDER_VARIABLESENTRY']._serialized_start=569
-  _globals['_RESUMEORDER_VARIABLESENTRY']._serialized_end=644
-  _globals['_ANSWERPROMPT']._serialized_start=646
-  _globals['_ANSWERPROMPT']._serialized_end=660
-  _globals['_ORDERCOMMANDRESULT']._serialized_start=662
-  _globals['_ORDERCOMMANDRESULT']._serialized_end=715
+  _globals['_ORDERCOMMAND']._serialized_end=432
+  _globals['_CANCELORDER']._serialized_start=434
+  _globals['_CANCELORDER']._serialized_end=461
+  _globals['_SUSPENDORDER']._serialized_start=463
+  _globals['_SUSPENDORDER']._serialized_end=491
+  _globals['_RESUMEORDER']._serialized_start=494
+  _globals['_RESUMEORDER']._serialized_end=699
+  _globals['_RESUMEORDER_VARIABLESENTRY']._serialized_start=624
+  _globals['_RESUMEORDER_VARIABLESENTRY']._serialized_end=699
+  _globals['_ANSWERPROMPT']._serialized_start=701
+  _globals['_ANSWERPROMPT']._serialized_end=715
+  _globals['_TRANSFERORDER']._serialized_start=717
+  _globals['_TRANSFERORDER']._serialized_end=761
+  _globals['_ORDERCOMMANDRESULT']._serialized_start=763
+  _globals['_ORDERCOMMANDRESULT']._serialized_end=816
 # @@protoc_insertion_point(module_scope)

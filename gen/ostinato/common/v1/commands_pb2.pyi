@@ -33,6 +33,7 @@ class OrderCommand(_message.Message):
     SUSPEND_FIELD_NUMBER: _builtins.int
     RESUME_FIELD_NUMBER: _builtins.int
     ANSWER_PROMPT_FIELD_NUMBER: _builtins.int
+    TRANSFER_FIELD_NUMBER: _builtins.int
     order_id: _builtins.str
     @_builtins.property
     def cancel(self) -> Global___CancelOrder: ...
@@ -42,6 +43,10 @@ class OrderCommand(_message.Message):
     def resume(self) -> Global___ResumeOrder: ...
     @_builtins.property
     def answer_prompt(self) -> Global___AnswerPrompt: ...
+    @_builtins.property
+    def transfer(self) -> Global___TransferOrder:
+        """Only from a controller to the agent holding the order (a controller's TransferOrders)."""
+
     def __init__(
         self,
         *,
@@ -50,12 +55,13 @@ class OrderCommand(_message.Message):
         suspend: Global___SuspendOrder | None = ...,
         resume: Global___ResumeOrder | None = ...,
         answer_prompt: Global___AnswerPrompt | None = ...,
+        transfer: Global___TransferOrder | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["answer_prompt", b"answer_prompt", "cancel", b"cancel", "kind", b"kind", "resume", b"resume", "suspend", b"suspend"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["answer_prompt", b"answer_prompt", "cancel", b"cancel", "kind", b"kind", "resume", b"resume", "suspend", b"suspend", "transfer", b"transfer"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_prompt", b"answer_prompt", "cancel", b"cancel", "kind", b"kind", "order_id", b"order_id", "resume", b"resume", "suspend", b"suspend"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_prompt", b"answer_prompt", "cancel", b"cancel", "kind", b"kind", "order_id", b"order_id", "resume", b"resume", "suspend", b"suspend", "transfer", b"transfer"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["cancel", "suspend", "resume", "answer_prompt"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["cancel", "suspend", "resume", "answer_prompt", "transfer"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -168,6 +174,29 @@ class AnswerPrompt(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AnswerPrompt: _TypeAlias = AnswerPrompt  # noqa: Y015
+
+@_typing.final
+class TransferOrder(_message.Message):
+    """Moves a fresh order that has not started to another version of its workflow, which the agent
+    holds already; a started one stays as it is.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKFLOW_VERSION_ID_FIELD_NUMBER: _builtins.int
+    workflow_version_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        workflow_version_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["workflow_version_id", b"workflow_version_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferOrder: _TypeAlias = TransferOrder  # noqa: Y015
 
 @_typing.final
 class OrderCommandResult(_message.Message):

@@ -89,6 +89,7 @@ class Event(_message.Message):
     ORDER_SUSPENDED_FIELD_NUMBER: _builtins.int
     ORDER_RESUMED_FIELD_NUMBER: _builtins.int
     ORDER_KILL_REQUESTED_FIELD_NUMBER: _builtins.int
+    ORDER_TRANSFERRED_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     order_id: _builtins.str
     """Empty for events that are not about an order."""
@@ -170,6 +171,8 @@ class Event(_message.Message):
     def order_resumed(self) -> Global___OrderResumed: ...
     @_builtins.property
     def order_kill_requested(self) -> Global___OrderKillRequested: ...
+    @_builtins.property
+    def order_transferred(self) -> Global___OrderTransferred: ...
     def __init__(
         self,
         *,
@@ -214,12 +217,13 @@ class Event(_message.Message):
         order_suspended: Global___OrderSuspended | None = ...,
         order_resumed: Global___OrderResumed | None = ...,
         order_kill_requested: Global___OrderKillRequested | None = ...,
+        order_transferred: Global___OrderTransferred | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_events_observed", b"agent_events_observed", "events_released", b"events_released", "item_attached", b"item_attached", "item_deleted", b"item_deleted", "item_deployed", b"item_deployed", "kind", b"kind", "order_added", b"order_added", "order_attachable", b"order_attachable", "order_attached", b"order_attached", "order_awoke", b"order_awoke", "order_cancelled", b"order_cancelled", "order_caught", b"order_caught", "order_cycle_finished", b"order_cycle_finished", "order_cycle_started", b"order_cycle_started", "order_deleted", b"order_deleted", "order_detachable", b"order_detachable", "order_detached", b"order_detached", "order_failed", b"order_failed", "order_finished", b"order_finished", "order_forked", b"order_forked", "order_joined", b"order_joined", "order_kill_requested", b"order_kill_requested", "order_lock_acquired", b"order_lock_acquired", "order_lock_queued", b"order_lock_queued", "order_lock_released", b"order_lock_released", "order_marked", b"order_marked", "order_moved", b"order_moved", "order_order_added", b"order_order_added", "order_processed", b"order_processed", "order_processing_started", b"order_processing_started", "order_prompt_answered", b"order_prompt_answered", "order_prompted", b"order_prompted", "order_resumed", b"order_resumed", "order_retrying", b"order_retrying", "order_sleeping", b"order_sleeping", "order_started", b"order_started", "order_std_written", b"order_std_written", "order_suspended", b"order_suspended", "subagent_messages_observed", b"subagent_messages_observed", "timestamp", b"timestamp"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_events_observed", b"agent_events_observed", "events_released", b"events_released", "item_attached", b"item_attached", "item_deleted", b"item_deleted", "item_deployed", b"item_deployed", "kind", b"kind", "order_added", b"order_added", "order_attachable", b"order_attachable", "order_attached", b"order_attached", "order_awoke", b"order_awoke", "order_cancelled", b"order_cancelled", "order_caught", b"order_caught", "order_cycle_finished", b"order_cycle_finished", "order_cycle_started", b"order_cycle_started", "order_deleted", b"order_deleted", "order_detachable", b"order_detachable", "order_detached", b"order_detached", "order_failed", b"order_failed", "order_finished", b"order_finished", "order_forked", b"order_forked", "order_joined", b"order_joined", "order_kill_requested", b"order_kill_requested", "order_lock_acquired", b"order_lock_acquired", "order_lock_queued", b"order_lock_queued", "order_lock_released", b"order_lock_released", "order_marked", b"order_marked", "order_moved", b"order_moved", "order_order_added", b"order_order_added", "order_processed", b"order_processed", "order_processing_started", b"order_processing_started", "order_prompt_answered", b"order_prompt_answered", "order_prompted", b"order_prompted", "order_resumed", b"order_resumed", "order_retrying", b"order_retrying", "order_sleeping", b"order_sleeping", "order_started", b"order_started", "order_std_written", b"order_std_written", "order_suspended", b"order_suspended", "order_transferred", b"order_transferred", "subagent_messages_observed", b"subagent_messages_observed", "timestamp", b"timestamp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_events_observed", b"agent_events_observed", "events_released", b"events_released", "id", b"id", "item_attached", b"item_attached", "item_deleted", b"item_deleted", "item_deployed", b"item_deployed", "kind", b"kind", "order_added", b"order_added", "order_attachable", b"order_attachable", "order_attached", b"order_attached", "order_awoke", b"order_awoke", "order_cancelled", b"order_cancelled", "order_caught", b"order_caught", "order_cycle_finished", b"order_cycle_finished", "order_cycle_started", b"order_cycle_started", "order_deleted", b"order_deleted", "order_detachable", b"order_detachable", "order_detached", b"order_detached", "order_failed", b"order_failed", "order_finished", b"order_finished", "order_forked", b"order_forked", "order_id", b"order_id", "order_joined", b"order_joined", "order_kill_requested", b"order_kill_requested", "order_lock_acquired", b"order_lock_acquired", "order_lock_queued", b"order_lock_queued", "order_lock_released", b"order_lock_released", "order_marked", b"order_marked", "order_moved", b"order_moved", "order_order_added", b"order_order_added", "order_processed", b"order_processed", "order_processing_started", b"order_processing_started", "order_prompt_answered", b"order_prompt_answered", "order_prompted", b"order_prompted", "order_resumed", b"order_resumed", "order_retrying", b"order_retrying", "order_sleeping", b"order_sleeping", "order_started", b"order_started", "order_std_written", b"order_std_written", "order_suspended", b"order_suspended", "subagent_messages_observed", b"subagent_messages_observed", "timestamp", b"timestamp"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_events_observed", b"agent_events_observed", "events_released", b"events_released", "id", b"id", "item_attached", b"item_attached", "item_deleted", b"item_deleted", "item_deployed", b"item_deployed", "kind", b"kind", "order_added", b"order_added", "order_attachable", b"order_attachable", "order_attached", b"order_attached", "order_awoke", b"order_awoke", "order_cancelled", b"order_cancelled", "order_caught", b"order_caught", "order_cycle_finished", b"order_cycle_finished", "order_cycle_started", b"order_cycle_started", "order_deleted", b"order_deleted", "order_detachable", b"order_detachable", "order_detached", b"order_detached", "order_failed", b"order_failed", "order_finished", b"order_finished", "order_forked", b"order_forked", "order_id", b"order_id", "order_joined", b"order_joined", "order_kill_requested", b"order_kill_requested", "order_lock_acquired", b"order_lock_acquired", "order_lock_queued", b"order_lock_queued", "order_lock_released", b"order_lock_released", "order_marked", b"order_marked", "order_moved", b"order_moved", "order_order_added", b"order_order_added", "order_processed", b"order_processed", "order_processing_started", b"order_processing_started", "order_prompt_answered", b"order_prompt_answered", "order_prompted", b"order_prompted", "order_resumed", b"order_resumed", "order_retrying", b"order_retrying", "order_sleeping", b"order_sleeping", "order_started", b"order_started", "order_std_written", b"order_std_written", "order_suspended", b"order_suspended", "order_transferred", b"order_transferred", "subagent_messages_observed", b"subagent_messages_observed", "timestamp", b"timestamp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["item_deployed", "item_deleted", "events_released", "agent_events_observed", "subagent_messages_observed", "item_attached", "order_added", "order_attachable", "order_attached", "order_started", "order_processing_started", "order_std_written", "order_processed", "order_moved", "order_detachable", "order_detached", "order_failed", "order_finished", "order_deleted", "order_forked", "order_joined", "order_caught", "order_retrying", "order_awoke", "order_lock_acquired", "order_lock_queued", "order_lock_released", "order_prompted", "order_prompt_answered", "order_sleeping", "order_cycle_started", "order_cycle_finished", "order_order_added", "order_marked", "order_cancelled", "order_suspended", "order_resumed", "order_kill_requested"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["item_deployed", "item_deleted", "events_released", "agent_events_observed", "subagent_messages_observed", "item_attached", "order_added", "order_attachable", "order_attached", "order_started", "order_processing_started", "order_std_written", "order_processed", "order_moved", "order_detachable", "order_detached", "order_failed", "order_finished", "order_deleted", "order_forked", "order_joined", "order_caught", "order_retrying", "order_awoke", "order_lock_acquired", "order_lock_queued", "order_lock_released", "order_prompted", "order_prompt_answered", "order_sleeping", "order_cycle_started", "order_cycle_finished", "order_order_added", "order_marked", "order_cancelled", "order_suspended", "order_resumed", "order_kill_requested", "order_transferred"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -1156,3 +1160,26 @@ class OrderKillRequested(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OrderKillRequested: _TypeAlias = OrderKillRequested  # noqa: Y015
+
+@_typing.final
+class OrderTransferred(_message.Message):
+    """A fresh order (not started) moved to another version of its workflow, keeping its id (JS7's
+    TransferOrders). An order at an agent is moved there, and the controller mirrors the event.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKFLOW_VERSION_ID_FIELD_NUMBER: _builtins.int
+    workflow_version_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        workflow_version_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["workflow_version_id", b"workflow_version_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OrderTransferred: _TypeAlias = OrderTransferred  # noqa: Y015

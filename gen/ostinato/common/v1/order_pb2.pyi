@@ -238,7 +238,7 @@ class Order(_message.Message):
 
     @_builtins.property
     def marks(self) -> _containers.RepeatedCompositeFieldContainer[Global___OrderMark]:
-        """Commands accepted but not yet carried out (cancel, suspend, resume)."""
+        """Commands accepted but not yet carried out (cancel, suspend, resume, transfer)."""
 
     @_builtins.property
     def variables(self) -> _containers.MessageMap[_builtins.str, _values_pb2.Value]:
@@ -409,24 +409,28 @@ class OrderMark(_message.Message):
     CANCEL_FIELD_NUMBER: _builtins.int
     SUSPEND_FIELD_NUMBER: _builtins.int
     RESUME_FIELD_NUMBER: _builtins.int
+    TRANSFER_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def cancel(self) -> Global___CancelMark: ...
     @_builtins.property
     def suspend(self) -> Global___SuspendMark: ...
     @_builtins.property
     def resume(self) -> Global___ResumeMark: ...
+    @_builtins.property
+    def transfer(self) -> Global___TransferMark: ...
     def __init__(
         self,
         *,
         cancel: Global___CancelMark | None = ...,
         suspend: Global___SuspendMark | None = ...,
         resume: Global___ResumeMark | None = ...,
+        transfer: Global___TransferMark | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "kind", b"kind", "resume", b"resume", "suspend", b"suspend"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "kind", b"kind", "resume", b"resume", "suspend", b"suspend", "transfer", b"transfer"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "kind", b"kind", "resume", b"resume", "suspend", b"suspend"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "kind", b"kind", "resume", b"resume", "suspend", b"suspend", "transfer", b"transfer"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["cancel", "suspend", "resume"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["cancel", "suspend", "resume", "transfer"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -469,6 +473,29 @@ class SuspendMark(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SuspendMark: _TypeAlias = SuspendMark  # noqa: Y015
+
+@_typing.final
+class TransferMark(_message.Message):
+    """The order is to move to this version of its workflow if it has not started when its agent
+    gets the command (see OrderTransferred).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKFLOW_VERSION_ID_FIELD_NUMBER: _builtins.int
+    workflow_version_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        workflow_version_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["workflow_version_id", b"workflow_version_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferMark: _TypeAlias = TransferMark  # noqa: Y015
 
 @_typing.final
 class ResumeMark(_message.Message):

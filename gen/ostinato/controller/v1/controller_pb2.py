@@ -31,7 +31,7 @@ from gen.ostinato.common.v1 import order_pb2 as ostinato_dot_common_dot_v1_dot_o
 from gen.ostinato.common.v1 import values_pb2 as ostinato_dot_common_dot_v1_dot_values__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'ostinato/controller/v1/controller.proto\x12\x16ostinato.controller.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a ostinato/common/v1/cluster.proto\x1a!ostinato/common/v1/commands.proto\x1a\x1fostinato/common/v1/events.proto\x1a\x1eostinato/common/v1/items.proto\x1a\x1eostinato/common/v1/order.proto\x1a\x1fostinato/common/v1/values.proto\"q\n\x12\x44\x65ployItemsRequest\x12-\n\x05items\x18\x01 \x03(\x0b\x32\x1e.ostinato.common.v1.SignedItem\x12,\n\x07\x64\x65letes\x18\x02 \x03(\x0b\x32\x1b.ostinato.common.v1.ItemRef\"\'\n\x13\x44\x65ployItemsResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\x03\"D\n\x10\x41\x64\x64OrdersRequest\x12\x30\n\x06orders\x18\x01 \x03(\x0b\x32 .ostinato.controller.v1.NewOrder\"\xa4\x02\n\x08NewOrder\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rworkflow_path\x18\x02 \x01(\t\x12\x1b\n\x13workflow_version_id\x18\x03 \x01(\t\x12\x42\n\targuments\x18\x04 \x03(\x0b\x32/.ostinato.controller.v1.NewOrder.ArgumentsEntry\x12\x31\n\rscheduled_for\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0ctrace_parent\x18\x06 \x01(\t\x1aK\n\x0e\x41rgumentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x05value\x18\x02 \x01(\x0b\x32\x19.ostinato.common.v1.Value:\x02\x38\x01\"G\n\x11\x41\x64\x64OrdersResponse\x12\x32\n\x06orders\x18\x01 \x03(\x0b\x32\".ostinato.controller.v1.AddedOrder\"F\n\nAddedOrder\x12\n\n\x02id\x18\x01 \x01(\t\x12\x1b\n\x13workflow_version_id\x18\x02 \x01(\t\x12\x0f\n\x07\x65xisted\x18\x03 \x01(\x08\"J\n\x14\x43ommandOrdersRequest\x12\x32\n\x08\x63ommands\x18\x01 \x03(\x0b\x32 .ostinato.common.v1.OrderCommand\"P\n\x15\x43ommandOrdersResponse\x12\x37\n\x07results\x18\x01 \x03(\x0b\x32&.ostinato.common.v1.OrderCommandResult\">\n\x12WatchEventsRequest\x12\r\n\x05\x61\x66ter\x18\x01 \x01(\x03\x12\x19\n\x11heartbeat_seconds\x18\x02 \x01(\x01\"@\n\x13WatchEventsResponse\x12)\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x19.ostinato.common.v1.Event\"(\n\x14ReleaseEventsRequest\x12\x10\n\x08until_id\x18\x01 \x01(\x03\"\x17\n\x15ReleaseEventsResponse\"\x14\n\x12GetOverviewRequest\"\xb8\x01\n\x13GetOverviewResponse\x12\x15\n\rcontroller_id\x18\x01 \x01(\t\x12\x15\n\rlast_event_id\x18\x02 \x01(\x03\x12\x19\n\x11released_until_id\x18\x03 \x01(\x03\x12\x35\n\x06\x61gents\x18\x04 \x03(\x0b\x32%.ostinato.controller.v1.AgentOverview\x12\x13\n\x0border_count\x18\x05 \x01(\x05\x12\x0c\n\x04term\x18\x06 \x01(\x03\"\\\n\rAgentOverview\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x19\n\x11observed_event_id\x18\x04 \x01(\x03\"\x14\n\x12GetSnapshotRequest\"R\n\x13GetSnapshotResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\x03\x12)\n\x06orders\x18\x02 \x03(\x0b\x32\x19.ostinato.common.v1.Order\"\x17\n\x15StreamSnapshotRequest\"U\n\x16StreamSnapshotResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\x03\x12)\n\x06orders\x18\x02 \x03(\x0b\x32\x19.ostinato.common.v1.Order\"-\n\x1cGetAgentClusterStatusRequest\x12\r\n\x05\x61gent\x18\x01 \x01(\t\"R\n\x1dGetAgentClusterStatusResponse\x12\x31\n\x06status\x18\x01 \x01(\x0b\x32!.ostinato.common.v1.ClusterStatus\"8\n\x16\x41gentSwitchoverRequest\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x0f\n\x07to_node\x18\x02 \x01(\t\"K\n\x17\x41gentSwitchoverResponse\x12\x11\n\tfrom_node\x18\x01 \x01(\t\x12\x0f\n\x07to_node\x18\x02 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x03\x32\xe1\x08\n\x11\x43ontrollerService\x12\x66\n\x0b\x44\x65ployItems\x12*.ostinato.controller.v1.DeployItemsRequest\x1a+.ostinato.controller.v1.DeployItemsResponse\x12`\n\tAddOrders\x12(.ostinato.controller.v1.AddOrdersRequest\x1a).ostinato.controller.v1.AddOrdersResponse\x12l\n\rCommandOrders\x12,.ostinato.controller.v1.CommandOrdersRequest\x1a-.ostinato.controller.v1.CommandOrdersResponse\x12h\n\x0bWatchEvents\x12*.ostinato.controller.v1.WatchEventsRequest\x1a+.ostinato.controller.v1.WatchEventsResponse0\x01\x12l\n\rReleaseEvents\x12,.ostinato.controller.v1.ReleaseEventsRequest\x1a-.ostinato.controller.v1.ReleaseEventsResponse\x12\x66\n\x0bGetOverview\x12*.ostinato.controller.v1.GetOverviewRequest\x1a+.ostinato.controller.v1.GetOverviewResponse\x12\x66\n\x0bGetSnapshot\x12*.ostinato.controller.v1.GetSnapshotRequest\x1a+.ostinato.controller.v1.GetSnapshotResponse\x12q\n\x0eStreamSnapshot\x12-.ostinato.controller.v1.StreamSnapshotRequest\x1a..ostinato.controller.v1.StreamSnapshotResponse0\x01\x12\x84\x01\n\x15GetAgentClusterStatus\x12\x34.ostinato.controller.v1.GetAgentClusterStatusRequest\x1a\x35.ostinato.controller.v1.GetAgentClusterStatusResponse\x12r\n\x0f\x41gentSwitchover\x12..ostinato.controller.v1.AgentSwitchoverRequest\x1a/.ostinato.controller.v1.AgentSwitchoverResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'ostinato/controller/v1/controller.proto\x12\x16ostinato.controller.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a ostinato/common/v1/cluster.proto\x1a!ostinato/common/v1/commands.proto\x1a\x1fostinato/common/v1/events.proto\x1a\x1eostinato/common/v1/items.proto\x1a\x1eostinato/common/v1/order.proto\x1a\x1fostinato/common/v1/values.proto\"q\n\x12\x44\x65ployItemsRequest\x12-\n\x05items\x18\x01 \x03(\x0b\x32\x1e.ostinato.common.v1.SignedItem\x12,\n\x07\x64\x65letes\x18\x02 \x03(\x0b\x32\x1b.ostinato.common.v1.ItemRef\"\'\n\x13\x44\x65ployItemsResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\x03\"D\n\x10\x41\x64\x64OrdersRequest\x12\x30\n\x06orders\x18\x01 \x03(\x0b\x32 .ostinato.controller.v1.NewOrder\"\xa4\x02\n\x08NewOrder\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rworkflow_path\x18\x02 \x01(\t\x12\x1b\n\x13workflow_version_id\x18\x03 \x01(\t\x12\x42\n\targuments\x18\x04 \x03(\x0b\x32/.ostinato.controller.v1.NewOrder.ArgumentsEntry\x12\x31\n\rscheduled_for\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0ctrace_parent\x18\x06 \x01(\t\x1aK\n\x0e\x41rgumentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x05value\x18\x02 \x01(\x0b\x32\x19.ostinato.common.v1.Value:\x02\x38\x01\"G\n\x11\x41\x64\x64OrdersResponse\x12\x32\n\x06orders\x18\x01 \x03(\x0b\x32\".ostinato.controller.v1.AddedOrder\"F\n\nAddedOrder\x12\n\n\x02id\x18\x01 \x01(\t\x12\x1b\n\x13workflow_version_id\x18\x02 \x01(\t\x12\x0f\n\x07\x65xisted\x18\x03 \x01(\x08\"J\n\x14\x43ommandOrdersRequest\x12\x32\n\x08\x63ommands\x18\x01 \x03(\x0b\x32 .ostinato.common.v1.OrderCommand\"P\n\x15\x43ommandOrdersResponse\x12\x37\n\x07results\x18\x01 \x03(\x0b\x32&.ostinato.common.v1.OrderCommandResult\"\x92\x01\n\x15TransferOrdersRequest\x12\x15\n\rworkflow_path\x18\x01 \x01(\t\x12\x1b\n\x13workflow_version_id\x18\x02 \x01(\t\x12\x11\n\torder_ids\x18\x03 \x03(\t\x12\x32\n\x0escheduled_from\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"H\n\x16TransferOrdersResponse\x12\x1b\n\x13workflow_version_id\x18\x01 \x01(\t\x12\x11\n\torder_ids\x18\x02 \x03(\t\">\n\x12WatchEventsRequest\x12\r\n\x05\x61\x66ter\x18\x01 \x01(\x03\x12\x19\n\x11heartbeat_seconds\x18\x02 \x01(\x01\"@\n\x13WatchEventsResponse\x12)\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x19.ostinato.common.v1.Event\"(\n\x14ReleaseEventsRequest\x12\x10\n\x08until_id\x18\x01 \x01(\x03\"\x17\n\x15ReleaseEventsResponse\"\x14\n\x12GetOverviewRequest\"\xb8\x01\n\x13GetOverviewResponse\x12\x15\n\rcontroller_id\x18\x01 \x01(\t\x12\x15\n\rlast_event_id\x18\x02 \x01(\x03\x12\x19\n\x11released_until_id\x18\x03 \x01(\x03\x12\x35\n\x06\x61gents\x18\x04 \x03(\x0b\x32%.ostinato.controller.v1.AgentOverview\x12\x13\n\x0border_count\x18\x05 \x01(\x05\x12\x0c\n\x04term\x18\x06 \x01(\x03\"\\\n\rAgentOverview\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x19\n\x11observed_event_id\x18\x04 \x01(\x03\"\x14\n\x12GetSnapshotRequest\"R\n\x13GetSnapshotResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\x03\x12)\n\x06orders\x18\x02 \x03(\x0b\x32\x19.ostinato.common.v1.Order\"\x17\n\x15StreamSnapshotRequest\"U\n\x16StreamSnapshotResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\x03\x12)\n\x06orders\x18\x02 \x03(\x0b\x32\x19.ostinato.common.v1.Order\"-\n\x1cGetAgentClusterStatusRequest\x12\r\n\x05\x61gent\x18\x01 \x01(\t\"R\n\x1dGetAgentClusterStatusResponse\x12\x31\n\x06status\x18\x01 \x01(\x0b\x32!.ostinato.common.v1.ClusterStatus\"8\n\x16\x41gentSwitchoverRequest\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x0f\n\x07to_node\x18\x02 \x01(\t\"K\n\x17\x41gentSwitchoverResponse\x12\x11\n\tfrom_node\x18\x01 \x01(\t\x12\x0f\n\x07to_node\x18\x02 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x03\x32\xd2\t\n\x11\x43ontrollerService\x12\x66\n\x0b\x44\x65ployItems\x12*.ostinato.controller.v1.DeployItemsRequest\x1a+.ostinato.controller.v1.DeployItemsResponse\x12`\n\tAddOrders\x12(.ostinato.controller.v1.AddOrdersRequest\x1a).ostinato.controller.v1.AddOrdersResponse\x12l\n\rCommandOrders\x12,.ostinato.controller.v1.CommandOrdersRequest\x1a-.ostinato.controller.v1.CommandOrdersResponse\x12o\n\x0eTransferOrders\x12-.ostinato.controller.v1.TransferOrdersRequest\x1a..ostinato.controller.v1.TransferOrdersResponse\x12h\n\x0bWatchEvents\x12*.ostinato.controller.v1.WatchEventsRequest\x1a+.ostinato.controller.v1.WatchEventsResponse0\x01\x12l\n\rReleaseEvents\x12,.ostinato.controller.v1.ReleaseEventsRequest\x1a-.ostinato.controller.v1.ReleaseEventsResponse\x12\x66\n\x0bGetOverview\x12*.ostinato.controller.v1.GetOverviewRequest\x1a+.ostinato.controller.v1.GetOverviewResponse\x12\x66\n\x0bGetSnapshot\x12*.ostinato.controller.v1.GetSnapshotRequest\x1a+.ostinato.controller.v1.GetSnapshotResponse\x12q\n\x0eStreamSnapshot\x12-.ostinato.controller.v1.StreamSnapshotRequest\x1a..ostinato.controller.v1.StreamSnapshotResponse0\x01\x12\x84\x01\n\x15GetAgentClusterStatus\x12\x34.ostinato.controller.v1.GetAgentClusterStatusRequest\x1a\x35.ostinato.controller.v1.GetAgentClusterStatusResponse\x12r\n\x0f\x41gentSwitchover\x12..ostinato.controller.v1.AgentSwitchoverRequest\x1a/.ostinato.controller.v1.AgentSwitchoverResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -58,36 +58,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COMMANDORDERSREQUEST']._serialized_end=1039
   _globals['_COMMANDORDERSRESPONSE']._serialized_start=1041
   _globals['_COMMANDORDERSRESPONSE']._serialized_end=1121
-  _globals['_WATCHEVENTSREQUEST']._serialized_start=1123
-  _globals['_WATCHEVENTSREQUEST']._serialized_end=1185
-  _globals['_WATCHEVENTSRESPONSE']._serialized_start=1187
-  _globals['_WATCHEVENTSRESPONSE']._serialized_end=1251
-  _globals['_RELEASEEVENTSREQUEST']._serialized_start=1253
-  _globals['_RELEASEEVENTSREQUEST']._serialized_end=1293
-  _globals['_RELEASEEVENTSRESPONSE']._serialized_start=1295
-  _globals['_RELEASEEVENTSRESPONSE']._serialized_end=1318
-  _globals['_GETOVERVIEWREQUEST']._serialized_start=1320
-  _globals['_GETOVERVIEWREQUEST']._serialized_end=1340
-  _globals['_GETOVERVIEWRESPONSE']._serialized_start=1343
-  _globals['_GETOVERVIEWRESPONSE']._serialized_end=1527
-  _globals['_AGENTOVERVIEW']._serialized_start=1529
-  _globals['_AGENTOVERVIEW']._serialized_end=1621
-  _globals['_GETSNAPSHOTREQUEST']._serialized_start=1623
-  _globals['_GETSNAPSHOTREQUEST']._serialized_end=1643
-  _globals['_GETSNAPSHOTRESPONSE']._serialized_start=1645
-  _globals['_GETSNAPSHOTRESPONSE']._serialized_end=1727
-  _globals['_STREAMSNAPSHOTREQUEST']._serialized_start=1729
-  _globals['_STREAMSNAPSHOTREQUEST']._serialized_end=1752
-  _globals['_STREAMSNAPSHOTRESPONSE']._serialized_start=1754
-  _globals['_STREAMSNAPSHOTRESPONSE']._serialized_end=1839
-  _globals['_GETAGENTCLUSTERSTATUSREQUEST']._serialized_start=1841
-  _globals['_GETAGENTCLUSTERSTATUSREQUEST']._serialized_end=1886
-  _globals['_GETAGENTCLUSTERSTATUSRESPONSE']._serialized_start=1888
-  _globals['_GETAGENTCLUSTERSTATUSRESPONSE']._serialized_end=1970
-  _globals['_AGENTSWITCHOVERREQUEST']._serialized_start=1972
-  _globals['_AGENTSWITCHOVERREQUEST']._serialized_end=2028
-  _globals['_AGENTSWITCHOVERRESPONSE']._serialized_start=2030
-  _globals['_AGENTSWITCHOVERRESPONSE']._serialized_end=2105
-  _globals['_CONTROLLERSERVICE']._serialized_start=2108
-  _globals['_CONTROLLERSERVICE']._serialized_end=3229
+  _globals['_TRANSFERORDERSREQUEST']._serialized_start=1124
+  _globals['_TRANSFERORDERSREQUEST']._serialized_end=1270
+  _globals['_TRANSFERORDERSRESPONSE']._serialized_start=1272
+  _globals['_TRANSFERORDERSRESPONSE']._serialized_end=1344
+  _globals['_WATCHEVENTSREQUEST']._serialized_start=1346
+  _globals['_WATCHEVENTSREQUEST']._serialized_end=1408
+  _globals['_WATCHEVENTSRESPONSE']._serialized_start=1410
+  _globals['_WATCHEVENTSRESPONSE']._serialized_end=1474
+  _globals['_RELEASEEVENTSREQUEST']._serialized_start=1476
+  _globals['_RELEASEEVENTSREQUEST']._serialized_end=1516
+  _globals['_RELEASEEVENTSRESPONSE']._serialized_start=1518
+  _globals['_RELEASEEVENTSRESPONSE']._serialized_end=1541
+  _globals['_GETOVERVIEWREQUEST']._serialized_start=1543
+  _globals['_GETOVERVIEWREQUEST']._serialized_end=1563
+  _globals['_GETOVERVIEWRESPONSE']._serialized_start=1566
+  _globals['_GETOVERVIEWRESPONSE']._serialized_end=1750
+  _globals['_AGENTOVERVIEW']._serialized_start=1752
+  _globals['_AGENTOVERVIEW']._serialized_end=1844
+  _globals['_GETSNAPSHOTREQUEST']._serialized_start=1846
+  _globals['_GETSNAPSHOTREQUEST']._serialized_end=1866
+  _globals['_GETSNAPSHOTRESPONSE']._serialized_start=1868
+  _globals['_GETSNAPSHOTRESPONSE']._serialized_end=1950
+  _globals['_STREAMSNAPSHOTREQUEST']._serialized_start=1952
+  _globals['_STREAMSNAPSHOTREQUEST']._serialized_end=1975
+  _globals['_STREAMSNAPSHOTRESPONSE']._serialized_start=1977
+  _globals['_STREAMSNAPSHOTRESPONSE']._serialized_end=2062
+  _globals['_GETAGENTCLUSTERSTATUSREQUEST']._serialized_start=2064
+  _globals['_GETAGENTCLUSTERSTATUSREQUEST']._serialized_end=2109
+  _globals['_GETAGENTCLUSTERSTATUSRESPONSE']._serialized_start=2111
+  _globals['_GETAGENTCLUSTERSTATUSRESPONSE']._serialized_end=2193
+  _globals['_AGENTSWITCHOVERREQUEST']._serialized_start=2195
+  _globals['_AGENTSWITCHOVERREQUEST']._serialized_end=2251
+  _globals['_AGENTSWITCHOVERRESPONSE']._serialized_start=2253
+  _globals['_AGENTSWITCHOVERRESPONSE']._serialized_end=2328
+  _globals['_CONTROLLERSERVICE']._serialized_start=2331
+  _globals['_CONTROLLERSERVICE']._serialized_end=3565
 # @@protoc_insertion_point(module_scope)

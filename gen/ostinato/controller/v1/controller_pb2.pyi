@@ -241,6 +241,68 @@ class CommandOrdersResponse(_message.Message):
 Global___CommandOrdersResponse: _TypeAlias = CommandOrdersResponse  # noqa: Y015
 
 @_typing.final
+class TransferOrdersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKFLOW_PATH_FIELD_NUMBER: _builtins.int
+    WORKFLOW_VERSION_ID_FIELD_NUMBER: _builtins.int
+    ORDER_IDS_FIELD_NUMBER: _builtins.int
+    SCHEDULED_FROM_FIELD_NUMBER: _builtins.int
+    workflow_path: _builtins.str
+    workflow_version_id: _builtins.str
+    """Empty: the workflow's current version."""
+    @_builtins.property
+    def order_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The orders to move; an order that is not held, of another workflow, started, scheduled
+        before scheduled_from or at that version already is left as it is.
+        """
+
+    @_builtins.property
+    def scheduled_from(self) -> _timestamp_pb2.Timestamp:
+        """Absent: whatever their scheduled time."""
+
+    def __init__(
+        self,
+        *,
+        workflow_path: _builtins.str = ...,
+        workflow_version_id: _builtins.str = ...,
+        order_ids: _abc.Iterable[_builtins.str] | None = ...,
+        scheduled_from: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scheduled_from", b"scheduled_from"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["order_ids", b"order_ids", "scheduled_from", b"scheduled_from", "workflow_path", b"workflow_path", "workflow_version_id", b"workflow_version_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferOrdersRequest: _TypeAlias = TransferOrdersRequest  # noqa: Y015
+
+@_typing.final
+class TransferOrdersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKFLOW_VERSION_ID_FIELD_NUMBER: _builtins.int
+    ORDER_IDS_FIELD_NUMBER: _builtins.int
+    workflow_version_id: _builtins.str
+    @_builtins.property
+    def order_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The orders moved (or marked for their agent to move), in request order."""
+
+    def __init__(
+        self,
+        *,
+        workflow_version_id: _builtins.str = ...,
+        order_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["order_ids", b"order_ids", "workflow_version_id", b"workflow_version_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferOrdersResponse: _TypeAlias = TransferOrdersResponse  # noqa: Y015
+
+@_typing.final
 class WatchEventsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -51,6 +51,11 @@ class ControllerServiceStub:
                 request_serializer=ostinato_dot_controller_dot_v1_dot_controller__pb2.CommandOrdersRequest.SerializeToString,
                 response_deserializer=ostinato_dot_controller_dot_v1_dot_controller__pb2.CommandOrdersResponse.FromString,
                 _registered_method=True)
+        self.TransferOrders = channel.unary_unary(
+                '/ostinato.controller.v1.ControllerService/TransferOrders',
+                request_serializer=ostinato_dot_controller_dot_v1_dot_controller__pb2.TransferOrdersRequest.SerializeToString,
+                response_deserializer=ostinato_dot_controller_dot_v1_dot_controller__pb2.TransferOrdersResponse.FromString,
+                _registered_method=True)
         self.WatchEvents = channel.unary_stream(
                 '/ostinato.controller.v1.ControllerService/WatchEvents',
                 request_serializer=ostinato_dot_controller_dot_v1_dot_controller__pb2.WatchEventsRequest.SerializeToString,
@@ -112,6 +117,15 @@ class ControllerServiceServicer:
     def CommandOrders(self, request, context):
         """Cancels, suspends, resumes orders or answers their prompts. Each command gets a result.
         The request is at most 16 MiB.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TransferOrders(self, request, context):
+        """Moves orders of a workflow that have not started to another version of it, keeping their
+        ids (JS7's TransferOrders). Orders at an agent are moved there: they are marked at once and
+        transferred when the agent carries the mark out, unless they started meanwhile.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -187,6 +201,11 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.CommandOrders,
                     request_deserializer=ostinato_dot_controller_dot_v1_dot_controller__pb2.CommandOrdersRequest.FromString,
                     response_serializer=ostinato_dot_controller_dot_v1_dot_controller__pb2.CommandOrdersResponse.SerializeToString,
+            ),
+            'TransferOrders': grpc.unary_unary_rpc_method_handler(
+                    servicer.TransferOrders,
+                    request_deserializer=ostinato_dot_controller_dot_v1_dot_controller__pb2.TransferOrdersRequest.FromString,
+                    response_serializer=ostinato_dot_controller_dot_v1_dot_controller__pb2.TransferOrdersResponse.SerializeToString,
             ),
             'WatchEvents': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchEvents,
@@ -307,6 +326,33 @@ class ControllerService:
             '/ostinato.controller.v1.ControllerService/CommandOrders',
             ostinato_dot_controller_dot_v1_dot_controller__pb2.CommandOrdersRequest.SerializeToString,
             ostinato_dot_controller_dot_v1_dot_controller__pb2.CommandOrdersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TransferOrders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ostinato.controller.v1.ControllerService/TransferOrders',
+            ostinato_dot_controller_dot_v1_dot_controller__pb2.TransferOrdersRequest.SerializeToString,
+            ostinato_dot_controller_dot_v1_dot_controller__pb2.TransferOrdersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,11 @@ class ControllerServiceStub:
     """Cancels, suspends, resumes orders or answers their prompts. Each command gets a result.
     The request is at most 16 MiB.
     """
+    TransferOrders: _grpc.UnaryUnaryMultiCallable[_controller_pb2.TransferOrdersRequest, _controller_pb2.TransferOrdersResponse]
+    """Moves orders of a workflow that have not started to another version of it, keeping their
+    ids (JS7's TransferOrders). Orders at an agent are moved there: they are marked at once and
+    transferred when the agent carries the mark out, unless they started meanwhile.
+    """
     WatchEvents: _grpc.UnaryStreamMultiCallable[_controller_pb2.WatchEventsRequest, _controller_pb2.WatchEventsResponse]
     """Streams the journal's events after the given id, then new ones as they are committed.
     FAILED_PRECONDITION when events after `after` were already released. A response holds at
@@ -87,6 +92,11 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     CommandOrders: _aio.UnaryUnaryMultiCallable[_controller_pb2.CommandOrdersRequest, _controller_pb2.CommandOrdersResponse]  # type: ignore[assignment]
     """Cancels, suspends, resumes orders or answers their prompts. Each command gets a result.
     The request is at most 16 MiB.
+    """
+    TransferOrders: _aio.UnaryUnaryMultiCallable[_controller_pb2.TransferOrdersRequest, _controller_pb2.TransferOrdersResponse]  # type: ignore[assignment]
+    """Moves orders of a workflow that have not started to another version of it, keeping their
+    ids (JS7's TransferOrders). Orders at an agent are moved there: they are marked at once and
+    transferred when the agent carries the mark out, unless they started meanwhile.
     """
     WatchEvents: _aio.UnaryStreamMultiCallable[_controller_pb2.WatchEventsRequest, _controller_pb2.WatchEventsResponse]  # type: ignore[assignment]
     """Streams the journal's events after the given id, then new ones as they are committed.
@@ -143,6 +153,17 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_controller_pb2.CommandOrdersResponse, _abc.Awaitable[_controller_pb2.CommandOrdersResponse]]:
         """Cancels, suspends, resumes orders or answers their prompts. Each command gets a result.
         The request is at most 16 MiB.
+        """
+
+    @_abc_1.abstractmethod
+    def TransferOrders(
+        self,
+        request: _controller_pb2.TransferOrdersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.TransferOrdersResponse, _abc.Awaitable[_controller_pb2.TransferOrdersResponse]]:
+        """Moves orders of a workflow that have not started to another version of it, keeping their
+        ids (JS7's TransferOrders). Orders at an agent are moved there: they are marked at once and
+        transferred when the agent carries the mark out, unless they started meanwhile.
         """
 
     @_abc_1.abstractmethod

@@ -76,6 +76,50 @@ ROLE_ADMIN: Role.ValueType  # 5
 """Everything, accounts included."""
 Global___Role: _TypeAlias = Role  # noqa: Y015
 
+class _PlannedOrderState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PlannedOrderStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PlannedOrderState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PLANNED_ORDER_STATE_UNSPECIFIED: _PlannedOrderState.ValueType  # 0
+    PLANNED_ORDER_STATE_PLANNED: _PlannedOrderState.ValueType  # 1
+    PLANNED_ORDER_STATE_SUBMITTED: _PlannedOrderState.ValueType  # 2
+    PLANNED_ORDER_STATE_FINISHED: _PlannedOrderState.ValueType  # 3
+    PLANNED_ORDER_STATE_FAILED: _PlannedOrderState.ValueType  # 4
+    PLANNED_ORDER_STATE_CANCELLED: _PlannedOrderState.ValueType  # 5
+
+class PlannedOrderState(_PlannedOrderState, metaclass=_PlannedOrderStateEnumTypeWrapper): ...
+
+PLANNED_ORDER_STATE_UNSPECIFIED: PlannedOrderState.ValueType  # 0
+PLANNED_ORDER_STATE_PLANNED: PlannedOrderState.ValueType  # 1
+PLANNED_ORDER_STATE_SUBMITTED: PlannedOrderState.ValueType  # 2
+PLANNED_ORDER_STATE_FINISHED: PlannedOrderState.ValueType  # 3
+PLANNED_ORDER_STATE_FAILED: PlannedOrderState.ValueType  # 4
+PLANNED_ORDER_STATE_CANCELLED: PlannedOrderState.ValueType  # 5
+Global___PlannedOrderState: _TypeAlias = PlannedOrderState  # noqa: Y015
+
+class _PlanChangeKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PlanChangeKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PlanChangeKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PLAN_CHANGE_KIND_UNSPECIFIED: _PlanChangeKind.ValueType  # 0
+    PLAN_CHANGE_KIND_ADDED: _PlanChangeKind.ValueType  # 1
+    """A new start: planned (and submitted when its date is)."""
+    PLAN_CHANGE_KIND_REMOVED: _PlanChangeKind.ValueType  # 2
+    """A start that vanished: deleted if planned, cancelled at the controller if submitted."""
+
+class PlanChangeKind(_PlanChangeKind, metaclass=_PlanChangeKindEnumTypeWrapper): ...
+
+PLAN_CHANGE_KIND_UNSPECIFIED: PlanChangeKind.ValueType  # 0
+PLAN_CHANGE_KIND_ADDED: PlanChangeKind.ValueType  # 1
+"""A new start: planned (and submitted when its date is)."""
+PLAN_CHANGE_KIND_REMOVED: PlanChangeKind.ValueType  # 2
+"""A start that vanished: deleted if planned, cancelled at the controller if submitted."""
+Global___PlanChangeKind: _TypeAlias = PlanChangeKind  # noqa: Y015
+
 @_typing.final
 class InventoryObject(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -430,8 +474,14 @@ class DeployRequest(_message.Message):
     PATHS_FIELD_NUMBER: _builtins.int
     CONTROLLER_IDS_FIELD_NUMBER: _builtins.int
     NO_WAIT_FIELD_NUMBER: _builtins.int
+    UPDATE_PLAN_FROM_FIELD_NUMBER: _builtins.int
     no_wait: _builtins.bool
     """Return at once with the pending rows, without waiting for the first delivery attempt."""
+    update_plan_from: _builtins.str
+    """"now" or a plan date "YYYY-MM-DD": orders of the deployed workflows that have not started
+    and are scheduled from then on move to the new version, keeping their ids. Empty: submitted
+    orders keep the version they have.
+    """
     @_builtins.property
     def paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Object paths or folders; a folder deploys every object below it."""
@@ -446,10 +496,11 @@ class DeployRequest(_message.Message):
         paths: _abc.Iterable[_builtins.str] | None = ...,
         controller_ids: _abc.Iterable[_builtins.str] | None = ...,
         no_wait: _builtins.bool = ...,
+        update_plan_from: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["controller_ids", b"controller_ids", "no_wait", b"no_wait", "paths", b"paths"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["controller_ids", b"controller_ids", "no_wait", b"no_wait", "paths", b"paths", "update_plan_from", b"update_plan_from"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -460,20 +511,61 @@ class DeployResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     DEPLOYMENTS_FIELD_NUMBER: _builtins.int
+    TRANSFERS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def deployments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Deployment]: ...
+    @_builtins.property
+    def transfers(self) -> _containers.RepeatedCompositeFieldContainer[Global___OrderTransfer]:
+        """With update_plan_from: one per deployed workflow and controller."""
+
     def __init__(
         self,
         *,
         deployments: _abc.Iterable[Global___Deployment] | None = ...,
+        transfers: _abc.Iterable[Global___OrderTransfer] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployments", b"deployments"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployments", b"deployments", "transfers", b"transfers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeployResponse: _TypeAlias = DeployResponse  # noqa: Y015
+
+@_typing.final
+class OrderTransfer(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKFLOW_PATH_FIELD_NUMBER: _builtins.int
+    WORKFLOW_VERSION_ID_FIELD_NUMBER: _builtins.int
+    CONTROLLER_ID_FIELD_NUMBER: _builtins.int
+    ORDER_IDS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    workflow_path: _builtins.str
+    workflow_version_id: _builtins.str
+    controller_id: _builtins.str
+    error: _builtins.str
+    """Why nothing was moved, when it failed."""
+    @_builtins.property
+    def order_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The orders moved to the version (those at an agent move there unless they start first)."""
+
+    def __init__(
+        self,
+        *,
+        workflow_path: _builtins.str = ...,
+        workflow_version_id: _builtins.str = ...,
+        controller_id: _builtins.str = ...,
+        order_ids: _abc.Iterable[_builtins.str] | None = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["controller_id", b"controller_id", "error", b"error", "order_ids", b"order_ids", "workflow_path", b"workflow_path", "workflow_version_id", b"workflow_version_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OrderTransfer: _TypeAlias = OrderTransfer  # noqa: Y015
 
 @_typing.final
 class Deployment(_message.Message):
@@ -669,6 +761,9 @@ class ReleaseRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PATHS_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    dry_run: _builtins.bool
+    """Release nothing: only show how the daily plan would change."""
     @_builtins.property
     def paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Calendars, schedules or folders of them."""
@@ -677,10 +772,11 @@ class ReleaseRequest(_message.Message):
         self,
         *,
         paths: _abc.Iterable[_builtins.str] | None = ...,
+        dry_run: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["paths", b"paths"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "paths", b"paths"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -691,16 +787,24 @@ class ReleaseResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RELEASED_FIELD_NUMBER: _builtins.int
+    PLAN_CHANGES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def released(self) -> _containers.RepeatedCompositeFieldContainer[Global___InventoryObject]: ...
+    @_builtins.property
+    def plan_changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlanChange]:
+        """How the daily plan changes from now on (orders whose ids vanished are cancelled, new ones
+        added; started orders are never touched).
+        """
+
     def __init__(
         self,
         *,
         released: _abc.Iterable[Global___InventoryObject] | None = ...,
+        plan_changes: _abc.Iterable[Global___PlanChange] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["released", b"released"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["plan_changes", b"plan_changes", "released", b"released"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1691,3 +1795,750 @@ class SwitchoverResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SwitchoverResponse: _TypeAlias = SwitchoverResponse  # noqa: Y015
+
+@_typing.final
+class PlanSettings(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    PERIOD_BEGIN_FIELD_NUMBER: _builtins.int
+    DAYS_AHEAD_PLAN_FIELD_NUMBER: _builtins.int
+    DAYS_AHEAD_SUBMIT_FIELD_NUMBER: _builtins.int
+    CATCH_UP_SECONDS_FIELD_NUMBER: _builtins.int
+    ENABLED_FIELD_NUMBER: _builtins.int
+    TZ_VERSION_FIELD_NUMBER: _builtins.int
+    CONTROLLER_ID_FIELD_NUMBER: _builtins.int
+    time_zone: _builtins.str
+    """IANA name, e.g. "Europe/Berlin"."""
+    period_begin: _builtins.str
+    """"HH:MM:SS": where a plan date begins."""
+    days_ahead_plan: _builtins.int
+    days_ahead_submit: _builtins.int
+    catch_up_seconds: _builtins.int
+    """Starts missed while nothing could submit them: the newest within this window is submitted
+    late (one per schedule); older ones are recorded missed.
+    """
+    enabled: _builtins.bool
+    """False: nothing is planned or submitted automatically."""
+    tz_version: _builtins.str
+    """The IANA tz release plans are computed with, e.g. "2026f"."""
+    controller_id: _builtins.str
+    """The controller planned orders go to."""
+    def __init__(
+        self,
+        *,
+        time_zone: _builtins.str = ...,
+        period_begin: _builtins.str = ...,
+        days_ahead_plan: _builtins.int = ...,
+        days_ahead_submit: _builtins.int = ...,
+        catch_up_seconds: _builtins.int = ...,
+        enabled: _builtins.bool = ...,
+        tz_version: _builtins.str = ...,
+        controller_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catch_up_seconds", b"catch_up_seconds", "controller_id", b"controller_id", "days_ahead_plan", b"days_ahead_plan", "days_ahead_submit", b"days_ahead_submit", "enabled", b"enabled", "period_begin", b"period_begin", "time_zone", b"time_zone", "tz_version", b"tz_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanSettings: _TypeAlias = PlanSettings  # noqa: Y015
+
+@_typing.final
+class GetPlanSettingsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPlanSettingsRequest: _TypeAlias = GetPlanSettingsRequest  # noqa: Y015
+
+@_typing.final
+class GetPlanSettingsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def settings(self) -> Global___PlanSettings: ...
+    def __init__(
+        self,
+        *,
+        settings: Global___PlanSettings | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPlanSettingsResponse: _TypeAlias = GetPlanSettingsResponse  # noqa: Y015
+
+@_typing.final
+class CalendarDatesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALENDAR_PATH_FIELD_NUMBER: _builtins.int
+    FROM_DATE_FIELD_NUMBER: _builtins.int
+    TO_DATE_FIELD_NUMBER: _builtins.int
+    RELEASED_FIELD_NUMBER: _builtins.int
+    calendar_path: _builtins.str
+    from_date: _builtins.str
+    to_date: _builtins.str
+    released: _builtins.bool
+    """The released version instead of the draft."""
+    def __init__(
+        self,
+        *,
+        calendar_path: _builtins.str = ...,
+        from_date: _builtins.str = ...,
+        to_date: _builtins.str = ...,
+        released: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calendar_path", b"calendar_path", "from_date", b"from_date", "released", b"released", "to_date", b"to_date"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CalendarDatesRequest: _TypeAlias = CalendarDatesRequest  # noqa: Y015
+
+@_typing.final
+class CalendarDatesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def dates(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        dates: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dates", b"dates"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CalendarDatesResponse: _TypeAlias = CalendarDatesResponse  # noqa: Y015
+
+@_typing.final
+class PlannedStart(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_DATE_FIELD_NUMBER: _builtins.int
+    SCHEDULED_FOR_FIELD_NUMBER: _builtins.int
+    ORDER_ID_FIELD_NUMBER: _builtins.int
+    WORKFLOW_PATH_FIELD_NUMBER: _builtins.int
+    ORDER_NAME_FIELD_NUMBER: _builtins.int
+    SCHEDULE_PATH_FIELD_NUMBER: _builtins.int
+    plan_date: _builtins.str
+    order_id: _builtins.str
+    workflow_path: _builtins.str
+    order_name: _builtins.str
+    schedule_path: _builtins.str
+    @_builtins.property
+    def scheduled_for(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        plan_date: _builtins.str = ...,
+        scheduled_for: _timestamp_pb2.Timestamp | None = ...,
+        order_id: _builtins.str = ...,
+        workflow_path: _builtins.str = ...,
+        order_name: _builtins.str = ...,
+        schedule_path: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scheduled_for", b"scheduled_for"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["order_id", b"order_id", "order_name", b"order_name", "plan_date", b"plan_date", "schedule_path", b"schedule_path", "scheduled_for", b"scheduled_for", "workflow_path", b"workflow_path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlannedStart: _TypeAlias = PlannedStart  # noqa: Y015
+
+@_typing.final
+class PreviewPlanRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_PATH_FIELD_NUMBER: _builtins.int
+    FROM_DATE_FIELD_NUMBER: _builtins.int
+    TO_DATE_FIELD_NUMBER: _builtins.int
+    NEXT_FIELD_NUMBER: _builtins.int
+    RELEASED_FIELD_NUMBER: _builtins.int
+    schedule_path: _builtins.str
+    from_date: _builtins.str
+    """The plan dates; or next."""
+    to_date: _builtins.str
+    next: _builtins.int
+    """The next this many starts from now (within a year)."""
+    released: _builtins.bool
+    """The released versions of the schedule and its calendars instead of the drafts."""
+    def __init__(
+        self,
+        *,
+        schedule_path: _builtins.str = ...,
+        from_date: _builtins.str = ...,
+        to_date: _builtins.str = ...,
+        next: _builtins.int = ...,
+        released: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_date", b"from_date", "next", b"next", "released", b"released", "schedule_path", b"schedule_path", "to_date", b"to_date"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PreviewPlanRequest: _TypeAlias = PreviewPlanRequest  # noqa: Y015
+
+@_typing.final
+class PreviewPlanResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STARTS_FIELD_NUMBER: _builtins.int
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def starts(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlannedStart]: ...
+    @_builtins.property
+    def settings(self) -> Global___PlanSettings: ...
+    def __init__(
+        self,
+        *,
+        starts: _abc.Iterable[Global___PlannedStart] | None = ...,
+        settings: Global___PlanSettings | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings", "starts", b"starts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PreviewPlanResponse: _TypeAlias = PreviewPlanResponse  # noqa: Y015
+
+@_typing.final
+class ExplainPlanRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_PATH_FIELD_NUMBER: _builtins.int
+    DATE_FIELD_NUMBER: _builtins.int
+    RELEASED_FIELD_NUMBER: _builtins.int
+    schedule_path: _builtins.str
+    date: _builtins.str
+    released: _builtins.bool
+    def __init__(
+        self,
+        *,
+        schedule_path: _builtins.str = ...,
+        date: _builtins.str = ...,
+        released: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["date", b"date", "released", b"released", "schedule_path", b"schedule_path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExplainPlanRequest: _TypeAlias = ExplainPlanRequest  # noqa: Y015
+
+@_typing.final
+class PlanReason(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    """e.g. NOT_IN_CALENDAR, HOLIDAY_SUPPRESSED, DST_GAP_SKIPPED, DATE_MISSING."""
+    message: _builtins.str
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanReason: _TypeAlias = PlanReason  # noqa: Y015
+
+@_typing.final
+class ExplainPlanResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASONS_FIELD_NUMBER: _builtins.int
+    STARTS_FIELD_NUMBER: _builtins.int
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reasons(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlanReason]: ...
+    @_builtins.property
+    def starts(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlannedStart]: ...
+    @_builtins.property
+    def settings(self) -> Global___PlanSettings: ...
+    def __init__(
+        self,
+        *,
+        reasons: _abc.Iterable[Global___PlanReason] | None = ...,
+        starts: _abc.Iterable[Global___PlannedStart] | None = ...,
+        settings: Global___PlanSettings | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reasons", b"reasons", "settings", b"settings", "starts", b"starts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExplainPlanResponse: _TypeAlias = ExplainPlanResponse  # noqa: Y015
+
+@_typing.final
+class PlannedOrder(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDER_ID_FIELD_NUMBER: _builtins.int
+    PLAN_DATE_FIELD_NUMBER: _builtins.int
+    SCHEDULE_PATH_FIELD_NUMBER: _builtins.int
+    WORKFLOW_PATH_FIELD_NUMBER: _builtins.int
+    ORDER_NAME_FIELD_NUMBER: _builtins.int
+    SCHEDULED_FOR_FIELD_NUMBER: _builtins.int
+    CONTROLLER_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    LATE_FIELD_NUMBER: _builtins.int
+    MISSED_FIELD_NUMBER: _builtins.int
+    WORKFLOW_VERSION_ID_FIELD_NUMBER: _builtins.int
+    SUBMITTED_AT_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    SUBMISSION_FIELD_NUMBER: _builtins.int
+    TZ_VERSION_FIELD_NUMBER: _builtins.int
+    order_id: _builtins.str
+    plan_date: _builtins.str
+    schedule_path: _builtins.str
+    workflow_path: _builtins.str
+    order_name: _builtins.str
+    controller_id: _builtins.str
+    state: Global___PlannedOrderState.ValueType
+    late: _builtins.bool
+    """Not started 60 s after its planned time."""
+    missed: _builtins.bool
+    """Its start passed while nothing could submit it (and no catch-up order was sent for it)."""
+    workflow_version_id: _builtins.str
+    """Set once submitted: the version the controller holds it at."""
+    message: _builtins.str
+    """Why the controller refused it, while it did."""
+    submission: _builtins.int
+    """The date's submission number (it grows when the date is cancelled and submitted again)."""
+    tz_version: _builtins.str
+    """The IANA tz release the date was planned with."""
+    @_builtins.property
+    def scheduled_for(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def submitted_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        order_id: _builtins.str = ...,
+        plan_date: _builtins.str = ...,
+        schedule_path: _builtins.str = ...,
+        workflow_path: _builtins.str = ...,
+        order_name: _builtins.str = ...,
+        scheduled_for: _timestamp_pb2.Timestamp | None = ...,
+        controller_id: _builtins.str = ...,
+        state: Global___PlannedOrderState.ValueType = ...,
+        late: _builtins.bool = ...,
+        missed: _builtins.bool = ...,
+        workflow_version_id: _builtins.str = ...,
+        submitted_at: _timestamp_pb2.Timestamp | None = ...,
+        message: _builtins.str = ...,
+        submission: _builtins.int = ...,
+        tz_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scheduled_for", b"scheduled_for", "submitted_at", b"submitted_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["controller_id", b"controller_id", "late", b"late", "message", b"message", "missed", b"missed", "order_id", b"order_id", "order_name", b"order_name", "plan_date", b"plan_date", "schedule_path", b"schedule_path", "scheduled_for", b"scheduled_for", "state", b"state", "submission", b"submission", "submitted_at", b"submitted_at", "tz_version", b"tz_version", "workflow_path", b"workflow_path", "workflow_version_id", b"workflow_version_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlannedOrder: _TypeAlias = PlannedOrder  # noqa: Y015
+
+@_typing.final
+class ListPlannedOrdersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_DATE_FIELD_NUMBER: _builtins.int
+    TO_DATE_FIELD_NUMBER: _builtins.int
+    SCHEDULE_PATH_FIELD_NUMBER: _builtins.int
+    WORKFLOW_PATH_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    LATE_ONLY_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    from_date: _builtins.str
+    """Plan dates; empty: any."""
+    to_date: _builtins.str
+    schedule_path: _builtins.str
+    workflow_path: _builtins.str
+    state: Global___PlannedOrderState.ValueType
+    """Unspecified: every state."""
+    late_only: _builtins.bool
+    limit: _builtins.int
+    """0: 10000."""
+    def __init__(
+        self,
+        *,
+        from_date: _builtins.str = ...,
+        to_date: _builtins.str = ...,
+        schedule_path: _builtins.str = ...,
+        workflow_path: _builtins.str = ...,
+        state: Global___PlannedOrderState.ValueType = ...,
+        late_only: _builtins.bool = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_date", b"from_date", "late_only", b"late_only", "limit", b"limit", "schedule_path", b"schedule_path", "state", b"state", "to_date", b"to_date", "workflow_path", b"workflow_path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPlannedOrdersRequest: _TypeAlias = ListPlannedOrdersRequest  # noqa: Y015
+
+@_typing.final
+class ListPlannedOrdersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def orders(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlannedOrder]:
+        """By planned time."""
+
+    def __init__(
+        self,
+        *,
+        orders: _abc.Iterable[Global___PlannedOrder] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["orders", b"orders"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPlannedOrdersResponse: _TypeAlias = ListPlannedOrdersResponse  # noqa: Y015
+
+@_typing.final
+class PlanDateCount(_message.Message):
+    """Orders per plan date that a request created, submitted, cancelled or deleted."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_DATE_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    plan_date: _builtins.str
+    count: _builtins.int
+    error: _builtins.str
+    """What went wrong for this date, if anything (e.g. the controller refused some orders)."""
+    def __init__(
+        self,
+        *,
+        plan_date: _builtins.str = ...,
+        count: _builtins.int = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "error", b"error", "plan_date", b"plan_date"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanDateCount: _TypeAlias = PlanDateCount  # noqa: Y015
+
+@_typing.final
+class GeneratePlanRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_DATE_FIELD_NUMBER: _builtins.int
+    TO_DATE_FIELD_NUMBER: _builtins.int
+    SCHEDULE_PATH_FIELD_NUMBER: _builtins.int
+    from_date: _builtins.str
+    to_date: _builtins.str
+    schedule_path: _builtins.str
+    """Empty: every released schedule."""
+    def __init__(
+        self,
+        *,
+        from_date: _builtins.str = ...,
+        to_date: _builtins.str = ...,
+        schedule_path: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_date", b"from_date", "schedule_path", b"schedule_path", "to_date", b"to_date"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GeneratePlanRequest: _TypeAlias = GeneratePlanRequest  # noqa: Y015
+
+@_typing.final
+class GeneratePlanResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def dates(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlanDateCount]: ...
+    def __init__(
+        self,
+        *,
+        dates: _abc.Iterable[Global___PlanDateCount] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dates", b"dates"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GeneratePlanResponse: _TypeAlias = GeneratePlanResponse  # noqa: Y015
+
+@_typing.final
+class SubmitPlanRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_DATE_FIELD_NUMBER: _builtins.int
+    TO_DATE_FIELD_NUMBER: _builtins.int
+    SCHEDULE_PATH_FIELD_NUMBER: _builtins.int
+    from_date: _builtins.str
+    to_date: _builtins.str
+    schedule_path: _builtins.str
+    def __init__(
+        self,
+        *,
+        from_date: _builtins.str = ...,
+        to_date: _builtins.str = ...,
+        schedule_path: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_date", b"from_date", "schedule_path", b"schedule_path", "to_date", b"to_date"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitPlanRequest: _TypeAlias = SubmitPlanRequest  # noqa: Y015
+
+@_typing.final
+class SubmitPlanResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def dates(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlanDateCount]: ...
+    def __init__(
+        self,
+        *,
+        dates: _abc.Iterable[Global___PlanDateCount] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dates", b"dates"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitPlanResponse: _TypeAlias = SubmitPlanResponse  # noqa: Y015
+
+@_typing.final
+class CancelPlanRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_DATE_FIELD_NUMBER: _builtins.int
+    TO_DATE_FIELD_NUMBER: _builtins.int
+    SCHEDULE_PATH_FIELD_NUMBER: _builtins.int
+    KILL_FIELD_NUMBER: _builtins.int
+    from_date: _builtins.str
+    to_date: _builtins.str
+    schedule_path: _builtins.str
+    kill: _builtins.bool
+    """Kill the job processes of orders running now (else they are cancelled when they stop)."""
+    def __init__(
+        self,
+        *,
+        from_date: _builtins.str = ...,
+        to_date: _builtins.str = ...,
+        schedule_path: _builtins.str = ...,
+        kill: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_date", b"from_date", "kill", b"kill", "schedule_path", b"schedule_path", "to_date", b"to_date"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelPlanRequest: _TypeAlias = CancelPlanRequest  # noqa: Y015
+
+@_typing.final
+class CancelPlanResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def dates(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlanDateCount]: ...
+    def __init__(
+        self,
+        *,
+        dates: _abc.Iterable[Global___PlanDateCount] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dates", b"dates"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelPlanResponse: _TypeAlias = CancelPlanResponse  # noqa: Y015
+
+@_typing.final
+class DeletePlanRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_DATE_FIELD_NUMBER: _builtins.int
+    TO_DATE_FIELD_NUMBER: _builtins.int
+    SCHEDULE_PATH_FIELD_NUMBER: _builtins.int
+    from_date: _builtins.str
+    to_date: _builtins.str
+    schedule_path: _builtins.str
+    def __init__(
+        self,
+        *,
+        from_date: _builtins.str = ...,
+        to_date: _builtins.str = ...,
+        schedule_path: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_date", b"from_date", "schedule_path", b"schedule_path", "to_date", b"to_date"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeletePlanRequest: _TypeAlias = DeletePlanRequest  # noqa: Y015
+
+@_typing.final
+class DeletePlanResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def dates(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlanDateCount]: ...
+    def __init__(
+        self,
+        *,
+        dates: _abc.Iterable[Global___PlanDateCount] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dates", b"dates"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeletePlanResponse: _TypeAlias = DeletePlanResponse  # noqa: Y015
+
+@_typing.final
+class PlanProjectionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MONTH_FIELD_NUMBER: _builtins.int
+    MONTHS_FIELD_NUMBER: _builtins.int
+    month: _builtins.str
+    """"YYYY-MM"."""
+    months: _builtins.int
+    """0: 1."""
+    def __init__(
+        self,
+        *,
+        month: _builtins.str = ...,
+        months: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["month", b"month", "months", b"months"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanProjectionsRequest: _TypeAlias = PlanProjectionsRequest  # noqa: Y015
+
+@_typing.final
+class ScheduleProjection(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_PATH_FIELD_NUMBER: _builtins.int
+    DATES_FIELD_NUMBER: _builtins.int
+    schedule_path: _builtins.str
+    @_builtins.property
+    def dates(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlanDateCount]:
+        """The plan dates with starts, and how many."""
+
+    def __init__(
+        self,
+        *,
+        schedule_path: _builtins.str = ...,
+        dates: _abc.Iterable[Global___PlanDateCount] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dates", b"dates", "schedule_path", b"schedule_path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScheduleProjection: _TypeAlias = ScheduleProjection  # noqa: Y015
+
+@_typing.final
+class PlanProjectionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_DATE_FIELD_NUMBER: _builtins.int
+    TO_DATE_FIELD_NUMBER: _builtins.int
+    SCHEDULES_FIELD_NUMBER: _builtins.int
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    from_date: _builtins.str
+    to_date: _builtins.str
+    @_builtins.property
+    def schedules(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScheduleProjection]: ...
+    @_builtins.property
+    def settings(self) -> Global___PlanSettings: ...
+    def __init__(
+        self,
+        *,
+        from_date: _builtins.str = ...,
+        to_date: _builtins.str = ...,
+        schedules: _abc.Iterable[Global___ScheduleProjection] | None = ...,
+        settings: Global___PlanSettings | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_date", b"from_date", "schedules", b"schedules", "settings", b"settings", "to_date", b"to_date"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanProjectionsResponse: _TypeAlias = PlanProjectionsResponse  # noqa: Y015
+
+@_typing.final
+class PlanChange(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    kind: Global___PlanChangeKind.ValueType
+    @_builtins.property
+    def start(self) -> Global___PlannedStart: ...
+    def __init__(
+        self,
+        *,
+        kind: Global___PlanChangeKind.ValueType = ...,
+        start: Global___PlannedStart | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanChange: _TypeAlias = PlanChange  # noqa: Y015

@@ -639,6 +639,485 @@ class DeploymentService:
             _registered_method=True)
 
 
+class DailyPlanServiceStub:
+    """The daily plan: released calendars and schedules turned into planned orders, submitted to the
+    controller ahead of their time. Dates are plan dates "YYYY-MM-DD" in the plan's time zone (see
+    PlanSettings); a plan date holds the starts from its period begin to the next date's.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.GetPlanSettings = channel.unary_unary(
+                '/ostinato.joc.v1.DailyPlanService/GetPlanSettings',
+                request_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.GetPlanSettingsRequest.SerializeToString,
+                response_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.GetPlanSettingsResponse.FromString,
+                _registered_method=True)
+        self.CalendarDates = channel.unary_unary(
+                '/ostinato.joc.v1.DailyPlanService/CalendarDates',
+                request_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.CalendarDatesRequest.SerializeToString,
+                response_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.CalendarDatesResponse.FromString,
+                _registered_method=True)
+        self.PreviewPlan = channel.unary_unary(
+                '/ostinato.joc.v1.DailyPlanService/PreviewPlan',
+                request_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.PreviewPlanRequest.SerializeToString,
+                response_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.PreviewPlanResponse.FromString,
+                _registered_method=True)
+        self.ExplainPlan = channel.unary_unary(
+                '/ostinato.joc.v1.DailyPlanService/ExplainPlan',
+                request_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.ExplainPlanRequest.SerializeToString,
+                response_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.ExplainPlanResponse.FromString,
+                _registered_method=True)
+        self.ListPlannedOrders = channel.unary_unary(
+                '/ostinato.joc.v1.DailyPlanService/ListPlannedOrders',
+                request_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.ListPlannedOrdersRequest.SerializeToString,
+                response_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.ListPlannedOrdersResponse.FromString,
+                _registered_method=True)
+        self.GeneratePlan = channel.unary_unary(
+                '/ostinato.joc.v1.DailyPlanService/GeneratePlan',
+                request_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.GeneratePlanRequest.SerializeToString,
+                response_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.GeneratePlanResponse.FromString,
+                _registered_method=True)
+        self.SubmitPlan = channel.unary_unary(
+                '/ostinato.joc.v1.DailyPlanService/SubmitPlan',
+                request_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.SubmitPlanRequest.SerializeToString,
+                response_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.SubmitPlanResponse.FromString,
+                _registered_method=True)
+        self.CancelPlan = channel.unary_unary(
+                '/ostinato.joc.v1.DailyPlanService/CancelPlan',
+                request_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.CancelPlanRequest.SerializeToString,
+                response_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.CancelPlanResponse.FromString,
+                _registered_method=True)
+        self.DeletePlan = channel.unary_unary(
+                '/ostinato.joc.v1.DailyPlanService/DeletePlan',
+                request_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.DeletePlanRequest.SerializeToString,
+                response_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.DeletePlanResponse.FromString,
+                _registered_method=True)
+        self.PlanProjections = channel.unary_unary(
+                '/ostinato.joc.v1.DailyPlanService/PlanProjections',
+                request_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.PlanProjectionsRequest.SerializeToString,
+                response_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.PlanProjectionsResponse.FromString,
+                _registered_method=True)
+
+
+class DailyPlanServiceServicer:
+    """The daily plan: released calendars and schedules turned into planned orders, submitted to the
+    controller ahead of their time. Dates are plan dates "YYYY-MM-DD" in the plan's time zone (see
+    PlanSettings); a plan date holds the starts from its period begin to the next date's.
+    """
+
+    def GetPlanSettings(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CalendarDates(self, request, context):
+        """The dates a calendar yields from from_date to to_date (both included).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PreviewPlan(self, request, context):
+        """The starts a schedule would plan, computed from its draft (or its released version),
+        without creating orders.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExplainPlan(self, request, context):
+        """Why a plan date has no starts, or these, for a schedule.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPlannedOrders(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GeneratePlan(self, request, context):
+        """Plans the dates of released schedules; a date planned before gets back the orders deleted
+        from it. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitPlan(self, request, context):
+        """Plans (if need be) and submits the planned orders of the dates to the controller now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelPlan(self, request, context):
+        """Cancels the submitted orders of the dates at the controller and returns them to planned
+        (with new order ids); the dates are then submitted again only by SubmitPlan.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeletePlan(self, request, context):
+        """Removes the planned (not submitted) orders of the dates; GeneratePlan plans them again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PlanProjections(self, request, context):
+        """Per released schedule, the plan dates of whole months that have starts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_DailyPlanServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'GetPlanSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPlanSettings,
+                    request_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.GetPlanSettingsRequest.FromString,
+                    response_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.GetPlanSettingsResponse.SerializeToString,
+            ),
+            'CalendarDates': grpc.unary_unary_rpc_method_handler(
+                    servicer.CalendarDates,
+                    request_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.CalendarDatesRequest.FromString,
+                    response_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.CalendarDatesResponse.SerializeToString,
+            ),
+            'PreviewPlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.PreviewPlan,
+                    request_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.PreviewPlanRequest.FromString,
+                    response_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.PreviewPlanResponse.SerializeToString,
+            ),
+            'ExplainPlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExplainPlan,
+                    request_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.ExplainPlanRequest.FromString,
+                    response_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.ExplainPlanResponse.SerializeToString,
+            ),
+            'ListPlannedOrders': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPlannedOrders,
+                    request_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.ListPlannedOrdersRequest.FromString,
+                    response_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.ListPlannedOrdersResponse.SerializeToString,
+            ),
+            'GeneratePlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.GeneratePlan,
+                    request_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.GeneratePlanRequest.FromString,
+                    response_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.GeneratePlanResponse.SerializeToString,
+            ),
+            'SubmitPlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitPlan,
+                    request_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.SubmitPlanRequest.FromString,
+                    response_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.SubmitPlanResponse.SerializeToString,
+            ),
+            'CancelPlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelPlan,
+                    request_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.CancelPlanRequest.FromString,
+                    response_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.CancelPlanResponse.SerializeToString,
+            ),
+            'DeletePlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeletePlan,
+                    request_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.DeletePlanRequest.FromString,
+                    response_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.DeletePlanResponse.SerializeToString,
+            ),
+            'PlanProjections': grpc.unary_unary_rpc_method_handler(
+                    servicer.PlanProjections,
+                    request_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.PlanProjectionsRequest.FromString,
+                    response_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.PlanProjectionsResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'ostinato.joc.v1.DailyPlanService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('ostinato.joc.v1.DailyPlanService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class DailyPlanService:
+    """The daily plan: released calendars and schedules turned into planned orders, submitted to the
+    controller ahead of their time. Dates are plan dates "YYYY-MM-DD" in the plan's time zone (see
+    PlanSettings); a plan date holds the starts from its period begin to the next date's.
+    """
+
+    @staticmethod
+    def GetPlanSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ostinato.joc.v1.DailyPlanService/GetPlanSettings',
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.GetPlanSettingsRequest.SerializeToString,
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.GetPlanSettingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CalendarDates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ostinato.joc.v1.DailyPlanService/CalendarDates',
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.CalendarDatesRequest.SerializeToString,
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.CalendarDatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PreviewPlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ostinato.joc.v1.DailyPlanService/PreviewPlan',
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.PreviewPlanRequest.SerializeToString,
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.PreviewPlanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExplainPlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ostinato.joc.v1.DailyPlanService/ExplainPlan',
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.ExplainPlanRequest.SerializeToString,
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.ExplainPlanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPlannedOrders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ostinato.joc.v1.DailyPlanService/ListPlannedOrders',
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.ListPlannedOrdersRequest.SerializeToString,
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.ListPlannedOrdersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GeneratePlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ostinato.joc.v1.DailyPlanService/GeneratePlan',
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.GeneratePlanRequest.SerializeToString,
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.GeneratePlanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitPlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ostinato.joc.v1.DailyPlanService/SubmitPlan',
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.SubmitPlanRequest.SerializeToString,
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.SubmitPlanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelPlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ostinato.joc.v1.DailyPlanService/CancelPlan',
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.CancelPlanRequest.SerializeToString,
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.CancelPlanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeletePlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ostinato.joc.v1.DailyPlanService/DeletePlan',
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.DeletePlanRequest.SerializeToString,
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.DeletePlanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PlanProjections(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ostinato.joc.v1.DailyPlanService/PlanProjections',
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.PlanProjectionsRequest.SerializeToString,
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.PlanProjectionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
 class AuditServiceStub:
     """Who did what, when and why: every request that changes something.
     """

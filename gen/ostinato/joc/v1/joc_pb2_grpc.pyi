@@ -268,6 +268,166 @@ class DeploymentServiceServicer(metaclass=_abc_1.ABCMeta):
 
 def add_DeploymentServiceServicer_to_server(servicer: DeploymentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
+class DailyPlanServiceStub:
+    """The daily plan: released calendars and schedules turned into planned orders, submitted to the
+    controller ahead of their time. Dates are plan dates "YYYY-MM-DD" in the plan's time zone (see
+    PlanSettings); a plan date holds the starts from its period begin to the next date's.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> DailyPlanServiceAsyncStub: ...
+    GetPlanSettings: _grpc.UnaryUnaryMultiCallable[_joc_pb2.GetPlanSettingsRequest, _joc_pb2.GetPlanSettingsResponse]
+    CalendarDates: _grpc.UnaryUnaryMultiCallable[_joc_pb2.CalendarDatesRequest, _joc_pb2.CalendarDatesResponse]
+    """The dates a calendar yields from from_date to to_date (both included)."""
+    PreviewPlan: _grpc.UnaryUnaryMultiCallable[_joc_pb2.PreviewPlanRequest, _joc_pb2.PreviewPlanResponse]
+    """The starts a schedule would plan, computed from its draft (or its released version),
+    without creating orders.
+    """
+    ExplainPlan: _grpc.UnaryUnaryMultiCallable[_joc_pb2.ExplainPlanRequest, _joc_pb2.ExplainPlanResponse]
+    """Why a plan date has no starts, or these, for a schedule."""
+    ListPlannedOrders: _grpc.UnaryUnaryMultiCallable[_joc_pb2.ListPlannedOrdersRequest, _joc_pb2.ListPlannedOrdersResponse]
+    GeneratePlan: _grpc.UnaryUnaryMultiCallable[_joc_pb2.GeneratePlanRequest, _joc_pb2.GeneratePlanResponse]
+    """Plans the dates of released schedules; a date planned before gets back the orders deleted
+    from it. Idempotent.
+    """
+    SubmitPlan: _grpc.UnaryUnaryMultiCallable[_joc_pb2.SubmitPlanRequest, _joc_pb2.SubmitPlanResponse]
+    """Plans (if need be) and submits the planned orders of the dates to the controller now."""
+    CancelPlan: _grpc.UnaryUnaryMultiCallable[_joc_pb2.CancelPlanRequest, _joc_pb2.CancelPlanResponse]
+    """Cancels the submitted orders of the dates at the controller and returns them to planned
+    (with new order ids); the dates are then submitted again only by SubmitPlan.
+    """
+    DeletePlan: _grpc.UnaryUnaryMultiCallable[_joc_pb2.DeletePlanRequest, _joc_pb2.DeletePlanResponse]
+    """Removes the planned (not submitted) orders of the dates; GeneratePlan plans them again."""
+    PlanProjections: _grpc.UnaryUnaryMultiCallable[_joc_pb2.PlanProjectionsRequest, _joc_pb2.PlanProjectionsResponse]
+    """Per released schedule, the plan dates of whole months that have starts."""
+
+@_typing.type_check_only
+class DailyPlanServiceAsyncStub(DailyPlanServiceStub):
+    """The daily plan: released calendars and schedules turned into planned orders, submitted to the
+    controller ahead of their time. Dates are plan dates "YYYY-MM-DD" in the plan's time zone (see
+    PlanSettings); a plan date holds the starts from its period begin to the next date's.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    GetPlanSettings: _aio.UnaryUnaryMultiCallable[_joc_pb2.GetPlanSettingsRequest, _joc_pb2.GetPlanSettingsResponse]  # type: ignore[assignment]
+    CalendarDates: _aio.UnaryUnaryMultiCallable[_joc_pb2.CalendarDatesRequest, _joc_pb2.CalendarDatesResponse]  # type: ignore[assignment]
+    """The dates a calendar yields from from_date to to_date (both included)."""
+    PreviewPlan: _aio.UnaryUnaryMultiCallable[_joc_pb2.PreviewPlanRequest, _joc_pb2.PreviewPlanResponse]  # type: ignore[assignment]
+    """The starts a schedule would plan, computed from its draft (or its released version),
+    without creating orders.
+    """
+    ExplainPlan: _aio.UnaryUnaryMultiCallable[_joc_pb2.ExplainPlanRequest, _joc_pb2.ExplainPlanResponse]  # type: ignore[assignment]
+    """Why a plan date has no starts, or these, for a schedule."""
+    ListPlannedOrders: _aio.UnaryUnaryMultiCallable[_joc_pb2.ListPlannedOrdersRequest, _joc_pb2.ListPlannedOrdersResponse]  # type: ignore[assignment]
+    GeneratePlan: _aio.UnaryUnaryMultiCallable[_joc_pb2.GeneratePlanRequest, _joc_pb2.GeneratePlanResponse]  # type: ignore[assignment]
+    """Plans the dates of released schedules; a date planned before gets back the orders deleted
+    from it. Idempotent.
+    """
+    SubmitPlan: _aio.UnaryUnaryMultiCallable[_joc_pb2.SubmitPlanRequest, _joc_pb2.SubmitPlanResponse]  # type: ignore[assignment]
+    """Plans (if need be) and submits the planned orders of the dates to the controller now."""
+    CancelPlan: _aio.UnaryUnaryMultiCallable[_joc_pb2.CancelPlanRequest, _joc_pb2.CancelPlanResponse]  # type: ignore[assignment]
+    """Cancels the submitted orders of the dates at the controller and returns them to planned
+    (with new order ids); the dates are then submitted again only by SubmitPlan.
+    """
+    DeletePlan: _aio.UnaryUnaryMultiCallable[_joc_pb2.DeletePlanRequest, _joc_pb2.DeletePlanResponse]  # type: ignore[assignment]
+    """Removes the planned (not submitted) orders of the dates; GeneratePlan plans them again."""
+    PlanProjections: _aio.UnaryUnaryMultiCallable[_joc_pb2.PlanProjectionsRequest, _joc_pb2.PlanProjectionsResponse]  # type: ignore[assignment]
+    """Per released schedule, the plan dates of whole months that have starts."""
+
+class DailyPlanServiceServicer(metaclass=_abc_1.ABCMeta):
+    """The daily plan: released calendars and schedules turned into planned orders, submitted to the
+    controller ahead of their time. Dates are plan dates "YYYY-MM-DD" in the plan's time zone (see
+    PlanSettings); a plan date holds the starts from its period begin to the next date's.
+    """
+
+    @_abc_1.abstractmethod
+    def GetPlanSettings(
+        self,
+        request: _joc_pb2.GetPlanSettingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_joc_pb2.GetPlanSettingsResponse, _abc.Awaitable[_joc_pb2.GetPlanSettingsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CalendarDates(
+        self,
+        request: _joc_pb2.CalendarDatesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_joc_pb2.CalendarDatesResponse, _abc.Awaitable[_joc_pb2.CalendarDatesResponse]]:
+        """The dates a calendar yields from from_date to to_date (both included)."""
+
+    @_abc_1.abstractmethod
+    def PreviewPlan(
+        self,
+        request: _joc_pb2.PreviewPlanRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_joc_pb2.PreviewPlanResponse, _abc.Awaitable[_joc_pb2.PreviewPlanResponse]]:
+        """The starts a schedule would plan, computed from its draft (or its released version),
+        without creating orders.
+        """
+
+    @_abc_1.abstractmethod
+    def ExplainPlan(
+        self,
+        request: _joc_pb2.ExplainPlanRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_joc_pb2.ExplainPlanResponse, _abc.Awaitable[_joc_pb2.ExplainPlanResponse]]:
+        """Why a plan date has no starts, or these, for a schedule."""
+
+    @_abc_1.abstractmethod
+    def ListPlannedOrders(
+        self,
+        request: _joc_pb2.ListPlannedOrdersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_joc_pb2.ListPlannedOrdersResponse, _abc.Awaitable[_joc_pb2.ListPlannedOrdersResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GeneratePlan(
+        self,
+        request: _joc_pb2.GeneratePlanRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_joc_pb2.GeneratePlanResponse, _abc.Awaitable[_joc_pb2.GeneratePlanResponse]]:
+        """Plans the dates of released schedules; a date planned before gets back the orders deleted
+        from it. Idempotent.
+        """
+
+    @_abc_1.abstractmethod
+    def SubmitPlan(
+        self,
+        request: _joc_pb2.SubmitPlanRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_joc_pb2.SubmitPlanResponse, _abc.Awaitable[_joc_pb2.SubmitPlanResponse]]:
+        """Plans (if need be) and submits the planned orders of the dates to the controller now."""
+
+    @_abc_1.abstractmethod
+    def CancelPlan(
+        self,
+        request: _joc_pb2.CancelPlanRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_joc_pb2.CancelPlanResponse, _abc.Awaitable[_joc_pb2.CancelPlanResponse]]:
+        """Cancels the submitted orders of the dates at the controller and returns them to planned
+        (with new order ids); the dates are then submitted again only by SubmitPlan.
+        """
+
+    @_abc_1.abstractmethod
+    def DeletePlan(
+        self,
+        request: _joc_pb2.DeletePlanRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_joc_pb2.DeletePlanResponse, _abc.Awaitable[_joc_pb2.DeletePlanResponse]]:
+        """Removes the planned (not submitted) orders of the dates; GeneratePlan plans them again."""
+
+    @_abc_1.abstractmethod
+    def PlanProjections(
+        self,
+        request: _joc_pb2.PlanProjectionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_joc_pb2.PlanProjectionsResponse, _abc.Awaitable[_joc_pb2.PlanProjectionsResponse]]:
+        """Per released schedule, the plan dates of whole months that have starts."""
+
+def add_DailyPlanServiceServicer_to_server(servicer: DailyPlanServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
 class AuditServiceStub:
     """Who did what, when and why: every request that changes something."""
 
