@@ -21,7 +21,6 @@ import sqlalchemy as sa
 from gen.ostinato.common.v1 import items_pb2, order_pb2
 from gen.ostinato.joc.v1 import joc_pb2, joc_pb2_grpc
 from joc_svc.schema import plan_orders
-from ostinato import rpc
 from ostinato.topology import ROOT, Topology, TopologyConfig
 from tests.integration.support import Joc, eventually, shell_job
 
@@ -106,14 +105,23 @@ class Plan:
         return "".join([r.chunk async for r in chunks])
 
 
-def cli(joc_address: str, *args: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "ostinato.cli", *args[:2], "--joc", joc_address, *args[2:]]
+def cli(topology: Topology, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI with this topology's JOC address and certificate (options before the command)."""
+    command = [
+        sys.executable,
+        "-m",
+        "ostinato.cli",
+        "--joc",
+        topology.joc_address,
+        *topology.cli_args(),
+        *args,
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=ROOT)
 
 
 @pytest.fixture
 async def plan(topology: Topology) -> AsyncIterator[Plan]:
-    channel = rpc.channel(topology.joc_address)
+    channel = topology.channel(topology.joc_address)
     client = Plan(channel)
     await client.put("/cal/every-day", CAL, EVERY_DAY)
     yield client
@@ -126,7 +134,7 @@ async def test_a_released_schedule_runs_its_order_on_time(topology: Topology, pl
     await plan.put("/app/eod", SCHED, schedule("/app/eod", at))
 
     # The draft previews as it will plan: the next start is today's.
-    preview = cli(topology.joc_address, "plan", "preview", "/app/eod", "--next", "2", "--output", "json")
+    preview = cli(topology, "plan", "preview", "/app/eod", "--next", "2", "--output", "json")
     assert preview.returncode == 0, preview.stderr
     starts = json.loads(preview.stdout)
     assert [s["scheduledFor"] for s in starts] == [
@@ -154,7 +162,7 @@ async def test_a_released_schedule_runs_its_order_on_time(topology: Topology, pl
     assert len(rows) == 7 and len({r.plan_date for r in rows}) == 7
     assert sum(r.state == P.PLANNED_ORDER_STATE_PLANNED for r in rows) == 4
     shown = cli(
-        topology.joc_address,
+        topology,
         "plan",
         "show",
         "--schedule",
@@ -215,7 +223,7 @@ async def test_joc_down_before_submission_catches_up_once_per_schedule(held_topo
     topology = held_topology
 
     async def connect() -> tuple[Plan, object]:
-        channel = rpc.channel(topology.joc_address)
+        channel = topology.channel(topology.joc_address)
         return Plan(channel), channel
 
     plan, channel = await connect()
@@ -277,9 +285,7 @@ async def test_a_date_is_cancelled_and_submitted_again(topology: Topology, plan:
     ]
     day = first.plan_date
 
-    cancelled = cli(
-        topology.joc_address, "plan", "cancel", "--from", day, "--schedule", "/app/again", "--output", "json"
-    )
+    cancelled = cli(topology, "plan", "cancel", "--from", day, "--schedule", "/app/again", "--output", "json")
     assert cancelled.returncode == 0, cancelled.stderr
     assert json.loads(cancelled.stdout) == [{"planDate": day, "count": 1}]
     [again] = [r for r in await plan.rows("/app/again") if r.plan_date == day]
@@ -291,7 +297,7 @@ async def test_a_date_is_cancelled_and_submitted_again(topology: Topology, plan:
         P.PLANNED_ORDER_STATE_PLANNED
     ]
 
-    submitted = cli(topology.joc_address, "plan", "submit", "--from", day, "--to", day, "--output", "json")
+    submitted = cli(topology, "plan", "submit", "--from", day, "--to", day, "--output", "json")
     assert submitted.returncode == 0, submitted.stderr
     assert {"planDate": day, "count": 1} in json.loads(submitted.stdout)
     [done] = await plan.rows_in("/app/again", P.PLANNED_ORDER_STATE_FINISHED, 1, timeout=30)
@@ -389,12 +395,12 @@ async def test_a_changed_schedule_updates_the_plan_by_order_id(topology: Topolog
 def test_cli_over_the_sample_plan(topology: Topology) -> None:
     """The README's walk through examples/plan/ with --output json: calendar dates, an
     explanation, projections, and delete then generate of a date planned ahead."""
-    deployed = cli(topology.joc_address, "deploy", str(ROOT / "examples"))
+    deployed = cli(topology, "deploy", str(ROOT / "examples"))
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     assert "put schedule /plan/hello-daily" in deployed.stdout
 
     def ok(*args: str) -> object:
-        done = cli(topology.joc_address, *args, "--output", "json")
+        done = cli(topology, *args, "--output", "json")
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
 
@@ -411,7 +417,7 @@ def test_cli_over_the_sample_plan(topology: Topology) -> None:
         "HOLIDAY_SUPPRESSED",
     ]
 
-    released = cli(topology.joc_address, "release", "-i", "/plan")
+    released = cli(topology, "release", "-i", "/plan")
     assert released.returncode == 0, released.stderr
     projected = ok("plan", "projections", "--month", "2026-12")
     assert isinstance(projected, dict)
@@ -427,7 +433,7 @@ def test_cli_over_the_sample_plan(topology: Topology) -> None:
     day = next(d.isoformat() for d in ahead if d.weekday() < 5 and d.isoformat() not in off)
 
     async def planned() -> bool:
-        channel = rpc.channel(topology.joc_address)
+        channel = topology.channel(topology.joc_address)
         rows = await joc_pb2_grpc.DailyPlanServiceStub(channel).ListPlannedOrders(
             P.ListPlannedOrdersRequest(from_date=day, to_date=day)
         )
