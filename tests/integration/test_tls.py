@@ -168,8 +168,10 @@ async def session_refused(channel: grpc.aio.Channel) -> tuple[grpc.StatusCode, s
         rogue = pb.StartProcess(process_key="rogue", shell_script="id > f")
         with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
             await call.write(pb.SessionRequest(hello=hello))
-            await call.write(pb.SessionRequest(start_process=rogue))
+            # Read before writing on: a write racing the subagent's refusal would end the call
+            # with gRPC's own INTERNAL on this side instead of the status the subagent sent.
             response = await asyncio.wait_for(call.read(), 10)
+            await call.write(pb.SessionRequest(start_process=rogue))
             raise AssertionError(f"the subagent answered the rogue director: {response}")
         return await call.code(), await call.details()
 
