@@ -16,7 +16,14 @@ from enum import StrEnum
 
 from ostinato.dailyplan import zones
 from ostinato.dailyplan.calendars import BaseDays, Calendar, CalendarType
-from ostinato.dailyplan.planner import MAX_MOVE_DAYS, PlannedStart, Planner, Settings, plan_date_of
+from ostinato.dailyplan.planner import (
+    MAX_MOVE_DAYS,
+    PlannedStart,
+    Planner,
+    Settings,
+    plan_date_of,
+    working_day_from,
+)
 from ostinato.dailyplan.schedules import CalendarEntry, Schedule, WhenHoliday
 
 
@@ -128,7 +135,7 @@ def _entry(
     plan_start, plan_end = planner.bounds(day, day)
     for period in entry.periods:
         if selected and off:
-            found.append(_holiday(period.field, period.when_holiday, day, off, holidays))
+            found.append(_holiday(period.field, period.when_holiday, day, off, base, holidays))
         sources = planner.run_dates(entry, base, holidays, period, day, day).get(day, ())
         for source in sources:
             if source != day:
@@ -157,19 +164,21 @@ def _entry(
 
 
 def _holiday(
-    field: str, when: WhenHoliday, day: date, off: list[str], holidays: list[tuple[str, BaseDays]]
+    field: str,
+    when: WhenHoliday,
+    day: date,
+    off: list[str],
+    base: BaseDays,
+    holidays: list[tuple[str, BaseDays]],
 ) -> Reason:
     what = f"{field}: {day} is a non-working day ({', '.join(off)})"
     if when is WhenHoliday.SUPPRESS:
         return Reason(Code.HOLIDAY_SUPPRESSED, f"{what}: no start (whenHoliday SUPPRESS)")
     if when is WhenHoliday.IGNORE:
         return Reason(Code.HOLIDAY_IGNORED, f"{what}: starts anyway (whenHoliday IGNORE)")
-    step = timedelta(days=1 if when is WhenHoliday.NEXT else -1)
-    other = day + step
-    while any(h.has(other) for _, h in holidays):
-        if abs((other - day).days) >= MAX_MOVE_DAYS:
-            return Reason(Code.NO_WORKING_DAY, f"{what}: no working day within {MAX_MOVE_DAYS} days ({when})")
-        other += step
+    other = working_day_from(day, timedelta(days=1 if when is WhenHoliday.NEXT else -1), base, holidays)
+    if other is None:
+        return Reason(Code.NO_WORKING_DAY, f"{what}: no working day within {MAX_MOVE_DAYS} days ({when})")
     return Reason(Code.HOLIDAY_MOVED, f"{what}: moves to {other} ({when})")
 
 

@@ -22,8 +22,12 @@ What ostinato does, and why:
   start to skip); in a fold begin is the first occurrence (the second with SECOND) and end the
   second (the first with FIRST), so BOTH spans both passes. WALL steps wall times and resolves
   each like a single start.
-- whenHoliday moves a period to the next/previous date that is not in any of the schedule's
-  non-working-day calendars, looking at most MAX_MOVE_DAYS days (beyond: nothing planned).
+- whenHoliday NEXT/PREVIOUS moves a period to the next/previous working day: a date of the base
+  calendar that is in none of the schedule's non-working-day calendars, looking at most
+  MAX_MOVE_DAYS days (beyond: nothing planned). JS7 moves to the next date that is no holiday,
+  whatever the base calendar says, so Good Friday's start of a Mon-Fri schedule lands on a
+  Saturday; what the option's name promises, and what users of a workdays calendar expect, is
+  the working day after (or before) it.
 - One order per (workflow, order name, instant): starts that coincide (two periods, a moved
   start) plan one order, the first in the order of calendars, periods and dates.
 - Order ids are deterministic (no clock, no lookup): a hash of controller, schedule, workflow,
@@ -48,6 +52,21 @@ from ostinato.dailyplan.schedules import CalendarEntry, Cycle, Fold, Gap, Period
 from ostinato.errors import InvalidArgument, NotFound
 
 MAX_MOVE_DAYS = 366
+
+
+def working_day_from(
+    day: date, step: timedelta, base: BaseDays, holidays: list[tuple[str, BaseDays]]
+) -> date | None:
+    """The first working day after `day` in the direction of `step` (in the base calendar, in no
+    non-working-day calendar), within MAX_MOVE_DAYS; where whenHoliday NEXT/PREVIOUS moves a start."""
+    other = day + step
+    while abs((other - day).days) <= MAX_MOVE_DAYS:
+        if base.has(other) and not any(h.has(other) for _, h in holidays):
+            return other
+        other += step
+    return None
+
+
 ORDER_NAME_CHARS = 30  # as JS7: the name part of an order id is cut there
 _ONE_DAY = timedelta(days=1)
 
@@ -253,11 +272,16 @@ class Planner:
             else:
                 if self.selected(entry, base, day):
                     sources.append(day)
-                if when in (WhenHoliday.NEXT, WhenHoliday.PREVIOUS):
+                if when in (WhenHoliday.NEXT, WhenHoliday.PREVIOUS) and base.has(day):
+                    # A working day takes the starts of the non-working days before it (NEXT) or
+                    # after it (PREVIOUS), up to the working day there; days outside the base
+                    # calendar (a weekend of a workdays calendar) are passed over, not targets.
                     step = -_ONE_DAY if when is WhenHoliday.NEXT else _ONE_DAY
                     other = day + step
-                    while holiday(other) and abs((other - day).days) <= MAX_MOVE_DAYS:
-                        if self.selected(entry, base, other):
+                    while (holiday(other) or not base.has(other)) and abs(
+                        (other - day).days
+                    ) <= MAX_MOVE_DAYS:
+                        if holiday(other) and self.selected(entry, base, other):
                             sources.append(other)
                         other += step
             if sources:

@@ -192,11 +192,12 @@ def test_when_holiday_on_easter_monday_2026() -> None:
 
     assert days("SUPPRESS") == ["04-02", "04-07", "04-08"]
     assert days("IGNORE") == ["04-02", "04-03", "04-06", "04-07", "04-08"]
-    # Easter Monday moves to Tuesday, where it meets Tuesday's own start: one order. Good Friday
-    # moves to Saturday, which is no holiday...
-    assert days("NEXTNONWORKINGDAY") == ["04-02", "04-04", "04-07", "04-08"]
-    assert days("PREVIOUSNONWORKINGDAY") == ["04-02", "04-05", "04-07", "04-08"]
-    # ...unless the non-working-day calendar has the weekends too.
+    # Good Friday and Easter Monday move to the next working day of the workdays calendar,
+    # Tuesday, where they meet Tuesday's own start: one order (not to Saturday, which is no
+    # holiday but no working day either, as JS7 would). Backwards both go to Thursday.
+    assert days("NEXTNONWORKINGDAY") == ["04-02", "04-07", "04-08"]
+    assert days("PREVIOUSNONWORKINGDAY") == ["04-02", "04-07", "04-08"]
+    # The same when the non-working-day calendar has the weekends too.
     assert days("NEXTNONWORKINGDAY", "/cal/weekends-and-holidays-de") == ["04-02", "04-07", "04-08"]
     assert days("PREVIOUSNONWORKINGDAY", "/cal/weekends-and-holidays-de") == ["04-02", "04-07", "04-08"]
 

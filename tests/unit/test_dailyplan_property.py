@@ -296,8 +296,10 @@ def reference(case: Case) -> set[tuple[date, int, str, date, int, int]]:
             return None
         step = timedelta(days=1 if when == "NEXTNONWORKINGDAY" else -1)
         d = c + step
-        while d in case.holidays:
+        while d in case.holidays or not working(d):  # to the next (previous) working day
             d += step
+            if abs((d - c).days) > 366:
+                return None
         event("a start moved off a non-working day")
         return d
 
