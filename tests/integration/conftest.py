@@ -10,20 +10,13 @@ import pytest
 
 from ostinato.topology import Topology, TopologyConfig
 from tests.integration.certificates import Certificates
-from tests.integration.support import Joc
+from tests.integration.support import Joc, running
 
 
 @pytest.fixture
 def topology(tmp_path: Path) -> Iterator[Topology]:
-    topo = Topology(tmp_path / "topology", TopologyConfig.ephemeral())
-    topo.start()
-    try:
+    with running(tmp_path / "topology", TopologyConfig.ephemeral()) as topo:
         yield topo
-    finally:
-        topo.stop()
-        failed = [n for n, s in topo.services.items() if s.process.returncode not in (0, -9, None)]
-        for name in failed:
-            print(f"===== {name} log\n{topo.services[name].log_text()[-4000:]}")
 
 
 @pytest.fixture

@@ -3,17 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
 from gen.ostinato.common.v1 import items_pb2, order_pb2
 from gen.ostinato.joc.v1 import joc_pb2, joc_pb2_grpc
+from ostinato.topology import Topology, TopologyConfig
 from ostinato.workflow.orders import END_STATES
+
+
+@contextlib.contextmanager
+def running(data_dir: Path, config: TopologyConfig) -> Iterator[Topology]:
+    """A topology started for a test, stopped after it; the log of each service that failed (not
+    one a test killed) is printed, where pytest shows it."""
+    topo = Topology(data_dir, config)
+    topo.start()
+    try:
+        yield topo
+    finally:
+        topo.stop()
+        for name, launched in topo.services.items():
+            if launched.process.returncode not in (0, -9, None):
+                print(f"===== {name} log\n{launched.log_text()[-4000:]}")
 
 
 @dataclass

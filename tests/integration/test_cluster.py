@@ -22,7 +22,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from gen.ostinato.common.v1 import cluster_pb2, cluster_pb2_grpc, events_pb2
 from gen.ostinato.joc.v1 import joc_pb2
 from ostinato.topology import Topology, TopologyConfig
-from tests.integration.support import Joc, eventually
+from tests.integration.support import Joc, eventually, running
 
 ORDERS = 200
 JOBS = ("one", "two", "three")
@@ -33,15 +33,8 @@ def cluster(tmp_path: Path) -> Iterator[Topology]:
     config = TopologyConfig.ephemeral()
     config.controller_cluster = "witness"
     config.director_cluster = "three"
-    topo = Topology(tmp_path / "topology", config)
-    topo.start()
-    try:
+    with running(tmp_path / "topology", config) as topo:
         yield topo
-    finally:
-        topo.stop()
-        for name, launched in topo.services.items():
-            if launched.process.returncode not in (0, -9, None):
-                print(f"===== {name} log\n{launched.log_text()[-4000:]}")
 
 
 @pytest.fixture

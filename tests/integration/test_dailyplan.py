@@ -22,7 +22,7 @@ from gen.ostinato.common.v1 import items_pb2, order_pb2
 from gen.ostinato.joc.v1 import joc_pb2, joc_pb2_grpc
 from joc_svc.schema import plan_orders
 from ostinato.topology import ROOT, Topology, TopologyConfig
-from tests.integration.support import Joc, eventually, shell_job
+from tests.integration.support import Joc, eventually, running, shell_job
 
 P = joc_pb2
 CAL = items_pb2.ITEM_TYPE_CALENDAR
@@ -208,12 +208,8 @@ def held_topology(tmp_path: Path) -> Iterator[Topology]:
     """Plans, submits nothing (days ahead to submit 0)."""
     config = TopologyConfig.ephemeral(subagents=1)
     config.dailyplan = {"days_ahead_submit": 0}
-    topo = Topology(tmp_path / "topology", config)
-    topo.start()
-    try:
+    with running(tmp_path / "topology", config) as topo:
         yield topo
-    finally:
-        topo.stop()
 
 
 async def test_joc_down_before_submission_catches_up_once_per_schedule(held_topology: Topology) -> None:

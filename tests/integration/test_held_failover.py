@@ -20,7 +20,7 @@ from gen.ostinato.controller.v1 import controller_pb2, controller_pb2_grpc
 from gen.ostinato.director.v1 import director_pb2, director_pb2_grpc
 from ostinato import rpc
 from ostinato.topology import Topology, TopologyConfig
-from tests.integration.support import Joc, eventually
+from tests.integration.support import Joc, eventually, running
 from tests.integration.test_cluster import (
     ORDERS,
     active_node,
@@ -32,8 +32,7 @@ from tests.integration.test_cluster import (
 
 pytestmark = pytest.mark.integration
 
-# Orders held for tomorrow. The figure is 10,000; lower it (500 shows the test's logic)
-# while the director is too slow for that many.
+# Orders held for tomorrow: the figure.
 HELD = 10_000
 BATCH = 1_000  # held orders per AddOrders call
 # How long the controller and the director may take to hold all of them, before and after the
@@ -47,15 +46,8 @@ def clusters(tmp_path: Path) -> Iterator[Topology]:
     config = TopologyConfig.ephemeral()
     config.controller_cluster = "three"
     config.director_cluster = "three"
-    topo = Topology(tmp_path / "topology", config)
-    topo.start()
-    try:
+    with running(tmp_path / "topology", config) as topo:
         yield topo
-    finally:
-        topo.stop()
-        for name, launched in topo.services.items():
-            if launched.process.returncode not in (0, -9, None):
-                print(f"===== {name} log\n{launched.log_text()[-4000:]}")
 
 
 @pytest.fixture
