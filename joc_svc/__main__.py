@@ -75,8 +75,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         peers="default: any certificate of --tls-ca (clients' certificate identities may name accounts:"
         " ostinato account add NAME --cert-subject DN)",
     )
+    service.add_arguments(parser)
     args = parser.parse_args(argv)
     args.security = tls.from_args(args, parser, peers_required=False)
+    args.options = service.options(args, parser)
     if bool(args.signing_key) != bool(args.signing_cert):
         parser.error("--signing-key and --signing-cert go together")
     if args.signing_key and args.security_level == "high":
@@ -163,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                 await link.close()
             store.close()
 
-    return service.run("joc", serve, args.security)
+    return service.run("joc", serve, args.security, args.options)
 
 
 def _prepare_accounts(accounts: auth.AccountStore, args: argparse.Namespace) -> None:

@@ -59,6 +59,9 @@ class TopologyConfig:
     # plain text everywhere when `insecure`.
     insecure: bool = False
     tls_dir: Path | None = None
+    # Each service serves Prometheus metrics on this host at a port of its own (None: no metrics).
+    metrics_host: str | None = "127.0.0.1"
+    log_format: str = "text"  # every service's --log-format
 
     @classmethod
     def ephemeral(cls, subagents: int = 2) -> TopologyConfig:
@@ -106,6 +109,12 @@ class TopologyConfig:
         if unknown:
             raise ValueError(f"{path}: [tls] knows insecure and dir, not {sorted(unknown)}")
         config.insecure = bool(security.get("insecure", config.insecure))
+        observe = data.get("metrics", {})
+        if not observe.get("enabled", True):
+            config.metrics_host = None
+        elif "host" in observe:
+            config.metrics_host = observe["host"]
+        config.log_format = data.get("logs", {}).get("format", config.log_format)
         if "dir" in security:
             config.tls_dir = base / security["dir"]
         return config
@@ -342,7 +351,9 @@ class Topology:
         spawned = []
         for name in names:
             kind, module, args = self._args(name)
-            args = [*args, *self.tls_args(name)]
+            args = [*args, *self.tls_args(name), "--log-format", self.config.log_format]
+            if self.config.metrics_host is not None:
+                args += ["--metrics-listen", f"{self.config.metrics_host}:0"]
             if name in self.witnesses:
                 module, args = "ostinato.cli", ["witness", kind, *args]
             spawned.append(spawn(kind, module, args, self.data_dir / name, env=self.env))
@@ -395,7 +406,8 @@ class Topology:
 
 def _print_addresses(topology: Topology) -> None:
     for name, launched in topology.services.items():
-        print(f"  {name:<12} {launched.address:<22} log {launched.log_path}")
+        metrics = f" metrics {launched.metrics_url}" if launched.metrics_url else ""
+        print(f"  {name:<12} {launched.address:<22}{metrics} log {launched.log_path}")
 
 
 def run_up(config_path: Path | None, data_dir: Path | None, insecure: bool = False) -> int:

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ostinato import tracing
+from ostinato import metrics, tracing
 from ostinato.process import Exited, Message, Output, Started, Stream
 
 log = logging.getLogger(__name__)
@@ -245,6 +245,8 @@ class Process:
             spec.job_name,
         )
         self._emit(Started(spec.process_key, process.pid))
+        metrics.PROCESSES_STARTED.inc()
+        metrics.PROCESSES_RUNNING.inc()
         if self._kill_reason:
             self.kill(self._kill_now, self._kill_reason, self._timed_out)
         timeout_timer = None
@@ -262,6 +264,7 @@ class Process:
             returncode = await process.wait()
         finally:
             self._done = True
+            metrics.PROCESSES_RUNNING.dec()
             for timer in (timeout_timer, self._sigkill_timer):
                 if timer is not None:
                     timer.cancel()

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from gen.ostinato.common.v1 import cluster_pb2, events_pb2
+from ostinato import metrics
 from ostinato.cluster.config import NodeConfig
 from ostinato.errors import InvalidArgument, NotActive
 from ostinato.journal.replicated import Journal, cluster_password
@@ -40,6 +41,7 @@ class JournaledNode(ABC):
         self._active_tasks: list[asyncio.Task[Any]] = []
         self._wake = asyncio.Event()
         self._role_known = asyncio.Event()
+        self.metrics = metrics.NodeMetrics()
 
     async def start(self, new_state: Callable[[], Any]) -> None:
         """Opens the journal; the node activates whenever it becomes the leader."""
@@ -69,6 +71,8 @@ class JournaledNode(ABC):
             self.shell.on_commit(self._committed)
             self.activate(state)
             self.active = True
+            self.metrics.activated(state)
+            self.metrics.role("active", self.journal.term)
             self._role_known.set()
             log.info(
                 "node %s active in term %d at event %d",
@@ -82,6 +86,8 @@ class JournaledNode(ABC):
             deposed.cancel()
             failing.cancel()
             self.active = False
+            self.metrics.deactivated()
+            self.metrics.role("passive", self.journal.term)
             log.warning("node %s deposed in term %d; passive again", self.node.name, self.journal.term)
             for task in self._active_tasks:
                 task.cancel()
@@ -103,6 +109,10 @@ class JournaledNode(ABC):
         while True:
             if self.journal.leader() != leader:
                 leader = self.journal.leader()
+                if leader:
+                    metrics.LEADER_CHANGES.inc()
+                if not self.active:
+                    self.metrics.role("witness" if self.node.member.witness else "passive", self.journal.term)
                 if leader and not self.journal.is_leader():
                     log.info("node %s passive; active node is %s", self.node.name, self._active_member_name())
                     self._role_known.set()
@@ -148,6 +158,7 @@ class JournaledNode(ABC):
         self._wake.set()
 
     def _committed(self, events: list[events_pb2.Event]) -> None:
+        self.metrics.committed(events, self.shell.state)
         self.on_commit(events)
         self._wake.set()
 
