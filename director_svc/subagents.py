@@ -196,7 +196,9 @@ class SubagentDriver:
             "job start",
             spec.trace_parent,
             order_id=spec.order_id,
+            workflow=spec.workflow_path,
             job=spec.job_name,
+            agent=self.director.agent,
             subagent=self.subagent_id,
         ):
             request = convert.start_process(spec)

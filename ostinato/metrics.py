@@ -358,7 +358,7 @@ class NodeMetrics:
                 after = S.ORDER_STATE_FRESH if event.order_id in orders.kept else None
             self._move(event.order_id, after)
             if kind == "order_processing_started" and order is not None:
-                self._jobs[event.order_id] = (event.timestamp.ToMilliseconds(), *_job_labels(state, order))
+                self._jobs[event.order_id] = (event.timestamp.ToMilliseconds(), *job_labels(state, order))
             elif kind == "order_processed" and (job := self._jobs.pop(event.order_id, None)):
                 started, workflow, name = job
                 seconds = max(event.timestamp.ToMilliseconds() - started, 0) / 1000
@@ -381,12 +381,13 @@ class NodeMetrics:
                 ORDERS.labels(state_label(s)).set(self._counts[s])
 
 
-def _job_labels(state: Any, order: order_pb2.Order) -> tuple[str, str]:
-    """The workflow and the job an order's execution runs ("(inline)" for a job without a name)."""
+def job_labels(state: Any, order: order_pb2.Order) -> tuple[str, str]:
+    """The workflow and the job at the order's position ("(inline)": a job without a name,
+    "": no job there)."""
     try:
         instruction = instruction_at(state.workflow_of(order), order.position)
     except (KeyError, IndexError):
-        return order.workflow_path, "(unknown)"
+        return order.workflow_path, ""
     if instruction is None or instruction.WhichOneof("kind") != "execute":
-        return order.workflow_path, "(unknown)"
+        return order.workflow_path, ""
     return order.workflow_path, instruction.execute.job_name or "(inline)"

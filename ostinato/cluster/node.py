@@ -17,14 +17,17 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from gen.ostinato.common.v1 import cluster_pb2, events_pb2
-from ostinato import metrics
+from gen.ostinato.common.v1 import cluster_pb2, events_pb2, order_pb2
+from ostinato import logs, metrics
 from ostinato.cluster.config import NodeConfig
 from ostinato.errors import InvalidArgument, NotActive
 from ostinato.journal.replicated import Journal, cluster_password
 from ostinato.journal.shell import JournalShell, now_ms
+from ostinato.workflow.events import kind_of
 
 log = logging.getLogger(__name__)
+order_log = logging.getLogger("ostinato.orders")
+S = order_pb2.OrderState
 
 # Served by passive nodes too.
 OPEN_SERVICES = ("grpc.health.", "grpc.reflection.", "ostinato.common.v1.ClusterService/")
@@ -42,6 +45,7 @@ class JournaledNode(ABC):
         self._wake = asyncio.Event()
         self._role_known = asyncio.Event()
         self.metrics = metrics.NodeMetrics()
+        self._order_fields: dict[str, dict[str, str]] = {}  # log fields of orders under way
 
     async def start(self, new_state: Callable[[], Any]) -> None:
         """Opens the journal; the node activates whenever it becomes the leader."""
@@ -87,6 +91,7 @@ class JournaledNode(ABC):
             failing.cancel()
             self.active = False
             self.metrics.deactivated()
+            self._order_fields = {}
             self.metrics.role("passive", self.journal.term)
             log.warning("node %s deposed in term %d; passive again", self.node.name, self.journal.term)
             for task in self._active_tasks:
@@ -159,7 +164,33 @@ class JournaledNode(ABC):
 
     def _committed(self, events: list[events_pb2.Event]) -> None:
         self.metrics.committed(events, self.shell.state)
+        self._log_orders(events)
         self.on_commit(events)
+
+    def _log_orders(self, events: list[events_pb2.Event]) -> None:
+        """A line per committed order event worth one (the CLI's wording), with the order's id,
+        workflow, job and trace id as fields (`--log-format json` shows them)."""
+        if not order_log.isEnabledFor(logging.INFO):
+            return
+        state: Any = self.shell.state  # an OrderHolder: controller and director states hold orders
+        for event in events:
+            says = kind_of(event).says
+            if says is None or not event.order_id:
+                continue
+            order = state.orders.get(event.order_id)
+            if order is not None:
+                _, job = metrics.job_labels(state, order)
+                fields = logs.about_order(
+                    event.order_id, order.workflow_path, job, order.trace_parent, agent=order.agent
+                )
+                if order.state != S.ORDER_STATE_FRESH:
+                    # Orders under way: an order that ends leaves the working state in the same
+                    # batch, and its last lines still name its workflow and trace.
+                    self._order_fields[event.order_id] = fields
+            else:
+                fields = self._order_fields.pop(event.order_id, {"order_id": event.order_id})
+                order = order_pb2.Order(id=event.order_id)
+            order_log.info("order %s: %s", event.order_id, says(event, order), extra=fields)
         self._wake.set()
 
     @abstractmethod
