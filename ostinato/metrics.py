@@ -48,8 +48,9 @@ ORDER_TRANSITIONS = Counter(
 )
 JOB_DURATION = Histogram(
     "ostinato_job_duration_seconds",
+    # job_name, not job: Prometheus gives every scraped series a "job" label of its own.
     "Job executions from processing started to processed, by workflow, job and outcome",
-    ["workflow", "job", "outcome"],
+    ["workflow", "job_name", "outcome"],
     buckets=JOB_BUCKETS,
     registry=None,
 )
