@@ -7,6 +7,7 @@ services export to it through the standard OTEL_EXPORTER_OTLP_* variables."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -22,7 +23,9 @@ TRACED_JOB = Path(__file__).with_name("traced_job.py")
 
 
 async def test_an_order_added_by_the_node_client_is_one_trace_across_services(tmp_path: Path) -> None:
-    topology = Topology(tmp_path / "t", TopologyConfig.ephemeral(subagents=1))
+    config = TopologyConfig.ephemeral(subagents=1)
+    config.log_format = "json"
+    topology = Topology(tmp_path / "t", config)
     # The CA and a certificate per service and for the CLI, before the receiver takes one too.
     running = otlp.start(topology.tls_dir, topology.certificates()["cli"])
     receiver = running.receiver
@@ -91,6 +94,22 @@ async def test_an_order_added_by_the_node_client_is_one_trace_across_services(tm
         assert joc_span.attributes["ostinato.workflow"] == "/traced"
         controller = by_name[("controller", "/ostinato.controller.v1.ControllerService/AddOrders")]
         assert controller.attributes["ostinato.order_id"] == [order_id]
+        # The log lines about the order name it, its workflow, job and trace (--log-format json).
+        lines = [
+            json.loads(line)
+            for name in ("controller", "director", "subagent-1")
+            for line in topology.services[name].log_text().splitlines()
+            if line.startswith("{") and f'"{order_id}"' in line
+        ]
+        assert {line["service"] for line in lines} == {"controller", "director", "subagent"}
+        assert all(
+            (line["order_id"], line["workflow"], line["trace_id"]) == (order_id, "/traced", trace_id)
+            for line in lines
+        ), lines
+        job_lines = [
+            line for line in lines if line["service"] != "controller" and "process" in line["message"]
+        ]
+        assert len(job_lines) >= 3 and all(line["job"] == "j" for line in job_lines), job_lines
         # Health and reflection calls are not traced at all.
         assert not [s for s in receiver.all() if "grpc.health" in s.name or "reflection" in s.name]
     finally:
