@@ -11,7 +11,6 @@ The daily plan (JOC) reports through `daily_plan_orders(state, count)`.
 from __future__ import annotations
 
 import asyncio
-import logging
 import ssl
 import time
 from collections.abc import Callable, Iterable
@@ -25,8 +24,6 @@ from prometheus_client.metrics import MetricWrapperBase
 from gen.ostinato.common.v1 import events_pb2, order_pb2, workflow_pb2
 from ostinato import tls
 from ostinato.workflow.positions import instruction_at
-
-log = logging.getLogger(__name__)
 
 S = order_pb2.OrderState
 
@@ -182,11 +179,12 @@ def serve(service: str, listen: str, security: tls.Security) -> Endpoint:
     from prometheus_client.process_collector import ProcessCollector
 
     global _serving
-    for metric in GROUPS[service]:
-        REGISTRY.register(metric)
-    ProcessCollector(registry=REGISTRY)
-    PlatformCollector(registry=REGISTRY)
-    GCCollector(registry=REGISTRY)
+    if not _serving:  # once per process: a registry takes each collector once
+        for metric in GROUPS[service]:
+            REGISTRY.register(metric)
+        ProcessCollector(registry=REGISTRY)
+        PlatformCollector(registry=REGISTRY)
+        GCCollector(registry=REGISTRY)
     host, _, port = listen.rpartition(":")
     if security.insecure:
         server, thread = start_http_server(int(port), host, REGISTRY)
