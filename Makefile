@@ -36,7 +36,7 @@ test-tools:
 	@command -v gpg >/dev/null && command -v openssl >/dev/null && command -v prometheus >/dev/null \
 		&& command -v jq >/dev/null || { \
 		echo "installing gpg, openssl, prometheus and jq for the tests"; \
-		$(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q \
+		$(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
 			--no-install-recommends gpg openssl prometheus jq; }
 
 # pytest (the Python services, the buf curl scripts, traces from the Node client), then the Node

@@ -60,10 +60,14 @@ describe('a client of JOC with mutual TLS', () => {
       jobs: { after: shellJob('echo answered') },
     });
     const { order_id: id } = await client.addOrder('/node/prompted');
-    for await (const { order } of client.watchOrder(id)) {
-      if (order.state === 'ORDER_STATE_PROMPTING') break;
+    let prompted = false;
+    for await (const { event } of client.watchOrder(id)) {
+      if (event.kind === 'order_prompted') {
+        prompted = true;
+        break;
+      }
     }
-    assert.equal((await client.getOrder(id)).state, 'ORDER_STATE_PROMPTING');
+    assert.ok(prompted, 'the order waits at the prompt');
     await client.answer(id);
     assert.equal((await client.waitUntilEnded(id)).state, 'ORDER_STATE_FINISHED');
   });
