@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BUF := node_modules/.bin/buf
+NODE_CLIENT := clients/node/node_modules/.installed
 
 .PHONY: demo test unit check lint gen gen-check lint-protos breaking bench up clean test-tools
 
@@ -17,21 +18,32 @@ $(BUF): package.json
 	npm install --no-audit --no-fund --silent
 	touch $(BUF)
 
+# The Node.js client's dependencies (@grpc/grpc-js, @grpc/proto-loader, OpenTelemetry for its tests).
+$(NODE_CLIENT): clients/node/package.json clients/node/package-lock.json
+	cd clients/node && npm ci --no-audit --no-fund --silent
+	touch $(NODE_CLIENT)
+
 demo: $(STAMP)
 	$(VENV)/bin/ostinato demo
 
 up: $(STAMP)
 	$(VENV)/bin/ostinato up
 
-# The tests make OpenPGP keys with the real gpg and certificates with openssl (Debian packages).
+# The tests make OpenPGP keys with the real gpg and certificates with openssl, and scrape the
+# services with a real Prometheus server (Debian packages); the scripts' test needs jq.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 test-tools:
-	@command -v gpg >/dev/null && command -v openssl >/dev/null || { \
-		echo "installing gpg and openssl for the tests"; \
-		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q gpg openssl; }
+	@command -v gpg >/dev/null && command -v openssl >/dev/null && command -v prometheus >/dev/null \
+		&& command -v jq >/dev/null || { \
+		echo "installing gpg, openssl, prometheus and jq for the tests"; \
+		$(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+			--no-install-recommends gpg openssl prometheus jq; }
 
-test: $(STAMP) $(BUF) test-tools
+# pytest (the Python services, the buf curl scripts, traces from the Node client), then the Node
+# client's own tests against a topology they start.
+test: $(STAMP) $(BUF) $(NODE_CLIENT) test-tools
 	$(VENV)/bin/pytest -q
+	cd clients/node && OSTINATO_PYTHON=$(CURDIR)/$(PY) node --test test/
 
 unit: $(STAMP)
 	$(VENV)/bin/pytest -q tests/unit
@@ -65,4 +77,4 @@ bench: $(STAMP)
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) node_modules
+	rm -rf $(VENV) node_modules clients/node/node_modules

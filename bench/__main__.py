@@ -2,7 +2,9 @@
 `python -m bench [--only latency|failover|replication|jobs|held|dailyplan]`.
 
 latency: submit (JOC AddOrder) to the order's OrderFinished event at JOC, one trivial shell job,
-orders one after another, the topology idle otherwise (latency.order_submit_to_finished_p50_ms).
+orders one after another, the topology idle otherwise (latency.order_submit_to_finished_p50_ms);
+the same in plain text, and with every service exporting its spans to an OTLP receiver
+(latency.ratio_p50_traced_to_untraced).
 Baseline: spawning `/bin/sh -c true` with subprocess on this machine, the floor any job execution
 pays.
 failover: fail-over time of three-node controller and director clusters under a flow of orders
@@ -34,7 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import dailyplan, failover, held, jobs, replication
+from bench import dailyplan, failover, held, jobs, otlp, replication
 from gen.ostinato.common.v1 import items_pb2
 from gen.ostinato.joc.v1 import joc_pb2, joc_pb2_grpc
 from ostinato.topology import ROOT, Topology, TopologyConfig
@@ -93,33 +95,46 @@ def summary(times: list[float]) -> dict[str, float]:
 
 def latency(n: int) -> dict[str, Any]:
     baseline = summary(spawn_baseline(n))
-    order, startup_s = topology_latency(n, insecure=False)
-    plain, _ = topology_latency(n, insecure=True)
+    order, startup_s, _ = topology_latency(n, insecure=False)
+    plain, _, _ = topology_latency(n, insecure=True)
+    traced, _, spans = topology_latency(n, insecure=False, traced=True)
     return {
         "order_submit_to_finished_p50_ms": order["p50_ms"],
         "order_submit_to_finished_plain_text_p50_ms": plain["p50_ms"],
+        "order_submit_to_finished_traced_p50_ms": traced["p50_ms"],
         "baseline_spawn_sh_true": baseline,
         "order_submit_to_finished_one_trivial_job": order,
         "order_submit_to_finished_plain_text": plain,
+        # Every service exporting its spans over OTLP (mutual TLS) to a real receiver.
+        "order_submit_to_finished_traced": traced,
+        "spans_exported_traced": spans,
         "ratio_p50_order_to_spawn": round(order["p50_ms"] / baseline["p50_ms"], 1),
         "ratio_p50_tls_to_plain_text": round(order["p50_ms"] / plain["p50_ms"], 2),
+        "ratio_p50_traced_to_untraced": round(traced["p50_ms"] / order["p50_ms"], 2),
         "topology_startup_s": round(startup_s, 2),
     }
 
 
-def topology_latency(n: int, insecure: bool) -> tuple[dict[str, float], float]:
-    """Order latencies, and how long the topology took to start (making its certificates)."""
+def topology_latency(n: int, insecure: bool, traced: bool = False) -> tuple[dict[str, float], float, int]:
+    """Order latencies, how long the topology took to start (making its certificates), and how
+    many spans reached the OTLP receiver when `traced`."""
     with tempfile.TemporaryDirectory(prefix="ostinato-bench-") as tmp:
         config = TopologyConfig.ephemeral()
         config.insecure = insecure
         topology = Topology(Path(tmp), config)
+        receiver = otlp.start(topology.tls_dir, topology.certificates()["cli"]) if traced else None
+        if receiver is not None:
+            topology.env = receiver.env
         t = time.perf_counter()
         topology.start()
         startup_s = time.perf_counter() - t
         try:
-            return summary(asyncio.run(order_latencies(topology, n))), startup_s
+            latencies = summary(asyncio.run(order_latencies(topology, n)))
         finally:
-            topology.stop()
+            topology.stop()  # flushes the exporters
+            if receiver is not None:
+                receiver.stop()
+        return latencies, startup_s, len(receiver.receiver.all()) if receiver is not None else 0
 
 
 def sizes(text: str) -> list[int]:

@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
         help="a director agent this controller dials (repeatable); several addresses: the nodes of its"
         " director cluster",
     )
+    service.add_arguments(p)
     args = p.parse_args(argv)
     config = ControllerConfig(
         node=node_config(args, p),
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         agents={name: rpc.parse_cluster_addresses(a) for name, a in args.agent},
     )
     security = tls.from_args(args, p, peers_required=True)
-    return service.run("controller", lambda stop: serve(config, stop), security)
+    return service.run("controller", lambda stop: serve(config, stop), security, service.options(args, p))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from controller_svc.core import (
 )
 from gen.ostinato.common.v1 import cluster_pb2, commands_pb2, events_pb2
 from gen.ostinato.controller.v1 import controller_pb2, controller_pb2_grpc
-from ostinato import limits, rpc, signing
+from ostinato import limits, rpc, signing, tracing
 from ostinato.cluster.config import NodeConfig
 from ostinato.cluster.node import JournaledNode
 from ostinato.cluster.serve import serve_node
@@ -111,6 +111,10 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
         for i, order in enumerate(request.orders):
             _check_new_order(order, f"orders[{i}]")
         stimulus = AddOrders(tuple(convert.new_order(o) for o in request.orders))
+        tracing.annotate(
+            order_id=[o.id for o in request.orders],
+            workflow=sorted({o.workflow_path for o in request.orders}),
+        )
         result: list[controller_pb2.AddedOrder] = []
 
         def decide(now: int) -> list[events_pb2.Event]:

@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         " none; the director only orchestrates). Single-node directors only: a built-in subagent"
         " dies with its node, while its jobs would outlive it beside a new active node",
     )
+    service.add_arguments(p)
     args = p.parse_args(argv)
     if args.subagent_heartbeat <= 0:
         p.error("--subagent-heartbeat: must be more than 0")
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     if config.builtin_subagent in config.subagents:
         p.error(f"--builtin-subagent: {config.builtin_subagent} is a --subagent already")
     security = tls.from_args(args, p, peers_required=True)
-    return service.run("director", lambda stop: serve(config, stop), security)
+    return service.run("director", lambda stop: serve(config, stop), security, service.options(args, p))
 
 
 if __name__ == "__main__":

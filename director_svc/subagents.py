@@ -20,7 +20,7 @@ from director_svc import convert
 from director_svc.core import DirectorCore, ProcessSpec, Stimulus, SubagentLost, SubagentUnreachable
 from gen.ostinato.common.v1 import events_pb2, items_pb2
 from gen.ostinato.subagent.v1 import subagent_pb2, subagent_pb2_grpc
-from ostinato import limits, rpc, tracing
+from ostinato import limits, metrics, rpc, tracing
 from ostinato.journal.eventlog import BATCH_BYTES
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ class SubagentDriver:
         self.subagent_id = subagent_id
         self.address = address
         self.ready = False
+        metrics.SUBAGENT_CONNECTED.labels(subagent_id).set(0)
         self._wake = asyncio.Event()
         self.heartbeat_s = heartbeat_s
         # Since when no session with the subagent exists (monotonic), while it has jobs of ours.
@@ -76,6 +77,7 @@ class SubagentDriver:
             finally:
                 if self.ready:
                     self.ready = False
+                    metrics.SUBAGENT_CONNECTED.labels(self.subagent_id).set(0)
                     self._lost_since = asyncio.get_running_loop().time()
                     # Nothing to journal (no jobs go there any more), so no commit to wait for.
                     assert not self.director.core.handle(SubagentLost(self.subagent_id), 0)
@@ -118,6 +120,8 @@ class SubagentDriver:
             log.info("subagent %s at %s connected (run %s)", self.subagent_id, self.address, welcome.run_id)
             self.ready = True
             self._lost_since = None
+            metrics.SUBAGENT_CONNECTED.labels(self.subagent_id).set(1)
+            metrics.SUBAGENT_CONNECTS.labels(self.subagent_id).inc()
             inbox: asyncio.Queue[subagent_pb2.SessionResponse] = asyncio.Queue()
             tasks = [
                 asyncio.create_task(self._read(call, inbox)),
@@ -195,7 +199,9 @@ class SubagentDriver:
             "job start",
             spec.trace_parent,
             order_id=spec.order_id,
+            workflow=spec.workflow_path,
             job=spec.job_name,
+            agent=self.director.agent,
             subagent=self.subagent_id,
         ):
             request = convert.start_process(spec)

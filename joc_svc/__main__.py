@@ -79,6 +79,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         peers="default: any certificate of --tls-ca (clients' certificate identities may name accounts:"
         " ostinato account add NAME --cert-subject DN)",
     )
+    service.add_arguments(parser)
     plan = parser.add_argument_group("daily plan")
     plan.add_argument(
         "--plan-time-zone", default="UTC", metavar="ZONE", help="the plan's time zone (default %(default)s)"
@@ -114,6 +115,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     plan.add_argument("--no-daily-plan", action="store_true", help="plan and submit nothing automatically")
     args = parser.parse_args(argv)
     args.security = tls.from_args(args, parser, peers_required=False)
+    args.options = service.options(args, parser)
     try:
         args.plan_settings = PlanSettings(
             time_zone=args.plan_time_zone,
@@ -234,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                 await link.close()
             store.close()
 
-    return service.run("joc", serve, args.security)
+    return service.run("joc", serve, args.security, args.options)
 
 
 def _prepare_accounts(accounts: auth.AccountStore, args: argparse.Namespace) -> None:

@@ -30,7 +30,7 @@ from gen.ostinato.common.v1 import items_pb2
 from gen.ostinato.controller.v1 import controller_pb2
 from joc_svc.controllers import ControllerLink
 from joc_svc.store import DeploymentRow, Store
-from ostinato import limits
+from ostinato import limits, metrics
 from ostinato.errors import OstinatoError
 
 log = logging.getLogger(__name__)
@@ -135,11 +135,13 @@ class Delivery:
                 return True
             log.info("controller %s rejected %s: %s", self.link.id, batch[0][1].path, error)
             await asyncio.to_thread(self.store.mark_rejected, ids[0], str(error))
+            metrics.DEPLOYMENTS.labels(self.link.id, "refused").inc()
             if len(self.rejections) > _REJECTIONS_KEPT:
                 self.rejections.clear()
             self.rejections[ids[0]] = error
             return True
         await asyncio.to_thread(self.store.mark_delivered, ids, self.clock())
+        metrics.DEPLOYMENTS.labels(self.link.id, "deployed").inc(len(ids))
         log.info("controller %s confirmed %d deployment(s)", self.link.id, len(ids))
         return True
 

@@ -457,6 +457,7 @@ class OrderServicer(joc_pb2_grpc.OrderServiceServicer):
         now = self.joc.clock()
         # The id first: a caller that retries after a lost answer asks for the same order again.
         order_id = request.order_id or naming.new_order_id(now)
+        tracing.annotate(order_id=order_id, workflow=workflow_path)
         new_order = controller_pb2.NewOrder(
             id=order_id,
             workflow_path=workflow_path,

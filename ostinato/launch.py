@@ -45,6 +45,7 @@ class Launched:
     log_path: Path
     args: list[str] = field(default_factory=list)
     address_file: Path | None = None
+    metrics_url: str = ""  # http(s)://HOST:PORT/metrics when it serves metrics
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -100,6 +101,7 @@ def spawn(
     data_dir.mkdir(parents=True, exist_ok=True)
     address_file = data_dir / f"{name}.address"
     address_file.unlink(missing_ok=True)
+    address_file.with_suffix(".metrics").unlink(missing_ok=True)
     log_path = data_dir / f"{name}.log"
     log = open(log_path, "ab")
     process = subprocess.Popen(
@@ -131,4 +133,6 @@ def wait_listening(launched: Launched, timeout: float = 30.0) -> Launched:
             raise TimeoutError(f"{name} did not listen within {timeout} s; log {log_path}")
         time.sleep(0.02)
     launched.address = address_file.read_text().strip()
+    metrics_file = address_file.with_suffix(".metrics")  # written before the address, if at all
+    launched.metrics_url = metrics_file.read_text().strip() if metrics_file.exists() else ""
     return launched

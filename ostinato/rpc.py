@@ -10,16 +10,18 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
+from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from ostinato import limits, tls, tracing
+from ostinato import limits, metrics, tls, tracing
 from ostinato.errors import (
     AlreadyExists,
     Deposed,
@@ -223,9 +225,37 @@ def _checked(message: Any) -> Any:
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: OstinatoError) -> None:
+    metadata: list[tuple[str, str | bytes]] = [
+        (STATUS_DETAILS_KEY, status_details(error).SerializeToString())
+    ]
     if isinstance(error, NotActive):
-        context.set_trailing_metadata(((ACTIVE_ADDRESS_KEY, error.active_address),))
-    await context.abort(_status_code(error), limits.shortened(str(error)))
+        metadata.append((ACTIVE_ADDRESS_KEY, error.active_address))
+    await context.abort(_status_code(error), limits.shortened(str(error)), trailing_metadata=tuple(metadata))
+
+
+# Where gRPC carries a google.rpc.Status with details, for clients in any language.
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+ERROR_DOMAIN = "ostinato"
+
+
+def status_details(error: OstinatoError) -> status_pb2.Status:
+    """The error as a google.rpc.Status: ErrorInfo with a reason code (the error class in
+    UPPER_SNAKE_CASE: NOT_FOUND, NOT_ACTIVE, SIGNATURE_REJECTED, ...) and, when the error names
+    a field, a BadRequest field violation naming it as the user wrote it."""
+    reason = re.sub(r"(?<!^)(?=[A-Z])", "_", type(error).__name__).upper()
+    info = error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN)
+    if error.field:
+        info.metadata["field"] = error.field
+    if isinstance(error, NotActive) and error.active_address:
+        info.metadata["active_address"] = error.active_address
+    status = status_pb2.Status(code=_status_code(error).value[0], message=limits.shortened(str(error)))
+    status.details.add().Pack(info)
+    if error.field:
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=error.field, description=limits.shortened(error.message)
+        )
+        status.details.add().Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+    return status
 
 
 class Server:
@@ -268,7 +298,11 @@ async def start_server(
     security = security or tls.current()
     peers = None if security.insecure else tls.Peers(security.peers, service)
     server = grpc.aio.server(
-        interceptors=[*tracing.server_interceptors(), _ErrorInterceptor(guard, peers)],
+        interceptors=[
+            *tracing.server_interceptors(),
+            *metrics.server_interceptors(),
+            _ErrorInterceptor(guard, peers),
+        ],
         options=SERVER_OPTIONS,
     )
     names = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]

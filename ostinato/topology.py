@@ -62,6 +62,9 @@ class TopologyConfig:
     # JOC's daily plan (`[dailyplan]`): joc_svc's --plan-* flags by their names there, e.g.
     # {"time_zone": "Europe/Berlin", "days_ahead_submit": 1, "enabled": False}.
     dailyplan: dict[str, Any] = field(default_factory=dict)
+    # Each service serves Prometheus metrics on this host at a port of its own (None: no metrics).
+    metrics_host: str | None = "127.0.0.1"
+    log_format: str = "text"  # every service's --log-format
 
     @classmethod
     def ephemeral(cls, subagents: int = 2) -> TopologyConfig:
@@ -109,6 +112,12 @@ class TopologyConfig:
         if unknown:
             raise ValueError(f"{path}: [tls] knows insecure and dir, not {sorted(unknown)}")
         config.insecure = bool(security.get("insecure", config.insecure))
+        observe = data.get("metrics", {})
+        if not observe.get("enabled", True):
+            config.metrics_host = None
+        elif "host" in observe:
+            config.metrics_host = observe["host"]
+        config.log_format = data.get("logs", {}).get("format", config.log_format)
         if "dir" in security:
             config.tls_dir = base / security["dir"]
         config.dailyplan = dict(data.get("dailyplan", {}))
@@ -379,7 +388,9 @@ class Topology:
     def spawn_service(self, name: str) -> Launched:
         """Starts the service's process without waiting until it listens (see launch.spawn)."""
         kind, module, args = self._args(name)
-        args = [*args, *self.tls_args(name)]
+        args = [*args, *self.tls_args(name), "--log-format", self.config.log_format]
+        if self.config.metrics_host is not None:
+            args += ["--metrics-listen", f"{self.config.metrics_host}:0"]
         if name in self.witnesses:
             module, args = "ostinato.cli", ["witness", kind, *args]
         return spawn(kind, module, args, self.data_dir / name, env=self.env)
@@ -421,7 +432,9 @@ class Topology:
 
 def _print_addresses(topology: Topology) -> None:
     for name, launched in topology.services.items():
-        print(f"  {name:<12} {launched.address:<22} pid {launched.process.pid:<8} log {launched.log_path}")
+        metrics = f" metrics {launched.metrics_url}" if launched.metrics_url else ""
+        pid = launched.process.pid
+        print(f"  {name:<12} {launched.address:<22} pid {pid:<8}{metrics} log {launched.log_path}")
 
 
 def run_up(

@@ -105,6 +105,24 @@ def current_traceparent() -> str:
     return carrier.get("traceparent", "")
 
 
+# Span attributes of an order's spans: ostinato.order_id, ostinato.workflow, ostinato.job,
+# ostinato.agent, ostinato.subagent (keyword arguments below name them without the prefix).
+ATTRIBUTE_PREFIX = "ostinato."
+
+
+def _attributes(values: dict[str, Any]) -> dict[str, Any]:
+    return {ATTRIBUTE_PREFIX + k: v for k, v in values.items() if v not in ("", None, [], ())}
+
+
+def annotate(**attributes: Any) -> None:
+    """Adds attributes (order_id=..., workflow=...) to the current span, if any."""
+    if not _configured:
+        return
+    from opentelemetry import trace
+
+    trace.get_current_span().set_attributes(_attributes(attributes))
+
+
 def span_from_traceparent(name: str, traceparent: str, **attributes: Any) -> Any:
     """A span that continues the trace an order carries (a job process, an order step)."""
     from contextlib import nullcontext
@@ -116,4 +134,4 @@ def span_from_traceparent(name: str, traceparent: str, **attributes: Any) -> Any
 
     ctx = extract({"traceparent": traceparent})
     tracer = trace.get_tracer("ostinato")
-    return tracer.start_as_current_span(name, context=ctx, attributes=attributes)
+    return tracer.start_as_current_span(name, context=ctx, attributes=_attributes(attributes))

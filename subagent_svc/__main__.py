@@ -48,7 +48,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         " (repeatable)",
     )
     tls.add_arguments(parser, peers="the nodes of its director (their certificates' identities)")
+    service.add_arguments(parser)
     args = parser.parse_args(argv)
+    args.options = service.options(args, parser)
     if args.process_limit < 0:
         parser.error("--process-limit: must be 0 (no limit) or more")
     args.security = tls.from_args(args, parser, peers_required=True)
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         await stop.wait()
         await running.stop()
 
-    return service.run("subagent", serve, args.security)
+    return service.run("subagent", serve, args.security, args.options)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ostinato import limits, tracing
+from ostinato import limits, logs, metrics, tracing
 from ostinato.process import Exited, Message, Output, Started, Stream
 
 log = logging.getLogger(__name__)
@@ -175,6 +175,7 @@ class Process:
         self._kill_now = False  # asked to SIGKILL before the process existed
         self._sigkill_timer: asyncio.TimerHandle | None = None
         self._done = False
+        self._log_fields: dict[str, str] = {}  # order, workflow, job, trace of its log lines
 
     def kill(self, immediately: bool, reason: str, timed_out: bool = False) -> None:
         """SIGKILL, or SIGTERM then SIGKILL after the sigkill delay, to the whole process group."""
@@ -209,13 +210,22 @@ class Process:
             "job process",
             spec.trace_parent,
             order_id=spec.order_id,
+            workflow=spec.env.get("OSTINATO_WORKFLOW_PATH", ""),
             job=spec.job_name,
+            subagent=spec.env.get("OSTINATO_SUBAGENT_ID", ""),
             process_key=spec.process_key,
         ):
             await self._run(tracing.current_traceparent())
 
     async def _run(self, trace_parent: str) -> None:
         spec = self.spec
+        self._log_fields = logs.about_order(
+            spec.order_id,
+            spec.env.get("OSTINATO_WORKFLOW_PATH", ""),
+            spec.job_name,
+            trace_parent,
+            subagent=spec.env.get("OSTINATO_SUBAGENT_ID", ""),
+        )
         _watch_children_by_pidfd()
         try:
             process = await asyncio.create_subprocess_exec(
@@ -235,6 +245,7 @@ class Process:
                 e,
                 spec.order_id,
                 spec.job_name,
+                extra=self._log_fields,
             )
             # The shell's convention: 126 found but not executable, 127 not found.
             code = 126 if isinstance(e, PermissionError) else 127
@@ -251,8 +262,11 @@ class Process:
             process.pid,
             spec.order_id,
             spec.job_name,
+            extra=self._log_fields,
         )
         self._emit(Started(spec.process_key, process.pid))
+        metrics.PROCESSES_STARTED.inc()
+        metrics.PROCESSES_RUNNING.inc()
         if self._kill_reason:
             self.kill(self._kill_now, self._kill_reason, self._timed_out)
         timeout_timer = None
@@ -270,6 +284,7 @@ class Process:
             returncode = await process.wait()
         finally:
             self._done = True
+            metrics.PROCESSES_RUNNING.dec()
             for timer in (timeout_timer, self._sigkill_timer):
                 if timer is not None:
                     timer.cancel()
@@ -280,6 +295,7 @@ class Process:
             spec.process_key,
             f"signal {signum}" if signum else f"return code {returncode}",
             f" ({self._kill_reason})" if self._kill_reason else "",
+            extra=self._log_fields,
         )
         returned_values, refused = read_returned_values(self._returns)
         self._emit(

@@ -16,7 +16,7 @@ import grpc
 
 from gen.ostinato.subagent.v1 import subagent_pb2 as pb
 from gen.ostinato.subagent.v1 import subagent_pb2_grpc
-from ostinato import rpc, signing, tls
+from ostinato import metrics, rpc, signing, tls
 from ostinato.errors import InvalidArgument, OstinatoError, Unavailable
 from ostinato.process import Exited, Message
 from subagent_svc import convert
@@ -117,6 +117,7 @@ class Subagent(subagent_pb2_grpc.SubagentServiceServicer):
             session_id, hello.heartbeat_seconds or DEFAULT_HEARTBEAT, SignedWork(self.verifier)
         )
         self._session = session
+        metrics.DIRECTOR_SESSIONS.inc()
         # A cancelled call may leave this generator suspended at a yield, never reaching `finally`.
         context.add_done_callback(lambda _: self._end(session, None))
         log.info(
@@ -246,6 +247,7 @@ class Subagent(subagent_pb2_grpc.SubagentServiceServicer):
             return
         session.ended = True
         session.error = error
+        metrics.DIRECTOR_SESSIONS.dec()
         session.wake.set()
         if session.reader is not None and session.reader is not asyncio.current_task():
             session.reader.cancel()

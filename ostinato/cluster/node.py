@@ -17,13 +17,17 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from gen.ostinato.common.v1 import cluster_pb2, events_pb2
+from gen.ostinato.common.v1 import cluster_pb2, events_pb2, order_pb2
+from ostinato import logs, metrics
 from ostinato.cluster.config import NodeConfig
 from ostinato.errors import InvalidArgument, NotActive
 from ostinato.journal.replicated import Journal, cluster_password
 from ostinato.journal.shell import JournalShell, now_ms
+from ostinato.workflow.events import kind_of
 
 log = logging.getLogger(__name__)
+order_log = logging.getLogger("ostinato.orders")
+S = order_pb2.OrderState
 
 # Served by passive nodes too.
 OPEN_SERVICES = ("grpc.health.", "grpc.reflection.", "ostinato.common.v1.ClusterService/")
@@ -40,6 +44,8 @@ class JournaledNode(ABC):
         self._active_tasks: list[asyncio.Task[Any]] = []
         self._wake = asyncio.Event()
         self._role_known = asyncio.Event()
+        self.metrics = metrics.NodeMetrics()
+        self._under_way: dict[str, dict[str, str]] = {}  # order id -> what names it in log lines
 
     async def start(self, new_state: Callable[[], Any]) -> None:
         """Opens the journal; the node activates whenever it becomes the leader."""
@@ -69,6 +75,8 @@ class JournaledNode(ABC):
             self.shell.on_commit(self._committed)
             self.activate(state)
             self.active = True
+            self.metrics.activated(state)
+            self.metrics.role("active", self.journal.term)
             self._role_known.set()
             log.info(
                 "node %s active in term %d at event %d",
@@ -82,6 +90,9 @@ class JournaledNode(ABC):
             deposed.cancel()
             failing.cancel()
             self.active = False
+            self.metrics.deactivated()
+            self._under_way = {}
+            self.metrics.role("passive", self.journal.term)
             log.warning("node %s deposed in term %d; passive again", self.node.name, self.journal.term)
             for task in self._active_tasks:
                 task.cancel()
@@ -103,6 +114,10 @@ class JournaledNode(ABC):
         while True:
             if self.journal.leader() != leader:
                 leader = self.journal.leader()
+                if leader:
+                    metrics.LEADER_CHANGES.inc()
+                if not self.active:
+                    self.metrics.role("witness" if self.node.member.witness else "passive", self.journal.term)
                 if leader and not self.journal.is_leader():
                     log.info("node %s passive; active node is %s", self.node.name, self._active_member_name())
                     self._role_known.set()
@@ -148,8 +163,57 @@ class JournaledNode(ABC):
         self._wake.set()
 
     def _committed(self, events: list[events_pb2.Event]) -> None:
+        self.metrics.committed(events, self.shell.state)
+        self._log_orders(events)
         self.on_commit(events)
         self._wake.set()
+
+    def _log_orders(self, events: list[events_pb2.Event]) -> None:
+        """A line per committed order event worth one (the CLI's wording), with the order's id,
+        workflow, job and trace id as fields (`--log-format json` shows them).
+
+        The working state may be a batch ahead of the commit: an order that ended may have left
+        it, one that was processed may have moved on. So what names an order is remembered from
+        when it gets under way (not while held for later) until it leaves this node, and the job
+        of each execution from its start."""
+        if not order_log.isEnabledFor(logging.INFO):
+            return
+        state: Any = self.shell.state  # an OrderHolder: controller and director states hold orders
+        under_way = self._under_way
+        for event in events:
+            order_id = event.order_id
+            if not order_id:
+                continue
+            kind = event.WhichOneof("kind")
+            if order_id not in under_way and (order_id in state.orders.live or kind == "order_attachable"):
+                if (order := state.orders.get(order_id)) is not None:
+                    under_way[order_id] = {"workflow": order.workflow_path, "traceparent": order.trace_parent}
+            says = kind_of(event).says
+            if says is not None:
+                self._log_order_line(event, kind, says, state, under_way.get(order_id))
+            if kind in state.leaving_kinds:
+                under_way.pop(order_id, None)
+
+    def _log_order_line(
+        self, event: events_pb2.Event, kind: str | None, says: Any, state: Any, known: dict[str, str] | None
+    ) -> None:
+        known = known if known is not None else {}
+        order = state.orders.get(event.order_id)
+        if order is not None:
+            _, job = metrics.job_labels(state, order)
+            fields = logs.about_order(
+                event.order_id, order.workflow_path, job, order.trace_parent, agent=order.agent
+            )
+        else:
+            order = order_pb2.Order(id=event.order_id)
+            fields = logs.about_order(
+                event.order_id, known.get("workflow", ""), traceparent=known.get("traceparent", "")
+            )
+        if kind == "order_processing_started" and "job" in fields:
+            known["job"] = fields["job"]
+        elif kind == "order_processed" and "job" in known:
+            fields["job"] = known["job"]
+        order_log.info("order %s: %s", event.order_id, says(event, order), extra=fields)
 
     @abstractmethod
     def activate(self, state: Any) -> None:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from gen.ostinato.common.v1 import events_pb2
+from ostinato import metrics
 from ostinato.journal.replicated import Journal
 from ostinato.journal.state import JournaledState
 
@@ -87,11 +88,14 @@ class JournalShell:
             done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             done.set_result(self.committed_id)
             return done
+        submitted = time.perf_counter()
         future = self.journal.submit(events)
-        future.add_done_callback(lambda f: self._committed(f, events))
+        future.add_done_callback(lambda f: self._committed(f, events, submitted))
         return future
 
-    def _committed(self, future: asyncio.Future[Any], events: list[events_pb2.Event]) -> None:
+    def _committed(
+        self, future: asyncio.Future[Any], events: list[events_pb2.Event], submitted: float
+    ) -> None:
         if self.failed:
             return
         if future.cancelled() or future.exception() is not None:
@@ -102,6 +106,7 @@ class JournalShell:
             self.failed = True
             self.on_failure()
             return
+        metrics.JOURNAL_COMMIT.observe(time.perf_counter() - submitted)
         self.committed_id = max(self.committed_id, events[-1].id)
         if any(e.WhichOneof("kind") == "events_released" for e in events):
             self._released_at = time.monotonic()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -58,6 +59,11 @@ def test_up_prints_addresses_and_stops_everything_on_sigterm(tmp_path: Path) -> 
     assert "ostinato is up" in "".join(lines)
     names = {line.split()[0] for line in lines if line.startswith("  ")}
     assert names == {"only", "director", "controller", "joc"}
+    # Each service's metrics address beside its gRPC address.
+    metrics = [line.split()[2:4] for line in lines if line.startswith("  ")]
+    assert all(
+        m[0] == "metrics" and re.fullmatch(r"https://127\.0\.0\.1:\d+/metrics", m[1]) for m in metrics
+    ), lines
     assert "mutual TLS" in "".join(lines)
     assert _processes_using(data), "the services should be running"
     joc = next(line.split()[1] for line in lines if line.strip().startswith("joc "))
