@@ -45,6 +45,7 @@ from joc_svc.controllers import CALL_TIMEOUT, ControllerLink
 from joc_svc.order_batcher import add_at_controller
 from joc_svc.store import ObjectRow, Store
 from joc_svc.store.plan import Mode, PlanRecord, PlanRow, PlanState
+from ostinato import metrics
 from ostinato.dailyplan import (
     IANA_VERSION,
     Calendar,
@@ -358,6 +359,7 @@ class DailyPlan:
         ]
         inserted = [r for found in rows.values() for r in found]
         await asyncio.to_thread(self.store.write_plan, records, inserted)
+        metrics.daily_plan_orders("planned", len(inserted))
         results: dict[date, DateResult] = {}
         for (day, _), found in rows.items():
             results.setdefault(day, DateResult()).count += len(found)
@@ -442,6 +444,7 @@ class DailyPlan:
                 self.settings.catch_up_seconds,
             )
             await asyncio.to_thread(self.store.mark_missed, [r.order_id for r in missed])
+            metrics.daily_plan_orders("missed", len(missed))
         await self._send_all(submit, now, results)
 
     async def _send(self, rows: list[PlanRow], now: datetime, results: dict[date, DateResult]) -> None:
@@ -468,6 +471,7 @@ class DailyPlan:
                 raise answer  # the controller is away: the next pass tries again
         await asyncio.to_thread(self.store.mark_submitted, submitted, now)
         await asyncio.to_thread(self.store.mark_refused, refused, now)
+        metrics.daily_plan_orders("submitted", len(submitted))
         if refused:
             log.warning(
                 "daily plan: controller %s refused %d orders, e.g. %s", link.id, len(refused), refused[0][1]

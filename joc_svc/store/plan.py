@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from gen.ostinato.common.v1 import order_pb2
 from joc_svc.schema import objects, orders, plan_orders, plan_submissions, releases
 from joc_svc.store.base import StoreBase, utc
+from ostinato import metrics
 
 # A submitted order not started this long after its planned time is late (as JS7).
 LATE_AFTER = timedelta(seconds=60)
@@ -343,6 +344,8 @@ class PlanStore(StoreBase):
                 state, late = followed(row, r.order_state, now)
                 if (state, late) != (row.state, row.late):
                     changes.append({"b_id": row.order_id, "state": state.value, "late": late})
+                    if late and not row.late:
+                        metrics.daily_plan_orders("late")
             submitted = [(r.order_id, _version_of(r.order)) for r in conn.execute(found_after_all)]
         if submitted:
             self.mark_submitted(submitted, now)
