@@ -30,7 +30,7 @@ from gen.ostinato.joc.v1 import joc_pb2
 from ostinato import rpc, tls
 from ostinato.topology import Topology, TopologyConfig
 from ostinato.workflow.orders import END_STATES
-from tests.integration.support import wait_until
+from tests.integration.support import running, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -102,8 +102,11 @@ class Target:
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Topology, Target, Target]]:
-    topology = Topology(tmp_path_factory.mktemp("fuzz"), TopologyConfig.ephemeral(subagents=1))
-    topology.start()
+    with running(tmp_path_factory.mktemp("fuzz"), TopologyConfig.ephemeral(subagents=1)) as topology:
+        yield from _targets(topology)
+
+
+def _targets(topology: Topology) -> Iterator[tuple[Topology, Target, Target]]:
     joc = Target(
         "joc",
         topology.joc_address,
@@ -139,7 +142,6 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Topology, T
             print(f"  {count:6d}  {target}")
         joc.close()
         controller.close()
-        topology.stop()
 
 
 # ---- what is posted
