@@ -166,7 +166,12 @@ def main() -> int:
     )
     p.add_argument("--orders", type=int, default=200, help="replication: orders per topology")
     p.add_argument("--concurrency", type=int, default=20, help="replication: orders in flight")
-    p.add_argument("--jobs-orders", type=int, default=300, help="jobs, held: orders per measurement")
+    p.add_argument(
+        "--jobs-orders",
+        type=int,
+        default=1000,
+        help="jobs, held: orders per measurement (fewer: a noisier figure)",
+    )
     p.add_argument("--jobs-concurrency", type=int, default=20, help="jobs, held: orders in flight")
     p.add_argument("--spawns", type=int, default=300, help="jobs: bare spawns of sh -c true to time")
     p.add_argument("--spawn-parallel", type=int, default=4, help="jobs, held: bare spawns at a time")
