@@ -65,7 +65,7 @@ async def test_cluster_status_and_switchover_of_single_nodes(topology: Topology,
     code, out, err = await ostinato("cluster", "status", *cli)
     assert code == 0, err
     found = tables(out)
-    [controller_title, agent_title] = found
+    [controller_title, agent_title, subagents_title] = found
     assert controller_title.startswith("controller controller: active node ")
     assert agent_title.startswith("agent agent-1: active node ")
     [node] = found[controller_title]
@@ -75,6 +75,12 @@ async def test_cluster_status_and_switchover_of_single_nodes(topology: Topology,
     [director] = found[agent_title]
     assert director["ROLE"] == "active" and director["ADDRESS"] == topology.addresses["director"]
     assert int(director["TERM"]) > 0 and int(director["LAST EVENT"]) > 0
+    assert subagents_title == "subagents of agent agent-1: 2"
+    assert [(s["SUBAGENT"], s["STATE"], s["PROCESSES"]) for s in found[subagents_title]] == [
+        ("subagent-1", "connected", "0"),
+        ("subagent-2", "connected", "0"),
+    ]
+    assert found[subagents_title][0]["ADDRESS"] == topology.addresses["subagent-1"]
 
     code, out, err = await ostinato("cluster", "switchover", *cli)
     assert (code, out) == (1, ""), err
