@@ -23,12 +23,13 @@ demo: $(STAMP)
 up: $(STAMP)
 	$(VENV)/bin/ostinato up
 
-# The tests make OpenPGP keys with the real gpg and certificates with openssl (Debian packages).
+# The tests make OpenPGP keys with the real gpg and certificates with openssl, and drive JOC's web
+# view in Debian's chromium (playwright cannot download a browser here): Debian packages.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 test-tools:
-	@command -v gpg >/dev/null && command -v openssl >/dev/null || { \
-		echo "installing gpg and openssl for the tests"; \
-		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q gpg openssl; }
+	@command -v gpg >/dev/null && command -v openssl >/dev/null && test -x /usr/bin/chromium || { \
+		echo "installing gpg, openssl and chromium for the tests"; \
+		$(SUDO) apt-get update -q && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -q gpg openssl chromium; }
 
 test: $(STAMP) $(BUF) test-tools
 	$(VENV)/bin/pytest -q

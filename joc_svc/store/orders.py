@@ -203,7 +203,7 @@ _STARTED_WITHIN = 8
 
 
 def _matching(chosen: OrderFilter) -> Any:
-    where = sa.true()
+    where: Any = sa.true()
     if chosen.workflow.endswith("/"):
         where = where & orders.c.workflow_path.startswith(chosen.workflow, autoescape=True)
     elif chosen.workflow:
