@@ -80,10 +80,11 @@ def layout(workflow: workflow_pb2.Workflow) -> Graph:
 
 
 def marks(order: order_pb2.Order) -> dict[str, str]:
-    """Box key -> how to mark it: the outcome of the last job there (succeeded, failed, killed,
-    disrupted), and "current" where the order stands (the end box once it ended)."""
+    """Box key -> how to mark it (CSS classes): the outcome of the last job there (succeeded,
+    failed, killed, disrupted), and "current" where the order stands (the end box once it ended)."""
     found = {key(h.position): outcome_word(h.outcome) for h in order.historic_outcomes}
-    found[key(order.position)] = "current"
+    here = key(order.position)
+    found[here] = f"{found[here]} current" if here in found else "current"
     return found
 
 

@@ -33,7 +33,7 @@ from ostinato.errors import FailedPrecondition, InvalidArgument, NotFound, Ostin
 from ostinato.workflow import positions
 from ostinato.workflow.events import outcome_text
 from ostinato.workflow.model import parse_workflow
-from ostinato.workflow.orders import END_STATES
+from ostinato.workflow.orders import TERMINAL_STATES
 
 # Changes of many orders reach a table at most this often; it is read again anyway this often.
 CHANGES_INTERVAL = 1.0
@@ -253,7 +253,7 @@ class Pages:
     ) -> dict[str, Any]:
         workflow = await self._workflow(order.workflow_path, order.workflow_version_id)
         lines = present.history(pairs)
-        ended = order.state in END_STATES or row.deleted
+        ended = order.state in TERMINAL_STATES or row.deleted
         return {
             "order": order,
             "row": row,
@@ -302,21 +302,38 @@ class Pages:
         who = _who(request)
         order_id = _required(request, "id")
         row = await asyncio.to_thread(self.joc.store.get_order, order_id)
-        watch = self.services.orders.WatchOrder(
-            joc_pb2.WatchOrderRequest(order_id=order_id), who.context.grpc
-        )
-        return await self.view.events(request, self._order_updates(request, who, row, watch))
+        return await self.view.events(request, self._order_updates(request, who, row))
+
+    def _watch(self, who: access.Who, order_id: str) -> AsyncIterator[joc_pb2.WatchOrderResponse]:
+        """WatchOrder's events, also past a failure: WatchOrder ends when the order fails, and a
+        failed order may be resumed, so the watch starts again when it moves."""
+
+        async def watch() -> AsyncIterator[joc_pb2.WatchOrderResponse]:
+            while True:
+                request = joc_pb2.WatchOrderRequest(order_id=order_id)
+                async for response in self.services.orders.WatchOrder(request, who.context.grpc):
+                    yield response
+                if not await self._moves_again(order_id):
+                    return
+
+        return watch()
+
+    async def _moves_again(self, order_id: str) -> bool:
+        """Waits while the order stays failed; False when it ended for good."""
+        async with self.joc.hub.subscribe(order_id) as subscription:
+            row = await asyncio.to_thread(self.joc.store.get_order, order_id)  # after subscribing
+            if row.deleted or row.order.state != S.ORDER_STATE_FAILED:
+                return not row.deleted and row.order.state not in TERMINAL_STATES
+            await subscription.get()
+            return True
 
     async def _order_updates(
-        self,
-        request: web.Request,
-        who: access.Who,
-        row: Any,
-        watch: AsyncIterator[joc_pb2.WatchOrderResponse],
+        self, request: web.Request, who: access.Who, row: Any
     ) -> AsyncIterator[tuple[str, str]]:
-        """The order's detail again after each batch of its events (WatchOrder's), and "end"
-        when it ends for good."""
+        """The order's detail again after each batch of its events, and "end" when it ended for
+        good. Events seen before (a watch started again) are skipped by id."""
         queue: asyncio.Queue[joc_pb2.WatchOrderResponse | None] = asyncio.Queue()
+        watch = self._watch(who, row.order.id)
 
         async def pump() -> None:
             try:
@@ -327,6 +344,7 @@ class Pages:
 
         task = asyncio.create_task(pump())
         pairs: list[tuple[events_pb2.Event, order_pb2.Order | None]] = []
+        seen = 0
         order = row.order
         try:
             ended = False
@@ -339,8 +357,11 @@ class Pages:
                         ended = True
                         break
                     order = response.order if response.HasField("order") else order
+                    if response.event.id and response.event.id <= seen:
+                        continue
+                    seen = max(seen, response.event.id)
                     pairs.append((response.event, order))
-                if task.done() and task.exception() is not None:
+                if ended and task.done() and not task.cancelled() and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
                 values = await self._detail(who, row, order, pairs)
                 yield "detail", self.view.render(request, "order_detail.html", values)
@@ -352,9 +373,23 @@ class Pages:
 
     async def live_log(self, request: web.Request) -> web.StreamResponse:
         who = _who(request)
-        request_pb = joc_pb2.GetOrderLogRequest(order_id=_required(request, "id"), follow=True)
-        chunks = self.services.orders.GetOrderLog(request_pb, who.context.grpc)
-        return await self.view.events(request, _log_events(chunks))
+        order_id = _required(request, "id")
+        return await self.view.events(request, self._log_events(who, order_id))
+
+    async def _log_events(self, who: access.Who, order_id: str) -> AsyncIterator[tuple[str, str]]:
+        """ "reset" (the log comes from its start, also after a reconnect), the chunks (each
+        {"err": stderr?, "text": ...}), and "end" once the order ended for good; a failed
+        order's log starts again when it is resumed."""
+        while True:
+            yield "reset", ""
+            request = joc_pb2.GetOrderLogRequest(order_id=order_id, follow=True)
+            async for chunk in self.services.orders.GetOrderLog(request, who.context.grpc):
+                err = chunk.stream == events_pb2.STD_STREAM_STDERR
+                yield "chunk", json_of({"err": err, "text": chunk.chunk})
+            yield "paused", ""
+            if not await self._moves_again(order_id):
+                break
+        yield "end", ""
 
     # ---- actions
 
@@ -704,12 +739,3 @@ def _dates_said(verb: str, dates: Any) -> str:
     errors = [f"{d.plan_date}: {d.error}" for d in dates if d.error]
     text = f"{verb} {total} orders of {', '.join(d.plan_date for d in dates) or 'no date'}"
     return text + (f" ({'; '.join(errors)})" if errors else "")
-
-
-async def _log_events(chunks: AsyncIterator[joc_pb2.GetOrderLogResponse]) -> AsyncIterator[tuple[str, str]]:
-    """ "reset" (the log comes from its start, also after a reconnect), then the chunks (each
-    {"err": stderr?, "text": ...}), then "end" once the order ended."""
-    yield "reset", ""
-    async for chunk in chunks:
-        yield "chunk", json_of({"err": chunk.stream == events_pb2.STD_STREAM_STDERR, "text": chunk.chunk})
-    yield "end", ""

@@ -207,13 +207,13 @@ class WebView:
         return await handler(request)
 
     def _check_origin(self, request: web.Request) -> None:
-        """A form posted from another site carries the login cookie too (unless the browser
-        keeps SameSite): such a post is refused. Scripts with a bearer token are not browsers."""
-        if "Authorization" in request.headers:
-            return
+        """A browser sends its login cookie and its client certificate with a form posted from
+        another site too: a post that comes from another origin is refused. Browsers name the
+        origin of every post; a script without the cookie need not."""
         origin = request.headers.get("Origin") or request.headers.get("Referer", "")
-        parts = urllib.parse.urlsplit(origin)
-        if parts.netloc != request.host:
+        if not origin and access.TOKEN_COOKIE not in request.cookies:
+            return
+        if urllib.parse.urlsplit(origin).netloc != request.host:
             raise Failed(403, "a form of another site may not post here", "PERMISSION_DENIED")
 
     # ---- answers

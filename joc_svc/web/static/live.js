@@ -5,7 +5,8 @@
 //     [data-changes=URL]              events at data-changes say "changed", and every
 //     [data-every=SECONDS]            data-every seconds
 //   [data-stream=URL]                 its content is replaced by each "detail" event
-//   pre[data-log=URL]                 "reset" empties it, "chunk" ({err, text}) appends, "end" ends
+//   pre[data-log=URL]                 "reset" empties it, "chunk" ({err, text}) appends, "paused"
+//                                     (a failed order) and "end" mark where its output stops
 //   form[data-confirm=TEXT]           asks before it is sent
 //   form[data-autosubmit]             is sent when one of its selects or checkboxes changes
 (function () {
@@ -104,6 +105,7 @@
       pre.appendChild(span);
       if (follow) pre.scrollTop = pre.scrollHeight;
     });
+    source.addEventListener("paused", function () { pre.classList.add("done"); });
     source.addEventListener("end", function () { end(source); pre.classList.add("done"); });
   }
 
