@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
@@ -205,11 +206,12 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
         self, request: controller_pb2.GetAgentClusterStatusRequest, context: grpc.aio.ServicerContext
     ) -> controller_pb2.GetAgentClusterStatusResponse:
         driver = self.c.driver(request.agent)
-        status, overview = await asyncio.gather(
+        answers: tuple[Any, Any] = await asyncio.gather(
             driver.call_cluster("GetClusterStatus", cluster_pb2.GetClusterStatusRequest(), timeout=5),
             driver.overview(timeout=5),
             return_exceptions=True,
         )
+        status, overview = answers
         if isinstance(status, BaseException):
             raise status
         response = controller_pb2.GetAgentClusterStatusResponse(status=status.status)

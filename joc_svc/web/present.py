@@ -120,7 +120,8 @@ def values(mapping: Mapping[str, values_pb2.Value]) -> list[tuple[str, str]]:
 
 def parse_arguments(text: str, field: str = "arguments") -> dict[str, values_pb2.Value]:
     """NAME=VALUE lines (as `ostinato order add --arg`): numbers become numbers, true/false
-    booleans, the rest strings; blank lines are skipped."""
+    booleans, the rest strings; spaces around the name and the value and blank lines are
+    left out."""
     found: dict[str, values_pb2.Value] = {}
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -128,7 +129,7 @@ def parse_arguments(text: str, field: str = "arguments") -> dict[str, values_pb2
         name, sep, value = line.partition("=")
         if not sep or not name.strip():
             raise InvalidArgument(f"line {number}: expected NAME=VALUE, got {line!r}", field=field)
-        found[name.strip()] = parse_cli_value(value)
+        found[name.strip()] = parse_cli_value(value.strip())
     return found
 
 

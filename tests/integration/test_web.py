@@ -73,8 +73,15 @@ class Web:
         SHOTS.mkdir(parents=True, exist_ok=True)
         await page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
-    def fetch(self, path: str, *, token: str | None = None, body: Any = None, cert: bool = False,
-              headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    def fetch(
+        self,
+        path: str,
+        *,
+        token: str | None = None,
+        body: Any = None,
+        cert: bool = False,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any]:
         """A script's request (urllib, JOC's CA verified); (status, JSON or text)."""
         context = ssl.create_default_context(cafile=str(self.topology.tls_dir / pki.CA_CERT))
         if cert:
@@ -114,7 +121,9 @@ def gated_job(gate: Path, fail_without: bool = False) -> dict:
     """A job that says it waits, then waits until the test creates `gate` (or, failing_without,
     fails at once when it is missing)."""
     if fail_without:
-        script = 'echo "checking $GATE"; test -e "$GATE" || { echo "no gate yet" >&2; exit 3; }; echo "gate found"'
+        script = (
+            'echo "checking $GATE"; test -e "$GATE" || { echo "no gate yet" >&2; exit 3; }; echo "gate found"'
+        )
     else:
         script = 'echo "waiting for $GATE"; while [ ! -e "$GATE" ]; do sleep 0.05; done; echo "gate found"'
     return shell_job(script, GATE=f"'{gate}'")
@@ -124,7 +133,9 @@ async def add_order(joc: Joc, workflow: str, order_id: str) -> None:
     await joc.orders.AddOrder(joc_pb2.AddOrderRequest(workflow_path=workflow, order_id=order_id))
 
 
-async def test_an_order_runs_to_its_end_before_the_operator_s_eyes(web: Web, joc: Joc, tmp_path: Path) -> None:
+async def test_an_order_runs_to_its_end_before_the_operator_s_eyes(
+    web: Web, joc: Joc, tmp_path: Path
+) -> None:
     gate = tmp_path / "gate"
     await joc.deploy_workflow(
         "/web/gated",
@@ -209,7 +220,10 @@ async def test_a_failed_order_is_seen_and_resumed(web: Web, joc: Joc, tmp_path: 
     gate = tmp_path / "gate"
     await joc.deploy_workflow(
         "/web/checked",
-        {"instructions": [{"execute": {"jobName": "check"}}], "jobs": {"check": gated_job(gate, fail_without=True)}},
+        {
+            "instructions": [{"execute": {"jobName": "check"}}],
+            "jobs": {"check": gated_job(gate, fail_without=True)},
+        },
     )
     page = await web.page()
     await page.goto(web.url + "orders?workflow=/web/checked")
@@ -235,15 +249,28 @@ async def test_workflows_daily_plan_and_clusters(web: Web, joc: Joc) -> None:
     fork = {
         "title": "two branches",
         "instructions": [
-            {"fork": {"branches": [
-                {"id": "left", "block": {"instructions": [{"execute": {"jobName": "greet"}}]}},
-                {"id": "right", "block": {"instructions": [{"execute": {"jobName": "greet"}}]}},
-            ]}},
-            {"ifElse": {"condition": "$name == 'web'", "then": {"instructions": [{"execute": {"jobName": "greet"}}]}}},
+            {
+                "fork": {
+                    "branches": [
+                        {"id": "left", "block": {"instructions": [{"execute": {"jobName": "greet"}}]}},
+                        {"id": "right", "block": {"instructions": [{"execute": {"jobName": "greet"}}]}},
+                    ]
+                }
+            },
+            {
+                "ifElse": {
+                    "condition": "$name == 'web'",
+                    "then": {"instructions": [{"execute": {"jobName": "greet"}}]},
+                }
+            },
         ],
         "jobs": {"greet": shell_job('echo "hello $NAME"', NAME="$name")},
     }
-    await put(joc_pb2.PutObjectRequest(path="/web/team/fork", type=items_pb2.ITEM_TYPE_WORKFLOW, json=json.dumps(fork)))
+    await put(
+        joc_pb2.PutObjectRequest(
+            path="/web/team/fork", type=items_pb2.ITEM_TYPE_WORKFLOW, json=json.dumps(fork)
+        )
+    )
     page = await web.page()
     await page.goto(web.url + "workflows")
     await page.click('#folders a:text-is("team")')
@@ -277,12 +304,25 @@ async def test_workflows_daily_plan_and_clusters(web: Web, joc: Joc) -> None:
     calendar = {"type": "WORKINGDAYSCALENDAR", "includes": {"weekdays": [{"days": [1, 2, 3, 4, 5, 6, 7]}]}}
     schedule = {
         "workflowPaths": ["/web/team/fork"],
-        "calendars": [{"calendarPath": "/web/plan/daily", "timeZone": "UTC",
-                       "periods": [{"singleStart": f"{start:%H:%M:%S}"}]}],
+        "calendars": [
+            {
+                "calendarPath": "/web/plan/daily",
+                "timeZone": "UTC",
+                "periods": [{"singleStart": f"{start:%H:%M:%S}"}],
+            }
+        ],
         "orderParameterisations": [{"orderName": "web", "variables": {"name": "'web'"}}],
     }
-    await put(joc_pb2.PutObjectRequest(path="/web/plan/daily", type=items_pb2.ITEM_TYPE_CALENDAR, json=json.dumps(calendar)))
-    await put(joc_pb2.PutObjectRequest(path="/web/plan/fork", type=items_pb2.ITEM_TYPE_SCHEDULE, json=json.dumps(schedule)))
+    await put(
+        joc_pb2.PutObjectRequest(
+            path="/web/plan/daily", type=items_pb2.ITEM_TYPE_CALENDAR, json=json.dumps(calendar)
+        )
+    )
+    await put(
+        joc_pb2.PutObjectRequest(
+            path="/web/plan/fork", type=items_pb2.ITEM_TYPE_SCHEDULE, json=json.dumps(schedule)
+        )
+    )
     await joc.deployment.Release(joc_pb2.ReleaseRequest(paths=["/web/plan"]))
     await page.goto(f"{web.url}plan?month={day[:7]}&date={day}")
     await expect(page.locator(f'#calendar td[data-date="{day}"] .n')).to_have_text("1")
@@ -311,19 +351,25 @@ async def test_workflows_daily_plan_and_clusters(web: Web, joc: Joc) -> None:
 
 
 async def test_roles_json_and_certificates(web: Web, joc: Joc, topology: Topology) -> None:
-    await joc.deploy_workflow("/web/quick", {"instructions": [{"execute": {"jobName": "j"}}], "jobs": {"j": shell_job("true")}})
+    await joc.deploy_workflow(
+        "/web/quick", {"instructions": [{"execute": {"jobName": "j"}}], "jobs": {"j": shell_job("true")}}
+    )
     accounts = joc_pb2_grpc.AccountServiceStub(joc.channel)
     await accounts.PutAccount(joc_pb2.PutAccountRequest(name="vera", roles=[joc_pb2.ROLE_VIEWER]))
     viewer = (await accounts.CreateToken(joc_pb2.CreateTokenRequest(account="vera"))).token
 
     # Scripts: JSON with a bearer token; roles as on gRPC; the audit log names the account.
-    status, added = web.fetch("api/orders", token=web.token, body={"workflowPath": "/web/quick", "orderId": "web-json"})
+    status, added = web.fetch(
+        "api/orders", token=web.token, body={"workflowPath": "/web/quick", "orderId": "web-json"}
+    )
     assert (status, added["orderId"], added["message"]) == (200, "web-json", "order web-json added")
     await joc.wait_until_ended("web-json")
     status, listed = web.fetch("api/orders?workflow=/web/quick", token=viewer)
     assert status == 200 and [o["orderId"] for o in listed["orders"]] == ["web-json"]
     assert listed["orders"][0]["state"] == "finished" and listed["counts"] == {"finished": 1}
-    status, refused = web.fetch("api/orders/command", token=viewer, body={"orderIds": ["web-json"], "command": "cancel"})
+    status, refused = web.fetch(
+        "api/orders/command", token=viewer, body={"orderIds": ["web-json"], "command": "cancel"}
+    )
     assert status == 403 and refused == {
         "error": "account vera may not manage orders (CommandOrders)",
         "code": "PERMISSION_DENIED",
@@ -366,7 +412,9 @@ async def test_roles_json_and_certificates(web: Web, joc: Joc, topology: Topolog
 async def test_ten_thousand_orders_page_fast(web: Web, joc: Joc) -> None:
     import asyncio
 
-    await joc.deploy_workflow("/web/held", {"instructions": [{"execute": {"jobName": "j"}}], "jobs": {"j": shell_job("true")}})
+    await joc.deploy_workflow(
+        "/web/held", {"instructions": [{"execute": {"jobName": "j"}}], "jobs": {"j": shell_job("true")}}
+    )
     tomorrow = joc_pb2.AddOrderRequest(workflow_path="/web/held")
     tomorrow.scheduled_for.FromDatetime(datetime.now(UTC) + timedelta(days=1))
     limit = asyncio.Semaphore(100)
