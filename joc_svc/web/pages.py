@@ -477,7 +477,7 @@ class Pages:
         answer = await self.services.plan.SubmitPlan(
             joc_pb2.SubmitPlanRequest(from_date=day, to_date=day), who.context.grpc
         )
-        return _dates_said("submitted", answer.dates), answer
+        return _dates_said("submitted", answer.dates, day), answer
 
     async def _plan_cancel(self, who: access.Who, params: dict[str, Any]) -> tuple[str, Message]:
         day = str(params.get("date", ""))
@@ -485,7 +485,7 @@ class Pages:
         answer = await self.services.plan.CancelPlan(
             joc_pb2.CancelPlanRequest(from_date=day, to_date=day, kill=kill), who.context.grpc
         )
-        return _dates_said("cancelled", answer.dates), answer
+        return _dates_said("cancelled", answer.dates, day), answer
 
     # ---- workflows
 
@@ -734,8 +734,8 @@ def _role_word(role: int) -> str:
     return "unknown" if word == "unspecified" else word
 
 
-def _dates_said(verb: str, dates: Any) -> str:
+def _dates_said(verb: str, dates: Any, day: str) -> str:
     total = sum(d.count for d in dates)
     errors = [f"{d.plan_date}: {d.error}" for d in dates if d.error]
-    text = f"{verb} {total} orders of {', '.join(d.plan_date for d in dates) or 'no date'}"
+    text = f"{verb} {total} orders of {', '.join(d.plan_date for d in dates) or day}"
     return text + (f" ({'; '.join(errors)})" if errors else "")

@@ -326,6 +326,10 @@ async def test_workflows_daily_plan_and_clusters(web: Web, joc: Joc) -> None:
     await joc.deployment.Release(joc_pb2.ReleaseRequest(paths=["/web/plan"]))
     await page.goto(f"{web.url}plan?month={day[:7]}&date={day}")
     await expect(page.locator(f'#calendar td[data-date="{day}"] .n')).to_have_text("1")
+    await expect(page.locator("#planned tbody tr")).to_have_count(1, timeout=WAIT_MS)
+    # Planned, and submitted by JOC's daily plan soon (the date is within 3 days); or now:
+    await page.click("#submit-date")
+    await expect(page.locator("#flash")).to_have_text(re.compile(f"^submitted [01] orders of {day}$"))
     await expect(page.locator('#plan-counts [data-state="submitted"] b')).to_have_text("1", timeout=WAIT_MS)
     await web.shot(page, "plan")
     await page.click("#cancel-date")
@@ -342,6 +346,9 @@ async def test_workflows_daily_plan_and_clusters(web: Web, joc: Joc) -> None:
     await expect(page.locator("#subagents-agent-1 tbody tr")).to_have_count(2)
     await expect(page.locator("#subagents-agent-1")).not_to_contain_text("not connected")
     await web.shot(page, "clusters")
+    await page.goto(web.url + "orders")
+    await expect(page.locator('#orders tr[data-order="web-fork"] .badge').first).to_have_text("finished")
+    await web.shot(page, "orders-several")
     for name in ("workflows", "plan", "clusters"):
         phone = await web.page(PHONE)
         await phone.goto(web.url + name)
