@@ -1,5 +1,6 @@
 """python -m joc_svc --listen HOST:PORT --data-dir DIR --controller ID=HOST:PORT[,HOST:PORT...] ...
-[--db-url URL] [--security-level low|medium|high] [--signing-key KEY.pem --signing-cert CERT.pem]
+[--http-listen HOST:PORT] [--db-url URL] [--security-level low|medium|high]
+[--signing-key KEY.pem --signing-cert CERT.pem]
 [--require-auth] [--plan-time-zone ZONE --plan-period-begin HH:MM:SS --plan-days-ahead N
 --plan-submit-days-ahead N --plan-catch-up SECONDS | --no-daily-plan]"""
 

@@ -257,7 +257,7 @@ class Pages:
         return {
             "order": order,
             "row": row,
-            "state": state_word(order.state),
+            "state": present.shown_state(order, row.deleted),
             "state_class": present.state_class(order.state),
             "position": positions.text(order.position),
             "arguments": present.values(order.arguments),

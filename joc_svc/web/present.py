@@ -7,7 +7,7 @@ from __future__ import annotations
 import calendar as gregorian
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -48,6 +48,15 @@ def when(value: datetime | Timestamp | None) -> str:
     return value.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def shown_state(order: order_pb2.Order, deleted: bool) -> str:
+    """An order's state word; one the controller let go of before it finished or was cancelled
+    says so: a fork's child once its parent joined it, any other deleted."""
+    word = state_word(order.state)
+    if deleted and order.state not in (S.ORDER_STATE_FINISHED, S.ORDER_STATE_CANCELLED):
+        word += " (joined)" if order.parent_id else " (deleted)"
+    return word
+
+
 def state_class(state: int) -> str:
     """The CSS class of a state's badge: its word."""
     return state_word(state).replace(" ", "-")
@@ -72,7 +81,7 @@ class OrderLine:
 
 def order_line(row: OrderRow, started: datetime | None, now: datetime) -> OrderLine:
     o = row.order
-    state = state_word(o.state)
+    state = shown_state(o, row.deleted)
     if row.left_unseen_state is not None:
         state = f"unknown (was {state_word(row.left_unseen_state)})"
     start = o.scheduled_for.ToDatetime(tzinfo=UTC) if o.HasField("scheduled_for") else row.added_at
@@ -231,14 +240,3 @@ def current_versions(rows: Iterable[DeploymentRow]) -> dict[str, DeploymentRow]:
         if row.status == joc_pb2.DEPLOYMENT_STATUS_DEPLOYED and row.controller_id not in found:
             found[row.controller_id] = row
     return found
-
-
-def age(since: datetime, now: datetime) -> str:
-    seconds = max(0, int((now - since) / timedelta(seconds=1)))
-    if seconds < 120:
-        return f"{seconds} s"
-    if seconds < 7200:
-        return f"{seconds // 60} min"
-    if seconds < 172800:
-        return f"{seconds // 3600} h"
-    return f"{seconds // 86400} d"

@@ -127,6 +127,9 @@ def test_order_lines_say_what_the_table_shows() -> None:
     assert not present.order_line(row(due, now - timedelta(hours=1), deleted=True), None, now).late
     soon = order_pb2.Order(id="o2", state=order_pb2.ORDER_STATE_FRESH)  # at once, added just now
     assert not present.order_line(row(soon, now - timedelta(seconds=30)), None, now).late
+    child = order_pb2.Order(id="o|a", parent_id="o", state=order_pb2.ORDER_STATE_READY)
+    assert present.order_line(row(child, now, deleted=True), None, now).state == "ready (joined)"
+    assert present.order_line(row(due, now, deleted=True), None, now).state == "fresh (deleted)"
     running = order_pb2.Order(
         id="o3", state=order_pb2.ORDER_STATE_PROCESSING, position=positions.parse_text("1/then:0")
     )
