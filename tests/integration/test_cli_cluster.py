@@ -133,7 +133,7 @@ async def test_switchover_of_a_controller_cluster_through_joc(witness_cluster: T
 
         code, out, err = await ostinato("cluster", "status", *joc)
         assert code == 0, err
-        [title, _] = tables(out)
+        [title, _, _] = tables(out)  # the controller, its agent, the subagents
         nodes = {row["NODE"]: row for row in tables(out)[title]}
         assert sorted(nodes) == ["a", "b", "w"] and nodes["w"]["ROLE"] == "witness"
         active = title.rsplit(" ", 1)[1]
@@ -163,7 +163,7 @@ async def test_switchover_of_a_controller_cluster_through_joc(witness_cluster: T
 
     code, out, err = await ostinato("cluster", "status", *joc)
     assert code == 0, err
-    [title, _] = tables(out)
+    [title, _, _] = tables(out)
     assert title.endswith(f"active node {other}")
     code, out, err = await ostinato("audit", "--action", "switchover", *joc)
     assert f"controller controller: {active} -> {other} (term " in out, out
