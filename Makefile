@@ -29,15 +29,16 @@ demo: $(STAMP)
 up: $(STAMP)
 	$(VENV)/bin/ostinato up
 
-# The tests make OpenPGP keys with the real gpg and certificates with openssl, and scrape the
-# services with a real Prometheus server (Debian packages); the scripts' test needs jq.
+# The tests make OpenPGP keys with the real gpg and certificates with openssl, scrape the services
+# with a real Prometheus server, drive JOC's web view in Debian's chromium (playwright cannot
+# download a browser here), and the scripts' test needs jq: Debian packages.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 test-tools:
 	@command -v gpg >/dev/null && command -v openssl >/dev/null && command -v prometheus >/dev/null \
-		&& command -v jq >/dev/null || { \
-		echo "installing gpg, openssl, prometheus and jq for the tests"; \
+		&& command -v jq >/dev/null && test -x /usr/bin/chromium || { \
+		echo "installing gpg, openssl, prometheus, jq and chromium for the tests"; \
 		$(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-			--no-install-recommends gpg openssl prometheus jq; }
+			--no-install-recommends gpg openssl prometheus jq chromium; }
 
 # pytest (the Python services, the buf curl scripts, traces from the Node client), then the Node
 # client's own tests against a topology they start.

@@ -72,6 +72,17 @@ class AgentDriver:
         except grpc.aio.AioRpcError as e:
             raise self.target.error(e) from None
 
+    async def overview(self, timeout: float) -> director_pb2.GetOverviewResponse:
+        """The active director node's overview (its subagents, their running processes)."""
+        try:
+            stub = director_pb2_grpc.DirectorServiceStub
+            answer: director_pb2.GetOverviewResponse = await self.target.call(
+                stub, "GetOverview", director_pb2.GetOverviewRequest(), timeout
+            )
+        except grpc.aio.AioRpcError as e:
+            raise self.target.error(e) from None
+        return answer
+
     def _sender(self) -> director_pb2.Sender:
         return director_pb2.Sender(controller_id=self.controller.controller_id, term=self.controller.term)
 

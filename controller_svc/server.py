@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
@@ -208,10 +209,26 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
     async def GetAgentClusterStatus(
         self, request: controller_pb2.GetAgentClusterStatusRequest, context: grpc.aio.ServicerContext
     ) -> controller_pb2.GetAgentClusterStatusResponse:
-        response = await self.c.driver(request.agent).call_cluster(
-            "GetClusterStatus", cluster_pb2.GetClusterStatusRequest(), timeout=5
+        driver = self.c.driver(request.agent)
+        answers: tuple[Any, Any] = await asyncio.gather(
+            driver.call_cluster("GetClusterStatus", cluster_pb2.GetClusterStatusRequest(), timeout=5),
+            driver.overview(timeout=5),
+            return_exceptions=True,
         )
-        return controller_pb2.GetAgentClusterStatusResponse(status=response.status)
+        status, overview = answers
+        if isinstance(status, BaseException):
+            raise status
+        response = controller_pb2.GetAgentClusterStatusResponse(status=status.status)
+        if isinstance(overview, BaseException):
+            response.subagents_error = str(overview)
+        else:
+            response.subagents.extend(
+                cluster_pb2.SubagentStatus(
+                    id=s.id, address=s.address, connected=s.connected, running_processes=s.running_processes
+                )
+                for s in overview.subagents
+            )
+        return response
 
     async def AgentSwitchover(
         self, request: controller_pb2.AgentSwitchoverRequest, context: grpc.aio.ServicerContext

@@ -1,5 +1,6 @@
 """python -m joc_svc --listen HOST:PORT --data-dir DIR --controller ID=HOST:PORT[,HOST:PORT...] ...
-[--db-url URL] [--security-level low|medium|high] [--signing-key KEY.pem --signing-cert CERT.pem]
+[--http-listen HOST:PORT] [--db-url URL] [--security-level low|medium|high]
+[--signing-key KEY.pem --signing-cert CERT.pem]
 [--require-auth] [--plan-time-zone ZONE --plan-period-begin HH:MM:SS --plan-days-ahead N
 --plan-submit-days-ahead N --plan-catch-up SECONDS | --no-daily-plan]"""
 
@@ -33,6 +34,8 @@ from joc_svc.servicers import (
     OrderServicer,
 )
 from joc_svc.store import Store, default_url
+from joc_svc.web import Services, WebView
+from joc_svc.web.server import announce_web
 from ostinato import rpc, service, signing, tls
 from ostinato.dailyplan import IANA_VERSION
 from ostinato.errors import InvalidArgument, OstinatoError
@@ -43,6 +46,11 @@ log = logging.getLogger("joc_svc")
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="joc", description="JOC: inventory, deployments and orders")
     parser.add_argument("--listen", default="127.0.0.1:0", metavar="HOST:PORT")
+    parser.add_argument(
+        "--http-listen",
+        metavar="HOST:PORT",
+        help="serve the web view there (HTTPS with the --tls-* certificates; default: no web view)",
+    )
     parser.add_argument("--data-dir", type=Path, required=True, metavar="DIR")
     parser.add_argument(
         "--controller",
@@ -181,18 +189,20 @@ def main(argv: list[str] | None = None) -> int:
             ("AccountService", joc_pb2_grpc.add_AccountServiceServicer_to_server, AccountServicer(joc)),
             ("DailyPlanService", joc_pb2_grpc.add_DailyPlanServiceServicer_to_server, DailyPlanServicer(joc)),
         ]
+        guarded = {
+            name: auth.guard(servicer, joc_pb2.DESCRIPTOR.services_by_name[name], authenticator)
+            for name, _, servicer in services
+        }
         server = await rpc.start_server(
             args.listen,
-            [
-                (
-                    add,
-                    auth.guard(servicer, joc_pb2.DESCRIPTOR.services_by_name[name], authenticator),
-                    rpc.service_name(joc_pb2, name),
-                )
-                for name, add, servicer in services
-            ],
+            [(add, guarded[name], rpc.service_name(joc_pb2, name)) for name, add, _ in services],
             service="JOC",
         )
+        view = None
+        if args.http_listen:
+            view = WebView(joc, Services.of(guarded), args.security, server.address)
+            web_url = await view.start(args.http_listen)
+            announce_web(web_url, args.data_dir)
         await deployer.start()
         ingestion = [
             asyncio.create_task(
@@ -231,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await deployer.stop()
+            if view is not None:
+                await view.stop()
             await server.stop(2.0)
             for link in links.values():
                 await link.close()

@@ -97,6 +97,7 @@ class Hub:
     def __init__(self, limit: int = SUBSCRIBER_BACKLOG) -> None:
         self._subscriptions: dict[str, set[Subscription]] = {}
         self._limit = limit
+        self._changed = asyncio.Event()
 
     @contextlib.asynccontextmanager
     async def subscribe(self, order_id: str) -> AsyncIterator[Subscription]:
@@ -115,6 +116,14 @@ class Hub:
         for item in applied:
             for subscription in self._subscriptions.get(item.event.order_id, ()):
                 subscription.put(item)
+        if applied:
+            changed, self._changed = self._changed, asyncio.Event()
+            changed.set()
+
+    async def changed(self) -> None:
+        """Returns once something is published after the call: views of many orders (the web
+        view's table) read them again then, however many changed."""
+        await self._changed.wait()
 
 
 class ReadAhead:

@@ -645,7 +645,12 @@ class ClusterServicer(joc_pb2_grpc.ClusterServiceServicer):
                 )
             except grpc.aio.AioRpcError as e:
                 return joc_pb2.AgentClusterStatus(agent=name, error=str(link.error(e)))
-            return joc_pb2.AgentClusterStatus(agent=name, status=answer.status)
+            return joc_pb2.AgentClusterStatus(
+                agent=name,
+                status=answer.status,
+                subagents=answer.subagents,
+                subagents_error=answer.subagents_error,
+            )
 
         response.agents.extend(await asyncio.gather(*(agent_status(a.name) for a in overview.agents)))
         return response

@@ -29,6 +29,7 @@ class TopologyConfig:
     """Listen addresses (port 0: any free port) and names. The defaults are `ostinato up`'s."""
 
     joc: str = "127.0.0.1:4446"
+    joc_web: str | None = "127.0.0.1:4443"  # JOC's web view (None: none)
     controller: str = "127.0.0.1:4444"
     director: str = "127.0.0.1:4445"
     subagents: dict[str, str] = field(
@@ -71,6 +72,7 @@ class TopologyConfig:
         """Every port chosen by the system: for tests and the demo, which must not collide."""
         return cls(
             joc="127.0.0.1:0",
+            joc_web="127.0.0.1:0",
             controller="127.0.0.1:0",
             director="127.0.0.1:0",
             subagents={f"subagent-{i + 1}": "127.0.0.1:0" for i in range(subagents)},
@@ -96,6 +98,7 @@ class TopologyConfig:
         )
         config.subagent_process_limit = int(data.get("subagent_process_limit", config.subagent_process_limit))
         joc = data.get("joc", {})
+        config.joc_web = joc.get("http_listen", config.joc_web) or None
         config.security_level = joc.get("security_level", config.security_level)
         config.require_auth = bool(joc.get("require_auth", config.require_auth))
         config.db_url = joc.get("db_url", config.db_url)
@@ -203,7 +206,8 @@ class Topology:
     def certificates(self) -> dict[str, pki.Issued]:
         """A certificate per service and one for the CLI ("cli"), made at first start."""
         if not self._certificates:
-            hosts = {a.rsplit(":", 1)[0] for a in self.addresses.values()} - {"0.0.0.0", "::", "[::]", ""}
+            listening = [*self.addresses.values(), *([self.config.joc_web] if self.config.joc_web else [])]
+            hosts = {a.rsplit(":", 1)[0] for a in listening} - {"0.0.0.0", "::", "[::]", ""}
             names = [*self.config.subagents, *self.nodes["director"], *self.nodes["controller"], "joc", "cli"]
             self._certificates = pki.ensure(self.tls_dir, names, ["localhost", "127.0.0.1", *sorted(hosts)])
         return self._certificates
@@ -253,6 +257,12 @@ class Topology:
     @property
     def joc_address(self) -> str:
         return self.services["joc"].address
+
+    @property
+    def web_url(self) -> str | None:
+        """JOC's web view (https://HOST:PORT/), None without one."""
+        path = self.data_dir / "joc" / "web.address"
+        return path.read_text().strip() if self.config.joc_web and path.exists() else None
 
     def root_key(self) -> tuple[Path, Path] | None:
         """The root key and certificate JOC signs with (levels low and medium), made in
@@ -352,6 +362,8 @@ class Topology:
     def _joc_args(self) -> list[str]:
         cfg = self.config
         args = ["--security-level", cfg.security_level]
+        if cfg.joc_web:
+            args += ["--http-listen", cfg.joc_web]
         root = self.root_key()
         if root:
             args += ["--signing-key", str(root[0]), "--signing-cert", str(root[1])]
@@ -435,6 +447,13 @@ def _print_addresses(topology: Topology) -> None:
         metrics = f" metrics {launched.metrics_url}" if launched.metrics_url else ""
         pid = launched.process.pid
         print(f"  {name:<12} {launched.address:<22} pid {pid:<8}{metrics} log {launched.log_path}")
+    if topology.web_url:
+        how = (
+            "open to anyone in plain text"
+            if topology.config.insecure
+            else f"log in with the token in {topology.data_dir / 'joc' / 'root.token'}"
+        )
+        print(f"web view: {topology.web_url} ({how})")
 
 
 def run_up(

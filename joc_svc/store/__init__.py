@@ -22,7 +22,7 @@ from joc_svc.store.base import default_url
 from joc_svc.store.deployments import DeploymentRow, DeploymentStore
 from joc_svc.store.ingest import Applied, ControllerBehind, IngestStore, Resynced
 from joc_svc.store.inventory import InventoryStore, ObjectRow
-from joc_svc.store.orders import LogRow, OrderRow, OrderStore
+from joc_svc.store.orders import LogRow, OrderFilter, OrderPage, OrderRow, OrderStore
 from joc_svc.store.plan import PlanStore
 
 __all__ = [
@@ -32,6 +32,8 @@ __all__ = [
     "DeploymentRow",
     "LogRow",
     "ObjectRow",
+    "OrderFilter",
+    "OrderPage",
     "OrderRow",
     "Resynced",
     "Store",

@@ -76,6 +76,17 @@ class DeploymentStore(StoreBase):
             }
             return _with_agents(conn, [found[i] for i in ids if i in found])
 
+    def deployed_json(self, path: str, type: int, version_id: str) -> str | None:
+        """The JSON of a version as it was delivered (signed), None when JOC never deployed it."""
+        with self.engine.connect() as conn:
+            return conn.execute(
+                sa.select(deployed_items.c.json).where(
+                    (deployed_items.c.path == path)
+                    & (deployed_items.c.type == type_word(type))
+                    & (deployed_items.c.version_id == version_id)
+                )
+            ).scalar_one_or_none()
+
     def record_pending(
         self,
         items: Sequence[tuple[items_pb2.SignedItem, str]],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -34,6 +34,26 @@ class OrderRow:
     @property
     def projected(self) -> Projected:
         return Projected(self.order, self.deleted)
+
+
+@dataclass(frozen=True, slots=True)
+class OrderFilter:
+    """Which orders a page shows. `workflow` is a path, or a folder ending in "/" (everything
+    below it); `text` a part of the order id; `state` an OrderState word; `late`: fresh orders
+    whose start passed LATE_AFTER ago."""
+
+    state: str = ""
+    workflow: str = ""
+    text: str = ""
+    late: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class OrderPage:
+    rows: list[OrderRow]
+    total: int  # orders that match the filter
+    counts: dict[str, int]  # per state word, of the orders that match the filter but its state
+    late: int  # late orders among those
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +112,55 @@ class OrderStore(StoreBase):
         with self.engine.connect() as conn:
             return [order_row(r) for r in conn.execute(query)]
 
+    def page_orders(self, chosen: OrderFilter, offset: int, limit: int, now: datetime) -> OrderPage:
+        """One page of the orders that match, newest first, with the counts by state: what the
+        web view's table shows. Costs a page of rows, a count per state and a look at the fresh
+        orders older than LATE_AFTER, however many orders there are."""
+        where = _matching(chosen)
+        with self.engine.connect() as conn:
+            by_state = sa.select(orders.c.state, sa.func.count().label("n")).group_by(orders.c.state)
+            counts = {r.state: int(r.n) for r in conn.execute(by_state.where(where))}
+            late_ids = _late(conn, where, now)
+            if chosen.late:
+                ids = late_ids[offset : offset + limit]
+                found = find_orders(conn, set(ids))
+                rows = [found[i] for i in ids if i in found]
+                total = len(late_ids)
+            else:
+                query = sa.select(orders).where(where).order_by(orders.c.added_at.desc(), orders.c.order_id)
+                if chosen.state:
+                    query = query.where(orders.c.state == chosen.state)
+                rows = [order_row(r) for r in conn.execute(query.offset(offset).limit(limit))]
+                total = counts.get(chosen.state, 0) if chosen.state else sum(counts.values())
+        return OrderPage(rows, total, counts, len(late_ids))
+
+    def started_times(self, order_ids: Iterable[str]) -> dict[str, datetime]:
+        """When each order started (its OrderStarted event), for the orders that have: the event
+        is among an order's first ones, so only those are read, however long its history."""
+        ids = list(dict.fromkeys(order_ids))
+        if not ids:
+            return {}
+        number = (
+            sa.func.row_number()
+            .over(partition_by=order_events.c.order_id, order_by=order_events.c.event_id)
+            .label("n")
+        )
+        first = (
+            sa.select(order_events.c.order_id, order_events.c.event, number)
+            .where(order_events.c.order_id.in_(ids))
+            .subquery()
+        )
+        found: dict[str, datetime] = {}
+        with self.engine.connect() as conn:
+            early = sa.select(first.c.order_id, first.c.event).where(first.c.n <= _STARTED_WITHIN)
+            for r in conn.execute(early):
+                if r.order_id in found:
+                    continue
+                event = events_pb2.Event.FromString(r.event)
+                if event.WhichOneof("kind") == "order_started":
+                    found[r.order_id] = event.timestamp.ToDatetime(tzinfo=UTC)
+        return found
+
     def order_controllers(self, order_ids: Iterable[str]) -> dict[str, str]:
         """order id -> the controller holding it, for the orders JOC knows."""
         ids = list(dict.fromkeys(order_ids))
@@ -125,6 +194,43 @@ class OrderStore(StoreBase):
             events += [log_event(order_id, r) for r in _order_logs(conn, order_id, 0)]
         events.sort(key=lambda e: e.id)
         return row, events
+
+
+# A fresh order whose start passed this long ago is late (as the daily plan's orders).
+LATE_AFTER = timedelta(seconds=60)
+# OrderStarted comes after OrderAdded and the attachment's few events.
+_STARTED_WITHIN = 8
+
+
+def _matching(chosen: OrderFilter) -> Any:
+    where: Any = sa.true()
+    if chosen.workflow.endswith("/"):
+        where = where & orders.c.workflow_path.startswith(chosen.workflow, autoescape=True)
+    elif chosen.workflow:
+        where = where & (orders.c.workflow_path == chosen.workflow)
+    if chosen.text:
+        where = where & orders.c.order_id.contains(chosen.text, autoescape=True)
+    return where
+
+
+def _late(conn: sa.Connection, where: Any, now: datetime) -> list[str]:
+    """The late orders among those matching, newest first. Only fresh orders added LATE_AFTER
+    ago can be late; their start time is inside the order."""
+    query = (
+        sa.select(orders.c.order_id, orders.c.order, orders.c.added_at)
+        .where(where & (orders.c.state == "FRESH") & orders.c.deleted_at.is_(None))
+        .where(orders.c.added_at <= now - LATE_AFTER)
+        .order_by(orders.c.added_at.desc(), orders.c.order_id)
+    )
+    late = []
+    for r in conn.execute(query):
+        order = order_pb2.Order.FromString(r.order)
+        start = utc(r.added_at)
+        if order.HasField("scheduled_for"):
+            start = order.scheduled_for.ToDatetime(tzinfo=UTC)
+        if start + LATE_AFTER < now:
+            late.append(r.order_id)
+    return late
 
 
 def log_event(order_id: str, row: LogRow) -> events_pb2.Event:

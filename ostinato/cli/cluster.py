@@ -25,7 +25,22 @@ def cmd_cluster_status(args: argparse.Namespace) -> int:
             print(f"agent {agent.agent}: {agent.error}")
         else:
             print_cluster(f"agent {agent.agent}", agent.status)
+            print_subagents(agent)
     return 0
+
+
+def print_subagents(agent: Any) -> None:
+    """The subagents of the agent's active director node, as a table of their own."""
+    print()
+    if agent.subagents_error:
+        print(f"subagents of agent {agent.agent}: cannot list them: {agent.subagents_error}")
+        return
+    print(f"subagents of agent {agent.agent}: {len(agent.subagents)}")
+    rows = [("SUBAGENT", "STATE", "PROCESSES", "ADDRESS")]
+    for s in agent.subagents:
+        state = "connected" if s.connected else "not connected"
+        rows.append((s.id, state, str(s.running_processes), s.address))
+    print_table(rows)
 
 
 def print_cluster(title: str, status: Any) -> None:

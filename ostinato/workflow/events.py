@@ -85,6 +85,16 @@ def _finished(e: Event, _: Order) -> str:
     return "finished" if succeeded else f"finished: {outcome_text(outcome)}"
 
 
+def _retrying(e: Event, _: Order) -> str:
+    text = f"retrying at {positions.text(e.order_retrying.to)}"
+    return text + (f" from {time_text(e.order_retrying.until)}" if e.order_retrying.HasField("until") else "")
+
+
+def _resumed(e: Event, _: Order) -> str:
+    resumed = e.order_resumed
+    return "resumed" + (f" at {positions.text(resumed.position)}" if resumed.HasField("position") else "")
+
+
 def _says(text: str) -> Words:
     return lambda _e, _o: text
 
@@ -124,27 +134,41 @@ KINDS: dict[str, Kind] = {
     "order_failed": Kind(applies_in=_READY_OR_PROCESSED, says=_failed),
     "order_finished": Kind(applies_in=_READY_OR_PROCESSED, says=_finished),
     "order_deleted": Kind(leaves_agent=True, says=_says("deleted")),
-    "order_forked": Kind(applies_in=_READY),
-    "order_joined": Kind(applies_in=frozenset({S.ORDER_STATE_FORKED})),
-    "order_caught": Kind(applies_in=_READY_OR_PROCESSED, mirrored=True),
-    "order_retrying": Kind(applies_in=_READY, mirrored=True),
+    "order_forked": Kind(
+        applies_in=_READY,
+        says=lambda e, _: f"forked into {', '.join(c.order_id for c in e.order_forked.children)}",
+    ),
+    "order_joined": Kind(
+        applies_in=frozenset({S.ORDER_STATE_FORKED}),
+        says=lambda e, _: f"joined its children: {outcome_text(e.order_joined.outcome)}",
+    ),
+    "order_caught": Kind(
+        applies_in=_READY_OR_PROCESSED,
+        mirrored=True,
+        says=lambda e, _: f"caught, continues at {positions.text(e.order_caught.to)}",
+    ),
+    "order_retrying": Kind(applies_in=_READY, mirrored=True, says=_retrying),
     "order_awoke": Kind(applies_in=frozenset({S.ORDER_STATE_WAITING}), mirrored=True),
     "order_lock_acquired": Kind(applies_in=frozenset({S.ORDER_STATE_READY, S.ORDER_STATE_WAITING})),
     "order_lock_queued": Kind(applies_in=_READY),
     "order_lock_released": Kind(),
-    "order_prompted": Kind(applies_in=_READY),
-    "order_prompt_answered": Kind(applies_in=frozenset({S.ORDER_STATE_PROMPTING})),
+    "order_prompted": Kind(applies_in=_READY, says=lambda e, _: f"prompting: {e.order_prompted.question}"),
+    "order_prompt_answered": Kind(
+        applies_in=frozenset({S.ORDER_STATE_PROMPTING}), says=_says("prompt answered")
+    ),
     "order_sleeping": Kind(applies_in=_READY, mirrored=True),
     "order_cycle_started": Kind(applies_in=_READY, mirrored=True),
     "order_cycle_finished": Kind(applies_in=_READY, mirrored=True),
     "order_order_added": Kind(),
     "order_marked": Kind(mirrored=True),
-    "order_cancelled": Kind(applies_in=_LIVE),
+    "order_cancelled": Kind(applies_in=_LIVE, says=_says("cancelled")),
     "order_suspended": Kind(
-        applies_in=frozenset({S.ORDER_STATE_FRESH, S.ORDER_STATE_READY, S.ORDER_STATE_WAITING}), mirrored=True
+        applies_in=frozenset({S.ORDER_STATE_FRESH, S.ORDER_STATE_READY, S.ORDER_STATE_WAITING}),
+        mirrored=True,
+        says=_says("suspended"),
     ),
     "order_resumed": Kind(
-        applies_in=frozenset({S.ORDER_STATE_SUSPENDED, S.ORDER_STATE_FAILED}), mirrored=True
+        applies_in=frozenset({S.ORDER_STATE_SUSPENDED, S.ORDER_STATE_FAILED}), mirrored=True, says=_resumed
     ),
     "order_kill_requested": Kind(applies_in=frozenset({S.ORDER_STATE_PROCESSING}), mirrored=True),
     "order_transferred": Kind(

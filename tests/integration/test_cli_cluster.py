@@ -65,7 +65,7 @@ async def test_cluster_status_and_switchover_of_single_nodes(topology: Topology,
     code, out, err = await ostinato("cluster", "status", *cli)
     assert code == 0, err
     found = tables(out)
-    [controller_title, agent_title] = found
+    [controller_title, agent_title, subagents_title] = found
     assert controller_title.startswith("controller controller: active node ")
     assert agent_title.startswith("agent agent-1: active node ")
     [node] = found[controller_title]
@@ -75,6 +75,12 @@ async def test_cluster_status_and_switchover_of_single_nodes(topology: Topology,
     [director] = found[agent_title]
     assert director["ROLE"] == "active" and director["ADDRESS"] == topology.addresses["director"]
     assert int(director["TERM"]) > 0 and int(director["LAST EVENT"]) > 0
+    assert subagents_title == "subagents of agent agent-1: 2"
+    assert [(s["SUBAGENT"], s["STATE"], s["PROCESSES"]) for s in found[subagents_title]] == [
+        ("subagent-1", "connected", "0"),
+        ("subagent-2", "connected", "0"),
+    ]
+    assert found[subagents_title][0]["ADDRESS"] == topology.addresses["subagent-1"]
 
     code, out, err = await ostinato("cluster", "switchover", *cli)
     assert (code, out) == (1, ""), err
@@ -127,7 +133,7 @@ async def test_switchover_of_a_controller_cluster_through_joc(witness_cluster: T
 
         code, out, err = await ostinato("cluster", "status", *joc)
         assert code == 0, err
-        [title, _] = tables(out)
+        [title, _, _] = tables(out)  # the controller, its agent, the subagents
         nodes = {row["NODE"]: row for row in tables(out)[title]}
         assert sorted(nodes) == ["a", "b", "w"] and nodes["w"]["ROLE"] == "witness"
         active = title.rsplit(" ", 1)[1]
@@ -157,7 +163,7 @@ async def test_switchover_of_a_controller_cluster_through_joc(witness_cluster: T
 
     code, out, err = await ostinato("cluster", "status", *joc)
     assert code == 0, err
-    [title, _] = tables(out)
+    [title, _, _] = tables(out)
     assert title.endswith(f"active node {other}")
     code, out, err = await ostinato("audit", "--action", "switchover", *joc)
     assert f"controller controller: {active} -> {other} (term " in out, out

@@ -7,10 +7,12 @@ import json
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -24,6 +26,7 @@ from tests.integration.support import shell_job, wait_until
 CONFIG = """
 [joc]
 listen = "127.0.0.1:0"
+http_listen = "127.0.0.1:0"
 [controller]
 listen = "127.0.0.1:0"
 id = "ctl"
@@ -52,7 +55,7 @@ def test_up_prints_addresses_and_stops_everything_on_sigterm(tmp_path: Path) -> 
     assert up.stdout is not None
     lines: list[str] = []
     deadline = time.monotonic() + 60
-    while not any(line.strip().startswith("joc ") for line in lines):
+    while not any(line.startswith("web view: ") for line in lines):  # after the services
         line = up.stdout.readline()
         assert line and time.monotonic() < deadline, "".join(lines)
         lines.append(line)
@@ -67,6 +70,14 @@ def test_up_prints_addresses_and_stops_everything_on_sigterm(tmp_path: Path) -> 
     assert "mutual TLS" in "".join(lines)
     assert _processes_using(data), "the services should be running"
     joc = next(line.split()[1] for line in lines if line.strip().startswith("joc "))
+    [web] = [line for line in lines if line.startswith("web view: ")]
+    url = web.split()[2]
+    assert url.startswith("https://127.0.0.1:") and url.endswith("/"), web
+    assert f"log in with the token in {data.resolve() / 'joc' / 'root.token'}" in web
+    # The web view answers with JOC's certificate of the CA that `up` made: the login page.
+    context = ssl.create_default_context(cafile=str(data / "pki" / "ca.pem"))
+    with urllib.request.urlopen(url + "login", context=context, timeout=10) as page:
+        assert "Log in to ostinato" in page.read().decode()
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         command = [sys.executable, "-m", "ostinato.cli", "order", "list", "--joc", joc, *args]
@@ -104,6 +115,7 @@ def _processes_using(data: Path) -> list[int]:
 CLUSTERS = """
 [joc]
 listen = "127.0.0.1:0"
+http_listen = "127.0.0.1:0"
 [controller]
 listen = "127.0.0.1:0"
 cluster = "three"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from gen.ostinato.common.v1 import events_pb2
 from joc_svc.events import Hub
 from joc_svc.projection import Projected
@@ -26,3 +28,19 @@ async def test_a_reader_that_falls_behind_is_told_once_and_then_gets_what_comes_
         assert (await slow.get()).event.id == 8  # type: ignore[union-attr]
         assert (await fast.get()).event.id == 8  # type: ignore[union-attr]
     assert hub._subscriptions == {}  # gone with their readers
+
+
+async def test_views_of_all_orders_wake_on_each_publication() -> None:
+    hub = Hub()
+    first = asyncio.create_task(hub.changed())
+    await asyncio.sleep(0)
+    hub.publish([])
+    await asyncio.sleep(0)
+    assert not first.done()  # nothing applied: nothing changed
+    hub.publish([applied(1, "a")])
+    await asyncio.wait_for(first, 1)
+    second = asyncio.create_task(hub.changed())
+    await asyncio.sleep(0)
+    assert not second.done()  # only what comes after the call wakes it
+    hub.publish([applied(2, "b")])
+    await asyncio.wait_for(second, 1)

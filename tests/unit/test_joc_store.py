@@ -17,7 +17,7 @@ from gen.ostinato.joc.v1 import joc_pb2
 from joc_svc import auth, migrations, naming, schema
 from joc_svc.projection import Projected, replay
 from joc_svc.schema import metadata
-from joc_svc.store import DeploymentRow, Store
+from joc_svc.store import DeploymentRow, OrderFilter, Store
 from joc_svc.store.audit import AuditEntry
 from ostinato.errors import AlreadyExists, InvalidArgument, NotFound
 
@@ -334,6 +334,45 @@ def test_list_orders_filters(store: Store) -> None:
     assert len(store.list_orders(limit=2)) == 2
     with pytest.raises(NotFound, match="order_id: no order nope"):
         store.get_order("nope")
+
+
+def test_order_pages_counts_late_and_started(store: Store) -> None:
+    store.apply_events("main", order_stream("a/1", start=1), T0)  # finished, started at T0+2s
+    store.apply_events("main", order_stream("a/2", start=11)[:4], T0)  # processing
+    fresh = [
+        # due an hour ago: late; due in an hour; and one without a time added two minutes ago
+        order_pb2.Order(id="b/late", workflow_path="/b/x", state=order_pb2.ORDER_STATE_FRESH),
+        order_pb2.Order(id="b/later", workflow_path="/b/x", state=order_pb2.ORDER_STATE_FRESH),
+        order_pb2.Order(id="c/now", workflow_path="/c", state=order_pb2.ORDER_STATE_FRESH),
+    ]
+    now = T0 + timedelta(hours=2)
+    fresh[0].scheduled_for.FromDatetime(now - timedelta(hours=1))
+    fresh[1].scheduled_for.FromDatetime(now + timedelta(hours=1))
+    store.add_orders([(fresh[0], T0), (fresh[1], T0 + timedelta(minutes=1))], "main")
+    store.add_orders([(fresh[2], now - timedelta(minutes=2))], "main")
+
+    page = store.page_orders(OrderFilter(), 0, 2, now)
+    assert [r.order.id for r in page.rows] == ["c/now", "b/later"]  # newest first
+    assert page.total == 5 and page.late == 2
+    assert page.counts == {"FINISHED": 1, "PROCESSING": 1, "FRESH": 3}
+    assert [r.order.id for r in store.page_orders(OrderFilter(), 2, 2, now).rows] == ["a/2", "a/1"]
+    assert [r.order.id for r in store.page_orders(OrderFilter(), 4, 2, now).rows] == ["b/late"]
+
+    late = store.page_orders(OrderFilter(late=True), 0, 10, now)
+    assert [r.order.id for r in late.rows] == ["c/now", "b/late"] and late.total == 2
+    folder = store.page_orders(OrderFilter(workflow="/b/"), 0, 10, now)
+    assert [r.order.id for r in folder.rows] == ["b/later", "b/late"]
+    assert folder.counts == {"FRESH": 2} and folder.late == 1
+    state = store.page_orders(OrderFilter(state="FINISHED", workflow="/w"), 0, 10, now)
+    assert [r.order.id for r in state.rows] == ["a/1"] and state.total == 1
+    assert state.counts == {"FINISHED": 1, "PROCESSING": 1}  # the state filter aside
+    assert [r.order.id for r in store.page_orders(OrderFilter(text="/2"), 0, 10, now).rows] == ["a/2"]
+    assert store.page_orders(OrderFilter(text="%"), 0, 10, now).total == 0  # no wildcards
+
+    assert store.started_times(["a/1", "a/2", "b/late", "nope"]) == {
+        "a/1": T0 + timedelta(seconds=2),
+        "a/2": T0 + timedelta(seconds=12),
+    }
 
 
 def test_replay_for_watchers() -> None:

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n ostinato/common/v1/cluster.proto\x12\x12ostinato.common.v1\"-\n\x17GetClusterStatusRequest\x12\x12\n\nlocal_only\x18\x01 \x01(\x08\"M\n\x18GetClusterStatusResponse\x12\x31\n\x06status\x18\x01 \x01(\x0b\x32!.ostinato.common.v1.ClusterStatus\"e\n\rClusterStatus\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x13\n\x0b\x61\x63tive_node\x18\x02 \x01(\t\x12.\n\x05nodes\x18\x03 \x03(\x0b\x32\x1f.ostinato.common.v1.ClusterNode\"\xb6\x01\n\x0b\x43lusterNode\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x14\n\x0craft_address\x18\x03 \x01(\t\x12*\n\x04role\x18\x04 \x01(\x0e\x32\x1c.ostinato.common.v1.NodeRole\x12\x0c\n\x04term\x18\x05 \x01(\x03\x12\x15\n\rlast_event_id\x18\x06 \x01(\x03\x12\x12\n\nlag_events\x18\x07 \x01(\x03\x12\r\n\x05\x65rror\x18\x08 \x01(\t\"$\n\x11SwitchoverRequest\x12\x0f\n\x07to_node\x18\x01 \x01(\t\"F\n\x12SwitchoverResponse\x12\x11\n\tfrom_node\x18\x01 \x01(\t\x12\x0f\n\x07to_node\x18\x02 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x03*\x84\x01\n\x08NodeRole\x12\x19\n\x15NODE_ROLE_UNSPECIFIED\x10\x00\x12\x14\n\x10NODE_ROLE_ACTIVE\x10\x01\x12\x15\n\x11NODE_ROLE_PASSIVE\x10\x02\x12\x15\n\x11NODE_ROLE_WITNESS\x10\x03\x12\x19\n\x15NODE_ROLE_UNREACHABLE\x10\x04\x32\xdc\x01\n\x0e\x43lusterService\x12m\n\x10GetClusterStatus\x12+.ostinato.common.v1.GetClusterStatusRequest\x1a,.ostinato.common.v1.GetClusterStatusResponse\x12[\n\nSwitchover\x12%.ostinato.common.v1.SwitchoverRequest\x1a&.ostinato.common.v1.SwitchoverResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n ostinato/common/v1/cluster.proto\x12\x12ostinato.common.v1\"-\n\x17GetClusterStatusRequest\x12\x12\n\nlocal_only\x18\x01 \x01(\x08\"M\n\x18GetClusterStatusResponse\x12\x31\n\x06status\x18\x01 \x01(\x0b\x32!.ostinato.common.v1.ClusterStatus\"e\n\rClusterStatus\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x13\n\x0b\x61\x63tive_node\x18\x02 \x01(\t\x12.\n\x05nodes\x18\x03 \x03(\x0b\x32\x1f.ostinato.common.v1.ClusterNode\"\xb6\x01\n\x0b\x43lusterNode\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x14\n\x0craft_address\x18\x03 \x01(\t\x12*\n\x04role\x18\x04 \x01(\x0e\x32\x1c.ostinato.common.v1.NodeRole\x12\x0c\n\x04term\x18\x05 \x01(\x03\x12\x15\n\rlast_event_id\x18\x06 \x01(\x03\x12\x12\n\nlag_events\x18\x07 \x01(\x03\x12\r\n\x05\x65rror\x18\x08 \x01(\t\"$\n\x11SwitchoverRequest\x12\x0f\n\x07to_node\x18\x01 \x01(\t\"F\n\x12SwitchoverResponse\x12\x11\n\tfrom_node\x18\x01 \x01(\t\x12\x0f\n\x07to_node\x18\x02 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x03\"[\n\x0eSubagentStatus\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x19\n\x11running_processes\x18\x04 \x01(\x05*\x84\x01\n\x08NodeRole\x12\x19\n\x15NODE_ROLE_UNSPECIFIED\x10\x00\x12\x14\n\x10NODE_ROLE_ACTIVE\x10\x01\x12\x15\n\x11NODE_ROLE_PASSIVE\x10\x02\x12\x15\n\x11NODE_ROLE_WITNESS\x10\x03\x12\x19\n\x15NODE_ROLE_UNREACHABLE\x10\x04\x32\xdc\x01\n\x0e\x43lusterService\x12m\n\x10GetClusterStatus\x12+.ostinato.common.v1.GetClusterStatusRequest\x1a,.ostinato.common.v1.GetClusterStatusResponse\x12[\n\nSwitchover\x12%.ostinato.common.v1.SwitchoverRequest\x1a&.ostinato.common.v1.SwitchoverResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ostinato.common.v1.cluster_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_NODEROLE']._serialized_start=581
-  _globals['_NODEROLE']._serialized_end=713
+  _globals['_NODEROLE']._serialized_start=674
+  _globals['_NODEROLE']._serialized_end=806
   _globals['_GETCLUSTERSTATUSREQUEST']._serialized_start=56
   _globals['_GETCLUSTERSTATUSREQUEST']._serialized_end=101
   _globals['_GETCLUSTERSTATUSRESPONSE']._serialized_start=103
@@ -45,6 +45,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SWITCHOVERREQUEST']._serialized_end=506
   _globals['_SWITCHOVERRESPONSE']._serialized_start=508
   _globals['_SWITCHOVERRESPONSE']._serialized_end=578
-  _globals['_CLUSTERSERVICE']._serialized_start=716
-  _globals['_CLUSTERSERVICE']._serialized_end=936
+  _globals['_SUBAGENTSTATUS']._serialized_start=580
+  _globals['_SUBAGENTSTATUS']._serialized_end=671
+  _globals['_CLUSTERSERVICE']._serialized_start=809
+  _globals['_CLUSTERSERVICE']._serialized_end=1029
 # @@protoc_insertion_point(module_scope)

@@ -206,3 +206,36 @@ class SwitchoverResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SwitchoverResponse: _TypeAlias = SwitchoverResponse  # noqa: Y015
+
+@_typing.final
+class SubagentStatus(_message.Message):
+    """A subagent as the active director node of its agent sees it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    CONNECTED_FIELD_NUMBER: _builtins.int
+    RUNNING_PROCESSES_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    address: _builtins.str
+    """gRPC address the director dials."""
+    connected: _builtins.bool
+    """The director has a session with it (heartbeats flow)."""
+    running_processes: _builtins.int
+    """Job processes the director knows to run there now."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        address: _builtins.str = ...,
+        connected: _builtins.bool = ...,
+        running_processes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "connected", b"connected", "id", b"id", "running_processes", b"running_processes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubagentStatus: _TypeAlias = SubagentStatus  # noqa: Y015

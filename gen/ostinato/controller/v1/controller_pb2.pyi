@@ -562,16 +562,26 @@ class GetAgentClusterStatusResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     STATUS_FIELD_NUMBER: _builtins.int
+    SUBAGENTS_FIELD_NUMBER: _builtins.int
+    SUBAGENTS_ERROR_FIELD_NUMBER: _builtins.int
+    subagents_error: _builtins.str
+    """Why the subagents could not be listed; `subagents` is then empty."""
     @_builtins.property
     def status(self) -> _cluster_pb2.ClusterStatus: ...
+    @_builtins.property
+    def subagents(self) -> _containers.RepeatedCompositeFieldContainer[_cluster_pb2.SubagentStatus]:
+        """The subagents the active director node drives."""
+
     def __init__(
         self,
         *,
         status: _cluster_pb2.ClusterStatus | None = ...,
+        subagents: _abc.Iterable[_cluster_pb2.SubagentStatus] | None = ...,
+        subagents_error: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["status", b"status", "subagents", b"subagents", "subagents_error", b"subagents_error"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

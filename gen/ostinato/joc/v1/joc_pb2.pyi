@@ -1714,21 +1714,31 @@ class AgentClusterStatus(_message.Message):
     AGENT_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    SUBAGENTS_FIELD_NUMBER: _builtins.int
+    SUBAGENTS_ERROR_FIELD_NUMBER: _builtins.int
     agent: _builtins.str
     error: _builtins.str
     """Why the agent's status could not be had; `status` is then empty."""
+    subagents_error: _builtins.str
+    """Why the subagents could not be listed."""
     @_builtins.property
     def status(self) -> _cluster_pb2.ClusterStatus: ...
+    @_builtins.property
+    def subagents(self) -> _containers.RepeatedCompositeFieldContainer[_cluster_pb2.SubagentStatus]:
+        """The subagents of the agent's active director node."""
+
     def __init__(
         self,
         *,
         agent: _builtins.str = ...,
         status: _cluster_pb2.ClusterStatus | None = ...,
         error: _builtins.str = ...,
+        subagents: _abc.Iterable[_cluster_pb2.SubagentStatus] | None = ...,
+        subagents_error: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "error", b"error", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "error", b"error", "status", b"status", "subagents", b"subagents", "subagents_error", b"subagents_error"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
