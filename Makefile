@@ -38,7 +38,7 @@ test-tools:
 		&& command -v jq >/dev/null && test -x /usr/bin/chromium || { \
 		echo "installing gpg, openssl, prometheus, jq and chromium for the tests"; \
 		$(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-			--no-install-recommends gpg openssl prometheus jq chromium; }
+			--no-install-recommends gpg openssl prometheus jq chromium fonts-liberation; }
 
 # pytest (the Python services, the buf curl scripts, traces from the Node client), then the Node
 # client's own tests against a topology they start.
