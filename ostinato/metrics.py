@@ -219,89 +219,25 @@ def _url_host(host: str) -> str:
 # --- gRPC calls ---
 
 
-def server_interceptors() -> list[grpc.aio.ServerInterceptor]:
-    """Counts and times every call of a service that serves metrics; none otherwise."""
-    return [_CallMetrics()] if _serving else []
+def serving() -> bool:
+    """Whether this process serves metrics (then ostinato.rpc counts and times every call)."""
+    return _serving
 
 
-class _CallMetrics(grpc.aio.ServerInterceptor):
-    async def intercept_service(self, continuation: Callable[..., Any], details: Any) -> Any:
-        handler = await continuation(details)
-        if handler is None:
-            return None
-        method = details.method
-        if method.startswith(("/grpc.health.", "/grpc.reflection.")):
-            return handler
-        for kind, make in (
-            ("unary_unary", grpc.unary_unary_rpc_method_handler),
-            ("stream_unary", grpc.stream_unary_rpc_method_handler),
-        ):
-            behaviour = getattr(handler, kind)
-            if behaviour is not None:
-                return make(
-                    _timed_unary(method, behaviour), handler.request_deserializer, handler.response_serializer
-                )
-        for kind, make in (
-            ("unary_stream", grpc.unary_stream_rpc_method_handler),
-            ("stream_stream", grpc.stream_stream_rpc_method_handler),
-        ):
-            behaviour = getattr(handler, kind)
-            if behaviour is not None:
-                return make(
-                    _timed_stream(method, behaviour),
-                    handler.request_deserializer,
-                    handler.response_serializer,
-                )
-        return handler
-
-
-def _code(context: grpc.aio.ServicerContext, error: BaseException | None) -> str:
-    """The status the call ended with: set by an abort, else OK, or how it broke off."""
-    code = context.code()
-    if isinstance(code, grpc.StatusCode):
-        return code.name
-    if error is None:
-        return "OK"
-    return "CANCELLED" if isinstance(error, asyncio.CancelledError) else "UNKNOWN"
-
-
-def _observe(
+def call_ended(
     method: str, started: float, context: grpc.aio.ServicerContext, error: BaseException | None
 ) -> None:
-    GRPC_LATENCY.labels(method).observe(time.perf_counter() - started)
-    GRPC_REQUESTS.labels(method, _code(context, error)).inc()
-
-
-def _timed_unary(method: str, behaviour: Callable[..., Any]) -> Callable[..., Any]:
-    async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        started = time.perf_counter()
-        try:
-            result = await behaviour(request, context)
-        except BaseException as e:
-            _observe(method, started, context, e)
-            raise
-        _observe(method, started, context, None)
-        return result
-
-    return wrapper
-
-
-def _timed_stream(method: str, behaviour: Callable[..., Any]) -> Callable[..., Any]:
-    async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        started = time.perf_counter()
-        try:
-            result = behaviour(request, context)
-            if hasattr(result, "__aiter__"):
-                async for item in result:
-                    yield item
-            else:
-                await result
-        except BaseException as e:
-            _observe(method, started, context, e)
-            raise
-        _observe(method, started, context, None)
-
-    return wrapper
+    """A call of `method` (package.Service/Method) that began at perf_counter() `started` ended,
+    with `error` or None; the status is the one an abort set, else OK or how it broke off."""
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        name = code.name
+    elif error is None:
+        name = "OK"
+    else:
+        name = "CANCELLED" if isinstance(error, asyncio.CancelledError) else "UNKNOWN"
+    GRPC_LATENCY.labels(f"/{method}").observe(time.perf_counter() - started)
+    GRPC_REQUESTS.labels(f"/{method}", name).inc()
 
 
 # --- controller and director nodes: what their shells see committed ---

@@ -89,30 +89,48 @@ class _ErrorInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, guard: Guard, peers: tls.Peers | None) -> None:
         self.guard = guard
         self.peers = peers
+        # Calls counted and timed (ostinato.metrics) when the process serves metrics: here, in
+        # the one wrapper every call passes anyway, not in a layer of its own per message.
+        self.timed = metrics.serving()
+        # method -> (the service's handler, its wrapper): built once per method, not per call.
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
 
     async def intercept_service(self, continuation: Callable[..., Any], details: Any) -> Any:
         handler = await continuation(details)
         if handler is None:
             return None
         method = details.method.lstrip("/")
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(method, handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, method: str, handler: Any) -> Any:
+        timed = self.timed and not method.startswith(("grpc.health.", "grpc.reflection."))
         deserializer = _checked_deserializer(method, handler.request_deserializer)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                self._unary(method, handler.unary_unary), deserializer, handler.response_serializer
+                self._unary(method, handler.unary_unary, timed=timed),
+                deserializer,
+                handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                self._stream(method, handler.unary_stream), deserializer, handler.response_serializer
+                self._stream(method, handler.unary_stream, timed=timed),
+                deserializer,
+                handler.response_serializer,
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                self._unary(method, handler.stream_unary, streamed=True),
+                self._unary(method, handler.stream_unary, streamed=True, timed=timed),
                 deserializer,
                 handler.response_serializer,
             )
         if handler.stream_stream:
             return grpc.stream_stream_rpc_method_handler(
-                self._stream(method, handler.stream_stream, streamed=True),
+                self._stream(method, handler.stream_stream, streamed=True, timed=timed),
                 deserializer,
                 handler.response_serializer,
             )
@@ -130,9 +148,11 @@ class _ErrorInterceptor(grpc.aio.ServerInterceptor):
         return NotActive(str(error))  # stepping down, not passive yet: no active node known
 
     def _unary(
-        self, method: str, behaviour: Callable[..., Any], streamed: bool = False
+        self, method: str, behaviour: Callable[..., Any], streamed: bool = False, timed: bool = False
     ) -> Callable[..., Any]:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            error: BaseException | None = None
             try:
                 if self.peers is not None:
                     self.peers.check(context, method)
@@ -140,17 +160,25 @@ class _ErrorInterceptor(grpc.aio.ServerInterceptor):
                 return _deliverable(method, await behaviour(_accepted(request, streamed), context))
             except OstinatoError as e:
                 await _abort(context, self._as_passive(method, e))
+            except BaseException as e:
+                error = e
+                raise
+            finally:
+                if timed:
+                    metrics.call_ended(method, started, context, error)
 
         return wrapper
 
     def _stream(
-        self, method: str, behaviour: Callable[..., Any], streamed: bool = False
+        self, method: str, behaviour: Callable[..., Any], streamed: bool = False, timed: bool = False
     ) -> Callable[..., Any]:
         if not inspect.isasyncgenfunction(behaviour):
             # A handler that writes with context.write() and returns: treat like a unary one.
-            return self._unary(method, behaviour, streamed)
+            return self._unary(method, behaviour, streamed, timed)
 
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            error: BaseException | None = None
             try:
                 if self.peers is not None:
                     self.peers.check(context, method)
@@ -164,6 +192,12 @@ class _ErrorInterceptor(grpc.aio.ServerInterceptor):
                     yield item
             except OstinatoError as e:
                 await _abort(context, self._as_passive(method, e))
+            except BaseException as e:
+                error = e
+                raise
+            finally:
+                if timed:
+                    metrics.call_ended(method, started, context, error)
 
         return wrapper
 
@@ -300,7 +334,6 @@ async def start_server(
     server = grpc.aio.server(
         interceptors=[
             *tracing.server_interceptors(),
-            *metrics.server_interceptors(),
             _ErrorInterceptor(guard, peers),
         ],
         options=SERVER_OPTIONS,

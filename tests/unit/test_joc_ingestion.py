@@ -24,10 +24,17 @@ from joc_svc.events import Hub, Ingestion, ReadAhead
 from joc_svc.order_batcher import OrderBatcher
 from joc_svc.store import Applied, Store
 from joc_svc.store.audit import AuditEntry
-from ostinato import rpc
+from ostinato import rpc, tls
 from ostinato.errors import NotFound, Unavailable
 from tests.integration.support import eventually
 from tests.unit.test_joc_store import T0, order_stream
+
+
+@pytest.fixture(autouse=True)
+def plain_text() -> None:
+    """A fake controller on loopback, in plain text: what is tested here is JOC's side of the
+    stream (TLS has tests of its own)."""
+    tls.use(tls.INSECURE)
 
 
 class Controller(controller_pb2_grpc.ControllerServiceServicer):

@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from gen.ostinato.controller.v1 import controller_pb2, controller_pb2_grpc
-from ostinato import limits, rpc
+from ostinato import limits, rpc, tls
 from ostinato.errors import InvalidArgument
 
 METHOD = "/ostinato.controller.v1.ControllerService/GetOverview"
@@ -38,8 +38,9 @@ async def served() -> AsyncIterator[tuple[Servicer, grpc.aio.Channel]]:
                 rpc.service_name(controller_pb2, "ControllerService"),
             )
         ],
+        security=tls.INSECURE,  # the edge is what is tested here; TLS has tests of its own
     )
-    async with rpc.channel(server.address) as channel:
+    async with rpc.channel(server.address, tls.INSECURE) as channel:
         yield servicer, channel
     await server.stop(0)
 
