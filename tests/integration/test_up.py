@@ -62,10 +62,14 @@ def test_up_prints_addresses_and_stops_everything_on_sigterm(tmp_path: Path) -> 
     assert "ostinato is up" in "".join(lines)
     names = {line.split()[0] for line in lines if line.startswith("  ")}
     assert names == {"only", "director", "controller", "joc"}
-    # Each service's metrics address beside its gRPC address.
-    metrics = [line.split()[2:4] for line in lines if line.startswith("  ")]
+    # Each service's pid and metrics address beside its gRPC address.
+    services = [line.split() for line in lines if line.startswith("  ")]
     assert all(
-        m[0] == "metrics" and re.fullmatch(r"https://127\.0\.0\.1:\d+/metrics", m[1]) for m in metrics
+        s[2] == "pid"
+        and s[3].isdigit()
+        and s[4] == "metrics"
+        and re.fullmatch(r"https://127\.0\.0\.1:\d+/metrics", s[5])
+        for s in services
     ), lines
     assert "mutual TLS" in "".join(lines)
     assert _processes_using(data), "the services should be running"
