@@ -1,5 +1,5 @@
 """python -m joc_svc --listen HOST:PORT --data-dir DIR --controller ID=HOST:PORT[,HOST:PORT...] ...
-[--http-listen HOST:PORT] [--db-url URL] [--security-level low|medium|high]
+[--http-listen HOST:PORT] [--db-url URL] [--instance-id ID] [--security-level low|medium|high]
 [--signing-key KEY.pem --signing-cert CERT.pem]
 [--require-auth] [--plan-time-zone ZONE --plan-period-begin HH:MM:SS --plan-days-ahead N
 --plan-submit-days-ahead N --plan-catch-up SECONDS | --no-daily-plan]"""
@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import functools
 import logging
+import secrets
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from joc_svc.controllers import ControllerLink, parse_controller_arg
 from joc_svc.dailyplan import DailyPlan, PlanSettings
 from joc_svc.deployer import Deployer
 from joc_svc.events import Hub, Ingestion
+from joc_svc.instance import Instance
 from joc_svc.plan_servicer import DailyPlanServicer
 from joc_svc.servicers import (
     LEVELS,
@@ -60,7 +63,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="a controller JOC works with, with the gRPC address of each node of its cluster (JOC"
         " follows the active one); repeatable, the first is the default for new orders",
     )
-    parser.add_argument("--db-url", help="SQLAlchemy URL; default sqlite:///DATA_DIR/joc.db")
+    parser.add_argument(
+        "--db-url",
+        help="SQLAlchemy URL; default sqlite:///DATA_DIR/joc.db. JOC instances that share one"
+        " database (PostgreSQL; SQLite on one host) are a cluster: one active, the others passive",
+    )
+    parser.add_argument(
+        "--instance-id",
+        metavar="ID",
+        help="this instance's name in the JOC cluster (default: the one in DATA_DIR/instance-id,"
+        " else HOSTNAME-XXXX, made and kept there)",
+    )
     parser.add_argument(
         "--security-level",
         choices=LEVELS,
@@ -171,11 +184,17 @@ def main(argv: list[str] | None = None) -> int:
         accounts = auth.AccountStore(store)
         await asyncio.to_thread(_prepare_accounts, accounts, args)
         hub = Hub()
-        links = {cid: ControllerLink(cid, addresses) for cid, addresses in args.controllers.items()}
+        instance = Instance(store, _instance_id(args))
+        links = {
+            cid: ControllerLink(
+                cid, addresses, epoch=lambda: instance.last_epoch, on_stale=instance.check_now
+            )
+            for cid, addresses in args.controllers.items()
+        }
         deployer = Deployer(store, links)
         authenticator = auth.Authenticator(accounts, required=args.require_auth)
         plan = DailyPlan(store, links, args.plan_settings)
-        joc = Joc(store, hub, links, deployer, accounts, authenticator, plan, args.security_level)
+        joc = Joc(store, hub, links, deployer, accounts, authenticator, plan, args.security_level, instance)
         services: list[tuple[str, Callable[..., None], Any]] = [
             ("InventoryService", joc_pb2_grpc.add_InventoryServiceServicer_to_server, InventoryServicer(joc)),
             (
@@ -190,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
             ("DailyPlanService", joc_pb2_grpc.add_DailyPlanServiceServicer_to_server, DailyPlanServicer(joc)),
         ]
         guarded = {
-            name: auth.guard(servicer, joc_pb2.DESCRIPTOR.services_by_name[name], authenticator)
+            name: auth.guard(
+                servicer, joc_pb2.DESCRIPTOR.services_by_name[name], authenticator, instance.admit
+            )
             for name, _, servicer in services
         }
         server = await rpc.start_server(
@@ -201,17 +222,35 @@ def main(argv: list[str] | None = None) -> int:
         view = None
         if args.http_listen:
             view = WebView(joc, Services.of(guarded), args.security, server.address)
-            web_url = await view.start(args.http_listen)
-            announce_web(web_url, args.data_dir)
-        await deployer.start()
-        ingestion = [
-            asyncio.create_task(
-                Ingestion(link, store, hub, on_connected=functools.partial(deployer.kick, cid)).run(),
-                name=f"events-{cid}",
-            )
-            for cid, link in links.items()
-        ]
-        planning = asyncio.create_task(plan.run(), name="daily-plan")
+            instance.web_url = await view.start(args.http_listen)
+            announce_web(instance.web_url, args.data_dir)
+
+        async def duties(epoch: int) -> None:
+            """What the active instance alone runs, until it stops being active."""
+            await deployer.start()
+            tasks = [
+                asyncio.create_task(
+                    Ingestion(link, store, hub, on_connected=functools.partial(deployer.kick, cid)).run(),
+                    name=f"events-{cid}",
+                )
+                for cid, link in links.items()
+            ]
+            tasks.append(asyncio.create_task(plan.run(), name="daily-plan"))
+            try:
+                await asyncio.gather(*tasks)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                for task in tasks:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                await deployer.stop()
+                hub.end_all(instance.not_active)
+
+        instance.address = server.address
+        instance.start()
+        on_duty = asyncio.create_task(instance.run_duties(duties), name="joc-instance")
+        log.info("JOC instance %s (lease %d ms)", instance.id, instance.lease_ms)
         log.info(
             "controllers: %s",
             ", ".join(f"{c}={','.join(link.addresses)}" for c, link in links.items()) or "none",
@@ -235,12 +274,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             await stop.wait()
         finally:
-            for task in [planning, *ingestion]:
-                task.cancel()
-            for task in [planning, *ingestion]:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            await deployer.stop()
+            on_duty.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await on_duty
+            await instance.stop()  # after the duties: the next active starts where they ended
             if view is not None:
                 await view.stop()
             await server.stop(2.0)
@@ -249,6 +286,17 @@ def main(argv: list[str] | None = None) -> int:
             store.close()
 
     return service.run("joc", serve, args.security, args.options)
+
+
+def _instance_id(args: argparse.Namespace) -> str:
+    if args.instance_id:
+        return str(args.instance_id)
+    path = args.data_dir / "instance-id"
+    if path.exists():
+        return path.read_text().strip()
+    instance_id = f"{socket.gethostname().split('.')[0]}-{secrets.token_hex(2)}"
+    path.write_text(instance_id + "\n")
+    return instance_id
 
 
 def _prepare_accounts(accounts: auth.AccountStore, args: argparse.Namespace) -> None:

@@ -94,6 +94,8 @@ METHODS: dict[str, Permission] = {
     "DailyPlanService.DeletePlan": P.ORDERS,
     "ClusterService.GetClusterStatus": P.VIEW,
     "ClusterService.Switchover": P.ORDERS,  # operators run production: orders and fail-over
+    "ClusterService.GetJocStatus": P.VIEW,
+    "ClusterService.JocSwitchover": P.ORDERS,
     "AuditService.ListAuditEntries": P.VIEW,
     "AccountService.PutAccount": P.ADMIN,
     "AccountService.ListAccounts": P.ADMIN,
@@ -340,23 +342,46 @@ class Authenticator:
         return account
 
 
-def guard(servicer: Any, service: ServiceDescriptor, authenticator: Authenticator) -> Any:
+# What a passive instance of a JOC cluster serves: reads of the database. The rest writes, or (as
+# WatchOrder) follows what only the active instance's event ingestion sees.
+SERVED_BY_PASSIVE = frozenset(
+    {m for m, p in METHODS.items() if p is P.VIEW} - {"OrderService.WatchOrder"}
+    | {"AccountService.ListAccounts", "AccountService.GetCaller"}
+)
+
+
+def guard(
+    servicer: Any,
+    service: ServiceDescriptor,
+    authenticator: Authenticator,
+    gate: Callable[[str], None] = lambda method: None,
+) -> Any:
     """Wraps each RPC method of the servicer: it runs only for a caller with the permission the
-    METHODS table gives it, with `current()` naming the caller. Register the servicer after."""
+    METHODS table gives it, with `current()` naming the caller, and only when `gate`("Service.Method")
+    lets it (a passive JOC instance refuses writes there). Register the servicer after."""
     for method in service.methods:
-        permission = METHODS[f"{service.name}.{method.name}"]  # KeyError: a method left unguarded
+        key = f"{service.name}.{method.name}"
+        permission = METHODS[key]  # KeyError: a method left unguarded
         behaviour = getattr(servicer, method.name)
-        setattr(servicer, method.name, _guarded(behaviour, permission, authenticator, method.name))
+        setattr(servicer, method.name, _guarded(behaviour, permission, authenticator, key, gate))
     return servicer
 
 
-def _guarded(behaviour: Callable[..., Any], permission: Permission, auth: Authenticator, name: str) -> Any:
+def _guarded(
+    behaviour: Callable[..., Any],
+    permission: Permission,
+    auth: Authenticator,
+    key: str,
+    gate: Callable[[str], None],
+) -> Any:
+    name = key.partition(".")[2]
     if inspect.isasyncgenfunction(behaviour):
 
         @functools.wraps(behaviour)
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
             caller = await auth.caller(context)
             caller.require(permission, name)
+            gate(key)
             # Each RPC runs in a task of its own: the value ends with it, no reset needed.
             _current.set(caller)
             async for item in behaviour(request, context):
@@ -368,6 +393,7 @@ def _guarded(behaviour: Callable[..., Any], permission: Permission, auth: Authen
     async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
         caller = await auth.caller(context)
         caller.require(permission, name)
+        gate(key)
         _current.set(caller)
         return await behaviour(request, context)
 

@@ -12,6 +12,7 @@ after an answer was lost does nothing twice. The event stream follows with `Cont
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -40,11 +41,22 @@ def parse_controller_arg(text: str) -> tuple[str, list[str]]:
 class ControllerLink:
     """One controller (cluster) as JOC sees it: its id and its nodes' addresses."""
 
-    def __init__(self, id: str, addresses: list[str] | str) -> None:
+    def __init__(
+        self,
+        id: str,
+        addresses: list[str] | str,
+        epoch: Callable[[], int] = lambda: 0,
+        on_stale: Callable[[], None] = lambda: None,
+    ) -> None:
         self.id = id
         self.target = rpc.ClusterTarget(
             [addresses] if isinstance(addresses, str) else addresses, name=f"controller {id}"
         )
+        # The JOC cluster's epoch every call carries (0: none, a JOC of no cluster); the
+        # controller refuses a command of an older epoch than it saw (a deposed JOC's), and
+        # `on_stale` hears of it.
+        self.epoch = epoch
+        self.on_stale = on_stale
 
     def __repr__(self) -> str:
         return f"ControllerLink({self.id!r}, {self.target.addresses!r})"
@@ -79,9 +91,17 @@ class ControllerLink:
         down_after: float = rpc.CLUSTER_DOWN_AFTER,
     ) -> Any:
         """ControllerService.`method`(request) at the active node: see `rpc.ClusterTarget.call`."""
-        return await self.target.call(
-            controller_pb2_grpc.ControllerServiceStub, method, request, timeout, down_after
-        )
+        epoch = self.epoch()
+        metadata = ((rpc.JOC_EPOCH_KEY, str(epoch)),) if epoch else ()
+        try:
+            return await self.target.call(
+                controller_pb2_grpc.ControllerServiceStub, method, request, timeout, down_after, metadata
+            )
+        except grpc.aio.AioRpcError as e:
+            if rpc.error_reason(e) == "STALE_EPOCH":
+                log.warning("controller %s refused JOC's epoch %d: %s", self.id, epoch, e.details())
+                self.on_stale()
+            raise
 
     def error(self, e: grpc.aio.AioRpcError) -> errors.OstinatoError:
         """The controller's error as JOC's: see `rpc.ClusterTarget.error`."""

@@ -172,6 +172,7 @@ class Deployer:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self._tasks = []  # started again when this JOC instance is active again
 
     def kick(self, controller_id: str) -> None:
         delivery = self.deliveries.get(controller_id)

@@ -69,9 +69,15 @@ class Subscription:
         self._queue: asyncio.Queue[Applied | None] = asyncio.Queue()
         self._limit = limit
         self._missed = False
+        self._ended: Exception | None = None
+
+    def end(self, error: Exception) -> None:
+        """No more will come (this JOC instance stopped being active): the reader gets `error`."""
+        self._ended = error
+        self._queue.put_nowait(None)
 
     def put(self, item: Applied) -> None:
-        if self._missed:
+        if self._missed or self._ended:
             return
         if self._queue.qsize() >= self._limit:
             self._missed = True
@@ -84,6 +90,8 @@ class Subscription:
     async def get(self) -> Applied | None:
         """The next item, or None: some were dropped; read the database after what you have."""
         item = await self._queue.get()
+        if self._ended is not None:
+            raise self._ended
         if item is None:
             self._missed = False
         return item
@@ -119,6 +127,12 @@ class Hub:
         if applied:
             changed, self._changed = self._changed, asyncio.Event()
             changed.set()
+
+    def end_all(self, error: Callable[[], Exception]) -> None:
+        """Ends every subscription with `error`(): what they follow is no longer ingested here."""
+        for subscriptions in self._subscriptions.values():
+            for subscription in subscriptions:
+                subscription.end(error())
 
     async def changed(self) -> None:
         """Returns once something is published after the call: views of many orders (the web

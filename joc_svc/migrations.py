@@ -211,6 +211,37 @@ def _v5_daily_plan(conn: sa.Connection) -> None:
     md.create_all(conn)
 
 
+def _v6_joc_cluster(conn: sa.Connection) -> None:
+    """The JOC cluster: the active instance's lease (one row) and every instance's heartbeat."""
+    md = sa.MetaData()
+    lease = sa.Table(
+        "joc_lease",
+        md,
+        sa.Column("name", sa.String, primary_key=True),
+        sa.Column("holder", sa.String, nullable=False),
+        sa.Column("address", sa.String, nullable=False),
+        sa.Column("epoch", sa.BigInteger, nullable=False),
+        sa.Column("expires_ms", sa.BigInteger, nullable=False),
+        sa.Column("successor", sa.String, nullable=False),
+        sa.Column("resigned", sa.String, nullable=False),
+    )
+    sa.Table(
+        "joc_instances",
+        md,
+        sa.Column("id", sa.String, primary_key=True),
+        sa.Column("address", sa.String, nullable=False),
+        sa.Column("web_url", sa.String, nullable=False),
+        sa.Column("started_ms", sa.BigInteger, nullable=False),
+        sa.Column("heartbeat_ms", sa.BigInteger, nullable=False),
+    )
+    md.create_all(conn)
+    conn.execute(
+        lease.insert().values(
+            name="active", holder="", address="", epoch=0, expires_ms=0, successor="", resigned=""
+        )
+    )
+
+
 # In order: MIGRATIONS[i] takes the schema from version i to i + 1.
 MIGRATIONS: list[Callable[[sa.Connection], None]] = [
     _v1_baseline,
@@ -218,6 +249,7 @@ MIGRATIONS: list[Callable[[sa.Connection], None]] = [
     _v3_resync_marks,
     _v4_account_certificates,
     _v5_daily_plan,
+    _v6_joc_cluster,
 ]
 
 LATEST = len(MIGRATIONS)

@@ -42,12 +42,6 @@ def new_version_id(now: datetime, random_hex: str | None = None) -> str:
     return f"{now.astimezone(UTC):%Y%m%dT%H%M%SZ}-{random_hex or secrets.token_hex(3)}"
 
 
-def new_order_id(now: datetime, random_hex: str | None = None) -> str:
-    """Like JS7's daily-plan ids (2025-01-01#<10 hex>) but without JS7's leading '#', which
-    starts a comment in a shell and would make every `ostinato order show ID` need quoting."""
-    return f"{now.astimezone(UTC):%Y-%m-%d}#{random_hex or secrets.token_hex(5)}"
-
-
 def enum_word(enum: Any, value: int) -> str:
     """ORDER_STATE_FINISHED -> FINISHED: the short name the database stores and the CLI shows."""
     name: str = enum.Name(value)

@@ -197,3 +197,30 @@ plan_submissions = sa.Table(
     sa.Column("tz_version", sa.String, nullable=False),
     sa.Column("planned_at", Time, nullable=False),
 )
+
+# The JOC cluster (joc_svc.instance). One row, name "active": the instance whose lease runs until
+# `expires_ms` (the database's clock) holds the JOC `epoch`, which grows with every take-over.
+# A switch-over ends the lease at once and names the `successor` ("": any instance but the one
+# that `resigned`, which waits a grace before it may take it back).
+joc_lease = sa.Table(
+    "joc_lease",
+    metadata,
+    sa.Column("name", sa.String, primary_key=True),
+    sa.Column("holder", sa.String, nullable=False),
+    sa.Column("address", sa.String, nullable=False),  # the holder's gRPC address
+    sa.Column("epoch", sa.BigInteger, nullable=False),
+    sa.Column("expires_ms", sa.BigInteger, nullable=False),
+    sa.Column("successor", sa.String, nullable=False),
+    sa.Column("resigned", sa.String, nullable=False),
+)
+
+# Every JOC instance that ever ran against this database, with its last heartbeat (database clock).
+joc_instances = sa.Table(
+    "joc_instances",
+    metadata,
+    sa.Column("id", sa.String, primary_key=True),
+    sa.Column("address", sa.String, nullable=False),
+    sa.Column("web_url", sa.String, nullable=False),
+    sa.Column("started_ms", sa.BigInteger, nullable=False),
+    sa.Column("heartbeat_ms", sa.BigInteger, nullable=False),
+)

@@ -26,12 +26,14 @@ from joc_svc.controllers import CALL_TIMEOUT, ControllerLink
 from joc_svc.dailyplan import ChangeKind, DailyPlan, parse_date
 from joc_svc.deployer import Deployer
 from joc_svc.events import Hub
+from joc_svc.instance import Instance
 from joc_svc.order_batcher import OrderBatcher
 from joc_svc.projection import Projected, is_final, replay
 from joc_svc.store import DeploymentRow, ObjectRow, Store
 from joc_svc.store.audit import AuditEntry
 from ostinato import limits, pgp, signing, tls, tracing
 from ostinato.errors import FailedPrecondition, InvalidArgument, NotFound, OstinatoError
+from ostinato.ids import new_order_id
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +58,8 @@ class Joc:
     accounts: AccountStore
     authenticator: Authenticator
     plan: DailyPlan
-    security_level: str = "low"
+    security_level: str
+    instance: Instance
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     _signers: dict[tuple[str, str], signing.Signer] = field(default_factory=dict)
 
@@ -456,7 +459,7 @@ class OrderServicer(joc_pb2_grpc.OrderServiceServicer):
         link = self.joc.controller(request.controller_id)
         now = self.joc.clock()
         # The id first: a caller that retries after a lost answer asks for the same order again.
-        order_id = request.order_id or naming.new_order_id(now)
+        order_id = request.order_id or new_order_id(now)
         tracing.annotate(order_id=order_id, workflow=workflow_path)
         new_order = controller_pb2.NewOrder(
             id=order_id,
@@ -588,6 +591,8 @@ class OrderServicer(joc_pb2_grpc.OrderServiceServicer):
         self, request: joc_pb2.GetOrderLogRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[joc_pb2.GetOrderLogResponse]:
         order_id = _order_id(request.order_id)
+        if request.follow:
+            self.joc.instance.admit("OrderService.WatchOrder")  # live: from the active instance
         async with self.joc.hub.subscribe(order_id) as subscription:
             last_seq = 0
             while True:
@@ -686,6 +691,34 @@ class ClusterServicer(joc_pb2_grpc.ClusterServiceServicer):
             from_node=done.from_node,
             to_node=done.to_node,
             term=done.term,
+        )
+
+    async def GetJocStatus(
+        self, request: joc_pb2.GetJocStatusRequest, context: grpc.aio.ServicerContext
+    ) -> joc_pb2.GetJocStatusResponse:
+        instance = self.joc.instance
+        lease, rows = await instance.status()
+        response = joc_pb2.GetJocStatusResponse(
+            active_instance=lease.holder if lease.live else "", epoch=lease.epoch, answered_by=instance.id
+        )
+        for row, role in rows:
+            shown = response.instances.add(id=row.id, address=row.address, role=role, web_url=row.web_url)
+            shown.last_heartbeat.FromMilliseconds(row.heartbeat_ms)
+            shown.started_at.FromMilliseconds(row.started_ms)
+        return response
+
+    async def JocSwitchover(
+        self, request: joc_pb2.JocSwitchoverRequest, context: grpc.aio.ServicerContext
+    ) -> joc_pb2.JocSwitchoverResponse:
+        instance = self.joc.instance
+        to = request.to_instance
+        if to:
+            limits.check_name(to, "to_instance", "an instance id")
+        # Recorded while this instance may still write: after the hand-over it writes nothing.
+        await self.joc.audit("joc switchover", f"{instance.id} -> {to or 'any other instance'}")
+        lease = await instance.switchover(to, _budget(context, SWITCHOVER_TIMEOUT))
+        return joc_pb2.JocSwitchoverResponse(
+            from_instance=instance.id, to_instance=lease.holder, epoch=lease.epoch
         )
 
 

@@ -484,8 +484,9 @@ class ClusterTarget:
         request: Any,
         timeout: float,
         down_after: float = CLUSTER_DOWN_AFTER,
+        metadata: tuple[tuple[str, str], ...] = (),
     ) -> Any:
-        """stub_class(channel).`method`(request) at the active node. After UNAVAILABLE or
+        """stub_class(channel).`method`(request, metadata) at the active node. After UNAVAILABLE or
         DEADLINE_EXCEEDED it follows the cluster and tries again until `timeout` is spent, waiting
         a little before a node's second try (while an election goes on, or a node restarts). It
         gives up earlier only when no node has answered at all for `down_after` seconds: the whole
@@ -510,7 +511,7 @@ class ClusterTarget:
             stub = stub_class(self.channel())
             try:
                 remaining = max(deadline - time.monotonic(), 0.001)
-                return await getattr(stub, method)(request, timeout=remaining)
+                return await getattr(stub, method)(request, timeout=remaining, metadata=metadata)
             except asyncio.CancelledError:
                 if not channel_closed_under_us() or self.address == address:
                     raise

@@ -51,6 +51,9 @@ class TopologyConfig:
     trust_pgp: list[Path] = field(default_factory=list)  # OpenPGP public keys of signers
     require_auth: bool = False
     db_url: str | None = None  # JOC's database; default SQLite in its data dir
+    # JOC instances: more than one is a JOC cluster over db_url (default: one SQLite file, which
+    # only instances on one host may share), one instance active and the others passive.
+    joc_instances: int = 1
     # Shape of the controller's and the director's cluster: "single" (one node), "witness" (two
     # full nodes and a witness) or "three" (three full nodes).
     controller_cluster: str = "single"
@@ -102,6 +105,10 @@ class TopologyConfig:
         config.security_level = joc.get("security_level", config.security_level)
         config.require_auth = bool(joc.get("require_auth", config.require_auth))
         config.db_url = joc.get("db_url", config.db_url)
+        instances = joc.get("instances", config.joc_instances)
+        if not isinstance(instances, int) or not 1 <= instances <= 9:
+            raise ValueError(f"{path}: [joc] instances: expected a number from 1 to 9, got {instances!r}")
+        config.joc_instances = instances
         base = path.parent
         if ("signing_key" in joc) != ("signing_cert" in joc):
             raise ValueError(f"{path}: [joc] signing_key and signing_cert go together")
@@ -167,6 +174,10 @@ class Topology:
         self.password = secrets.token_urlsafe(16)
         self.tls_dir = self.config.tls_dir or data_dir / "pki"
         self._certificates: dict[str, pki.Issued] = {}
+        # JOC's instances: "joc", then joc-2, joc-3, ... (one identity: they share its certificate).
+        self.joc_names = ["joc", *(f"joc-{i}" for i in range(2, self.config.joc_instances + 1))]
+        for name in self.joc_names[1:]:
+            self.addresses[name] = f"{self.config.joc.rsplit(':', 1)[0]}:0"
         for kind, shape, listen in (
             ("director", self.config.director_cluster, self.config.director),
             ("controller", self.config.controller_cluster, self.config.controller),
@@ -195,6 +206,8 @@ class Topology:
         self.clusters[kind].write_text(Cluster(tuple(members)).to_json())
 
     def kind_of(self, name: str) -> str:
+        if name in self.joc_names:
+            return "joc"
         return next((kind for kind, names in self.nodes.items() if name in names), name)
 
     def node_addresses(self, kind: str) -> str:
@@ -216,7 +229,7 @@ class Topology:
         """How a client acting as `name` (a service, or "cli") connects to this topology."""
         if self.config.insecure:
             return tls.INSECURE
-        issued = self.certificates()[name]
+        issued = self.certificates()[self._identity(name)]
         return tls.Security(issued.cert, issued.key, self.tls_dir / pki.CA_CERT)
 
     def channel(self, address: str, as_name: str = "cli") -> grpc.aio.Channel:
@@ -224,6 +237,10 @@ class Topology:
         from ostinato import rpc
 
         return rpc.channel(address, self.security(as_name))
+
+    def _identity(self, name: str) -> str:
+        """Whose certificate the service presents: JOC's instances share JOC's."""
+        return "joc" if name in self.joc_names else name
 
     def cli_args(self) -> list[str]:
         """What the `ostinato` CLI needs to reach this topology's JOC (besides --joc)."""
@@ -242,7 +259,7 @@ class Topology:
     def tls_args(self, name: str) -> list[str]:
         if self.config.insecure:
             return ["--insecure"]
-        issued = self.certificates()[name]
+        issued = self.certificates()[self._identity(name)]
         args = ["--tls-cert", str(issued.cert), "--tls-key", str(issued.key)]
         args += ["--tls-ca", str(self.tls_dir / pki.CA_CERT)]
         return args + [a for peer in self._peers(name) for a in ("--tls-peer", peer)]
@@ -257,6 +274,11 @@ class Topology:
     @property
     def joc_address(self) -> str:
         return self.services["joc"].address
+
+    @property
+    def joc_addresses(self) -> str:
+        """Every JOC instance's address, for the CLI's --joc (it follows the active one)."""
+        return ",".join(self.services[n].address for n in self.joc_names if n in self.services)
 
     @property
     def web_url(self) -> str | None:
@@ -355,15 +377,15 @@ class Topology:
                 d,
                 "--controller",
                 f"{cfg.controller_id}={self.node_addresses('controller')}",
-                *self._joc_args(),
+                *self._joc_args(name),
             ],
         )
 
-    def _joc_args(self) -> list[str]:
+    def _joc_args(self, name: str) -> list[str]:
         cfg = self.config
-        args = ["--security-level", cfg.security_level]
+        args = ["--security-level", cfg.security_level, "--instance-id", name]
         if cfg.joc_web:
-            args += ["--http-listen", cfg.joc_web]
+            args += ["--http-listen", cfg.joc_web if name == "joc" else f"{cfg.joc_web.rsplit(':', 1)[0]}:0"]
         root = self.root_key()
         if root:
             args += ["--signing-key", str(root[0]), "--signing-cert", str(root[1])]
@@ -371,6 +393,8 @@ class Topology:
             args.append("--require-auth")
         if cfg.db_url:
             args += ["--db-url", cfg.db_url]
+        elif len(self.joc_names) > 1:  # a cluster on one host: the first instance's SQLite file
+            args += ["--db-url", f"sqlite:///{(self.data_dir / 'joc' / 'joc.db').resolve()}"]
         for key, value in cfg.dailyplan.items():
             if key == "enabled":
                 args += [] if value else [PLAN_FLAGS[key]]
@@ -414,7 +438,8 @@ class Topology:
                 self.start_service(name)
             self.start_services(self.nodes["director"])
             self.start_services(self.nodes["controller"])
-            self.start_service("joc")
+            for name in self.joc_names:  # one after the other: the first becomes the active one
+                self.start_service(name)
         except BaseException:
             self.stop()
             raise
@@ -430,7 +455,12 @@ class Topology:
         """Stops in dialing order (JOC first) and returns each service's exit code."""
         return {
             name: self.services[name].stop()
-            for name in ["joc", *self.nodes["controller"], *self.nodes["director"], *self.config.subagents]
+            for name in [
+                *self.joc_names,
+                *self.nodes["controller"],
+                *self.nodes["director"],
+                *self.config.subagents,
+            ]
             if name in self.services
         }
 

@@ -1,7 +1,7 @@
 """JOC's database: inventory, deployment history (with the delivered items and agent confirmations),
 releases, the orders projection, order events and logs, the controller event cursors and the audit
-log, and the daily plan. SQLAlchemy Core over a URL (SQLite default, PostgreSQL); the schema comes from
-joc_svc.migrations, the tables' definitions from joc_svc.schema.
+log, the daily plan, and the JOC cluster's lease. SQLAlchemy Core over a URL (SQLite default,
+PostgreSQL); the schema comes from joc_svc.migrations, the tables' definitions from joc_svc.schema.
 
 One module per concept, each a part of `Store` (a class over the shared engine and write lock of
 store.base); `Store` is the one object the rest of JOC holds. Parts are mixins rather than objects
@@ -22,6 +22,7 @@ from joc_svc.store.base import default_url
 from joc_svc.store.deployments import DeploymentRow, DeploymentStore
 from joc_svc.store.ingest import Applied, ControllerBehind, IngestStore, Resynced
 from joc_svc.store.inventory import InventoryStore, ObjectRow
+from joc_svc.store.lease import InstanceRow, LeaseStore, LeaseView
 from joc_svc.store.orders import LogRow, OrderFilter, OrderPage, OrderRow, OrderStore
 from joc_svc.store.plan import PlanStore
 
@@ -30,6 +31,8 @@ __all__ = [
     "AuditRow",
     "ControllerBehind",
     "DeploymentRow",
+    "InstanceRow",
+    "LeaseView",
     "LogRow",
     "ObjectRow",
     "OrderFilter",
@@ -41,5 +44,5 @@ __all__ = [
 ]
 
 
-class Store(InventoryStore, DeploymentStore, OrderStore, IngestStore, AuditStore, PlanStore):
+class Store(InventoryStore, DeploymentStore, OrderStore, IngestStore, AuditStore, PlanStore, LeaseStore):
     """JOC's database, all parts over one engine."""

@@ -4,13 +4,15 @@ date at start, the write lock and the small conversions between rows and protos.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 
 from gen.ostinato.common.v1 import items_pb2
-from joc_svc import migrations, naming
+from joc_svc import migrations, naming, schema
+from ostinato.errors import NotActive
 
 
 def default_url(data_dir: Any) -> str:
@@ -26,36 +28,79 @@ class StoreBase:
         if sqlite:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         self.schema_versions = migrations.migrate(self.engine)
+        # (instance id, epoch) of a JOC instance of a cluster: its writes happen only while it
+        # holds the lease with that epoch (see store.lease). None: not fenced (tests of parts).
+        self.fence: tuple[str, int] | None = None
+        self.on_fenced: Callable[[], None] = lambda: None  # a write found the lease lost
 
     def close(self) -> None:
         self.engine.dispose()
 
     def _write(self) -> Any:
-        return _Locked(self._write_lock, self.engine)
+        return _Locked(self)
+
+
+def db_now_ms(conn: sa.Connection) -> Any:
+    """The database's clock in milliseconds since the epoch, as an SQL expression: every JOC
+    instance judges the lease by the same clock, whatever its host's says."""
+    if conn.dialect.name == "postgresql":
+        return sa.literal_column("CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)")
+    return sa.literal_column("CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)")
 
 
 class _Locked:
-    """A write transaction under the store's write lock."""
+    """A write transaction under the store's write lock, fenced by the lease when the store is."""
 
-    def __init__(self, lock: threading.Lock, engine: sa.Engine) -> None:
-        self._lock = lock
-        self._engine = engine
+    def __init__(self, store: StoreBase) -> None:
+        self._store = store
+        self._lock = store._write_lock
         self._tx: Any = None
 
     def __enter__(self) -> sa.Connection:
         self._lock.acquire()
         try:
-            self._tx = self._engine.begin()
-            return self._tx.__enter__()
+            self._tx = self._store.engine.begin()
+            conn: sa.Connection = self._tx.__enter__()
         except BaseException:
             self._lock.release()
             raise
+        if (fence := self._store.fence) is not None:
+            try:
+                _check_fence(conn, *fence)
+            except BaseException as e:
+                self.__exit__(type(e), e, e.__traceback__)
+                if isinstance(e, NotActive):
+                    self._store.on_fenced()
+                raise
+        return conn
 
     def __exit__(self, *exc: Any) -> None:
         try:
             self._tx.__exit__(*exc)
         finally:
             self._lock.release()
+
+
+def _check_fence(conn: sa.Connection, instance: str, epoch: int) -> None:
+    # An UPDATE rather than a SELECT: it takes the row's lock (PostgreSQL) or the database's write
+    # lock (SQLite) first, so a take-over waits for this transaction, and this one for a take-over.
+    lease = schema.joc_lease
+    held = conn.execute(
+        lease.update()
+        .where(
+            lease.c.name == "active",
+            lease.c.holder == instance,
+            lease.c.epoch == epoch,
+            lease.c.expires_ms > db_now_ms(conn),
+        )
+        .values(epoch=lease.c.epoch)
+    ).rowcount
+    if not held:
+        row = conn.execute(sa.select(lease.c.holder, lease.c.address).where(lease.c.name == "active")).one()
+        active = row.address if row.holder and row.holder != instance else ""
+        raise NotActive(
+            f"JOC instance {instance} no longer holds the lease of epoch {epoch}: it writes nothing", active
+        )
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -25,7 +25,8 @@ import grpc
 import jinja2
 from aiohttp import web
 
-from joc_svc import auth
+from gen.ostinato.joc.v1 import joc_pb2
+from joc_svc import auth, naming
 from joc_svc.plan_servicer import DailyPlanServicer
 from joc_svc.servicers import (
     AccountServicer,
@@ -160,10 +161,20 @@ class WebView:
             await self._runner.cleanup()
 
     async def instances(self) -> list[JocInstance]:
-        """JOC's instances. JOC runs as one instance today: this one, active. A JOC cluster lists
-        its instances here (each with its role), and the clusters page shows them all."""
+        """JOC's instances as the database's lease and heartbeats say, each with its role."""
         database = self.joc.store.engine.url.get_backend_name()
-        return [JocInstance("joc", self.grpc_address, self.url, "active", self.started_at, database)]
+        _, rows = await self.joc.instance.status()
+        return [
+            JocInstance(
+                row.id,
+                row.address,
+                row.web_url,
+                naming.enum_word(joc_pb2.JocRole, role).lower(),
+                datetime.fromtimestamp(row.started_ms / 1000, UTC),
+                database,
+            )
+            for row, role in rows
+        ]
 
     # ---- requests
 

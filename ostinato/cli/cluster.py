@@ -1,4 +1,5 @@
-"""`ostinato cluster ...`: the nodes of controller and agent clusters, switch-over."""
+"""`ostinato cluster ...`: the nodes of controller and agent clusters, switch-over; `ostinato joc
+...`: JOC's own cluster."""
 
 from __future__ import annotations
 
@@ -76,6 +77,35 @@ def cmd_cluster_switchover(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_joc_status(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from gen.ostinato.joc.v1 import joc_pb2
+
+    joc = connect(args)
+    response = joc.call(joc.cluster.GetJocStatus, joc_pb2.GetJocStatusRequest())
+    active = response.active_instance
+    print(f"JOC: {f'active instance {active}' if active else 'NO active instance'}, epoch {response.epoch}")
+    now = datetime.now(UTC)
+    rows = [("INSTANCE", "ROLE", "LAST HEARTBEAT", "ADDRESS", "WEB VIEW")]
+    for i in response.instances:
+        ago = (now - i.last_heartbeat.ToDatetime(UTC)).total_seconds()
+        role = joc_pb2.JocRole.Name(i.role).removeprefix("JOC_ROLE_").lower()
+        rows.append((i.id, role, f"{max(ago, 0):.1f} s ago", i.address, i.web_url or "-"))
+    print_table(rows)
+    return 0
+
+
+def cmd_joc_switchover(args: argparse.Namespace) -> int:
+    from gen.ostinato.joc.v1 import joc_pb2
+
+    joc = connect(args)
+    response = joc.call(joc.cluster.JocSwitchover, joc_pb2.JocSwitchoverRequest(to_instance=args.to or ""))
+    was = f"was {response.from_instance}; epoch {response.epoch}"
+    print(f"JOC: active instance now {response.to_instance} ({was})")
+    return 0
+
+
 def add_commands(
     commands: argparse._SubParsersAction[argparse.ArgumentParser], joc_option: argparse.ArgumentParser
 ) -> None:
@@ -95,3 +125,15 @@ def add_commands(
     )
     p.add_argument("--to", metavar="NODE", help="the node to become active (default: the most caught-up)")
     p.set_defaults(func=cmd_cluster_switchover)
+
+    group = commands.add_parser("joc", help="JOC's own cluster: its instances, switch-over")
+    joc_commands = group.add_subparsers(dest="joc_command", required=True, metavar="COMMAND")
+    p = joc_commands.add_parser(
+        "status", parents=[joc_option], help="JOC's instances: role, epoch, last heartbeat"
+    )
+    p.set_defaults(func=cmd_joc_status)
+    p = joc_commands.add_parser(
+        "switchover", parents=[joc_option], help="the active JOC instance hands over to another"
+    )
+    p.add_argument("--to", metavar="ID", help="the instance to become active (default: any other live one)")
+    p.set_defaults(func=cmd_joc_switchover)

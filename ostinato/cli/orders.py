@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from gen.ostinato.common.v1 import events_pb2, order_pb2
 from ostinato.cli.client import CliError, JocClient, connect, one_line
 from ostinato.cli.render import STATE_PREFIX, describe, state_word, summary_state
+from ostinato.ids import new_order_id
 from ostinato.workflow.events import outcome_text, time_text
 from ostinato.workflow.positions import text as position_text
 
@@ -54,8 +55,12 @@ def cmd_order_command(args: argparse.Namespace) -> int:
 def cmd_order_add(args: argparse.Namespace) -> int:
     from gen.ostinato.joc.v1 import joc_pb2
 
+    # The id chosen here, not by JOC: the request may be repeated after a lost answer (JOC failing
+    # over), and the repetition then finds the order rather than adding another.
     request = joc_pb2.AddOrderRequest(
-        workflow_path=args.workflow_path, arguments=dict(args.arg or []), order_id=args.id or ""
+        workflow_path=args.workflow_path,
+        arguments=dict(args.arg or []),
+        order_id=args.id or new_order_id(datetime.now(UTC)),
     )
     if args.controller:
         request.controller_id = args.controller
@@ -64,7 +69,7 @@ def cmd_order_add(args: argparse.Namespace) -> int:
     joc = connect(args)
     response = joc.call(joc.orders.AddOrder, request)
     print(response.order_id, flush=True)
-    if response.existed:
+    if response.existed and args.id:  # else it was this command's own request, repeated
         print(
             f"order {response.order_id} was known already (it exists, or ended within the last hour):"
             " nothing added",
@@ -108,7 +113,9 @@ def wait_for_order(joc: JocClient, order_id: str) -> int:
         except joc._grpc.RpcError as e:
             if e.code() != joc._grpc.StatusCode.UNAVAILABLE:
                 raise joc.error(e) from None
-            # JOC restarting: the order runs on regardless; follow it again when JOC is back.
+            # JOC restarting, or its cluster failing over: the order runs on regardless; follow
+            # it again at the active instance.
+            joc.follow(e)
             now = time.monotonic()
             given_up_at = given_up_at or now + WATCH_RECONNECT_SECONDS
             if now > given_up_at:

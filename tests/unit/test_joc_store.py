@@ -20,6 +20,7 @@ from joc_svc.schema import metadata
 from joc_svc.store import DeploymentRow, OrderFilter, Store
 from joc_svc.store.audit import AuditEntry
 from ostinato.errors import AlreadyExists, InvalidArgument, NotFound
+from ostinato.ids import new_order_id
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 WF = items_pb2.ITEM_TYPE_WORKFLOW
@@ -399,7 +400,7 @@ def test_audit(store: Store) -> None:
 def test_naming() -> None:
     assert naming.new_version_id(T0, "abcdef") == "20250301T120000Z-abcdef"
     assert len(naming.new_version_id(T0)) == len("20250301T120000Z-abcdef")
-    assert naming.new_order_id(T0, "0123456789") == "2025-03-01#0123456789"
+    assert new_order_id(T0, "0123456789") == "2025-03-01#0123456789"
     assert naming.enum_value(order_pb2.OrderState, "finished") == order_pb2.ORDER_STATE_FINISHED
     assert naming.enum_word(items_pb2.ItemType, JR) == "JOB_RESOURCE"
     for bad in ["", "/", "a/b", "/a//b", "/a/../b", "/a/"]:

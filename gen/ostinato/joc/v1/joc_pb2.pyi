@@ -76,6 +76,25 @@ ROLE_ADMIN: Role.ValueType  # 5
 """Everything, accounts included."""
 Global___Role: _TypeAlias = Role  # noqa: Y015
 
+class _JocRole:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _JocRoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JocRole.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    JOC_ROLE_UNSPECIFIED: _JocRole.ValueType  # 0
+    JOC_ROLE_ACTIVE: _JocRole.ValueType  # 1
+    JOC_ROLE_PASSIVE: _JocRole.ValueType  # 2
+    JOC_ROLE_GONE: _JocRole.ValueType  # 3
+
+class JocRole(_JocRole, metaclass=_JocRoleEnumTypeWrapper): ...
+
+JOC_ROLE_UNSPECIFIED: JocRole.ValueType  # 0
+JOC_ROLE_ACTIVE: JocRole.ValueType  # 1
+JOC_ROLE_PASSIVE: JocRole.ValueType  # 2
+JOC_ROLE_GONE: JocRole.ValueType  # 3
+Global___JocRole: _TypeAlias = JocRole  # noqa: Y015
+
 class _PlannedOrderState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -1805,6 +1824,139 @@ class SwitchoverResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SwitchoverResponse: _TypeAlias = SwitchoverResponse  # noqa: Y015
+
+@_typing.final
+class GetJocStatusRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetJocStatusRequest: _TypeAlias = GetJocStatusRequest  # noqa: Y015
+
+@_typing.final
+class GetJocStatusResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTIVE_INSTANCE_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    INSTANCES_FIELD_NUMBER: _builtins.int
+    ANSWERED_BY_FIELD_NUMBER: _builtins.int
+    active_instance: _builtins.str
+    """The active instance's id; empty while none holds the lease."""
+    epoch: _builtins.int
+    """Grows with every take-over; commands to controllers carry it, older ones are refused."""
+    answered_by: _builtins.str
+    """The instance that answered."""
+    @_builtins.property
+    def instances(self) -> _containers.RepeatedCompositeFieldContainer[Global___JocInstance]:
+        """Every instance that ever ran against the database, by id."""
+
+    def __init__(
+        self,
+        *,
+        active_instance: _builtins.str = ...,
+        epoch: _builtins.int = ...,
+        instances: _abc.Iterable[Global___JocInstance] | None = ...,
+        answered_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_instance", b"active_instance", "answered_by", b"answered_by", "epoch", b"epoch", "instances", b"instances"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetJocStatusResponse: _TypeAlias = GetJocStatusResponse  # noqa: Y015
+
+@_typing.final
+class JocInstance(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    LAST_HEARTBEAT_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    WEB_URL_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    address: _builtins.str
+    """Its gRPC address."""
+    role: Global___JocRole.ValueType
+    """ACTIVE, PASSIVE (heartbeat within the last lease time) or GONE."""
+    web_url: _builtins.str
+    """Its web view; empty without one."""
+    @_builtins.property
+    def last_heartbeat(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        address: _builtins.str = ...,
+        role: Global___JocRole.ValueType = ...,
+        last_heartbeat: _timestamp_pb2.Timestamp | None = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        web_url: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_heartbeat", b"last_heartbeat", "started_at", b"started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "id", b"id", "last_heartbeat", b"last_heartbeat", "role", b"role", "started_at", b"started_at", "web_url", b"web_url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JocInstance: _TypeAlias = JocInstance  # noqa: Y015
+
+@_typing.final
+class JocSwitchoverRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TO_INSTANCE_FIELD_NUMBER: _builtins.int
+    to_instance: _builtins.str
+    """The instance to become active; empty: any other live instance."""
+    def __init__(
+        self,
+        *,
+        to_instance: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["to_instance", b"to_instance"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JocSwitchoverRequest: _TypeAlias = JocSwitchoverRequest  # noqa: Y015
+
+@_typing.final
+class JocSwitchoverResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_INSTANCE_FIELD_NUMBER: _builtins.int
+    TO_INSTANCE_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    from_instance: _builtins.str
+    to_instance: _builtins.str
+    epoch: _builtins.int
+    def __init__(
+        self,
+        *,
+        from_instance: _builtins.str = ...,
+        to_instance: _builtins.str = ...,
+        epoch: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "from_instance", b"from_instance", "to_instance", b"to_instance"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JocSwitchoverResponse: _TypeAlias = JocSwitchoverResponse  # noqa: Y015
 
 @_typing.final
 class PlanSettings(_message.Message):

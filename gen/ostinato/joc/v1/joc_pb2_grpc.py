@@ -1812,6 +1812,16 @@ class ClusterServiceStub:
                 request_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.SwitchoverRequest.SerializeToString,
                 response_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.SwitchoverResponse.FromString,
                 _registered_method=True)
+        self.GetJocStatus = channel.unary_unary(
+                '/ostinato.joc.v1.ClusterService/GetJocStatus',
+                request_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.GetJocStatusRequest.SerializeToString,
+                response_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.GetJocStatusResponse.FromString,
+                _registered_method=True)
+        self.JocSwitchover = channel.unary_unary(
+                '/ostinato.joc.v1.ClusterService/JocSwitchover',
+                request_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.JocSwitchoverRequest.SerializeToString,
+                response_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.JocSwitchoverResponse.FromString,
+                _registered_method=True)
 
 
 class ClusterServiceServicer:
@@ -1837,6 +1847,23 @@ class ClusterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetJocStatus(self, request, context):
+        """JOC's own cluster: its instances, the active one and its epoch, as the database says.
+        Passive instances answer too.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def JocSwitchover(self, request, context):
+        """The active JOC instance hands over to another (a passive one answers UNAVAILABLE naming the
+        active one); returns once another instance holds the lease. FAILED_PRECONDITION when no other
+        instance is alive, NOT_FOUND for an unknown to_instance.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1849,6 +1876,16 @@ def add_ClusterServiceServicer_to_server(servicer, server):
                     servicer.Switchover,
                     request_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.SwitchoverRequest.FromString,
                     response_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.SwitchoverResponse.SerializeToString,
+            ),
+            'GetJocStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJocStatus,
+                    request_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.GetJocStatusRequest.FromString,
+                    response_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.GetJocStatusResponse.SerializeToString,
+            ),
+            'JocSwitchover': grpc.unary_unary_rpc_method_handler(
+                    servicer.JocSwitchover,
+                    request_deserializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.JocSwitchoverRequest.FromString,
+                    response_serializer=ostinato_dot_joc_dot_v1_dot_joc__pb2.JocSwitchoverResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1907,6 +1944,60 @@ class ClusterService:
             '/ostinato.joc.v1.ClusterService/Switchover',
             ostinato_dot_joc_dot_v1_dot_joc__pb2.SwitchoverRequest.SerializeToString,
             ostinato_dot_joc_dot_v1_dot_joc__pb2.SwitchoverResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJocStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ostinato.joc.v1.ClusterService/GetJocStatus',
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.GetJocStatusRequest.SerializeToString,
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.GetJocStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def JocSwitchover(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ostinato.joc.v1.ClusterService/JocSwitchover',
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.JocSwitchoverRequest.SerializeToString,
+            ostinato_dot_joc_dot_v1_dot_joc__pb2.JocSwitchoverResponse.FromString,
             options,
             channel_credentials,
             insecure,

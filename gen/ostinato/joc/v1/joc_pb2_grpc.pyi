@@ -684,6 +684,15 @@ class ClusterServiceStub:
     another full node; returns once it is active. FAILED_PRECONDITION when there is no other
     full node to take over.
     """
+    GetJocStatus: _grpc.UnaryUnaryMultiCallable[_joc_pb2.GetJocStatusRequest, _joc_pb2.GetJocStatusResponse]
+    """JOC's own cluster: its instances, the active one and its epoch, as the database says.
+    Passive instances answer too.
+    """
+    JocSwitchover: _grpc.UnaryUnaryMultiCallable[_joc_pb2.JocSwitchoverRequest, _joc_pb2.JocSwitchoverResponse]
+    """The active JOC instance hands over to another (a passive one answers UNAVAILABLE naming the
+    active one); returns once another instance holds the lease. FAILED_PRECONDITION when no other
+    instance is alive, NOT_FOUND for an unknown to_instance.
+    """
 
 @_typing.type_check_only
 class ClusterServiceAsyncStub(ClusterServiceStub):
@@ -701,6 +710,15 @@ class ClusterServiceAsyncStub(ClusterServiceStub):
     """Hands the active role of the controller's cluster, or of one agent's director cluster, to
     another full node; returns once it is active. FAILED_PRECONDITION when there is no other
     full node to take over.
+    """
+    GetJocStatus: _aio.UnaryUnaryMultiCallable[_joc_pb2.GetJocStatusRequest, _joc_pb2.GetJocStatusResponse]  # type: ignore[assignment]
+    """JOC's own cluster: its instances, the active one and its epoch, as the database says.
+    Passive instances answer too.
+    """
+    JocSwitchover: _aio.UnaryUnaryMultiCallable[_joc_pb2.JocSwitchoverRequest, _joc_pb2.JocSwitchoverResponse]  # type: ignore[assignment]
+    """The active JOC instance hands over to another (a passive one answers UNAVAILABLE naming the
+    active one); returns once another instance holds the lease. FAILED_PRECONDITION when no other
+    instance is alive, NOT_FOUND for an unknown to_instance.
     """
 
 class ClusterServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -728,6 +746,27 @@ class ClusterServiceServicer(metaclass=_abc_1.ABCMeta):
         """Hands the active role of the controller's cluster, or of one agent's director cluster, to
         another full node; returns once it is active. FAILED_PRECONDITION when there is no other
         full node to take over.
+        """
+
+    @_abc_1.abstractmethod
+    def GetJocStatus(
+        self,
+        request: _joc_pb2.GetJocStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_joc_pb2.GetJocStatusResponse, _abc.Awaitable[_joc_pb2.GetJocStatusResponse]]:
+        """JOC's own cluster: its instances, the active one and its epoch, as the database says.
+        Passive instances answer too.
+        """
+
+    @_abc_1.abstractmethod
+    def JocSwitchover(
+        self,
+        request: _joc_pb2.JocSwitchoverRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_joc_pb2.JocSwitchoverResponse, _abc.Awaitable[_joc_pb2.JocSwitchoverResponse]]:
+        """The active JOC instance hands over to another (a passive one answers UNAVAILABLE naming the
+        active one); returns once another instance holds the lease. FAILED_PRECONDITION when no other
+        instance is alive, NOT_FOUND for an unknown to_instance.
         """
 
 def add_ClusterServiceServicer_to_server(servicer: ClusterServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
