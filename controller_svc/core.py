@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gen.ostinato.common.v1 import commands_pb2, events_pb2, items_pb2, order_pb2, values_pb2, workflow_pb2
-from ostinato.errors import InvalidArgument, NotFound
+from ostinato.errors import InvalidArgument, NotFound, StaleEpoch
 from ostinato.workflow import expressions, model
 from ostinato.workflow.events import MIRRORED_KINDS
 from ostinato.workflow.holder import OrderHolder
@@ -104,7 +104,17 @@ class TransferOrders:
     from_ms: int | None = None  # None: whatever their scheduled time
 
 
-Stimulus = Deploy | AddOrders | CommandOrder | AgentEvents | ReleaseEvents | Tick | TransferOrders
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """A JOC call carries the epoch of its JOC's lease (higher with every take-over in JOC's
+    cluster). Handled before the call's command, in the same decision: an epoch older than the
+    newest seen raises StaleEpoch before anything is journaled, so a deposed JOC cannot act after
+    a new one did; a newer one is journaled. 0: the call carries none (tools, tests)."""
+
+    epoch: int
+
+
+Stimulus = Deploy | AddOrders | CommandOrder | AgentEvents | ReleaseEvents | Tick | TransferOrders | Fence
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +161,8 @@ class ControllerState(OrderHolder):
         self.agent_items: dict[tuple[str, str], items_pb2.SignedItem] = {}
         # What each agent journaled: (agent, ItemDeployed field, path) -> version_id.
         self.attached: dict[tuple[str, str, str], str] = {}
+        # The newest JOC lease epoch seen (see Fence); 0: none yet.
+        self.joc_epoch = 0
 
     def apply_to_state(self, event: Event) -> None:
         kind = event.WhichOneof("kind")
@@ -185,6 +197,8 @@ class ControllerState(OrderHolder):
                 self.version_unused((wf.path, previous))
         elif kind == "agent_events_observed":
             self.agent_observed[event.agent_events_observed.agent] = event.agent_events_observed.until_id
+        elif kind == "joc_epoch_raised":
+            self.joc_epoch = event.joc_epoch_raised.epoch
         elif kind == "item_attached":
             a = event.item_attached
             self.attached[(a.agent, a.item or "workflow", a.path)] = a.version_id
@@ -263,6 +277,8 @@ class ControllerCore:
             return self._deploy(stimulus.items, now_ms)
         if isinstance(stimulus, TransferOrders):
             return self._transfer(stimulus, now_ms)
+        if isinstance(stimulus, Fence):
+            return self._fence(stimulus.epoch, now_ms)
         raise TypeError(f"not a controller stimulus: {stimulus!r}")
 
     def added(self, stimulus: AddOrders, events: list[Event]) -> list[Added]:
@@ -846,6 +862,13 @@ class ControllerCore:
                 events += self._mark(order, mark, now_ms)
             # A detachable order is on its way back for a cancel: nothing to move.
         return events
+
+    def _fence(self, epoch: int, now_ms: int) -> list[Event]:
+        if epoch == 0 or epoch == self.state.joc_epoch:
+            return []
+        if epoch < self.state.joc_epoch:
+            raise StaleEpoch(f"JOC epoch {epoch} is stale: epoch {self.state.joc_epoch} took over")
+        return [self._emit(now_ms, joc_epoch_raised=events_pb2.JocEpochRaised(epoch=epoch))]
 
     def _mark(self, order: order_pb2.Order, mark: order_pb2.OrderMark, now_ms: int) -> list[Event]:
         kind = mark.WhichOneof("kind")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,7 @@ from controller_svc.core import (
     ControllerCore,
     ControllerState,
     Deploy,
+    Fence,
     ReleaseEvents,
     Stimulus,
     Tick,
@@ -91,9 +92,35 @@ class Controller(JournaledNode):
             await self.handle(Tick())
 
 
+Decide = Callable[[int], list[events_pb2.Event]]
+
+
 class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
     def __init__(self, controller: Controller) -> None:
         self.c = controller
+
+    async def fenced(self, context: grpc.aio.ServicerContext, decide: Decide) -> None:
+        """Runs a JOC command's decision behind the fence of the call's JOC epoch, in one journal
+        step: a stale epoch is refused (StaleEpoch) before the command is decided, and a newer one
+        is journaled in the same batch as the command's events, so no command of a deposed JOC
+        can slip in between. A command refused after a newer epoch was noted still journals the
+        epoch (the working state holds it already), then raises its refusal."""
+        epoch = rpc.epoch_of(context)
+        refused: list[Exception] = []
+
+        def behind_fence(now: int) -> list[events_pb2.Event]:
+            events = self.c.core.handle(Fence(epoch), now)
+            try:
+                return events + decide(now)
+            except Exception as e:
+                if not events:
+                    raise
+                refused.append(e)
+                return events
+
+        await self.c.shell.command(behind_fence)
+        if refused:
+            raise refused[0]
 
     async def DeployItems(
         self, request: controller_pb2.DeployItemsRequest, context: grpc.aio.ServicerContext
@@ -103,7 +130,8 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
             limits.check_signed_item(item, f"items[{i}]")
         # Signatures first, over the exact JSON bytes: the core parses only verified items.
         signing.verify_items(self.c.config.node.trust, items)
-        await self.c.handle(Deploy(tuple(items)))
+        stimulus = Deploy(tuple(items))
+        await self.fenced(context, lambda now: self.c.core.handle(stimulus, now))
         return controller_pb2.DeployItemsResponse(event_id=self.c.shell.committed_id)
 
     async def AddOrders(
@@ -123,7 +151,7 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
             result.extend(convert.added_order(a) for a in self.c.core.added(stimulus, events))
             return events
 
-        await self.c.shell.command(decide)
+        await self.fenced(context, decide)
         return controller_pb2.AddOrdersResponse(orders=result)
 
     async def CommandOrders(
@@ -144,7 +172,7 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
                     results.append(commands_pb2.OrderCommandResult(order_id=command.order_id, error=str(e)))
             return events
 
-        await self.c.shell.command(decide)
+        await self.fenced(context, decide)
         return controller_pb2.CommandOrdersResponse(results=results)
 
     async def TransferOrders(
@@ -160,7 +188,7 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
             response.order_ids.extend(order_ids)
             return events
 
-        await self.c.shell.command(decide)
+        await self.fenced(context, decide)
         return response
 
     async def WatchEvents(
@@ -172,7 +200,8 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
     async def ReleaseEvents(
         self, request: controller_pb2.ReleaseEventsRequest, context: grpc.aio.ServicerContext
     ) -> controller_pb2.ReleaseEventsResponse:
-        await self.c.handle(ReleaseEvents(request.until_id))
+        stimulus = ReleaseEvents(request.until_id)
+        await self.fenced(context, lambda now: self.c.core.handle(stimulus, now))
         return controller_pb2.ReleaseEventsResponse()
 
     async def GetSnapshot(
@@ -250,6 +279,7 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
             released_until_id=state.log.released_until,
             order_count=len(state.orders),
             term=self.c.term,
+            joc_epoch=state.joc_epoch,
             agents=[
                 controller_pb2.AgentOverview(
                     name=d.name,

@@ -36,6 +36,12 @@ class FailedPrecondition(OstinatoError):
     code_name = "FAILED_PRECONDITION"
 
 
+class StaleEpoch(FailedPrecondition):
+    """A command from a JOC instance whose lease epoch is older than the newest one the controller
+    has seen: a deposed JOC (paused, cut off) that does not know yet that another took over. It
+    must not act any more; the JOC that did take over carries on."""
+
+
 class Unavailable(OstinatoError):
     """A neighbour cannot be reached now; trying again later may work."""
 

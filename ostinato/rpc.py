@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 
 # Trailing metadata of a passive node's UNAVAILABLE answer: where the active node listens.
 ACTIVE_ADDRESS_KEY = "ostinato-active-address"
+# Request metadata of every call an active JOC makes to a controller: its lease epoch (decimal),
+# higher with every take-over. A controller refuses commands from an epoch older than the newest.
+JOC_EPOCH_KEY = "ostinato-joc-epoch"
 
 KEEPALIVE_MS = 2000
 PING_TIMEOUT_MS = 1000
@@ -388,6 +391,41 @@ def active_address_of(error: grpc.aio.AioRpcError) -> str:
         if key == ACTIVE_ADDRESS_KEY:
             return str(value)
     return ""
+
+
+def error_reason(error: grpc.aio.AioRpcError) -> str:
+    """The ErrorInfo reason of an error this system answered (STALE_EPOCH, NOT_ACTIVE, ...), read
+    from its status details; "" when the answer carries none."""
+    for key, value in error.trailing_metadata() or ():
+        if key != STATUS_DETAILS_KEY or not isinstance(value, bytes):
+            continue
+        try:
+            status = status_pb2.Status.FromString(value)
+        except DecodeError:
+            return ""
+        for detail in status.details:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info):
+                return info.reason
+    return ""
+
+
+_INT64_MAX = 2**63 - 1  # the journal keeps an epoch as int64
+
+
+def epoch_of(context: grpc.aio.ServicerContext) -> int:
+    """The JOC lease epoch the call carries (JOC_EPOCH_KEY), 0 when it carries none: tools and
+    tests that talk to a controller directly."""
+    for key, value in context.invocation_metadata() or ():
+        if key != JOC_EPOCH_KEY:
+            continue
+        text = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
+        if not text.isascii() or not text.isdigit() or len(text) > 19 or int(text) > _INT64_MAX:
+            raise InvalidArgument(
+                f"not a decimal integer from 0 to {_INT64_MAX}: {text[:40]!r}", field=JOC_EPOCH_KEY
+            )
+        return int(text)
+    return 0
 
 
 # Codes after which a unary call is tried again at the active node (or the next node).

@@ -26,7 +26,7 @@ Order = order_pb2.Order
 class Route(enum.Enum):
     """Where JOC puts an event of a controller."""
 
-    IGNORE = "ignore"  # not about an order (deployments, releases, agent bookkeeping)
+    IGNORE = "ignore"  # not about an order (deployments, releases, agent and JOC bookkeeping)
     ITEM = "item"  # an agent confirmed a deployed item: the deployment history
     LOG = "log"  # job output: the order log, not the event history
     ORDER = "order"  # changes the order: event history and the orders projection
@@ -113,6 +113,7 @@ KINDS: dict[str, Kind] = {
     "events_released": Kind(internal=True, route=Route.IGNORE),
     "agent_events_observed": Kind(internal=True, route=Route.IGNORE),
     "subagent_messages_observed": Kind(internal=True, route=Route.IGNORE),
+    "joc_epoch_raised": Kind(internal=True, route=Route.IGNORE),  # fences a deposed JOC out
     "item_attached": Kind(route=Route.ITEM),
     "order_added": Kind(says=_added),
     "order_attachable": Kind(applies_in=frozenset({S.ORDER_STATE_FRESH, *_READY_OR_PROCESSED})),

@@ -57,6 +57,7 @@ class Event(_message.Message):
     AGENT_EVENTS_OBSERVED_FIELD_NUMBER: _builtins.int
     SUBAGENT_MESSAGES_OBSERVED_FIELD_NUMBER: _builtins.int
     ITEM_ATTACHED_FIELD_NUMBER: _builtins.int
+    JOC_EPOCH_RAISED_FIELD_NUMBER: _builtins.int
     ORDER_ADDED_FIELD_NUMBER: _builtins.int
     ORDER_ATTACHABLE_FIELD_NUMBER: _builtins.int
     ORDER_ATTACHED_FIELD_NUMBER: _builtins.int
@@ -107,6 +108,8 @@ class Event(_message.Message):
     def subagent_messages_observed(self) -> Global___SubagentMessagesObserved: ...
     @_builtins.property
     def item_attached(self) -> Global___ItemAttached: ...
+    @_builtins.property
+    def joc_epoch_raised(self) -> Global___JocEpochRaised: ...
     @_builtins.property
     def order_added(self) -> Global___OrderAdded: ...
     @_builtins.property
@@ -185,6 +188,7 @@ class Event(_message.Message):
         agent_events_observed: Global___AgentEventsObserved | None = ...,
         subagent_messages_observed: Global___SubagentMessagesObserved | None = ...,
         item_attached: Global___ItemAttached | None = ...,
+        joc_epoch_raised: Global___JocEpochRaised | None = ...,
         order_added: Global___OrderAdded | None = ...,
         order_attachable: Global___OrderAttachable | None = ...,
         order_attached: Global___OrderAttached | None = ...,
@@ -219,11 +223,11 @@ class Event(_message.Message):
         order_kill_requested: Global___OrderKillRequested | None = ...,
         order_transferred: Global___OrderTransferred | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_events_observed", b"agent_events_observed", "events_released", b"events_released", "item_attached", b"item_attached", "item_deleted", b"item_deleted", "item_deployed", b"item_deployed", "kind", b"kind", "order_added", b"order_added", "order_attachable", b"order_attachable", "order_attached", b"order_attached", "order_awoke", b"order_awoke", "order_cancelled", b"order_cancelled", "order_caught", b"order_caught", "order_cycle_finished", b"order_cycle_finished", "order_cycle_started", b"order_cycle_started", "order_deleted", b"order_deleted", "order_detachable", b"order_detachable", "order_detached", b"order_detached", "order_failed", b"order_failed", "order_finished", b"order_finished", "order_forked", b"order_forked", "order_joined", b"order_joined", "order_kill_requested", b"order_kill_requested", "order_lock_acquired", b"order_lock_acquired", "order_lock_queued", b"order_lock_queued", "order_lock_released", b"order_lock_released", "order_marked", b"order_marked", "order_moved", b"order_moved", "order_order_added", b"order_order_added", "order_processed", b"order_processed", "order_processing_started", b"order_processing_started", "order_prompt_answered", b"order_prompt_answered", "order_prompted", b"order_prompted", "order_resumed", b"order_resumed", "order_retrying", b"order_retrying", "order_sleeping", b"order_sleeping", "order_started", b"order_started", "order_std_written", b"order_std_written", "order_suspended", b"order_suspended", "order_transferred", b"order_transferred", "subagent_messages_observed", b"subagent_messages_observed", "timestamp", b"timestamp"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_events_observed", b"agent_events_observed", "events_released", b"events_released", "item_attached", b"item_attached", "item_deleted", b"item_deleted", "item_deployed", b"item_deployed", "joc_epoch_raised", b"joc_epoch_raised", "kind", b"kind", "order_added", b"order_added", "order_attachable", b"order_attachable", "order_attached", b"order_attached", "order_awoke", b"order_awoke", "order_cancelled", b"order_cancelled", "order_caught", b"order_caught", "order_cycle_finished", b"order_cycle_finished", "order_cycle_started", b"order_cycle_started", "order_deleted", b"order_deleted", "order_detachable", b"order_detachable", "order_detached", b"order_detached", "order_failed", b"order_failed", "order_finished", b"order_finished", "order_forked", b"order_forked", "order_joined", b"order_joined", "order_kill_requested", b"order_kill_requested", "order_lock_acquired", b"order_lock_acquired", "order_lock_queued", b"order_lock_queued", "order_lock_released", b"order_lock_released", "order_marked", b"order_marked", "order_moved", b"order_moved", "order_order_added", b"order_order_added", "order_processed", b"order_processed", "order_processing_started", b"order_processing_started", "order_prompt_answered", b"order_prompt_answered", "order_prompted", b"order_prompted", "order_resumed", b"order_resumed", "order_retrying", b"order_retrying", "order_sleeping", b"order_sleeping", "order_started", b"order_started", "order_std_written", b"order_std_written", "order_suspended", b"order_suspended", "order_transferred", b"order_transferred", "subagent_messages_observed", b"subagent_messages_observed", "timestamp", b"timestamp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_events_observed", b"agent_events_observed", "events_released", b"events_released", "id", b"id", "item_attached", b"item_attached", "item_deleted", b"item_deleted", "item_deployed", b"item_deployed", "kind", b"kind", "order_added", b"order_added", "order_attachable", b"order_attachable", "order_attached", b"order_attached", "order_awoke", b"order_awoke", "order_cancelled", b"order_cancelled", "order_caught", b"order_caught", "order_cycle_finished", b"order_cycle_finished", "order_cycle_started", b"order_cycle_started", "order_deleted", b"order_deleted", "order_detachable", b"order_detachable", "order_detached", b"order_detached", "order_failed", b"order_failed", "order_finished", b"order_finished", "order_forked", b"order_forked", "order_id", b"order_id", "order_joined", b"order_joined", "order_kill_requested", b"order_kill_requested", "order_lock_acquired", b"order_lock_acquired", "order_lock_queued", b"order_lock_queued", "order_lock_released", b"order_lock_released", "order_marked", b"order_marked", "order_moved", b"order_moved", "order_order_added", b"order_order_added", "order_processed", b"order_processed", "order_processing_started", b"order_processing_started", "order_prompt_answered", b"order_prompt_answered", "order_prompted", b"order_prompted", "order_resumed", b"order_resumed", "order_retrying", b"order_retrying", "order_sleeping", b"order_sleeping", "order_started", b"order_started", "order_std_written", b"order_std_written", "order_suspended", b"order_suspended", "order_transferred", b"order_transferred", "subagent_messages_observed", b"subagent_messages_observed", "timestamp", b"timestamp"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_events_observed", b"agent_events_observed", "events_released", b"events_released", "id", b"id", "item_attached", b"item_attached", "item_deleted", b"item_deleted", "item_deployed", b"item_deployed", "joc_epoch_raised", b"joc_epoch_raised", "kind", b"kind", "order_added", b"order_added", "order_attachable", b"order_attachable", "order_attached", b"order_attached", "order_awoke", b"order_awoke", "order_cancelled", b"order_cancelled", "order_caught", b"order_caught", "order_cycle_finished", b"order_cycle_finished", "order_cycle_started", b"order_cycle_started", "order_deleted", b"order_deleted", "order_detachable", b"order_detachable", "order_detached", b"order_detached", "order_failed", b"order_failed", "order_finished", b"order_finished", "order_forked", b"order_forked", "order_id", b"order_id", "order_joined", b"order_joined", "order_kill_requested", b"order_kill_requested", "order_lock_acquired", b"order_lock_acquired", "order_lock_queued", b"order_lock_queued", "order_lock_released", b"order_lock_released", "order_marked", b"order_marked", "order_moved", b"order_moved", "order_order_added", b"order_order_added", "order_processed", b"order_processed", "order_processing_started", b"order_processing_started", "order_prompt_answered", b"order_prompt_answered", "order_prompted", b"order_prompted", "order_resumed", b"order_resumed", "order_retrying", b"order_retrying", "order_sleeping", b"order_sleeping", "order_started", b"order_started", "order_std_written", b"order_std_written", "order_suspended", b"order_suspended", "order_transferred", b"order_transferred", "subagent_messages_observed", b"subagent_messages_observed", "timestamp", b"timestamp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["item_deployed", "item_deleted", "events_released", "agent_events_observed", "subagent_messages_observed", "item_attached", "order_added", "order_attachable", "order_attached", "order_started", "order_processing_started", "order_std_written", "order_processed", "order_moved", "order_detachable", "order_detached", "order_failed", "order_finished", "order_deleted", "order_forked", "order_joined", "order_caught", "order_retrying", "order_awoke", "order_lock_acquired", "order_lock_queued", "order_lock_released", "order_prompted", "order_prompt_answered", "order_sleeping", "order_cycle_started", "order_cycle_finished", "order_order_added", "order_marked", "order_cancelled", "order_suspended", "order_resumed", "order_kill_requested", "order_transferred"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["item_deployed", "item_deleted", "events_released", "agent_events_observed", "subagent_messages_observed", "item_attached", "joc_epoch_raised", "order_added", "order_attachable", "order_attached", "order_started", "order_processing_started", "order_std_written", "order_processed", "order_moved", "order_detachable", "order_detached", "order_failed", "order_finished", "order_deleted", "order_forked", "order_joined", "order_caught", "order_retrying", "order_awoke", "order_lock_acquired", "order_lock_queued", "order_lock_released", "order_prompted", "order_prompt_answered", "order_sleeping", "order_cycle_started", "order_cycle_finished", "order_order_added", "order_marked", "order_cancelled", "order_suspended", "order_resumed", "order_kill_requested", "order_transferred"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -376,6 +380,30 @@ class EventsReleased(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EventsReleased: _TypeAlias = EventsReleased  # noqa: Y015
+
+@_typing.final
+class JocEpochRaised(_message.Message):
+    """The controller saw a call from a JOC with a newer lease epoch than any before: from now on it
+    refuses commands that carry an older one (a deposed JOC's). The journal's bookkeeping: never
+    served to watchers.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EPOCH_FIELD_NUMBER: _builtins.int
+    epoch: _builtins.int
+    def __init__(
+        self,
+        *,
+        epoch: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JocEpochRaised: _TypeAlias = JocEpochRaised  # noqa: Y015
 
 @_typing.final
 class AgentEventsObserved(_message.Message):

@@ -404,12 +404,17 @@ class GetOverviewResponse(_message.Message):
     AGENTS_FIELD_NUMBER: _builtins.int
     ORDER_COUNT_FIELD_NUMBER: _builtins.int
     TERM_FIELD_NUMBER: _builtins.int
+    JOC_EPOCH_FIELD_NUMBER: _builtins.int
     controller_id: _builtins.str
     last_event_id: _builtins.int
     released_until_id: _builtins.int
     order_count: _builtins.int
     term: _builtins.int
     """Raft term of this node's journal; commands it sends to agents carry it."""
+    joc_epoch: _builtins.int
+    """The newest JOC lease epoch this controller has seen (request metadata ostinato-joc-epoch);
+    commands carrying an older one are refused with FAILED_PRECONDITION, reason STALE_EPOCH.
+    """
     @_builtins.property
     def agents(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentOverview]: ...
     def __init__(
@@ -421,10 +426,11 @@ class GetOverviewResponse(_message.Message):
         agents: _abc.Iterable[Global___AgentOverview] | None = ...,
         order_count: _builtins.int = ...,
         term: _builtins.int = ...,
+        joc_epoch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "controller_id", b"controller_id", "last_event_id", b"last_event_id", "order_count", b"order_count", "released_until_id", b"released_until_id", "term", b"term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "controller_id", b"controller_id", "joc_epoch", b"joc_epoch", "last_event_id", b"last_event_id", "order_count", b"order_count", "released_until_id", b"released_until_id", "term", b"term"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
