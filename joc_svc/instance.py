@@ -61,7 +61,7 @@ class Instance:
         self,
         store: Store,
         instance_id: str,
-        address: str,
+        address: str = "",  # its gRPC address, set once the server listens
         web_url: str = "",
         lease_ms: int = LEASE_MS,
         renew_s: float = RENEW_S,

@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = _global_options_last(list(sys.argv[1:] if argv is None else argv), joc_options())
     try:
-        if argv and argv[0] in services.SERVICES:
+        if argv and argv[0] in services.SERVICES and argv[1:2] != ["status"] and argv[1:2] != ["switchover"]:
             # Before argparse: a service's own options must reach it untouched.
             return services.run_service(argv[0], argv[1:])
         if argv and argv[0] == "witness":

@@ -126,7 +126,10 @@ def add_commands(
     p.add_argument("--to", metavar="NODE", help="the node to become active (default: the most caught-up)")
     p.set_defaults(func=cmd_cluster_switchover)
 
-    group = commands.add_parser("joc", help="JOC's own cluster: its instances, switch-over")
+    group = commands.add_parser(
+        "joc",
+        help="run the joc service in the foreground (its own --help); or JOC's cluster: status, switch-over",
+    )
     joc_commands = group.add_subparsers(dest="joc_command", required=True, metavar="COMMAND")
     p = joc_commands.add_parser(
         "status", parents=[joc_option], help="JOC's instances: role, epoch, last heartbeat"

@@ -60,6 +60,8 @@ def run_witness(argv: list[str]) -> int:
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     for name in SERVICES:
+        if name == "joc":
+            continue  # listed with `ostinato joc status|switchover` (cluster.py)
         # Dispatched before parsing (see main); listed here for --help.
         commands.add_parser(name, help=f"run the {name} service in the foreground (its own --help)")
     commands.add_parser(

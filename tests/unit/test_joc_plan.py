@@ -189,7 +189,7 @@ def test_dailyplan_section_of_the_topology_config(tmp_path: Path) -> None:
         "catch_up_seconds = 600\nenabled = false\n"
     )
     config = TopologyConfig.from_toml(config_file)
-    args = Topology(tmp_path / "data", config)._joc_args()
+    args = Topology(tmp_path / "data", config)._joc_args("joc")
     assert args[args.index("--plan-time-zone") + 1] == "Europe/Berlin"
     assert args[args.index("--plan-submit-days-ahead") + 1] == "1"
     assert args[args.index("--plan-catch-up") + 1] == "600"
