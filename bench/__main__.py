@@ -1,5 +1,5 @@
 """Benchmarks of the whole local topology:
-`python -m bench [--only latency|failover|replication|jobs|held|dailyplan]`.
+`python -m bench [--only latency|failover|replication|jobs|held|dailyplan|joc-failover]`.
 
 latency: submit (JOC AddOrder) to the order's OrderFinished event at JOC, one trivial shell job,
 orders one after another, the topology idle otherwise (latency.order_submit_to_finished_p50_ms);
@@ -17,6 +17,9 @@ held: jobs/s with 1,000, 10,000 and 100,000 orders held for tomorrow against non
 held order, and the time for 10,000 orders due at the same second to start (bench/held.py).
 dailyplan: plan and submit one date of 100,000 orders against a bare bulk insert of the same rows,
 and the controller's and director's memory per waiting order (bench/dailyplan.py).
+joc-failover: take-over time of a two-instance JOC cluster on PostgreSQL (kill -9 of the active
+instance until the other accepts a write) while CLI orders and deployments keep coming, with the
+CLI's errors and lost orders (bench/jocfailover.py).
 
 Figures are printed and written to bench/results/latest.json; a run of some parts only keeps the
 other parts' figures from the file's previous run (see "measured_at").
@@ -36,12 +39,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import dailyplan, failover, held, jobs, otlp, replication
+from bench import dailyplan, failover, held, jobs, jocfailover, otlp, replication
 from gen.ostinato.common.v1 import items_pb2
 from gen.ostinato.joc.v1 import joc_pb2, joc_pb2_grpc
 from ostinato.topology import ROOT, Topology, TopologyConfig
 
-PARTS = ("latency", "failover", "replication", "jobs", "held", "dailyplan")
+PARTS = ("latency", "failover", "replication", "jobs", "held", "dailyplan", "joc-failover")
 
 TRIVIAL = {
     "instructions": [{"execute": {"jobName": "true"}}],
@@ -205,6 +208,7 @@ def main() -> int:
         type=Path,
         help="failover: keep the topology's data (node logs, journals, job starts) here",
     )
+    p.add_argument("--joc-kills", type=int, default=10, help="joc-failover: kills of the active JOC instance")
     args = p.parse_args()
     parts = args.only or list(PARTS)
     out = ROOT / "bench" / "results"
@@ -287,6 +291,10 @@ def main() -> int:
         print(f"dailyplan: {args.plan_schedules} schedules of 100 starts, one date")
         result["dailyplan"] = dailyplan.run(args.plan_schedules, log=lambda line: print(line, flush=True))
         measured_at["dailyplan"] = _now()
+    if "joc-failover" in parts:
+        print(f"joc-failover: {args.joc_kills} kills of the active JOC instance (2 instances, PostgreSQL)")
+        result["joc_failover"] = jocfailover.run(args.joc_kills, log=lambda line: print(line, flush=True))
+        measured_at["joc_failover"] = _now()
     result["bench_runtime_s"] = round(time.perf_counter() - started, 1)
     result["bench_parts"] = parts
     latest.write_text(json.dumps(result, indent=2) + "\n")
@@ -315,6 +323,10 @@ def _without_each(result: dict[str, Any]) -> dict[str, Any]:
         shown["failover"] = {
             key: {k: v for k, v in value.items() if k != "each"} if isinstance(value, dict) else value
             for key, value in shown["failover"].items()
+        }
+    if isinstance(shown.get("joc_failover"), dict):
+        shown["joc_failover"] = {
+            k: v for k, v in shown["joc_failover"].items() if k not in ("each", "joc_role_log")
         }
     return shown
 

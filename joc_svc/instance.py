@@ -193,9 +193,15 @@ class Instance:
                 raise TimeoutError
         return self.role
 
-    async def switchover(self, to_instance: str, timeout: float = 10.0) -> LeaseView:
+    async def switchover(
+        self,
+        to_instance: str,
+        timeout: float = 10.0,
+        before: Callable[[], Awaitable[None]] = lambda: asyncio.sleep(0),
+    ) -> LeaseView:
         """Hands the lease over (to `to_instance`, or any other live instance) and waits until
-        another instance holds it."""
+        another instance holds it. `before` runs once the request is found possible, while this
+        instance may still write (the audit entry)."""
         if not self.role.active:
             raise self.not_active()
         live = await self.live_instances()
@@ -208,6 +214,7 @@ class Instance:
             )
         if to_instance == self.id or not others:
             raise FailedPrecondition("no other live JOC instance to take over")
+        await before()
         epoch = self.role.epoch
         if not await asyncio.to_thread(self.store.lease_resign, self.id, epoch, to_instance):
             raise self.not_active()

@@ -714,9 +714,12 @@ class ClusterServicer(joc_pb2_grpc.ClusterServiceServicer):
         to = request.to_instance
         if to:
             limits.check_name(to, "to_instance", "an instance id")
-        # Recorded while this instance may still write: after the hand-over it writes nothing.
-        await self.joc.audit("joc switchover", f"{instance.id} -> {to or 'any other instance'}")
-        lease = await instance.switchover(to, _budget(context, SWITCHOVER_TIMEOUT))
+        lease = await instance.switchover(
+            to,
+            _budget(context, SWITCHOVER_TIMEOUT),
+            # Recorded while this instance may still write: after the hand-over it writes nothing.
+            before=lambda: self.joc.audit("joc switchover", f"{instance.id} -> {to or 'any other instance'}"),
+        )
         return joc_pb2.JocSwitchoverResponse(
             from_instance=instance.id, to_instance=lease.holder, epoch=lease.epoch
         )

@@ -1,6 +1,7 @@
-"""JOC's store tests of tests/unit/test_joc_store.py, test_joc_cluster.py and test_joc_plan.py,
-again on a real PostgreSQL (a database of this session's own; see tests/integration/postgres.py).
-The JOC process runs on PostgreSQL in test_deployment.py."""
+"""JOC's store tests of tests/unit/test_joc_store.py, test_joc_cluster.py, test_joc_plan.py and
+test_joc_lease.py, again on a real PostgreSQL (a database of this session's own; see
+tests/integration/postgres.py). The JOC process runs on PostgreSQL in test_deployment.py and
+test_joc_instances.py (a JOC cluster)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,17 @@ from tests.unit.test_joc_cluster import (  # noqa: F401  (collected here once mo
     test_an_order_marked_left_that_has_events_after_all_is_no_longer_marked,
     test_resync_never_moves_the_cursor_back,
     test_resync_takes_the_snapshot_and_marks_what_left,
+)
+from tests.unit.test_joc_lease import (  # noqa: F401  (collected here once more, on PostgreSQL)
+    test_a_clean_stop_releases_the_lease_to_anyone_at_once,
+    test_a_deposed_instance_writes_nothing_and_hears_of_it,
+    test_a_passive_instance_is_fenced_with_epoch_zero,
+    test_a_silent_holder_is_taken_over_with_the_next_epoch,
+    test_after_the_grace_anyone_takes_a_lease_left_by_a_switchover,
+    test_of_many_instances_trying_at_once_one_wins,
+    test_switchover_to_a_named_instance_excludes_the_others_for_the_grace,
+    test_switchover_to_any_lets_every_other_instance_but_the_resigned_one,
+    test_the_first_instance_takes_the_lease_and_renews_it_others_wait,
 )
 from tests.unit.test_joc_plan import (  # noqa: F401  (collected here once more, on PostgreSQL)
     test_a_missed_order_the_controller_has_all_the_same_is_recorded_submitted,
