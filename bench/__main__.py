@@ -299,7 +299,7 @@ def main() -> int:
     result["bench_parts"] = parts
     latest.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(_without_each(result), indent=2))
-    print(f"written to {latest.relative_to(ROOT)} (every kill under failover.<kind>.each)")
+    print(f"written to {latest.relative_to(ROOT)} (every kill under failover.<kind>.each, joc_failover.each)")
     return 0
 
 
