@@ -22,8 +22,9 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from gen.ostinato.joc.v1 import joc_pb2
 from joc_svc.auth import SERVED_BY_PASSIVE
@@ -81,7 +82,6 @@ class Instance:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._resigned_until = 0.0
         store.fence = (instance_id, 0)
         store.on_fenced = self.check_now
 
@@ -111,17 +111,18 @@ class Instance:
 
     def _beat(self) -> None:
         last_ok = time.monotonic()
+        failing = False
         while not self._stop.is_set():
             try:
                 lease = self.store.lease_tick(self.id, self.address, self.web_url, self.lease_ms, GRACE_MS)
-                last_ok = time.monotonic()
+                last_ok, failing = time.monotonic(), False
                 role = Role.of(lease, self.id)
             except Exception as e:  # the database is away: the lease ends by its clock meanwhile
-                if time.monotonic() - last_ok > self.lease_ms / 1000 / 2:
-                    role = PASSIVE
+                if not failing:
                     log.warning("JOC instance %s: the database does not answer (%s)", self.id, e)
-                else:
-                    role = self.role
+                failing = True
+                # Passive before the lease could have ended: another instance may take it then.
+                role = PASSIVE if time.monotonic() - last_ok > self.lease_ms / 1000 / 2 else self.role
             self._publish(role)
             self._wake.wait(self.renew_s)
             self._wake.clear()
@@ -163,13 +164,14 @@ class Instance:
         where = f"the active instance is at {active}" if active else "no instance is active now"
         return NotActive(f"JOC instance {self.id} is passive; {where}", active)
 
-    async def run_duties(self, duties: Callable[[int], Awaitable[None]]) -> None:
+    async def run_duties(self, duties: Callable[[int], Coroutine[Any, Any, None]]) -> None:
         """Runs `duties`(epoch) whenever this instance is active, cancelling them when it stops
         being active (or its epoch changes); forever, until cancelled."""
         task: asyncio.Task[None] | None = None
         epoch = 0
         try:
             while True:
+                self._changed.clear()  # first: a change while this acts is not missed
                 role = self.role
                 if role.active and (task is None or epoch != role.epoch):
                     await _cancel(task)
@@ -178,20 +180,9 @@ class Instance:
                 elif not role.active and task is not None:
                     await _cancel(task)
                     task = None
-                self._changed.clear()
                 await self._changed.wait()
         finally:
             await _cancel(task)
-
-    async def wait_active(self, timeout: float) -> Role:
-        deadline = time.monotonic() + timeout
-        while not self.role.active:
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), max(deadline - time.monotonic(), 0))
-            if time.monotonic() >= deadline:
-                raise TimeoutError
-        return self.role
 
     async def switchover(
         self,

@@ -129,11 +129,15 @@ class JocClient:
             return True
         if rpc.STATUS_DETAILS_KEY in trailing:
             return False  # JOC's own UNAVAILABLE: a controller it cannot reach
-        # No answer from JOC: it went away. Another instance, or this one again (restarting).
+        # No answer from JOC: it went away. Another instance, or this one again (restarting) when
+        # the call had reached it; one that listens but refused the connection is a TLS mismatch.
         try:
-            self._move(_first_reachable([*self._others(), self.address]), "")
+            address = _first_reachable([*self._others(), self.address])
         except CliError:
             return False
+        if address == self.address and (e.details() or "").startswith("failed to connect"):
+            return False
+        self._move(address, "")
         return True
 
     def _others(self) -> list[str]:

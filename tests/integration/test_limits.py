@@ -177,7 +177,7 @@ async def test_beyond_the_limits_is_refused_naming_field_size_and_limit(topology
 async def test_a_snapshot_larger_than_a_part_reaches_a_new_joc_whole(
     topology: Topology, joc: Joc, tmp_path: Path
 ) -> None:
-    from tests.integration.test_joc_cluster import joc_process, orders_of, released_past
+    from tests.integration.test_joc_controller_cluster import joc_process, orders_of, released_past
 
     await joc.deploy_workflow(
         "/limits/later", {"instructions": [{"execute": {"jobName": "j"}}], "jobs": {"j": shell_job("true")}}

@@ -1,4 +1,4 @@
-"""JOC's store tests of tests/unit/test_joc_store.py, test_joc_cluster.py, test_joc_plan.py and
+"""JOC's store tests of tests/unit/test_joc_store.py, test_joc_controller_cluster.py, test_joc_plan.py and
 test_joc_lease.py, again on a real PostgreSQL (a database of this session's own; see
 tests/integration/postgres.py). The JOC process runs on PostgreSQL in test_deployment.py and
 test_joc_instances.py (a JOC cluster)."""
@@ -11,7 +11,7 @@ import pytest
 
 from joc_svc.store import Store
 from tests.integration.postgres import pg_server, pg_url  # noqa: F401  (fixtures)
-from tests.unit.test_joc_cluster import (  # noqa: F401  (collected here once more, on PostgreSQL)
+from tests.unit.test_joc_controller_cluster import (  # noqa: F401  (collected here once more, on PostgreSQL)
     test_an_order_marked_left_that_has_events_after_all_is_no_longer_marked,
     test_resync_never_moves_the_cursor_back,
     test_resync_takes_the_snapshot_and_marks_what_left,
