@@ -112,11 +112,15 @@ class Instance:
     def _beat(self) -> None:
         last_ok = time.monotonic()
         failing = False
+        held = 0  # the epoch of the lease this process took and holds
         while not self._stop.is_set():
             try:
-                lease = self.store.lease_tick(self.id, self.address, self.web_url, self.lease_ms, GRACE_MS)
+                lease = self.store.lease_tick(
+                    self.id, held, self.address, self.web_url, self.lease_ms, GRACE_MS
+                )
                 last_ok, failing = time.monotonic(), False
                 role = Role.of(lease, self.id)
+                held = role.epoch
             except Exception as e:  # the database is away: the lease ends by its clock meanwhile
                 if not failing:
                     log.warning("JOC instance %s: the database does not answer (%s)", self.id, e)

@@ -51,18 +51,28 @@ class InstanceRow:
 
 
 class LeaseStore(StoreBase):
-    def lease_tick(self, me: str, address: str, web_url: str, lease_ms: int, grace_ms: int) -> LeaseView:
-        """One heartbeat of instance `me`: renews its live lease, else takes the lease over when it
-        ended (epoch + 1) and this instance may have it: it is the named successor, or there is
-        none and this instance did not resign it, or nobody took it for `grace_ms`. Then records
-        the heartbeat. Returns the lease as it is now."""
+    def lease_tick(
+        self, me: str, held: int, address: str, web_url: str, lease_ms: int, grace_ms: int
+    ) -> LeaseView:
+        """One heartbeat of instance `me`, which holds the lease of epoch `held` (0: none): renews
+        that lease while it runs, else takes the lease over when it ended (epoch + 1) and this
+        instance may have it: it is the named successor, or there is none and this instance did
+        not resign it, or nobody took it for `grace_ms`. Then records the heartbeat. Returns the
+        lease as it is now.
+
+        Only a lease this process took is renewed, never one found under its name: a restarted
+        instance (or a second one started by mistake with the same id) takes over like any other,
+        with a new epoch, once the lease ended."""
         with self.engine.begin() as conn:
             now = conn.execute(sa.select(db_now_ms(conn))).scalar_one()
-            renewed = conn.execute(
-                L.update()
-                .where(L.c.name == LEASE, L.c.holder == me, L.c.expires_ms > now)
-                .values(expires_ms=now + lease_ms, address=address)
-            ).rowcount
+            renewed = (
+                held
+                and conn.execute(
+                    L.update()
+                    .where(L.c.name == LEASE, L.c.holder == me, L.c.epoch == held, L.c.expires_ms > now)
+                    .values(expires_ms=now + lease_ms, address=address)
+                ).rowcount
+            )
             if not renewed:
                 conn.execute(
                     L.update()

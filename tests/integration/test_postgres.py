@@ -1,7 +1,7 @@
-"""JOC's store tests of tests/unit/test_joc_store.py, test_joc_controller_cluster.py, test_joc_plan.py and
-test_joc_lease.py, again on a real PostgreSQL (a database of this session's own; see
-tests/integration/postgres.py). The JOC process runs on PostgreSQL in test_deployment.py and
-test_joc_instances.py (a JOC cluster)."""
+"""JOC's store tests of tests/unit/test_joc_store.py, test_joc_controller_cluster.py,
+test_joc_plan.py and test_joc_lease.py, again on a real PostgreSQL (a database of this session's
+own; see tests/integration/postgres.py). The JOC process runs on PostgreSQL in test_deployment.py
+and test_joc_instances.py (a JOC cluster)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from tests.unit.test_joc_lease import (  # noqa: F401  (collected here once more
     test_a_clean_stop_releases_the_lease_to_anyone_at_once,
     test_a_deposed_instance_writes_nothing_and_hears_of_it,
     test_a_passive_instance_is_fenced_with_epoch_zero,
+    test_a_restarted_instance_does_not_renew_the_lease_of_its_former_process,
     test_a_silent_holder_is_taken_over_with_the_next_epoch,
     test_after_the_grace_anyone_takes_a_lease_left_by_a_switchover,
     test_of_many_instances_trying_at_once_one_wins,

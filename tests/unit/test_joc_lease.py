@@ -28,8 +28,18 @@ def store(tmp_path: Path) -> Iterator[Store]:
     s.close()
 
 
+# The epoch each instance's process took and holds, as joc_svc.instance keeps it.
+HELD: dict[str, int] = {}
+
+
+@pytest.fixture(autouse=True)
+def processes() -> None:
+    HELD.clear()
+
+
 def tick(store: Store, me: str, grace_ms: int = GRACE_MS) -> tuple[str, int]:
-    lease = store.lease_tick(me, f"{me}:1", "", LEASE_MS, grace_ms)
+    lease = store.lease_tick(me, HELD.get(me, 0), f"{me}:1", "", LEASE_MS, grace_ms)
+    HELD[me] = lease.epoch if lease.held_by(me) else 0
     return (lease.holder if lease.live else "", lease.epoch)
 
 
@@ -109,9 +119,18 @@ def test_after_the_grace_anyone_takes_a_lease_left_by_a_switchover(store: Store)
     assert tick(store, "a", grace_ms=0) == ("a", 2)
 
 
+def test_a_restarted_instance_does_not_renew_the_lease_of_its_former_process(store: Store) -> None:
+    tick(store, "a")
+    HELD.clear()  # kill -9, started again: or a second process started with the same id
+    assert tick(store, "a") == ("a", 1)  # the first process's lease runs on, not renewed
+    end_lease(store)
+    assert tick(store, "a") == ("a", 2)  # then taken over like any other
+
+
 def test_a_clean_stop_releases_the_lease_to_anyone_at_once(store: Store) -> None:
     tick(store, "a")
     store.lease_release("a", 1)
+    HELD.clear()
     assert tick(store, "a") == ("a", 2)  # a restart of a single JOC need not wait
 
 
