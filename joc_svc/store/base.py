@@ -14,6 +14,12 @@ from gen.ostinato.common.v1 import items_pb2
 from joc_svc import migrations, naming, schema
 from ostinato.errors import NotActive
 
+# PostgreSQL ends a session whose transaction has waited this long for its client: an instance of
+# a JOC cluster paused in the middle of one (SIGSTOP, a frozen VM) then holds no row locks that
+# would stall the instance that took over. JOC's transactions send their statements back to back.
+IDLE_IN_TRANSACTION_MS = 5_000
+_PG_OPTIONS = {"options": f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"}
+
 
 def default_url(data_dir: Any) -> str:
     return f"sqlite:///{data_dir}/joc.db"
@@ -24,7 +30,7 @@ class StoreBase:
         self.url = url
         self._write_lock = threading.Lock()
         sqlite = url.startswith("sqlite")
-        self.engine = sa.create_engine(url, connect_args={"timeout": 30} if sqlite else {})
+        self.engine = sa.create_engine(url, connect_args={"timeout": 30} if sqlite else _PG_OPTIONS)
         if sqlite:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         self.schema_versions = migrations.migrate(self.engine)
@@ -82,19 +88,23 @@ class _Locked:
 
 
 def _check_fence(conn: sa.Connection, instance: str, epoch: int) -> None:
-    # An UPDATE rather than a SELECT: it takes the row's lock (PostgreSQL) or the database's write
-    # lock (SQLite) first, so a take-over waits for this transaction, and this one for a take-over.
     lease = schema.joc_lease
-    held = conn.execute(
-        lease.update()
-        .where(
-            lease.c.name == "active",
-            lease.c.holder == instance,
-            lease.c.epoch == epoch,
-            lease.c.expires_ms > db_now_ms(conn),
-        )
-        .values(epoch=lease.c.epoch)
-    ).rowcount
+    holds = sa.and_(
+        lease.c.name == "active",
+        lease.c.holder == instance,
+        lease.c.epoch == epoch,
+        lease.c.expires_ms > db_now_ms(conn),
+    )
+    if conn.dialect.name == "postgresql":
+        # A plain read, no row lock: an instance paused in the middle of a transaction (SIGSTOP)
+        # must not keep the others from taking the lease over. A write of it that was under way
+        # then may still commit; what must happen once has its key besides (an event, a log
+        # chunk, a planned order), so it commits whole or not at all.
+        held = conn.execute(sa.select(sa.func.count()).where(holds)).scalar_one()
+    else:
+        # SQLite: an UPDATE, which takes the database's write lock first; a read first would make
+        # the transaction fail at once when it writes after another connection wrote.
+        held = conn.execute(lease.update().where(holds).values(epoch=lease.c.epoch)).rowcount
     if not held:
         row = conn.execute(sa.select(lease.c.holder, lease.c.address).where(lease.c.name == "active")).one()
         active = row.address if row.holder and row.holder != instance else ""

@@ -3,11 +3,11 @@ epoch, and every instance's heartbeat. The database is the one arbiter: every de
 conditional UPDATE of the lease row, so when several instances try at once one wins (PostgreSQL
 locks the row and re-checks the condition for the second; SQLite has one writer).
 
-The fence: while an instance is active, each of its write transactions starts by touching the
-lease row on condition that it still holds it with its epoch (`StoreBase._write`). A deposed
-instance (paused past its lease, cut off) therefore writes nothing once another took over, and a
-take-over waits for the write transaction in progress: the new active reads what the old one
-wrote."""
+The fence: each write transaction of an instance starts by checking, in the transaction, that the
+instance still holds the lease with its epoch (`StoreBase._write`). A deposed instance (paused
+past its lease, cut off) therefore starts no write once another took over; on PostgreSQL a write
+it had under way may still commit, and the keys of what must happen once (events, log chunks,
+planned orders) keep that from doubling anything."""
 
 from __future__ import annotations
 

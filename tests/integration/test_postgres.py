@@ -67,3 +67,38 @@ def store(pg_url: str) -> Iterator[Store]:  # noqa: F811
 def test_db_url(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     # The upgrade test makes its own old database at OSTINATO_TEST_DB_URL.
     monkeypatch.setenv("OSTINATO_TEST_DB_URL", pg_url)
+
+
+def test_a_write_under_way_does_not_hold_up_a_take_over(store: Store) -> None:
+    """On PostgreSQL the fence takes no row lock: an active instance paused in the middle of a
+    write transaction (SIGSTOP) does not keep another from taking the lease over."""
+    import threading
+    from datetime import UTC, datetime
+
+    from joc_svc import schema
+
+    assert store.lease_tick("a", 0, "a:1", "", 60_000, 60_000).epoch == 1
+    store.fence = ("a", 1)
+    other = Store(store.url)
+    taken: list[tuple[str, int]] = []
+
+    def take_over() -> None:
+        lease = other.lease_tick("b", 0, "b:1", "", 60_000, 60_000)
+        taken.append((lease.holder, lease.epoch))
+
+    try:
+        with store._write() as conn:  # under way, not committed: its process is paused here
+            conn.execute(
+                schema.audit_log.insert().values(
+                    account="a", action="x", object="y", reason="", at=datetime.now(UTC)
+                )
+            )
+            with other.engine.begin() as ended:  # a's lease ran out meanwhile
+                ended.execute(schema.joc_lease.update().values(expires_ms=0))
+            contender = threading.Thread(target=take_over)
+            contender.start()
+            contender.join(10)
+            assert taken == [("b", 2)], "the take-over waited for the paused instance's transaction"
+    finally:
+        contender.join()
+        other.close()
