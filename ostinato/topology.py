@@ -477,6 +477,9 @@ def _print_addresses(topology: Topology) -> None:
         metrics = f" metrics {launched.metrics_url}" if launched.metrics_url else ""
         pid = launched.process.pid
         print(f"  {name:<12} {launched.address:<22} pid {pid:<8}{metrics} log {launched.log_path}")
+    if len(topology.joc_names) > 1:
+        count = len(topology.joc_names)
+        print(f"JOC cluster of {count} instances: ostinato ... --joc {topology.joc_addresses}")
     if topology.web_url:
         how = (
             "open to anyone in plain text"

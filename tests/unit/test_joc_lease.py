@@ -163,3 +163,20 @@ def test_the_lease_row_exists_after_migration(store: Store) -> None:
     with store.engine.connect() as conn:
         rows = conn.execute(sa.select(schema.joc_lease)).all()
     assert [(r.name, r.holder, r.epoch) for r in rows] == [("active", "", 0)]
+
+
+def test_a_joc_cluster_in_the_topology_config(tmp_path: Path) -> None:
+    from ostinato.topology import Topology, TopologyConfig
+
+    config_file = tmp_path / "ostinato.toml"
+    config_file.write_text("[joc]\ninstances = 3\n")
+    topology = Topology(tmp_path / "data", TopologyConfig.from_toml(config_file))
+    assert topology.joc_names == ["joc", "joc-2", "joc-3"]
+    args = topology._joc_args("joc-3")
+    assert args[args.index("--instance-id") + 1] == "joc-3"
+    # Without a URL the instances share the first one's SQLite file (one host only).
+    assert args[args.index("--db-url") + 1] == f"sqlite:///{(tmp_path / 'data' / 'joc' / 'joc.db').resolve()}"
+    assert args[args.index("--http-listen") + 1] == "127.0.0.1:0"  # the first one's port is 4443
+    config_file.write_text("[joc]\ninstances = 0\n")
+    with pytest.raises(ValueError, match=r"\[joc\] instances: expected a number from 1 to 9, got 0"):
+        TopologyConfig.from_toml(config_file)
