@@ -241,9 +241,8 @@ class Instance:
         return lease, [(row, role(row)) for row in rows]
 
     async def live_instances(self) -> set[str]:
-        lease = await asyncio.to_thread(self.store.lease)
-        rows = await asyncio.to_thread(self.store.joc_instances)
-        return {r.id for r in rows if r.heartbeat_ms > lease.now_ms - self.lease_ms}
+        _, rows = await self.status()
+        return {row.id for row, role in rows if role != joc_pb2.JOC_ROLE_GONE}
 
 
 async def _cancel(task: asyncio.Task[None] | None) -> None:
