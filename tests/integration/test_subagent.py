@@ -4,6 +4,7 @@ over each job as a signed one-job workflow (the subagent runs nothing else)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -105,6 +106,7 @@ class Director:
         self.heartbeats_received = 0
         self._lock = asyncio.Lock()
         self._heartbeats: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
         self._responses: asyncio.Queue[pb.SessionResponse | BaseException] = asyncio.Queue()
 
@@ -138,9 +140,12 @@ class Director:
             self._responses.put_nowait(e)
 
     async def _beat(self) -> None:
-        while True:
-            await asyncio.sleep(self.heartbeat)
-            await self.send(heartbeat=pb.Heartbeat())
+        # Ends by itself when closing: cancelling it in the middle of a write would cancel the call.
+        while not self._closing.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), self.heartbeat)
+            if not self._closing.is_set():
+                await self.send(heartbeat=pb.Heartbeat())
 
     async def send(self, **kind: object) -> None:
         async with self._lock:
@@ -211,8 +216,10 @@ class Director:
 
     async def close(self, goodbye: bool = True) -> None:
         _open_directors.remove(self)
+        self._closing.set()
         if self._heartbeats is not None:
-            self._heartbeats.cancel()
+            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                await self._heartbeats  # its last write done (or the call already over)
         if goodbye and not self.call.done():
             await self.send(goodbye=pb.Goodbye())
             await self.call.done_writing()
