@@ -250,7 +250,13 @@ def main(argv: list[str] | None = None) -> int:
         instance.address = server.address
         instance.start()
         on_duty = asyncio.create_task(instance.run_duties(duties), name="joc-instance")
-        log.info("JOC instance %s (lease %d ms)", instance.id, instance.lease_ms)
+        role = await instance.settled(timeout=instance.lease_ms / 1000 + 2 * instance.renew_s)
+        log.info(
+            "JOC instance %s (lease %d ms): %s",
+            instance.id,
+            instance.lease_ms,
+            "active" if role.active else f"passive, active: {role.holder or 'none yet'}",
+        )
         log.info(
             "controllers: %s",
             ", ".join(f"{c}={','.join(link.addresses)}" for c, link in links.items()) or "none",

@@ -46,12 +46,15 @@ class Role:
     active: bool
     epoch: int  # the epoch this instance holds while active; 0 when passive
     active_address: str  # the active instance's gRPC address, "" while none is active
+    holder: str = ""  # the active instance's id, "" while none is active
 
     @staticmethod
     def of(lease: LeaseView, me: str) -> Role:
         if lease.held_by(me):
-            return Role(True, lease.epoch, lease.address)
-        return Role(False, 0, lease.address if lease.live else "")
+            return Role(True, lease.epoch, lease.address, me)
+        if lease.live:
+            return Role(False, 0, lease.address, lease.holder)
+        return PASSIVE
 
 
 PASSIVE = Role(False, 0, "")
@@ -103,6 +106,20 @@ class Instance:
                 await asyncio.to_thread(self.store.lease_release, self.id, self.role.epoch)
             log.info("JOC instance %s gave up the lease (epoch %d)", self.id, self.role.epoch)
         self._set(PASSIVE)
+
+    async def settled(self, timeout: float) -> Role:
+        """Waits (at most `timeout`) until this instance is active or another one is: not while
+        the lease still runs under this instance's name for its former process (killed, started
+        again), which ends within the lease time. JOC announces itself after this, so that a
+        single JOC takes writes as soon as it says it listens."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._changed.clear()
+            role = self.role
+            if role.active or (role.holder and role.holder != self.id) or time.monotonic() >= deadline:
+                return role
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), max(deadline - time.monotonic(), 0.01))
 
     def check_now(self) -> None:
         """Something suggests the lease was lost (a write or a controller refused the epoch):
@@ -214,7 +231,7 @@ class Instance:
         if not await asyncio.to_thread(self.store.lease_resign, self.id, epoch, to_instance):
             raise self.not_active()
         self.store.fence = (self.id, 0)
-        self._set(Role(False, 0, ""))
+        self._set(PASSIVE)
         self.check_now()
         deadline = time.monotonic() + timeout
         while True:

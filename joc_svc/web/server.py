@@ -133,7 +133,8 @@ class WebView:
         from joc_svc.web.pages import Pages
 
         self.app = web.Application(
-            middlewares=[self._errors, self._authenticate], client_max_size=4 * 1024 * 1024
+            middlewares=[self._errors, self._follow_active, self._authenticate],
+            client_max_size=4 * 1024 * 1024,
         )
         self.app.add_routes(Pages(self).routes())
         self.app.router.add_static("/static", _package_dir("static"))
@@ -195,6 +196,25 @@ class WebView:
         return self.page(
             request, "error.html", {"status": failed.status, "message": failed.message}, failed.status
         )
+
+    @web.middleware
+    async def _follow_active(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[Any]]
+    ) -> Any:
+        """A passive instance of a JOC cluster sends browsers to the active instance's view: its
+        pages follow orders live, and its actions write."""
+        if self.joc.instance.role.active or request.path.startswith("/static/"):
+            return await handler(request)
+        lease, rows = await self.joc.instance.status()
+        active = next((row.web_url for row, _ in rows if lease.live and row.id == lease.holder), "")
+        if not active:
+            raise Failed(
+                503,
+                f"JOC instance {self.joc.instance.id} is passive and no instance is active now"
+                " (a take-over?); try again in a few seconds",
+                "UNAVAILABLE",
+            )
+        raise web.HTTPTemporaryRedirect(active.rstrip("/") + request.path_qs)
 
     @web.middleware
     async def _authenticate(

@@ -32,6 +32,7 @@ from tests.integration.support import Joc, eventually, running, shell_job
 
 pytestmark = pytest.mark.integration
 P = joc_pb2
+QUICK = {"instructions": [{"execute": {"jobName": "j"}}], "jobs": {"j": shell_job("true")}}
 EVERY_DAY = {"type": "WORKINGDAYSCALENDAR", "includes": {"weekdays": [{"days": [1, 2, 3, 4, 5, 6, 7]}]}}
 
 
@@ -322,3 +323,48 @@ async def test_switchover_on_request_through_the_cli(topology: Topology, instanc
         P.ListAuditEntriesRequest(action="joc switchover")
     )
     assert [e.object for e in entries.entries] == ["joc -> joc-2"]
+
+    # A browser at the passive instance's web view is sent to the active one's, path and query kept.
+    web = {n: (topology.data_dir / n / "web.address").read_text().strip() for n in topology.joc_names}
+    assert redirect_of(topology, web["joc"], "/orders?state=failed") == (
+        307,
+        f"{web['joc-2']}orders?state=failed",
+    )
+    assert redirect_of(topology, web["joc-2"], "/login")[0] == 200  # the active one serves
+
+
+def redirect_of(topology: Topology, base: str, path: str) -> tuple[int, str]:
+    """The status and Location of a GET of `path` at the web view `base`, redirects not followed."""
+    import http.client
+    import ssl
+    import urllib.parse
+
+    from ostinato import pki
+
+    url = urllib.parse.urlsplit(base)
+    context = ssl.create_default_context(cafile=str(topology.tls_dir / pki.CA_CERT))
+    connection = http.client.HTTPSConnection(url.hostname or "", url.port, context=context, timeout=10)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.getheader("Location") or ""
+    finally:
+        connection.close()
+
+
+async def test_a_joc_killed_and_started_again_takes_writes_once_it_listens(tmp_path: Path) -> None:
+    """Its former process's lease runs on under its name for up to the lease time; the new process
+    announces itself only once it took the lease over (single JOC, SQLite)."""
+    with running(tmp_path, TopologyConfig.ephemeral(subagents=1)) as topology:
+        topology.kill("joc")
+        started = time.monotonic()
+        topology.start_service("joc")
+        async with topology.channel(topology.joc_address) as channel:
+            joc = Joc.connect(channel)
+            put = P.PutObjectRequest(
+                path="/app/first", type=items_pb2.ITEM_TYPE_WORKFLOW, json=json.dumps(QUICK)
+            )
+            await joc.inventory.PutObject(put)  # no UNAVAILABLE: at once
+        took = time.monotonic() - started
+        assert "JOC instance joc (lease 2000 ms): active" in topology.services["joc"].log_text()
+        assert took < 8, f"{took:.1f} s"
