@@ -137,14 +137,20 @@ class AgentDriver:
             for task in tasks:
                 task.cancel()
             call.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            # Bounded: a task that does not end on cancellation must not keep the driver from
+            # reconnecting (it stays cancelled, and ends when what it waits for does).
+            ended, stuck = await asyncio.wait(tasks, timeout=5)
+            for task in ended:
+                _ = task.cancelled() or task.exception()  # retrieved: reported above or not at all
+            for task in stuck:
+                log.warning("agent %s: %s did not end when cancelled", self.name, task.get_coro())
 
     async def _read(
         self, call: grpc.aio.UnaryStreamCall, inbox: asyncio.Queue[director_pb2.WatchEventsResponse]
     ) -> None:
         while True:
             # Heartbeats arrive every HEARTBEAT_S; silence means the director is frozen or gone.
-            response = await asyncio.wait_for(call.read(), HEARTBEAT_S * 4)
+            response = await rpc.read_within(call, HEARTBEAT_S * 4)
             if response is grpc.aio.EOF:
                 return
             if response.events:

@@ -112,7 +112,7 @@ class SubagentDriver:
         call = stub.Session(_drain(outbox))
         tasks: list[asyncio.Task[None]] = []
         try:
-            first = await asyncio.wait_for(call.read(), 5)
+            first = await rpc.read_within(call, 5)
             if first is grpc.aio.EOF or first.WhichOneof("kind") != "welcome":
                 raise ConnectionError(f"subagent {self.subagent_id} did not welcome the session")
             welcome = convert.welcomed(self.subagent_id, first.welcome)
@@ -142,7 +142,7 @@ class SubagentDriver:
         self, call: grpc.aio.StreamStreamCall, inbox: asyncio.Queue[subagent_pb2.SessionResponse]
     ) -> None:
         while True:
-            message = await asyncio.wait_for(call.read(), SILENT_HEARTBEATS * self.heartbeat_s)
+            message = await rpc.read_within(call, SILENT_HEARTBEATS * self.heartbeat_s)
             if message is grpc.aio.EOF:
                 raise ConnectionError("subagent ended the session")
             if message.seq > 0:

@@ -607,6 +607,21 @@ _PASSED_ON: dict[grpc.StatusCode, type[OstinatoError]] = {
 }
 
 
+async def read_within(call: Any, timeout: float) -> Any:
+    """The stream's next message (or grpc.aio.EOF) within `timeout`, else the call is cancelled and
+    TimeoutError raised: silence means the peer is frozen or gone. Unlike asyncio.wait_for, which
+    in Python 3.11 waits for the cancelled read to end, this never waits on the read once the time
+    is up (a controller's driver of a killed director once hung there, and never reconnected)."""
+    read = asyncio.ensure_future(call.read())
+    done, _ = await asyncio.wait({read}, timeout=timeout)
+    if not done:
+        call.cancel()
+        read.cancel()
+        read.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no warning
+        raise TimeoutError(f"no message within {timeout:g} s")
+    return read.result()
+
+
 def short_error(e: BaseException) -> str:
     """One line for a log: the gRPC code and details, or the exception."""
     if isinstance(e, grpc.aio.AioRpcError):
