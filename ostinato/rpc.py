@@ -637,6 +637,11 @@ def first_line(details: str) -> str:
 def parse_cluster_addresses(text: str) -> list[str]:
     """HOST:PORT[,HOST:PORT...]: the gRPC addresses of a cluster's nodes."""
     addresses = [a.strip() for a in text.split(",") if a.strip()]
-    if not addresses or any(":" not in a for a in addresses):
+    if not addresses or not all(_host_port(a) for a in addresses):
         raise ValueError(f"expected HOST:PORT[,HOST:PORT...], got {text!r}")
     return addresses
+
+
+def _host_port(address: str) -> bool:
+    host, sep, port = address.rpartition(":")
+    return bool(sep and host and port.isdigit())

@@ -201,12 +201,12 @@ def connect(args: argparse.Namespace) -> JocClient:
 
 
 def _split_addresses(text: str) -> list[str]:
-    addresses = [a.strip() for a in text.split(",") if a.strip()]
-    for address in addresses or [text]:
-        host, sep, port = address.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise CliError(f"--joc: expected HOST:PORT[,HOST:PORT...], got {text!r}")
-    return addresses
+    from ostinato import rpc
+
+    try:
+        return rpc.parse_cluster_addresses(text)
+    except ValueError as e:
+        raise CliError(f"--joc: {e}") from None
 
 
 def _first_reachable(addresses: list[str]) -> str:

@@ -154,7 +154,7 @@ def test_replay_goes_on_after_a_failed_order_was_resumed() -> None:
 def test_parse_controller_arg() -> None:
     assert parse_controller_arg("main=127.0.0.1:1") == ("main", ["127.0.0.1:1"])
     assert parse_controller_arg(" main = a:1, b:2 ,") == ("main", ["a:1", "b:2"])
-    for bad in ("main", "=a:1", "main=", "main=a:1,b"):
+    for bad in ("main", "=a:1", "main=", "main=a:1,b", "main=a:x", "main=:1"):
         with pytest.raises(ValueError, match="ID=HOST:PORT"):
             parse_controller_arg(bad)
 
