@@ -591,8 +591,8 @@ class OrderServicer(joc_pb2_grpc.OrderServiceServicer):
         self, request: joc_pb2.GetOrderLogRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[joc_pb2.GetOrderLogResponse]:
         order_id = _order_id(request.order_id)
-        if request.follow:
-            self.joc.instance.admit("OrderService.WatchOrder")  # live: from the active instance
+        if request.follow and not self.joc.instance.role.active:
+            raise self.joc.instance.not_active()  # live output comes from the active's ingestion
         async with self.joc.hub.subscribe(order_id) as subscription:
             last_seq = 0
             while True:

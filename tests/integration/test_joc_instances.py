@@ -280,6 +280,16 @@ async def test_a_paused_active_joc_is_deposed_and_steps_down(
         assert rpc.active_address_of(refused.value) == topology.services["joc-2"].address
         assert await instances.active_is("joc-2", "joc")
         assert await _eventually_finished(instances.jocs["joc-2"], "new")
+        # A log it has stored it serves; following one live is the active instance's.
+        log = instances.jocs["joc"].orders.GetOrderLog(P.GetOrderLogRequest(order_id="new"))
+        assert [r async for r in log] == []  # the job prints nothing
+        with pytest.raises(grpc.aio.AioRpcError) as live:
+            following = instances.jocs["joc"].orders.GetOrderLog(
+                P.GetOrderLogRequest(order_id="new", follow=True)
+            )
+            await following.read()
+        assert live.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert rpc.active_address_of(live.value) == topology.services["joc-2"].address
         unknown = await instances.jocs["joc-2"].orders.ListOrders(P.ListOrdersRequest())
         assert "old" not in {o.order.id for o in unknown.orders}
 
